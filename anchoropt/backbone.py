@@ -1,0 +1,184 @@
+"""Frozen CLIP backbones built through open_clip.
+
+One entry point, :func:`create_backbone`, builds any open_clip model by name
+(``ViT-B-16``, ``ViT-B-32``, ``RN50``, the project's ``ToyCLIP``...) with
+``pretrained`` being
+
+- an open_clip tag (``openai``, ``laion2b_s34b_b88k``...), fetched by open_clip;
+- a local OpenAI ``.pt`` file as CoOp users download it (TorchScript archive or
+  plain state dict);
+- a local open_clip checkpoint (state dict, optionally under ``state_dict``);
+- ``toy``: the small CLIP shipped with this package (``ToyCLIP`` only);
+- empty / ``none``: random initialisation (tests, performance benchmarks).
+
+OpenAI weights were trained with QuickGELU; open_clip's built-in configs use
+GELU, so the factory switches QuickGELU on for the ``openai`` tag and for
+TorchScript archives, which makes the tag and the file give the same model.
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
+import open_clip
+import torch
+import torchvision.transforms as T
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+TOY_CHECKPOINT = Path(__file__).parent / "assets" / "toyclip.pt"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class BackboneError(RuntimeError):
+    """A backbone that cannot be built: unknown name, missing or unreadable checkpoint."""
+
+
+@dataclass
+class Backbone:
+    """A frozen CLIP model with its tokenizer and test-time image transform.
+
+    Attributes:
+        model: ``open_clip.CLIP`` in eval mode, all parameters ``requires_grad=False``.
+        tokenizer: callable ``list[str] -> LongTensor [B, 77]`` (open_clip BPE tokenizer).
+        preprocess: PIL image -> float tensor ``[3, H, W]`` (resize + centre crop + normalise).
+        augment: PIL image -> ``[3, H, W]``, training augmentation of CoOp/Dassl (random
+            resized crop, scale 0.08-1, + horizontal flip + normalise); draws from torch's RNG.
+        name: open_clip model name; pretrained: what the weights came from.
+    """
+
+    model: torch.nn.Module
+    tokenizer: Callable
+    preprocess: Callable
+    augment: Callable
+    name: str
+    pretrained: str
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def create_backbone(name: str, pretrained: str = "openai", quick_gelu: bool | None = None,
+                    device: str | torch.device = "cpu") -> Backbone:
+    """Build a frozen open_clip model by name.
+
+    Args:
+        name: open_clip model name (see ``open_clip.list_models()``).
+        pretrained: tag, checkpoint path, ``toy``, or ``""``/``none`` for random init.
+        quick_gelu: force QuickGELU on/off; ``None`` decides from the weights
+            (on for the ``openai`` tag and for OpenAI TorchScript files).
+        device: where the model lives.
+
+    Raises:
+        BackboneError: unknown model name, missing/unreadable checkpoint, or a tag
+            that cannot be fetched (offline); the message names the path or tag and
+            what to pass instead.
+    """
+    if name not in open_clip.list_models():
+        raise BackboneError(f"unknown model '{name}'; open_clip knows e.g. ViT-B-16, ViT-B-32, RN50, ToyCLIP")
+    source = _resolve_pretrained(name, pretrained)
+    state, openai_weights = _fetch_state_dict(name, source) if source is not None else (None, False)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random-init backbones (tests, benchmarks) are the same in every process
+            model = open_clip.create_model(name, pretrained=None,
+                                           force_quick_gelu=openai_weights if quick_gelu is None else quick_gelu)
+    except Exception as err:  # open_clip raises bare RuntimeErrors
+        raise BackboneError(f"cannot build '{name}': {err}") from err
+    if state is not None:
+        try:
+            model.load_state_dict(open_clip.factory.convert_state_dict(model, state), strict=True)
+        except RuntimeError as err:
+            raise BackboneError(f"checkpoint '{pretrained}' does not fit model {name}: "
+                                f"{str(err).splitlines()[0]}") from err
+    model = model.to(device).eval().requires_grad_(False)
+    norm = _preprocess_kwargs(name, source)
+    preprocess = open_clip.image_transform(model.visual.image_size, is_train=False, **norm)
+    return Backbone(model=model, tokenizer=open_clip.get_tokenizer(name), preprocess=preprocess,
+                    augment=_train_transform(model.visual.image_size, norm["mean"], norm["std"]),
+                    name=name, pretrained=pretrained or "none")
+
+
+def _train_transform(image_size, mean, std) -> Callable:
+    size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
+    return T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def _resolve_pretrained(name: str, pretrained: str | None) -> str | Path | None:
+    """Return None (random init), a Path (local file) or a tag string."""
+    if not pretrained or pretrained.lower() == "none":
+        return None
+    if pretrained == "toy":
+        if not TOY_CHECKPOINT.is_file():
+            raise BackboneError(f"the toy checkpoint {TOY_CHECKPOINT} is missing; reinstall anchoropt")
+        return TOY_CHECKPOINT
+    if open_clip.get_pretrained_cfg(name, pretrained):
+        return pretrained
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix or "/" in pretrained:
+        raise BackboneError(f"checkpoint file not found: {path}")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    raise BackboneError(f"'{pretrained}' is neither a pretrained tag of {name} ({', '.join(tags) or 'none'}) "
+                        f"nor a checkpoint file")
+
+
+def _fetch_state_dict(name: str, source: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Return (fp32 state dict, whether the weights are OpenAI's and so need QuickGELU)."""
+    if isinstance(source, str):
+        tag_cfg = open_clip.get_pretrained_cfg(name, source)
+        try:
+            path = Path(open_clip.download_pretrained(tag_cfg))
+        except Exception as err:
+            raise BackboneError(f"cannot fetch pretrained tag '{source}' for {name} (offline?): pass a local "
+                                f"checkpoint path instead, e.g. pretrained=/path/to/{name}.pt") from err
+        state, _ = _read_state_dict(path)
+        return state, bool(tag_cfg.get("quick_gelu", False))
+    return _read_state_dict(source)
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Read a TorchScript archive or a (possibly wrapped) state dict; flag OpenAI's format.
+
+    OpenAI's released files are TorchScript archives whose state dict carries the
+    extra entries ``input_resolution``, ``context_length``, ``vocab_size``.
+    """
+    try:
+        if _is_torchscript(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise BackboneError(f"cannot read checkpoint {path}: {type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise BackboneError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    openai = "input_resolution" in state
+    state = {k.removeprefix("module."): v.float() for k, v in state.items()
+             if k not in ("input_resolution", "context_length", "vocab_size")}
+    return state, openai
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
+
+
+def _preprocess_kwargs(name: str, source) -> dict:
+    """Normalisation and resize settings of a tag (OpenAI's by default, as CoOp uses)."""
+    cfg = open_clip.get_pretrained_cfg(name, source) if isinstance(source, str) else {}
+    out = {"mean": cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), "std": cfg.get("std", open_clip.OPENAI_DATASET_STD)}
+    for key in ("interpolation", "resize_mode"):
+        if key in cfg:
+            out[key] = cfg[key]
+    return out

@@ -1,0 +1,151 @@
+"""Typed run configuration: one flat dataclass, YAML files plus ``key=value`` overrides.
+
+Defaults are the reference CoOp/AnchorOPT settings of SPEC sections 2 to 6; the
+``data_root``/``backbone`` defaults point at the embedded toy world so that
+``anchoropt train`` runs offline.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+METHODS = ("zeroshot", "coop", "anchoropt")
+SCHEDULES = ("two_stage", "one_stage")
+
+
+class ConfigError(ValueError):
+    """Unknown key, value of the wrong type or outside its range."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run: (dataset, seed, method settings). Learning rates in SGD units, epochs counted
+    over the few-shot training set (Stage II) or over the base classes (Stage I)."""
+
+    # data
+    dataset: str = "toy_shape"
+    data_root: str = "data/toy11"
+    shots: int = 16
+    seed: int = 1
+    objective: str = "test"  # test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
+    descriptions: str = ""  # CuPL JSON; empty: the dataset's own, else descriptions_dir/<CuPL name>
+    descriptions_dir: str = ""
+    n_descriptions: int = 10
+    # backbone
+    backbone: str = "ToyCLIP"
+    pretrained: str = "toy"
+    quick_gelu: bool | None = None
+    device: str = "auto"
+    # method
+    method: str = "anchoropt"
+    schedule: str = "two_stage"
+    n_ctx: int = 4
+    n_anchors: int = 1
+    gumbel_tau: float = 1.0
+    kd_temperature: float = 1.0
+    ce_weight: float = 100.0
+    kd_weight: float = 1.0
+    mse_weight: float = 1000.0
+    position_eval: str = "argmax"
+    eos_index: str = "correct"  # correct | reference (reads N positions early, as the reference code)
+    truncate: bool = True
+    # Stage II (and CoOp) optimisation, SPEC section 5
+    lr: float = 0.002
+    epochs: int = 10
+    batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    # Stage I optimisation
+    anchor_lr: float = 0.002
+    anchor_epochs: int = 20
+    anchor_batch_size: int = 32
+    # one-stage schedule: steps of each phase before switching (anchors, then prompt)
+    period: int = 1
+    # features
+    train_views: int = 4  # precomputed augmented views per training image
+    cache_dir: str = "~/.cache/anchoropt"
+
+    def validate(self) -> "TrainConfig":
+        """Check choices and ranges. Raises ConfigError naming the key and value."""
+        checks = {
+            "method": self.method in METHODS, "schedule": self.schedule in SCHEDULES,
+            "position_eval": self.position_eval in ("argmax", "sample"),
+            "eos_index": self.eos_index in ("correct", "reference"),
+            "objective": self.objective in ("test", "val"),
+            "n_ctx": self.n_ctx >= 1, "n_anchors": self.n_anchors >= 1, "epochs": self.epochs >= 0,
+            "anchor_epochs": self.anchor_epochs >= 0, "lr": self.lr > 0, "anchor_lr": self.anchor_lr > 0,
+            "batch_size": self.batch_size >= 1, "anchor_batch_size": self.anchor_batch_size >= 1,
+            "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
+            "period": self.period >= 1, "train_views": self.train_views >= 1,
+            "n_descriptions": self.n_descriptions >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Turn a YAML/CLI value into the field's type (``int``, ``float``, ``bool``, ``str``, optional)."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value) if value != "" else ""
+    allowed = [t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)]
+    if value is None and type(None) in getattr(hint, "__args__", ()):
+        return None
+    target = allowed[0]
+    if target is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if target is str and isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {target.__name__}, got {value!r}")
+    return value
+
+
+def make_config(values: dict[str, Any] | None = None, source: str = "config") -> TrainConfig:
+    """Build a validated TrainConfig from a dict. Unknown keys raise ConfigError naming ``source``."""
+    hints = get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)}
+    values = values or {}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """YAML file (optional) then overrides (``["lr=0.01", ...]`` or a dict), later wins."""
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must be a mapping of key: value")
+        values.update(loaded)
+    if isinstance(overrides, dict):
+        values.update(overrides)
+    else:
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override '{item}' is not key=value")
+            values[key.strip()] = value
+    return make_config(values, source=str(path) if path else "overrides")

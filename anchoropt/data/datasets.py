@@ -1,0 +1,213 @@
+"""Readers for the CoOp on-disk layout of the 11 standard datasets (SPEC section 7)
+and for custom folders described by a ``meta.json`` (the toy world uses these).
+
+Every reader returns a :class:`DatasetSplits` with absolute image paths and labels
+0..C-1; every error names the dataset, the file and the entry at fault.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad dataset input: missing folder or file, malformed split entry, bad label."""
+
+
+@dataclass(frozen=True)
+class Datum:
+    """One labelled image, as Dassl's ``Datum``: absolute path, label id, class name."""
+
+    impath: str
+    label: int
+    classname: str
+
+
+@dataclass
+class DatasetSplits:
+    """A dataset's train/val/test lists. ``classnames[label]`` names each label 0..C-1."""
+
+    name: str
+    classnames: list[str]
+    train: list[Datum]
+    val: list[Datum]
+    test: list[Datum]
+    template: str = "a photo of a {}."
+    root: Path = field(default_factory=Path)
+    image_dir: Path = field(default_factory=Path)
+    descriptions: Path | None = None  # CuPL JSON shipped with the dataset folder, if any
+
+
+@dataclass(frozen=True)
+class _SplitDataset:
+    folder: str
+    image_dir: str
+    split_file: str
+    template: str
+
+
+# CoOp's folders, split files and zero-shot templates (SPEC section 7).
+SPLIT_DATASETS = {
+    "caltech101": _SplitDataset("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "a photo of a {}."),
+    "oxford_pets": _SplitDataset("oxford_pets", "images", "split_zhou_OxfordPets.json", "a photo of a {}, a type of pet."),
+    "stanford_cars": _SplitDataset("stanford_cars", "", "split_zhou_StanfordCars.json", "a photo of a {}."),
+    "oxford_flowers": _SplitDataset("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
+                                    "a photo of a {}, a type of flower."),
+    "food101": _SplitDataset("food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food."),
+    "sun397": _SplitDataset("sun397", "SUN397", "split_zhou_SUN397.json", "a photo of a {}."),
+    "dtd": _SplitDataset("dtd", "images", "split_zhou_DescribableTextures.json", "{} texture."),
+    "eurosat": _SplitDataset("eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}."),
+    "ucf101": _SplitDataset("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "a photo of a person doing {}."),
+}
+STANDARD_DATASETS = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                     "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
+
+
+def build_dataset(root: str | Path, name: str) -> DatasetSplits:
+    """Read dataset ``name`` from the data root ``root`` (CoOp layout).
+
+    ``name`` is one of :data:`STANDARD_DATASETS` or a folder of ``root`` holding a
+    ``meta.json`` (custom CoOp-format dataset, see docs/INTERFACES.md).
+
+    Raises:
+        DataError: unknown name, missing folder/file, malformed entry, label out of range,
+            missing image; the message names the dataset and the file or entry.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root not found: {root}")
+    if (root / name / "meta.json").is_file():
+        return _read_custom(root / name, name)
+    if name == "imagenet":
+        return _read_imagenet(root / "imagenet")
+    if name == "fgvc_aircraft":
+        return _read_aircraft(root / "fgvc_aircraft")
+    if name in SPLIT_DATASETS:
+        spec = SPLIT_DATASETS[name]
+        folder = _require_dir(root / spec.folder, name)
+        return read_split_file(name, folder / spec.split_file, folder / spec.image_dir, spec.template)
+    raise DataError(f"unknown dataset '{name}' under {root}: expected one of {', '.join(STANDARD_DATASETS)} "
+                    f"or a folder with a meta.json")
+
+
+def read_split_file(name: str, split_path: Path, image_dir: Path, template: str) -> DatasetSplits:
+    """Read a ``split_zhou_*.json``: ``{"train"|"val"|"test": [[relpath, label, classname], ...]}``."""
+    try:
+        raw = json.loads(Path(split_path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"dataset '{name}': split file not found: {split_path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"dataset '{name}': split file {split_path} is not valid JSON: {err}") from None
+    if not isinstance(raw, dict) or not all(k in raw for k in ("train", "val", "test")):
+        raise DataError(f"dataset '{name}': split file {split_path} must hold 'train', 'val' and 'test' lists")
+    splits = {}
+    for part in ("train", "val", "test"):
+        items = []
+        for i, entry in enumerate(raw[part]):
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
+                raise DataError(f"dataset '{name}': {split_path} {part}[{i}] is {entry!r}, "
+                                f"expected [relative_path, label, classname]")
+            items.append(Datum(str(Path(image_dir) / entry[0]), entry[1], str(entry[2])))
+        splits[part] = items
+    return _finish(name, splits, template, split_path, image_dir)
+
+
+def _finish(name: str, splits: dict[str, list[Datum]], template: str, source: Path, image_dir: Path,
+            descriptions: Path | None = None) -> DatasetSplits:
+    """Derive class names from train, check labels and images."""
+    classnames = _classnames(name, splits["train"], source)
+    for part, items in splits.items():
+        for i, d in enumerate(items):
+            if not 0 <= d.label < len(classnames):
+                raise DataError(f"dataset '{name}': {source} {part}[{i}] label {d.label} out of range "
+                                f"0..{len(classnames) - 1}")
+            if not os.path.isfile(d.impath):
+                raise DataError(f"dataset '{name}': {source} {part}[{i}] image not found: {d.impath}")
+    return DatasetSplits(name, classnames, splits["train"], splits["val"], splits["test"], template,
+                         Path(source).parent, Path(image_dir), descriptions)
+
+
+def _classnames(name: str, train: list[Datum], source: Path) -> list[str]:
+    by_label: dict[int, str] = {}
+    for d in train:
+        if by_label.setdefault(d.label, d.classname) != d.classname:
+            raise DataError(f"dataset '{name}': {source} label {d.label} has two class names: "
+                            f"'{by_label[d.label]}' and '{d.classname}'")
+    labels = sorted(by_label)
+    if labels != list(range(len(labels))):
+        missing = sorted(set(range(max(labels) + 1)) - set(labels))
+        raise DataError(f"dataset '{name}': {source} train split has no image of label(s) {missing[:5]}")
+    return [by_label[i] for i in labels]
+
+
+def _require_dir(path: Path, name: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"dataset '{name}': folder not found: {path}")
+    return path
+
+
+def _read_lines(path: Path, name: str) -> list[str]:
+    try:
+        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    except FileNotFoundError:
+        raise DataError(f"dataset '{name}': file not found: {path}") from None
+
+
+def _read_imagenet(folder: Path) -> DatasetSplits:
+    """CoOp's ImageNet: ``images/{train,val}/<wnid>/*`` and ``classnames.txt`` (``wnid name`` lines).
+
+    Labels follow the sorted wnid folders; test is the val folder (CoOp practice).
+    """
+    _require_dir(folder, "imagenet")
+    names = {}
+    for i, line in enumerate(_read_lines(folder / "classnames.txt", "imagenet")):
+        wnid, _, cname = line.partition(" ")
+        if not cname:
+            raise DataError(f"dataset 'imagenet': {folder / 'classnames.txt'} line {i + 1} is '{line}', "
+                            f"expected '<wnid> <class name>'")
+        names[wnid] = cname.strip()
+    splits = {}
+    for part, sub in (("train", "train"), ("test", "val")):
+        split_dir = _require_dir(folder / "images" / sub, "imagenet")
+        items = []
+        for label, wnid in enumerate(sorted(p.name for p in split_dir.iterdir() if p.is_dir())):
+            if wnid not in names:
+                raise DataError(f"dataset 'imagenet': folder {split_dir / wnid} has no line in classnames.txt")
+            items += [Datum(str(p), label, names[wnid]) for p in sorted((split_dir / wnid).iterdir())]
+        splits[part] = items
+    splits["val"] = splits["test"]
+    return _finish("imagenet", splits, "a photo of a {}.", folder / "classnames.txt", folder / "images")
+
+
+def _read_aircraft(folder: Path) -> DatasetSplits:
+    """FGVC Aircraft: ``variants.txt`` and ``images_variant_{train,val,test}.txt`` (``<id> <variant>``)."""
+    _require_dir(folder, "fgvc_aircraft")
+    variants = _read_lines(folder / "variants.txt", "fgvc_aircraft")
+    label_of = {v: i for i, v in enumerate(variants)}
+    splits = {}
+    for part in ("train", "val", "test"):
+        path = folder / f"images_variant_{part}.txt"
+        items = []
+        for i, line in enumerate(_read_lines(path, "fgvc_aircraft")):
+            image_id, _, variant = line.partition(" ")
+            if variant not in label_of:
+                raise DataError(f"dataset 'fgvc_aircraft': {path} line {i + 1}: variant '{variant}' "
+                                f"not in variants.txt")
+            items.append(Datum(str(folder / "images" / f"{image_id}.jpg"), label_of[variant], variant))
+        splits[part] = items
+    return _finish("fgvc_aircraft", splits, "a photo of a {}, a type of aircraft.", folder / "variants.txt",
+                   folder / "images")
+
+
+def _read_custom(folder: Path, name: str) -> DatasetSplits:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        split_file, image_dir = meta["split_file"], meta.get("image_dir", "images")
+    except (json.JSONDecodeError, KeyError) as err:
+        raise DataError(f"dataset '{name}': {folder / 'meta.json'} is malformed: {err!r}") from None
+    data = read_split_file(name, folder / split_file, folder / image_dir, meta.get("template", "a photo of a {}."))
+    if meta.get("descriptions"):
+        data.descriptions = folder / meta["descriptions"]
+    return data

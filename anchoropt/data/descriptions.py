@@ -1,0 +1,81 @@
+"""LLM class descriptions in CuPL format, matched to class indices (SPEC sections 3 and 7).
+
+A CuPL file is ``{classname: [sentence, ...]}``. Its names can differ from the
+split file's in case, underscores, spacing and punctuation, so both sides are
+normalised before matching. Class names can repeat (ImageNet has two "missile"
+classes): descriptions are assigned per class index, the k-th class of a name
+taking the k-th entry of that name in the file; a count mismatch is an error,
+never a silent merge.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from anchoropt.data.datasets import DataError
+
+# CuPL file of each standard dataset (as distributed with the reference code).
+CUPL_FILES = {
+    "imagenet": "imagenet_prompts_full.json", "caltech101": "cal_prompts_full.json",
+    "oxford_pets": "pets_prompts_full.json", "stanford_cars": "cars_prompts_full.json",
+    "oxford_flowers": "flower_prompts_full.json", "food101": "food_prompts_full.json",
+    "fgvc_aircraft": "airplane_prompts_full.json", "sun397": "sun_prompts_full.json",
+    "dtd": "texture_prompts_full.json", "eurosat": "eurosat_prompts_full.json", "ucf101": "ucf_prompts_full.json",
+}
+
+
+def normalise_name(name: str) -> str:
+    """Lower case, ``_``/``-``/``/`` as spaces, other punctuation dropped, spaces collapsed."""
+    name = re.sub(r"[_\-/]", " ", name.lower())
+    name = re.sub(r"[^\w\s]", "", name)
+    return " ".join(name.split())
+
+
+def load_descriptions(path: str | Path, classnames: list[str], n_descriptions: int) -> list[list[str]]:
+    """The first ``n_descriptions`` sentences of each class, by class index.
+
+    Args:
+        path: CuPL JSON file.
+        classnames: C class names in label order.
+        n_descriptions: sentences kept per class (SPEC: 10; 5 for ImageNet).
+
+    Returns:
+        C lists of exactly ``n_descriptions`` sentences.
+
+    Raises:
+        DataError: missing/malformed file, a class with no entry or too few sentences,
+            or a repeated class name whose count differs from the file's.
+    """
+    path = Path(path)
+    try:
+        pairs = json.loads(path.read_text(), object_pairs_hook=list)
+    except FileNotFoundError:
+        raise DataError(f"descriptions file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"descriptions file {path} is not valid JSON: {err}") from None
+    if not isinstance(pairs, list) or not all(isinstance(v, list) for _, v in pairs):
+        raise DataError(f"descriptions file {path} must map class names to lists of sentences")
+    entries: dict[str, list[list[str]]] = defaultdict(list)
+    for name, sentences in pairs:
+        entries[normalise_name(name)].append(sentences)
+    wanted: dict[str, list[int]] = defaultdict(list)
+    for idx, name in enumerate(classnames):
+        wanted[normalise_name(name)].append(idx)
+    out: list[list[str]] = [[] for _ in classnames]
+    for key, indices in wanted.items():
+        found = entries.get(key, [])
+        if not found:
+            raise DataError(f"descriptions file {path} has no entry for class '{classnames[indices[0]]}' "
+                            f"(index {indices[0]})")
+        if len(found) != len(indices):
+            raise DataError(f"descriptions file {path}: class name '{classnames[indices[0]]}' is used by "
+                            f"{len(indices)} classes (indices {indices}) but has {len(found)} entries; "
+                            f"give one entry per class")
+        for idx, sentences in zip(indices, found):
+            if len(sentences) < n_descriptions:
+                raise DataError(f"descriptions file {path}: class '{classnames[idx]}' has {len(sentences)} "
+                                f"sentences, fewer than n_descriptions={n_descriptions}")
+            out[idx] = [str(s) for s in sentences[:n_descriptions]]
+    return out

@@ -1,0 +1,102 @@
+"""Few-shot sampling and the base/novel class split (SPEC sections 7 and 8).
+
+Sampling follows Dassl: seed Python's ``random`` with the run seed, group by label,
+draw K items per class with ``random.sample``. When the user's dataset folder holds
+Dassl's cache ``split_fewshot/shot_{K}-seed_{S}.pkl``, its exact images are used
+instead, so results compare with the reference code on the very same images.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from anchoropt.data.datasets import DataError, DatasetSplits, Datum
+
+_DASSL_DATUM = ("dassl.data.datasets.base_dataset", "Datum")
+
+
+class _PickledDatum:
+    """Stand-in for Dassl's ``Datum`` while unpickling; only its attributes are read."""
+
+
+class _DatumUnpickler(pickle.Unpickler):
+    """Admits only Dassl's ``Datum`` record type: a pickle can run arbitrary code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == _DASSL_DATUM:
+            return _PickledDatum
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only Dassl Datum records are allowed")
+
+
+def read_dassl_fewshot(path: Path, image_dir: Path) -> dict[str, list[Datum]]:
+    """Read Dassl's ``{"train": [Datum], "val": [Datum]}`` few-shot pickle.
+
+    Image paths in the file are absolute on the machine that wrote it; each is
+    re-rooted under ``image_dir`` by its part after the image folder's name.
+
+    Raises:
+        DataError: unreadable file, or a record of any other type than ``Datum``.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = _DatumUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
+        raise DataError(f"few-shot file {path} cannot be read: {err}") from None
+    if not isinstance(raw, dict) or "train" not in raw:
+        raise DataError(f"few-shot file {path} does not hold a {{'train': [...], 'val': [...]}} dict")
+    out = {}
+    for part in ("train", "val"):
+        items = []
+        for i, rec in enumerate(raw.get(part) or []):
+            state = getattr(rec, "__dict__", {})
+            if not {"_impath", "_label", "_classname"} <= set(state):
+                raise DataError(f"few-shot file {path} {part}[{i}] is not a Dassl Datum")
+            rel = str(state["_impath"]).replace("\\", "/").split(f"/{image_dir.name}/", 1)[-1]
+            items.append(Datum(str(image_dir / rel), int(state["_label"]), str(state["_classname"])))
+        out[part] = items
+    return out
+
+
+def sample_fewshot(items: list[Datum], shots: int, rng: random.Random) -> list[Datum]:
+    """K items per label, drawn as Dassl does (``random.sample`` per label, labels in
+    first-seen order). Classes with fewer than K items keep all of them."""
+    by_label: dict[int, list[Datum]] = defaultdict(list)
+    for d in items:
+        by_label[d.label].append(d)
+    out = []
+    for group in by_label.values():
+        out += rng.sample(group, shots) if len(group) >= shots else list(group)
+    return out
+
+
+def fewshot_splits(data: DatasetSplits, shots: int, seed: int) -> tuple[list[Datum], list[Datum]]:
+    """(train, val) few-shot lists: K per class from train, min(K, 4) per class from val.
+
+    Uses ``<dataset>/split_fewshot/shot_{K}-seed_{seed}.pkl`` when present. ``shots <= 0``
+    means all training images.
+    """
+    if shots <= 0:
+        return list(data.train), list(data.val)
+    cached = data.root / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
+    if cached.is_file():
+        found = read_dassl_fewshot(cached, data.image_dir)
+        return found["train"], found.get("val", [])
+    rng = random.Random(seed)  # one stream for train then val, as Dassl draws them
+    train = sample_fewshot(data.train, shots, rng)
+    return train, sample_fewshot(data.val, min(shots, 4), rng)
+
+
+def base_novel_labels(labels: list[int]) -> tuple[list[int], list[int]]:
+    """SPEC section 7: sorted label ids, first ceil(n/2) are base, the rest novel."""
+    ids = sorted(set(labels))
+    cut = math.ceil(len(ids) / 2)
+    return ids[:cut], ids[cut:]
+
+
+def subsample(items: list[Datum], keep: list[int]) -> list[Datum]:
+    """Keep items whose label is in ``keep`` and relabel them 0..k-1 in sorted order of ``keep``."""
+    relabel = {old: new for new, old in enumerate(sorted(keep))}
+    return [Datum(d.impath, relabel[d.label], d.classname) for d in items if d.label in relabel]

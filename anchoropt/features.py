@@ -1,0 +1,90 @@
+"""Image features of the frozen image encoder, computed once and cached on disk.
+
+The image encoder never trains, so a run (and every trial of a search) reads
+features instead of images: ``[N, D]`` for evaluation images and ``[N, V, D]``
+for training images, V fixed augmented views drawn once per image with a seed.
+The cache key covers the backbone, the exact image list, the views and the seed,
+so it is shared by every run on the same (backbone, dataset, split, seed, shots).
+Files are written atomically (temp file + rename), so concurrent trials are safe.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from anchoropt.backbone import Backbone
+from anchoropt.data.datasets import DataError, Datum
+from anchoropt.io import save_tensors
+
+BATCH = 128
+
+
+def load_image(path: str) -> Image.Image:
+    """Open an image as RGB (grey, palette, RGBA and CMYK are converted).
+
+    Raises:
+        DataError: missing or corrupt file, naming it.
+    """
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"corrupt image {path}: {err}") from None
+
+
+def cache_key(backbone: Backbone, items: list[Datum], views: int, seed: int) -> str:
+    """sha1 over backbone name/weights, image paths, views (0 = test transform) and seed."""
+    payload = json.dumps([backbone.name, str(backbone.pretrained), [d.impath for d in items], views, seed])
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
+@torch.no_grad()
+def encode_images(backbone: Backbone, items: list[Datum], views: int = 0, seed: int = 0,
+                  cache_dir: str | Path | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Image features (not normalised), float32 on CPU.
+
+    Args:
+        items: N images.
+        views: 0 for the test transform (returns ``[N, D]``); V >= 1 for V augmented views
+            drawn with torch's RNG seeded by ``seed`` (returns ``[N, V, D]``).
+        cache_dir: folder for cached features; None disables the cache.
+
+    Raises:
+        DataError: an image is missing or corrupt.
+    """
+    if not items:
+        raise DataError("no images to encode: the split is empty")
+    path = Path(cache_dir).expanduser() / "features" / f"{cache_key(backbone, items, views, seed)}.pt" \
+        if cache_dir else None
+    if path is not None and path.is_file():
+        return torch.load(path, weights_only=True)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        feats = _encode(backbone, items, views, device)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    if path is not None:
+        save_tensors(feats, path)
+    return feats
+
+
+def _encode(backbone: Backbone, items: list[Datum], views: int, device) -> torch.Tensor:
+    model = backbone.model
+    out = []
+    for start in range(0, len(items), BATCH):
+        images = [load_image(d.impath) for d in items[start:start + BATCH]]
+        if views == 0:
+            batch = torch.stack([backbone.preprocess(im) for im in images])
+        else:
+            batch = torch.stack([backbone.augment(im) for im in images for _ in range(views)])
+        with torch.autocast("cuda", dtype=torch.float16, enabled=torch.device(device).type == "cuda"):
+            feats = model.encode_image(batch.to(device)).float().cpu()
+        out.append(feats if views == 0 else feats.view(len(images), views, -1))
+    return torch.cat(out)

@@ -1,0 +1,271 @@
+"""Contrastive (CLIP) pretraining of the small ``ToyCLIP`` model on the toy world, on CPU.
+
+Run::
+
+    python -m anchoropt.toy.pretrain --out anchoropt/assets/toyclip.pt --minutes 35 --seed 0
+
+Every step draws a fresh batch of (image, caption) pairs from :mod:`anchoropt.toy.world`
+(batch ``b`` of run seed ``s`` uses world stream ``s`` indices ``b*B .. b*B+B-1``, generated in a
+helper process), trains with open_clip's ``ClipLoss`` (symmetric InfoNCE), AdamW with linear
+warm-up and cosine decay. With ``--minutes`` the number of steps is fixed after timing the first
+steps (logged, so a run can be repeated exactly with ``--steps``). The text tower is run on the
+batch's tokens cut after the longest end-of-text token (exact under CLIP's causal mask).
+
+The checkpoint is an fp16 ``state_dict`` loadable with
+``open_clip.create_model("ToyCLIP", pretrained=path)`` once ``anchoropt/model_configs`` is
+registered (see :func:`register_toyclip`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+import anchoropt  # noqa: F401  (torchvision fix; must precede open_clip)
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from anchoropt.toy import world
+
+MODEL_NAME = "ToyCLIP"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+DEFAULT_CKPT = Path(__file__).resolve().parent.parent / "assets" / "toyclip.pt"
+MEAN = np.array(open_clip.OPENAI_DATASET_MEAN, np.float32)
+STD = np.array(open_clip.OPENAI_DATASET_STD, np.float32)
+
+
+def register_toyclip() -> None:
+    """Register ``anchoropt/model_configs`` (the ``ToyCLIP`` config) with open_clip. Idempotent."""
+    if MODEL_NAME not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+def load_toyclip(checkpoint=DEFAULT_CKPT, device="cpu"):
+    """Create ToyCLIP with weights from ``checkpoint``, in eval mode, fp32.
+
+    Returns:
+        ``(model, preprocess, tokenizer)``: the open_clip model, its eval image transform
+        (PIL -> tensor (3, 64, 64)) and tokenizer (list of str -> LongTensor (n, 77)).
+    Raises:
+        FileNotFoundError: checkpoint missing.
+    """
+    register_toyclip()
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"ToyCLIP checkpoint not found: {checkpoint}")
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        MODEL_NAME, pretrained=str(checkpoint), device=device)
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(MODEL_NAME)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, 64, 64, 3) -> normalised float tensor (n, 3, 64, 64) (same as the eval transform)."""
+    x = (images.astype(np.float32) / 255.0 - MEAN) / STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` (unnormalised) computed on tokens cut after the last EOS (exact)."""
+    eos = tokens.argmax(dim=-1)
+    L = int(eos.max()) + 1
+    x = model.token_embedding(tokens[:, :L]) + model.positional_embedding[:L]
+    x = model.transformer(x, attn_mask=model.attn_mask[:L, :L])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0]), eos]
+    return x @ model.text_projection
+
+
+# ---------------------------------------------------------------------------- data worker
+_TOK = None
+
+
+def _make_batch(args):
+    seed, step, batch = args
+    global _TOK
+    if _TOK is None:
+        _TOK = open_clip.get_tokenizer(MODEL_NAME)
+    imgs, _, caps = world.generate(batch, seed=seed, start=step * batch)
+    return images_to_tensor(imgs), _TOK(caps)
+
+
+def _producer(seed, batch, start_step, queue):
+    register_toyclip()
+    torch.set_num_threads(1)
+    s = start_step
+    while True:
+        images, tokens = _make_batch((seed, s, batch))
+        queue.put((s, images.numpy(), tokens.numpy()))
+        s += 1
+
+
+def _batches(seed, batch, start_step, workers):
+    """Yield ``(images, tokens)`` batches in order; ``workers`` > 0 generates them ahead in one
+    helper process (bounded queue)."""
+    if workers <= 0:
+        s = start_step
+        while True:
+            yield _make_batch((seed, s, batch))
+            s += 1
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue(maxsize=4)
+    proc = ctx.Process(target=_producer, args=(seed, batch, start_step, queue), daemon=True)
+    proc.start()
+    try:
+        expect = start_step
+        while True:
+            s, im, tok = queue.get()
+            assert s == expect
+            expect += 1
+            yield torch.from_numpy(im), torch.from_numpy(tok)
+    finally:
+        proc.terminate()
+
+
+# ---------------------------------------------------------------------------- probes
+PROBES = {
+    # name: (attribute(s), prompt builder)
+    "shape": (("shape",), lambda v: f"a photo of a {v[0]}."),
+    "colour": (("colour",), lambda v: f"a photo of a {v[0]} shape."),
+    "pattern": (("pattern",), lambda v: f"a photo of a {v[0]} shape."),
+    "count": (("count",), lambda v: f"a photo of {world.NUMBER_WORDS[v[0]]} {'shape' if v[0] == 1 else 'shapes'}."),
+    "size": (("size",), lambda v: f"a photo of a {v[0]} shape."),
+    "background": (("background",), lambda v: f"a photo of shapes on a {v[0]} background."),
+    "position": (("position",), lambda v: f"a photo of a shape in the {v[0]}."),
+    "colour_shape": (("colour", "shape"), lambda v: f"a photo of a {v[0]} {v[1]}."),
+}
+
+
+@torch.no_grad()
+def probe(model, tokenizer, n: int = 400, seed: int = 12345) -> dict:
+    """Zero-shot accuracy (%) on fresh world samples for each probe task in ``PROBES``.
+
+    Images: ``n`` random scenes per task (stream ``seed``); the true class is the scene's value(s)
+    of the task attribute(s); one prompt per class.
+    """
+    was_training = model.training
+    model.eval()
+    out = {}
+    for ti, (name, (attrs, prompt)) in enumerate(PROBES.items()):
+        values = [()]
+        for a in attrs:
+            values = [v + (x,) for v in values for x in world.ATTRIBUTES[a]]
+        tf = F.normalize(model.encode_text(tokenizer([prompt(v) for v in values])), dim=-1)
+        imgs, scenes, _ = world.generate(n, seed=seed + ti, with_captions=False,
+                                         **({"count": 1} if name == "position" else {}))
+        feats = F.normalize(model.encode_image(images_to_tensor(imgs)), dim=-1)
+        pred = (feats @ tf.T).argmax(1).numpy()
+        truth = np.array([values.index(tuple(getattr(s, a) for a in attrs)) for s in scenes])
+        out[name] = round(100.0 * float((pred == truth).mean()), 1)
+    model.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------------------- training
+def save_fp16(model, path) -> int:
+    """Save ``model.state_dict()`` with floating tensors in fp16; returns the file size in bytes."""
+    sd = {k: (v.detach().half() if v.is_floating_point() else v.detach()) for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(sd, tmp)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_CKPT)
+    ap.add_argument("--log", type=Path, default=None, help="log file (default: <out dir>/toyclip_train.log)")
+    ap.add_argument("--minutes", type=float, default=35.0, help="wall-time budget (ignored with --steps)")
+    ap.add_argument("--steps", type=int, default=None, help="fixed number of steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--wd", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--probe-every", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="data generation processes (0: inline)")
+    a = ap.parse_args(argv)
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    register_toyclip()
+    log_path = a.log or a.out.parent / "toyclip_train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logf = open(log_path, "w")
+
+    def log(msg):
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    model = open_clip.create_model(MODEL_NAME)
+    model.train()
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"args {vars(a)}")
+    log(f"ToyCLIP params {n_params / 1e6:.2f}M torch {torch.__version__} open_clip {open_clip.__version__}")
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
+    loss_fn = open_clip.ClipLoss()
+
+    total = a.steps
+    budget_s = a.minutes * 60.0
+    t0 = time.time()
+    data = _batches(a.seed, a.batch_size, 0, a.workers)
+    step, ema = 0, None
+    timing_steps = 10
+    while total is None or step < total:
+        if total is None and step == timing_steps:
+            per = (time.time() - t_timing) / (timing_steps - 2)
+            total = max(timing_steps + 1, int((budget_s - (time.time() - t0)) / per) + timing_steps)
+            log(f"timing: {per:.3f} s/step -> total steps fixed to {total} (repeat with --steps {total})")
+        if step == 2:
+            t_timing = time.time()
+        T = total or 10 ** 9
+        lr = a.lr * (step + 1) / a.warmup if step < a.warmup else \
+            0.5 * a.lr * (1 + math.cos(math.pi * (step - a.warmup) / max(1, T - a.warmup)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        images, tokens = next(data)
+        img_f = F.normalize(model.encode_image(images), dim=-1)
+        txt_f = F.normalize(encode_text_cut(model, tokens), dim=-1)
+        loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % a.log_every == 0 or step == 1:
+            log(f"step {step}/{total} loss {loss.item():.4f} ema {ema:.4f} lr {lr:.2e} "
+                f"scale {model.logit_scale.exp().item():.1f} elapsed {time.time() - t0:.0f}s")
+        if a.probe_every and step % a.probe_every == 0 and step < (total or 0):
+            log(f"probe step {step}: {probe(model, tokenizer, n=200)}")
+            save_fp16(model, a.out)
+    size = save_fp16(model, a.out)
+    log(f"saved {a.out} ({size / 1e6:.1f} MB) after {step} steps, {time.time() - t0:.0f}s")
+    # check it loads through open_clip and probe the loaded model
+    loaded, _, tok = load_toyclip(a.out)
+    log(f"final probe (loaded checkpoint, 400 images/task): {probe(loaded, tok, n=400)}")
+    log(f"done in {time.time() - t0:.0f}s")
+    logf.close()
+    os._exit(0)  # do not wait on the data pool's queued batches
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import anchoropt  # noqa: E402,F401  (torchvision fix before open_clip)
+import open_clip  # noqa: E402
+
+from tests.helpers import make_split_dataset, write_descriptions  # noqa: E402
+
+open_clip.add_model_config(Path(__file__).parent / "model_configs")
+TINY = "TinyCLIP-test"
+EUROSAT_CLASSES = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road",
+                   "Industrial Buildings", "Pasture Land"]
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from anchoropt.backbone import create_backbone
+    return create_backbone(TINY, "")
+
+
+@pytest.fixture(scope="session")
+def eurosat_root(tmp_path_factory):
+    """A data root holding a 6-class EuroSAT in its CoOp layout, with CuPL-style descriptions."""
+    root = tmp_path_factory.mktemp("data")
+    make_split_dataset(root, "eurosat", "2750", "split_zhou_EuroSAT.json", EUROSAT_CLASSES)
+    write_descriptions(root / "eurosat_prompts_full.json", EUROSAT_CLASSES)
+    return root
+
+
+@pytest.fixture
+def tiny_cfg(eurosat_root, tmp_path):
+    from anchoropt.config import load_config
+
+    def make(**overrides):
+        values = dict(dataset="eurosat", data_root=str(eurosat_root), backbone=TINY, pretrained="",
+                      descriptions_dir=str(eurosat_root), cache_dir=str(tmp_path / "cache"), shots=4,
+                      epochs=2, anchor_epochs=2, train_views=2, batch_size=8, device="cpu")
+        values.update(overrides)
+        return load_config(overrides=values)
+    return make

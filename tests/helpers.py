@@ -1,0 +1,62 @@
+"""Tiny data and models the tests make themselves."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
+           "purple": (150, 40, 180), "orange": (240, 140, 20)}
+
+
+def write_image(path: Path, rgb, rng: np.random.Generator, size: int = 32) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def make_split_dataset(root: Path, folder: str, image_dir: str, split_file: str, classnames: list[str],
+                       per_class=(6, 2, 3), seed: int = 0) -> dict:
+    """A CoOp split_zhou dataset of solid-colour noisy images, one colour per class."""
+    rng = np.random.default_rng(seed)
+    base = root / folder
+    split = {}
+    for part, n in zip(("train", "val", "test"), per_class):
+        entries = []
+        for label, name in enumerate(classnames):
+            for i in range(n):
+                rel = f"{name.replace(' ', '_')}/{part}_{i}.png"
+                write_image(base / image_dir / rel, list(COLOURS.values())[label % len(COLOURS)], rng)
+                entries.append([rel, label, name])
+        split[part] = entries
+    (base / split_file).write_text(json.dumps(split))
+    return split
+
+
+def write_descriptions(path: Path, classnames: list[str], n: int = 10) -> Path:
+    path.write_text(json.dumps({c: [f"A photo of {c}, sentence {i}." for i in range(n)] for c in classnames}))
+    return path
+
+
+def save_openai_style_jit(state_dict: dict, path: Path) -> Path:
+    """Save a state dict as a TorchScript archive with OpenAI's extra entries, as OpenAI's ``.pt`` files are."""
+    import torch
+
+    class Holder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Holder()
+    state = dict(state_dict, input_resolution=torch.tensor(32), context_length=torch.tensor(77),
+                 vocab_size=torch.tensor(49408))
+    for key, value in state.items():
+        module, *parents = root, *key.split(".")[:-1]
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, Holder())
+            module = getattr(module, part)
+        module.register_buffer(key.split(".")[-1], value.clone())
+    torch.jit.save(torch.jit.script(root), str(path))
+    return path
