@@ -17,6 +17,7 @@ TorchScript archives, which makes the tag and the file give the same model.
 """
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ import torchvision.transforms as T
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TOY_CHECKPOINT = Path(__file__).parent / "assets" / "toyclip.pt"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
+# Extra model-config folders (os.pathsep-separated), e.g. the tests' tiny models, in every process.
+for _extra in filter(None, os.environ.get("ANCHOROPT_MODEL_CONFIGS", "").split(os.pathsep)):
+    open_clip.add_model_config(_extra)
 
 
 class BackboneError(RuntimeError):

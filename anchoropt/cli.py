@@ -1,4 +1,4 @@
-"""Command line: ``anchoropt train|data|...``. Errors in user input print one line and exit 2."""
+"""Command line: ``anchoropt train|search|benchmark|report|data|run``. Errors in user input print one line and exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +10,10 @@ from tqdm.auto import tqdm
 
 from anchoropt.backbone import BackboneError
 from anchoropt.config import ConfigError, load_config
-from anchoropt.data import DataError
+from anchoropt.pipeline import DEFAULT_SPACE, DEFAULT_SUITE
 from anchoropt.train import NonFiniteLoss
 
-USER_ERRORS = (ConfigError, DataError, BackboneError, NonFiniteLoss, FileNotFoundError)
+USER_ERRORS = (ValueError, BackboneError, NonFiniteLoss, FileNotFoundError)  # ConfigError, DataError too
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -34,6 +34,85 @@ def _train(args: argparse.Namespace) -> None:
     print(f"record: {out / 'record.json'}")
 
 
+def _search(args: argparse.Namespace) -> None:
+    from anchoropt.search.driver import SearchError, run_search
+
+    common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
+                  max_concurrent=args.max_concurrent, verbose=args.verbose, print_summary=True)
+    if args.resume:
+        if args.space or args.out or args.config or args.overrides:
+            raise SearchError("--resume DIR takes the space, base config and options stored in DIR; "
+                              "only --num-trials, --max-concurrent, --address, --num-cpus may be given")
+        run_search(resume=args.resume, **common)
+        return
+    missing = [flag for flag, value in (("--space", args.space), ("--num-trials", args.num_trials),
+                                        ("--out", args.out)) if value is None]
+    if missing:
+        raise SearchError(f"a new search needs {', '.join(missing)} (or --resume DIR)")
+    base = load_config(args.config, args.overrides)
+    run_search(args.space, args.out, base=base, objective=args.objective, sampler=args.sampler, seed=args.seed,
+               scheduler=args.scheduler, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+               storage=args.storage, **common)
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from anchoropt.benchmark import load_suite, run_benchmark
+
+    suite = load_suite(args.suite, _overrides(args.overrides))
+    counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial,
+                           gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                           address=args.address, num_cpus=args.num_cpus)
+    print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done; "
+          f"records under {args.results}")
+    if counts["failed"]:
+        sys.exit(1)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from anchoropt.report import load_records, write_report
+
+    path = write_report(load_records(args.results), args.out, baseline=args.baseline,
+                        schedules=tuple(args.schedules) if args.schedules else None)
+    print(f"report: {path}")
+
+
+def _data(args: argparse.Namespace) -> None:
+    from anchoropt.toy.datasets import make_toy11
+
+    names = make_toy11(Path(args.root), seed=args.seed, overwrite=args.overwrite)
+    print(f"{len(names)} toy datasets under {args.root}: {', '.join(names)}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from anchoropt.pipeline import run_main_job
+
+    run_main_job(args.suite, args.results, args.report, _overrides(args.overrides), space=args.space,
+                 search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
+                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                 max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus)
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    """``key=value`` strings as a dict (values typed later by the config)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override '{item}' is not key=value")
+        out[key.strip()] = value
+    return out
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    """Resources of Ray Tune trials, shared by search, benchmark and run."""
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of one trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs of one trial, fractions allowed (0.25: four trials per GPU; default 0)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto or ip:6379); default: a local Ray")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchoropt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +122,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/<dataset>/<method>-...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_anchors=4")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials")
+    p.add_argument("--space", help="search space YAML (e.g. search_spaces/anchors.yaml)")
+    p.add_argument("--num-trials", type=int, help="total number of trials")
+    p.add_argument("--out", help="search folder (trials table, best_config.yaml, plots, study)")
+    p.add_argument("--config", help="base configuration YAML (TrainConfig keys); the space updates it")
+    p.add_argument("--objective", choices=("val", "test"), default="val",
+                   help="val: leak-free pseudo base/novel split (default); test: base/novel test images")
+    p.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe (default), random, cmaes, qmc, gp, "
+                                                    "bruteforce")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--scheduler", choices=("none", "asha"), default="none",
+                   help="asha: stop poor trials early on their per-epoch HM")
+    _add_ray_args(p)
+    p.add_argument("--storage", help="Optuna RDB URL (e.g. sqlite:///study.db); default a journal file in --out")
+    p.add_argument("--resume", metavar="DIR", help="resume the interrupted search in DIR")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune progress output")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides, e.g. dataset=dtd")
+    p.set_defaults(func=_search)
+
+    p = sub.add_parser("benchmark", help="run every (method, dataset, seed) cell of a suite as Ray Tune trials")
+    p.add_argument("suite", help="suite YAML (e.g. benchmarks/toy11.yaml)")
+    p.add_argument("--results", required=True, help="folder of the cell records (finished cells are skipped)")
+    _add_ray_args(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="shared config overrides, e.g. data_root=/data")
+    p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("report", help="tables, paired tests and CD diagram from result records")
+    p.add_argument("results", nargs="+", help="record files or folders")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--baseline", help="method the others are tested against (default: the first)")
+    p.add_argument("--schedules", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),
+                   help="methods compared in the one-stage vs two-stage section")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("data", help="create the offline toy-11 datasets")
+    p.add_argument("kind", choices=["toy"])
+    p.add_argument("--root", default="data/toy11", help="data root (default data/toy11)")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite datasets already on disk")
+    p.set_defaults(func=_data)
+
+    p = sub.add_parser("run", help="main job: toy data, search both schedules, benchmark, report")
+    p.add_argument("--suite", default=str(DEFAULT_SUITE), help="benchmark suite (default the toy-11 suite)")
+    p.add_argument("--results", default="results/toy11", help="searches and cell records (default results/toy11)")
+    p.add_argument("--report", default="reports/toy11", help="report folder (default reports/toy11)")
+    p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
+    p.add_argument("--search-trials", type=int, default=8, help="trials per schedule (0: no search)")
+    p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's first)")
+    p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
+    _add_ray_args(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="shared config overrides, e.g. data_root=/data backbone=ViT-B-16 pretrained=openai")
+    p.set_defaults(func=_run)
     return parser
 
 

@@ -140,11 +140,12 @@ class Trainer:
             for i, batch in enumerate(bar):
                 with self.autocast():
                     loss, stepper = step(batch, global_step)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"{phase}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}")
+                value = loss.item()  # the one host sync per step
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"{phase}: non-finite loss ({value}) at epoch {epoch + 1}, step {i + 1}")
                 stepper.step(loss, self.scaler)
-                total, count, global_step = total + loss.item(), count + 1, global_step + 1
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                total, count, global_step = total + value, count + 1, global_step + 1
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             if on_epoch is not None:
                 on_epoch(epoch, {"phase": phase, "loss": total / max(count, 1)})
 

@@ -4,13 +4,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["ANCHOROPT_MODEL_CONFIGS"] = str(Path(__file__).parent / "model_configs")  # Ray workers too
 
-import anchoropt  # noqa: E402,F401  (torchvision fix before open_clip)
-import open_clip  # noqa: E402
+import anchoropt.backbone  # noqa: E402,F401  (registers the tests' model configs)
 
 from tests.helpers import make_split_dataset, write_descriptions  # noqa: E402
 
-open_clip.add_model_config(Path(__file__).parent / "model_configs")
 TINY = "TinyCLIP-test"
 EUROSAT_CLASSES = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road",
                    "Industrial Buildings", "Pasture Land"]
@@ -42,3 +41,14 @@ def tiny_cfg(eurosat_root, tmp_path):
         values.update(overrides)
         return load_config(overrides=values)
     return make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One small local Ray for the whole test session, shut down at the end."""
+    import ray
+
+    from anchoropt.raytools import ensure_ray
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -7,8 +7,8 @@ Run::
 Every step draws a fresh batch of (image, caption) pairs from :mod:`anchoropt.toy.world`
 (batch ``b`` of run seed ``s`` uses world stream ``s`` indices ``b*B .. b*B+B-1``, generated in a
 helper process), trains with open_clip's ``ClipLoss`` (symmetric InfoNCE), AdamW with linear
-warm-up and cosine decay. With ``--minutes`` the number of steps is fixed after timing the first
-steps (logged, so a run can be repeated exactly with ``--steps``). The text tower is run on the
+warm-up and cosine decay. With ``--minutes`` the cosine runs over wall time and training stops when
+the budget is spent (the step count reached is logged; ``--steps N`` runs a step-based schedule). The text tower is run on the
 batch's tokens cut after the longest end-of-text token (exact under CLIP's causal mask).
 
 The checkpoint is an fp16 ``state_dict`` loadable with
@@ -83,39 +83,72 @@ def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- data worker
 _TOK = None
+_PRODUCERS: list = []  # helper processes to stop on exit
+
+
+# attribute -> weight when choosing which attribute a hard-negative group varies
+GROUP_WEIGHTS = {"shape": 3, "pattern": 2, "position": 2, "size": 1, "count": 1, "colour": 1, "background": 1}
+
+
+def make_batch(seed: int, step: int, batch: int, group_frac: float = 0.0, group_size: int = 8):
+    """Images and captions of training batch ``step`` (deterministic in ``(seed, step, batch)``).
+
+    A fraction ``group_frac`` of the batch is made of hard-negative groups
+    (:func:`world.contrast_group`: scenes differing in one attribute, which their captions always
+    mention); the rest are independent random scenes (world stream ``seed``, indices
+    ``step*batch ...``).
+
+    Returns:
+        ``(images uint8 (batch, 64, 64, 3), captions list of str)``.
+    """
+    n_group = int(round(batch * group_frac))
+    caps: list = []
+    imgs = []
+    if n_group:
+        rng = np.random.default_rng([seed, 7777, step])
+        names, w = list(GROUP_WEIGHTS), np.array(list(GROUP_WEIGHTS.values()), float)
+        while len(caps) < n_group:
+            attr = names[int(rng.choice(len(names), p=w / w.sum()))]
+            for sc in world.contrast_group(rng, attr, max_size=min(group_size, n_group - len(caps))):
+                imgs.append(world.render(sc, rng))
+                caps.append(world.caption(sc, rng, always=(attr,)))
+    r_imgs, _, r_caps = world.generate(batch - n_group, seed=seed, start=step * batch)
+    images = np.concatenate([np.stack(imgs), r_imgs]) if imgs else r_imgs
+    return images, caps + r_caps
 
 
 def _make_batch(args):
-    seed, step, batch = args
+    seed, step, batch, group_frac = args
     global _TOK
     if _TOK is None:
         _TOK = open_clip.get_tokenizer(MODEL_NAME)
-    imgs, _, caps = world.generate(batch, seed=seed, start=step * batch)
+    imgs, caps = make_batch(seed, step, batch, group_frac)
     return images_to_tensor(imgs), _TOK(caps)
 
 
-def _producer(seed, batch, start_step, queue):
+def _producer(seed, batch, start_step, queue, group_frac):
     register_toyclip()
     torch.set_num_threads(1)
     s = start_step
     while True:
-        images, tokens = _make_batch((seed, s, batch))
+        images, tokens = _make_batch((seed, s, batch, group_frac))
         queue.put((s, images.numpy(), tokens.numpy()))
         s += 1
 
 
-def _batches(seed, batch, start_step, workers):
+def _batches(seed, batch, start_step, workers, group_frac=0.0):
     """Yield ``(images, tokens)`` batches in order; ``workers`` > 0 generates them ahead in one
     helper process (bounded queue)."""
     if workers <= 0:
         s = start_step
         while True:
-            yield _make_batch((seed, s, batch))
+            yield _make_batch((seed, s, batch, group_frac))
             s += 1
     ctx = mp.get_context("fork")
     queue = ctx.Queue(maxsize=4)
-    proc = ctx.Process(target=_producer, args=(seed, batch, start_step, queue), daemon=True)
+    proc = ctx.Process(target=_producer, args=(seed, batch, start_step, queue, group_frac), daemon=True)
     proc.start()
+    _PRODUCERS.append(proc)
     try:
         expect = start_step
         while True:
@@ -191,6 +224,14 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--probe-every", type=int, default=200)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this checkpoint's weights (continue training; fresh optimiser)")
+    ap.add_argument("--data-offset", type=int, default=0,
+                    help="first batch index of the world stream (use the previous run's step count "
+                         "with --init so that no batch is seen twice)")
+    ap.add_argument("--group-frac", type=float, default=0.5,
+                    help="fraction of each batch made of hard-negative groups (scenes differing in one "
+                         "attribute, see world.contrast_group); 0 = all independent random scenes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="data generation processes (0: inline)")
     a = ap.parse_args(argv)
@@ -200,7 +241,7 @@ def main(argv=None) -> None:
     register_toyclip()
     log_path = a.log or a.out.parent / "toyclip_train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    logf = open(log_path, "w")
+    logf = open(log_path, "a" if a.init is not None else "w")  # a continuation appends
 
     def log(msg):
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
@@ -208,7 +249,11 @@ def main(argv=None) -> None:
         logf.write(line + "\n")
         logf.flush()
 
-    model = open_clip.create_model(MODEL_NAME)
+    if a.init is not None:
+        model = open_clip.create_model(MODEL_NAME, pretrained=str(a.init))
+        log(f"initialised from {a.init}")
+    else:
+        model = open_clip.create_model(MODEL_NAME)
     model.train()
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     n_params = sum(p.numel() for p in model.parameters())
@@ -224,19 +269,20 @@ def main(argv=None) -> None:
     total = a.steps
     budget_s = a.minutes * 60.0
     t0 = time.time()
-    data = _batches(a.seed, a.batch_size, 0, a.workers)
+    data = _batches(a.seed, a.batch_size, a.data_offset, a.workers, a.group_frac)
     step, ema = 0, None
-    timing_steps = 10
-    while total is None or step < total:
-        if total is None and step == timing_steps:
-            per = (time.time() - t_timing) / (timing_steps - 2)
-            total = max(timing_steps + 1, int((budget_s - (time.time() - t0)) / per) + timing_steps)
-            log(f"timing: {per:.3f} s/step -> total steps fixed to {total} (repeat with --steps {total})")
-        if step == 2:
-            t_timing = time.time()
-        T = total or 10 ** 9
+    while True:
+        elapsed = time.time() - t0
+        if total is not None:
+            if step >= total:
+                break
+            progress = (step - a.warmup) / max(1, total - a.warmup)
+        else:  # wall-time budget: cosine over time, stop when it is spent
+            if elapsed >= budget_s:
+                break
+            progress = elapsed / budget_s
         lr = a.lr * (step + 1) / a.warmup if step < a.warmup else \
-            0.5 * a.lr * (1 + math.cos(math.pi * (step - a.warmup) / max(1, T - a.warmup)))
+            0.5 * a.lr * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
         for g in opt.param_groups:
             g["lr"] = lr
         images, tokens = next(data)
@@ -254,10 +300,13 @@ def main(argv=None) -> None:
         if step % a.log_every == 0 or step == 1:
             log(f"step {step}/{total} loss {loss.item():.4f} ema {ema:.4f} lr {lr:.2e} "
                 f"scale {model.logit_scale.exp().item():.1f} elapsed {time.time() - t0:.0f}s")
-        if a.probe_every and step % a.probe_every == 0 and step < (total or 0):
+        if a.probe_every and step % a.probe_every == 0:
             log(f"probe step {step}: {probe(model, tokenizer, n=200)}")
             save_fp16(model, a.out)
     size = save_fp16(model, a.out)
+    for proc in _PRODUCERS:
+        proc.terminate()
+        proc.join(5)
     log(f"saved {a.out} ({size / 1e6:.1f} MB) after {step} steps, {time.time() - t0:.0f}s")
     # check it loads through open_clip and probe the loaded model
     loaded, _, tok = load_toyclip(a.out)

@@ -58,7 +58,7 @@ COLOUR_RGB = {
 }
 SIZE_RANGE = {"small": (12, 15), "medium": (18, 21), "large": (26, 30)}  # diameter, 64-px units
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
-PLURALS = {s: (s + "es" if s.endswith("ss") else s + "s") for s in SHAPES}
+PLURALS = {s: (s + "es" if s.endswith("s") else s + "s") for s in SHAPES}
 
 # position -> (x, y) centre in 64-px units for a single object
 _POS_XY = {
@@ -352,14 +352,14 @@ GENERIC_NOUNS = (["shape", "shape", "object"], ["shapes", "shapes", "objects"])
 
 
 def _plural(word: str) -> str:
-    return word + "es" if word.endswith("ss") else word + "s"
+    return word + "es" if word.endswith("s") else word + "s"
 
 
 def _choice(rng: np.random.Generator, seq: Sequence):
     return seq[int(rng.integers(len(seq)))]
 
 
-def caption(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3) -> str:
+def caption(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3, always: Sequence[str] = ()) -> str:
     """A natural-language caption of ``scene`` with random wording.
 
     Each of size, colour, pattern, count, background and position is mentioned with probability
@@ -370,30 +370,34 @@ def caption(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3) -> str:
         scene: the scene to describe.
         rng: numpy random generator.
         p_drop: probability of leaving out each attribute, in [0, 1].
+        always: attribute names that are always mentioned (e.g. ``("shape",)``).
     Returns:
         A one-sentence caption (lower case, ends with a full stop).
     """
-    keep = lambda: rng.random() >= p_drop  # noqa: E731
+    def keep(attr):
+        r = rng.random()  # always drawn, so ``always`` does not shift the random stream
+        return attr in always or r >= p_drop
+
     plural = scene.count > 1
-    if rng.random() < p_drop / 2:
+    if rng.random() < p_drop / 2 and "shape" not in always:
         noun = _choice(rng, GENERIC_NOUNS[plural])
     else:
         w = _choice(rng, SHAPE_WORDS[scene.shape])
         noun = _plural(w) if plural else w
     adjs = []
-    if keep():
+    if keep("size"):
         adjs.append(_choice(rng, SIZE_WORDS[scene.size]))
-    if keep():
+    if keep("colour"):
         adjs.append(_choice(rng, COLOUR_WORDS[scene.colour]))
     pattern_after = None
-    if keep():
+    if keep("pattern"):
         if rng.random() < 0.75:
             adjs.append(_choice(rng, PATTERN_ADJ[scene.pattern]))
         else:
             pattern_after = _choice(rng, PATTERN_WITH[scene.pattern])
     np_ = " ".join(adjs + [noun])
     if plural:
-        if keep() or not adjs:
+        if keep("count") or not adjs:
             num = NUMBER_WORDS[scene.count] if rng.random() < 0.85 else str(scene.count)
             np_ = f"{num} {np_}"
     else:
@@ -402,9 +406,9 @@ def caption(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3) -> str:
     parts = [np_]
     if pattern_after:
         parts.append(pattern_after)
-    if scene.count == 1 and keep():
+    if scene.count == 1 and keep("position"):
         parts.append(_choice(rng, POSITION_PHRASES).format(scene.position))
-    if keep():
+    if keep("background"):
         parts.append(_choice(rng, BACKGROUND_PHRASES[scene.background]))
     body = " ".join(parts)
     be = "are" if plural else "is"
@@ -451,6 +455,41 @@ def generate(n: int, seed: int = 0, start: int = 0, with_captions: bool = True, 
         if with_captions:
             caps.append(caption(sc, rng))
     return images, scenes, (caps if with_captions else None)
+
+
+def contrast_group(rng: np.random.Generator, attribute: str, max_size: int = 8) -> list:
+    """Scenes that share every attribute but ``attribute`` (hard negatives for contrastive training).
+
+    Args:
+        rng: numpy random generator.
+        attribute: the attribute that varies (a key of ``ATTRIBUTES``).
+        max_size: at most this many scenes; each has a different value of ``attribute``.
+    Returns:
+        list of ``min(max_size, number of values)`` valid scenes (fewer for "size" never happens:
+        the base scene is drawn with 1-4 objects when sizes vary).
+    Raises:
+        KeyError: unknown attribute.
+    """
+    values = list(ATTRIBUTES[attribute])
+    fixed = {}
+    if attribute == "size":
+        fixed["count"] = COUNTS[int(rng.integers(4))]
+    if attribute == "count":
+        fixed["size"] = SIZES[int(rng.integers(2))]
+    if attribute == "position":
+        fixed["count"] = 1
+    base = sample_scene(rng, **fixed).as_dict()
+    n = min(max_size, len(values))
+    picks = [values[i] for i in rng.choice(len(values), size=n, replace=False)]
+    out = []
+    for v in picks:
+        d = dict(base)
+        d[attribute] = v
+        if attribute == "count":
+            d["position"] = (base["position"] or POSITIONS[int(rng.integers(len(POSITIONS)))]) if v == 1 else None
+        out.append(Scene(**d))
+        validate_scene(out[-1])
+    return out
 
 
 def render_scenes(scenes: Iterable[Scene], seed: int = 0, start: int = 0) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""The main job (``anchoropt run``): data, a search per AnchorOPT schedule, the benchmark, the report.
+
+1. Toy datasets named by the suite are created under its ``data_root`` if missing.
+2. For each schedule in the suite's ``schedules`` pair, a search (same space, same number of
+   trials: equal tuning budgets) on one dataset; the method then uses the search's
+   ``best_config.yaml``.
+3. Every (method, dataset, seed) cell runs as a Ray Tune trial (finished cells are skipped).
+4. The report (tables, tests, CD diagram, one-stage vs two-stage) is written.
+
+Every step resumes: re-running the command after a kill continues where it stopped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the benchmark module imports Ray: loaded only when the job runs
+    import pandas as pd
+
+    from anchoropt.benchmark import Suite
+
+DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "benchmarks" / "toy11.yaml"
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "anchors.yaml"
+
+
+def ensure_toy_data(suite: Suite) -> None:
+    """Create the suite's toy-11 datasets under its data root when they are not all there."""
+    from anchoropt.toy.datasets import TOY11_NAMES, make_toy11
+
+    toy = [d for d in suite.datasets if d in TOY11_NAMES]
+    if toy:
+        root = Path(suite.config.get("data_root", "data/toy11"))
+        print(f"toy datasets under {root}: {', '.join(make_toy11(root, names=toy))}")
+
+
+def search_schedules(suite: Suite, results: Path, space: Path, num_trials: int, dataset: str,
+                     objective: str, resources: dict[str, Any]) -> pd.DataFrame:
+    """Search each schedule of ``suite.schedules`` and point the method at its best config.
+
+    Returns the search histories (columns schedule, trial_number, hm) for the report.
+    """
+    import pandas as pd
+
+    from anchoropt.search.driver import run_search
+
+    histories = []
+    for method in suite.schedules or ():
+        spec = suite.methods[method]
+        schedule = spec.get("schedule", "two_stage")
+        out = results / "searches" / schedule
+        base = {**suite.config, **suite.per_dataset.get(dataset, {}), **spec, "dataset": dataset}
+        if (out / "search.json").is_file():
+            found = run_search(resume=out, **resources)
+        else:
+            found = run_search(space, out, num_trials, base=base, objective=objective, **resources)
+        print(found.summary())
+        if found.best_config is not None:
+            suite.methods[method] = {**spec, "config": str(out / "best_config.yaml")}
+        histories.append(pd.DataFrame({"schedule": method, "trial_number": found.trials["trial"],
+                                       "hm": found.trials["hm"]}))
+    return pd.concat(histories, ignore_index=True) if histories else None
+
+
+def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "results/toy11",
+                 report_dir: str | Path = "reports/toy11", overrides: dict[str, Any] | None = None,
+                 space: str | Path = DEFAULT_SPACE, search_trials: int = 8, search_dataset: str | None = None,
+                 objective: str = "val", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+                 max_concurrent: int | None = None, address: str | None = None,
+                 num_cpus: int | None = None) -> Path:
+    """Run the four steps above; returns the path of ``report.md``.
+
+    Args:
+        suite_path: benchmark suite (default the toy-11 suite).
+        overrides: TrainConfig keys replacing the suite's shared config (data_root, backbone, ...).
+        search_trials: trials per schedule; 0 skips the searches (methods keep their suite config).
+        search_dataset: dataset the searches tune on (default the suite's first).
+    """
+    from anchoropt.benchmark import load_suite, run_benchmark
+    from anchoropt.report import load_records, write_report
+
+    suite = load_suite(suite_path, overrides)
+    results = Path(results)
+    ensure_toy_data(suite)
+    resources = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                     max_concurrent=max_concurrent, address=address, num_cpus=num_cpus)
+    histories = None
+    if search_trials > 0:
+        histories = search_schedules(suite, results, Path(space), search_trials,
+                                     search_dataset or suite.datasets[0], objective, resources)
+    counts = run_benchmark(suite, results / "cells", **resources)
+    print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done")
+    report = write_report(load_records(results / "cells"), report_dir, baseline=suite.baseline,
+                          schedules=suite.schedules, search_histories=histories)
+    print(f"report: {report}")
+    return report

@@ -1,0 +1,277 @@
+"""Search: declarative spaces, the Optuna + Ray Tune driver, resume after kill -9, failures, sharing."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from anchoropt.cli import main
+from anchoropt.config import load_config, make_config
+from anchoropt.search.space import SpaceError, load_space, parse_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "search_spaces"
+TINY_SPACE = {"params": {
+    "n_anchors": {"type": "categorical", "choices": [1, 2]},
+    "lr": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True},
+    "schedule": {"type": "categorical", "choices": ["one_stage", "two_stage"]},
+    "period": {"type": "int", "low": 1, "high": 3, "when": {"schedule": "one_stage"}},
+    "kd_weight": {"type": "categorical", "choices": [0, 1]},
+}}
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _base(tiny_cfg, **kw):
+    return tiny_cfg(**{"epochs": 2, "anchor_epochs": 2, "train_views": 1, "shots": 4, **kw}).to_dict()
+
+
+def _stage1_spy(log_path: str):
+    """A worker_setup that appends one line to ``log_path`` every time Stage I is really trained."""
+    def setup():
+        import anchoropt.train as training
+        if getattr(training.Trainer.run_loop, "_spied", False):
+            return
+        original = training.Trainer.run_loop
+
+        def run_loop(self, phase, *args, **kwargs):
+            if phase == "stage1":
+                with open(log_path, "a") as fh:
+                    fh.write(f"{os.getpid()}\n")
+            return original(self, phase, *args, **kwargs)
+        run_loop._spied = True
+        training.Trainer.run_loop = run_loop
+    return setup
+
+
+def _stage1_key(row: pd.Series, base: dict) -> tuple:
+    return (row.get("n_anchors", base["n_anchors"]), row.get("anchor_lr", base["anchor_lr"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# spaces
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["anchors", "schedule", "full"])
+def test_shipped_spaces_give_valid_configs_and_respect_conditions(name):
+    space = load_space(SPACES / f"{name}.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    seen_schedules = set()
+    for i in range(150):
+        trial = study.ask()
+        values = space.define_by_run(trial)
+        cfg = make_config(values, source=name)  # every draw is a valid TrainConfig
+        study.tell(trial, float(i % 7))
+        assert set(values) <= {p.name for p in space.params}
+        if "schedule" in values:
+            seen_schedules.add(values["schedule"])
+            assert ("period" in values) == (values["schedule"] == "one_stage")
+            if name in ("schedule", "full"):
+                assert ("anchor_epochs" in values) == (values["schedule"] == "two_stage")
+        if "n_anchors" in values:
+            assert 1 <= cfg.n_anchors <= 8
+        if "kd_weight" in values:
+            assert 0 <= cfg.kd_weight <= 1000
+    if name != "anchors":
+        assert seen_schedules == {"one_stage", "two_stage"}
+    full = load_space(SPACES / "full.yaml")
+    assert {"n_ctx", "n_anchors", "lr", "anchor_lr", "epochs", "anchor_epochs", "ce_weight", "kd_weight",
+            "kd_temperature", "mse_weight", "gumbel_tau", "schedule", "period"} <= set(full.names)
+
+
+def test_space_conditionals_under_tpe():
+    params = TINY_SPACE["params"]
+    space = parse_space({"params": {"period": params["period"], **params}})  # a condition may come first
+    assert space.names.index("period") > space.names.index("schedule")
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5), direction="maximize")
+    for i in range(30):
+        trial = study.ask()
+        values = space.define_by_run(trial)
+        make_config(values)
+        assert ("period" in values) == (values["schedule"] == "one_stage")
+        study.tell(trial, values["lr"] * (2 if values["schedule"] == "one_stage" else 1))
+
+
+@pytest.mark.parametrize("spec, key, words", [
+    ({"not_a_field": {"type": "int", "low": 1, "high": 2}}, "not_a_field", "unknown parameter"),
+    ({"n_anchors": {"type": "int", "low": 4, "high": 4}}, "n_anchors", "low"),
+    ({"lr": {"type": "float", "low": 0.1, "high": 0.01}}, "lr", "low"),
+    ({"lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "lr", "log"),
+    ({"kd_weight": {"type": "categorical", "choices": []}}, "kd_weight", "choices"),
+    ({"n_ctx": {"type": "uniform", "low": 1, "high": 4}}, "n_ctx", "unknown type"),
+    ({"n_ctx": {"type": "int", "low": 1.5, "high": 4}}, "n_ctx", "integer"),
+    ({"schedule": {"type": "categorical", "choices": ["one_stage", "three_stage"]}}, "schedule", "three_stage"),
+    ({"period": {"type": "int", "low": 1, "high": 4, "when": {"schedule": "one_stage"}}}, "period", "schedule"),
+    ({"objective": {"type": "categorical", "choices": ["val", "test"]}}, "objective", "--objective"),
+    ({"lr": {"type": "float", "low": 0.01, "hi": 0.1}}, "lr", "hi"),
+])
+def test_bad_space_files_name_file_and_key(tmp_path, spec, key, words):
+    path = tmp_path / "bad_space.yaml"
+    path.write_text(yaml.safe_dump({"params": {"n_anchors": {"type": "int", "low": 1, "high": 3}, **spec}}
+                                   if key != "n_anchors" else {"params": spec}))
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    msg = str(err.value)
+    assert str(path) in msg and key in msg and words in msg, msg
+
+
+def test_bad_space_errors_on_the_command_line(tmp_path, capsys):
+    path = tmp_path / "space.yaml"
+    path.write_text("params:\n  lr: {type: float, low: 0, high: 0.1, log: true}\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--space", str(path), "--num-trials", "2", "--out", str(tmp_path / "s")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "lr" in err and "log" in err
+
+
+def test_search_fails_fast_on_bad_input(tiny_cfg, tmp_path):
+    from anchoropt.data import DataError
+    from anchoropt.search.driver import SearchError, run_search
+
+    with pytest.raises(DataError, match="dtd"):  # the dataset is checked before any trial starts
+        run_search(TINY_SPACE, tmp_path / "a", 2, _base(tiny_cfg, dataset="dtd"))
+    with pytest.raises(SpaceError, match="zero-shot"):
+        run_search({"params": {"method": "zeroshot"}}, tmp_path / "b", 2, _base(tiny_cfg))
+    with pytest.raises(SearchError, match="sampler"):
+        run_search(TINY_SPACE, tmp_path / "c", 2, _base(tiny_cfg), sampler="anneal")
+    with pytest.raises(SearchError, match="not a search folder"):
+        run_search(resume=tmp_path)
+    assert not (tmp_path / "a").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# searches (Ray)
+# ------------------------------------------------------------------------------------------------
+def test_search_runs_and_writes_every_output(ray_session, tiny_cfg, tmp_path):
+    from anchoropt.search.driver import run_search
+
+    base = _base(tiny_cfg)
+    spy = tmp_path / "stage1.log"
+    out = tmp_path / "search"
+    result = run_search(TINY_SPACE, out, 6, base, max_concurrent=2, seed=3, worker_setup=_stage1_spy(str(spy)))
+    assert (result.n_complete, result.n_failed, result.num_trials) == (6, 0, 6)
+    for name in ("trials.csv", "trials.parquet", "best_config.yaml", "importances.csv", "history.png",
+                 "hm_vs_anchors.png", "summary.json", "search.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "trials.csv")
+    assert sorted(table["trial"]) == list(range(6))
+    assert {"trial", "status", "hm", "acc_base", "acc_novel", "error", "wall_time_s", "objective", "n_anchors",
+            "lr", "schedule", "period"} <= set(table.columns)
+    assert (table["objective"] == "val").all() and (table["status"] == "complete").all()
+    assert table["hm"].between(0, 100).all() and table["wall_time_s"].gt(0).all()
+    # conditional parameter only where its condition holds
+    assert (table["period"].notna() == (table["schedule"] == "one_stage")).all()
+    assert len(pd.read_parquet(out / "trials.parquet")) == 6
+    imp = pd.read_csv(out / "importances.csv")
+    assert list(imp.columns) == ["param", "importance"]
+    # best config: only TrainConfig keys, objective provenance, accepted by `anchoropt train` unchanged
+    text = (out / "best_config.yaml").read_text()
+    assert "# objective: val" in text
+    best = load_config(out / "best_config.yaml")
+    assert best.objective == "val" and best.cache_dir == base["cache_dir"]
+    assert best.n_anchors == result.best_config["n_anchors"]
+    assert result.best_hm == pytest.approx(table["hm"].max())
+    main(["train", "--config", str(out / "best_config.yaml"), "--out", str(tmp_path / "train"), "epochs=1"])
+    assert (tmp_path / "train" / "record.json").is_file()
+    # one shared cache: features once, Stage I once per distinct Stage I configuration
+    two_stage = table[table["schedule"] == "two_stage"]
+    keys = {_stage1_key(r, base) for _, r in two_stage.iterrows()}
+    computed = spy.read_text().splitlines() if spy.exists() else []
+    assert len(computed) == len(keys)
+    assert len(list((Path(base["cache_dir"]) / "stage1").glob("*.pt"))) == len(keys)
+    assert len(list((Path(base["cache_dir"]) / "locks").glob("features-*.done"))) == 1
+    assert "6/6 trials done (6 complete, 0 failed)" in result.summary()
+
+
+def test_stage1_computed_once_for_trials_sharing_it(ray_session, tiny_cfg, tmp_path):
+    from anchoropt.search.driver import run_search
+
+    base = _base(tiny_cfg, anchor_epochs=6, n_anchors=2)
+    spy = tmp_path / "stage1.log"
+    space = {"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                        "kd_weight": {"type": "float", "low": 0.0, "high": 10.0}}}  # Stage II only
+    result = run_search(space, tmp_path / "s", 4, base, max_concurrent=2, objective="test",
+                        worker_setup=_stage1_spy(str(spy)))
+    assert result.n_complete == 4
+    assert len(spy.read_text().splitlines()) == 1
+    assert len(list((Path(base["cache_dir"]) / "stage1").glob("*.pt"))) == 1
+    assert (result.trials["objective"] == "test").all()
+    assert "# objective: test" in (tmp_path / "s" / "best_config.yaml").read_text()
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on(ray_session, tiny_cfg, tmp_path):
+    from anchoropt.search.driver import run_search
+
+    space = {"params": {"n_anchors": {"type": "categorical", "choices": [1, 2, 3]},
+                        # NaN Stage I loss -> NonFiniteLoss in the trials with two anchors
+                        "mse_weight": {"type": "fixed", "value": float("nan"), "when": {"n_anchors": 2}}}}
+    out = tmp_path / "s"
+    result = run_search(space, out, 3, _base(tiny_cfg), sampler="bruteforce", max_concurrent=2)
+    assert (result.n_complete, result.n_failed) == (2, 1)
+    table = pd.read_csv(out / "trials.csv")
+    failed = table[table["status"] == "failed"].iloc[0]
+    assert failed["n_anchors"] == 2 and "NonFiniteLoss" in failed["error"] and "stage1" in failed["error"]
+    assert math.isnan(failed["hm"])
+    assert result.best_trial is not None and result.best_params["n_anchors"] != 2
+    assert "1 failed" in result.summary()
+    study = optuna.load_study(study_name=json.loads((out / "search.json").read_text())["study_name"],
+                              storage=optuna.storages.JournalStorage(
+                                  optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+
+
+def test_killed_search_resumes_without_lost_or_repeated_trials(ray_session, tiny_cfg, tmp_path):
+    from anchoropt.search.driver import read_results, run_search
+
+    base_yaml = tmp_path / "base.yaml"
+    base_yaml.write_text(yaml.safe_dump(_base(tiny_cfg)))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    out = tmp_path / "search"
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "anchoropt.cli", "search", "--space", str(space), "--num-trials", "6",
+           "--out", str(out), "--config", str(base_yaml), "--max-concurrent", "1", "--address", address,
+           "--verbose", "0", "--sampler", "random"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    try:
+        while len(read_results(out)) < 2:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() < deadline, "the search did not finish 2 trials in time"
+            time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {r["trial"]: r for r in read_results(out)}
+    assert 2 <= len(before) < 6
+    result = run_search(resume=out)
+    after = read_results(out)
+    assert [r["trial"] for r in after] == sorted({r["trial"] for r in after})  # one row per trial
+    assert result.n_done == 6 and result.n_failed == 0 and len(result.trials) == 6
+    lines = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines() if ln.strip()]
+    assert len(lines) == 6  # nothing ran twice
+    for number, row in before.items():  # completed trials kept as they were
+        kept = next(r for r in after if r["trial"] == number)
+        assert kept["tune_trial_id"] == row["tune_trial_id"] and kept["hm"] == row["hm"] and kept["run"] == 0
+    meta = json.loads((out / "search.json").read_text())
+    assert len(meta["runs"]) == 2 and meta["runs"][1]["trials_before"] == len(before)
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == 6 and table["trial"].is_unique
+    # a trial in flight at the kill is marked interrupted in the study and re-run with its parameters
+    study = optuna.load_study(study_name=meta["study_name"], storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+    interrupted = {t.number: t.params for t in study.trials if t.user_attrs.get("interrupted")}
+    retries = [t for t in study.trials if "retry_of" in t.user_attrs]
+    assert len(retries) == len(interrupted) <= 1
+    for t in retries:  # (a kill while the driver drew the parameters leaves only the first ones drawn)
+        assert interrupted[t.user_attrs["retry_of"]].items() <= t.params.items() and t.state.name == "COMPLETE"
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 6
+    assert not set(interrupted) & set(table["trial"])
