@@ -10,6 +10,7 @@ benchmark loses at most the cells in flight.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -165,16 +166,16 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
     if not todo:
         return {"done": 0, "failed": 0, "skipped": len(cells)}
     ensure_ray(address, num_cpus)
-    tuner = tune.Tuner(
-        tune.with_resources(partial(_cell_trainable, threads=max(1, round(cpus_per_trial))),
-                            {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
-        param_space={"cell": tune.grid_search([vars(c) for c in todo])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(storage_path=str(Path(results).resolve() / "_ray"), name=suite.name,
-                                  verbose=0, callbacks=[_Progress(len(todo))]),
-    )
-    grid = tuner.fit()
-    failed = [r for r in grid if r.error is not None]
+    with tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage:  # the records are the state
+        tuner = tune.Tuner(
+            tune.with_resources(partial(_cell_trainable, threads=max(1, round(cpus_per_trial))),
+                                {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+            param_space={"cell": tune.grid_search([vars(c) for c in todo])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=storage, name=suite.name, verbose=0,
+                                      callbacks=[_Progress(len(todo))]),
+        )
+        failed = [r for r in tuner.fit() if r.error is not None]
     for r in failed:
         cell = r.config["cell"]
         print(f"failed cell {cell['method']} / {cell['dataset']} / seed {cell['seed']}: "
