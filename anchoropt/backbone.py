@@ -48,17 +48,27 @@ class Backbone:
         model: ``open_clip.CLIP`` in eval mode, all parameters ``requires_grad=False``.
         tokenizer: callable ``list[str] -> LongTensor [B, 77]`` (open_clip BPE tokenizer).
         preprocess: PIL image -> float tensor ``[3, H, W]`` (resize + centre crop + normalise).
-        augment: PIL image -> ``[3, H, W]``, training augmentation of CoOp/Dassl (random
-            resized crop, scale 0.08-1, + horizontal flip + normalise); draws from torch's RNG.
+        mean, std: per-channel normalisation of the weights (RGB, 0-1 scale).
         name: open_clip model name; pretrained: what the weights came from.
     """
 
     model: torch.nn.Module
     tokenizer: Callable
     preprocess: Callable
-    augment: Callable
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     name: str
     pretrained: str
+
+    def augment(self, crop_scale: float = 0.08, flip: bool = True) -> Callable:
+        """Training augmentation of CoOp/Dassl: PIL image -> ``[3, H, W]``: random resized crop
+        (area fraction ``crop_scale``..1), horizontal flip if ``flip``, normalise.
+        Draws from torch's global RNG (torchvision transforms)."""
+        steps = [T.RandomResizedCrop(self.image_size, scale=(crop_scale, 1.0),
+                                     interpolation=T.InterpolationMode.BICUBIC)]
+        if flip:
+            steps.append(T.RandomHorizontalFlip())
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     @property
     def image_size(self) -> int:
@@ -103,14 +113,7 @@ def create_backbone(name: str, pretrained: str = "openai", quick_gelu: bool | No
     norm = _preprocess_kwargs(name, source)
     preprocess = open_clip.image_transform(model.visual.image_size, is_train=False, **norm)
     return Backbone(model=model, tokenizer=open_clip.get_tokenizer(name), preprocess=preprocess,
-                    augment=_train_transform(model.visual.image_size, norm["mean"], norm["std"]),
-                    name=name, pretrained=pretrained or "none")
-
-
-def _train_transform(image_size, mean, std) -> Callable:
-    size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
-    return T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+                    mean=tuple(norm["mean"]), std=tuple(norm["std"]), name=name, pretrained=pretrained or "none")
 
 
 def _resolve_pretrained(name: str, pretrained: str | None) -> str | Path | None:

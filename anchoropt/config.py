@@ -69,6 +69,8 @@ class TrainConfig:
     period: int = 1
     # features
     train_views: int = 4  # precomputed augmented views per training image
+    crop_scale: float = 0.08  # smallest area fraction of the random resized crop (Dassl INPUT.RRCROP_SCALE)
+    flip: bool = True  # random horizontal flip
     cache_dir: str = "~/.cache/anchoropt"
 
     def validate(self) -> "TrainConfig":
@@ -83,6 +85,7 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1, "anchor_batch_size": self.anchor_batch_size >= 1,
             "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
             "period": self.period >= 1, "train_views": self.train_views >= 1,
+            "crop_scale": 0 < self.crop_scale <= 1,
             "n_descriptions": self.n_descriptions >= 1,
         }
         for key, ok in checks.items():

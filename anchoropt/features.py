@@ -38,15 +38,17 @@ def load_image(path: str) -> Image.Image:
         raise DataError(f"corrupt image {path}: {err}") from None
 
 
-def cache_key(backbone: Backbone, items: list[Datum], views: int, seed: int) -> str:
-    """sha1 over backbone name/weights, image paths, views (0 = test transform) and seed."""
-    payload = json.dumps([backbone.name, str(backbone.pretrained), [d.impath for d in items], views, seed])
+def cache_key(backbone: Backbone, items: list[Datum], views: int, seed: int, crop_scale: float, flip: bool) -> str:
+    """sha1 over backbone name/weights, image paths, views (0 = test transform), seed and augmentation."""
+    payload = json.dumps([backbone.name, str(backbone.pretrained), [d.impath for d in items], views, seed,
+                          crop_scale if views else None, flip if views else None])
     return hashlib.sha1(payload.encode()).hexdigest()
 
 
 @torch.no_grad()
 def encode_images(backbone: Backbone, items: list[Datum], views: int = 0, seed: int = 0,
-                  cache_dir: str | Path | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+                  cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
+                  crop_scale: float = 0.08, flip: bool = True) -> torch.Tensor:
     """Image features (not normalised), float32 on CPU.
 
     Args:
@@ -54,20 +56,21 @@ def encode_images(backbone: Backbone, items: list[Datum], views: int = 0, seed: 
         views: 0 for the test transform (returns ``[N, D]``); V >= 1 for V augmented views
             drawn with torch's RNG seeded by ``seed`` (returns ``[N, V, D]``).
         cache_dir: folder for cached features; None disables the cache.
+        crop_scale, flip: training augmentation (see :meth:`Backbone.augment`).
 
     Raises:
         DataError: an image is missing or corrupt.
     """
     if not items:
         raise DataError("no images to encode: the split is empty")
-    path = Path(cache_dir).expanduser() / "features" / f"{cache_key(backbone, items, views, seed)}.pt" \
+    path = Path(cache_dir).expanduser() / "features" / f"{cache_key(backbone, items, views, seed, crop_scale, flip)}.pt" \
         if cache_dir else None
     if path is not None and path.is_file():
         return torch.load(path, weights_only=True)
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        feats = _encode(backbone, items, views, device)
+        feats = _encode(backbone, items, views, device, backbone.augment(crop_scale, flip))
     finally:
         torch.random.set_rng_state(gen_state)
     if path is not None:
@@ -75,7 +78,7 @@ def encode_images(backbone: Backbone, items: list[Datum], views: int = 0, seed: 
     return feats
 
 
-def _encode(backbone: Backbone, items: list[Datum], views: int, device) -> torch.Tensor:
+def _encode(backbone: Backbone, items: list[Datum], views: int, device, augment) -> torch.Tensor:
     model = backbone.model
     out = []
     for start in range(0, len(items), BATCH):
@@ -83,7 +86,7 @@ def _encode(backbone: Backbone, items: list[Datum], views: int, device) -> torch
         if views == 0:
             batch = torch.stack([backbone.preprocess(im) for im in images])
         else:
-            batch = torch.stack([backbone.augment(im) for im in images for _ in range(views)])
+            batch = torch.stack([augment(im) for im in images for _ in range(views)])
         with torch.autocast("cuda", dtype=torch.float16, enabled=torch.device(device).type == "cuda"):
             feats = model.encode_image(batch.to(device)).float().cpu()
         out.append(feats if views == 0 else feats.view(len(images), views, -1))

@@ -29,6 +29,11 @@ def save_tensors(obj: Any, path: str | Path) -> Path:
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
+def write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def save_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+    return write_text(json.dumps(obj, indent=2) + "\n", path)

@@ -39,6 +39,8 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from anchoropt.metrics import harmonic_mean
+
 METRICS = ("acc_base", "acc_novel", "hm")
 METRIC_TITLES = {"acc_base": "Base accuracy", "acc_novel": "Novel accuracy", "hm": "HM"}
 KEY = ["method", "dataset", "seed"]
@@ -165,14 +167,6 @@ def _check_duplicates(df: pd.DataFrame) -> None:
 
 
 # --------------------------------------------------------------------------- statistics
-
-def harmonic_mean(base: float, novel: float) -> float:
-    """HM = 2 * base * novel / (base + novel), percent (SPEC section 8).
-    NaN if either is NaN; 0 if both are 0."""
-    if math.isnan(base) or math.isnan(novel):
-        return math.nan
-    return 0.0 if base + novel == 0 else 2.0 * base * novel / (base + novel)
-
 
 def cell_stats(df: pd.DataFrame) -> pd.DataFrame:
     """Seed statistics of every (method, dataset) cell of the full grid.

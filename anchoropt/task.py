@@ -64,7 +64,7 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
         raise DataError(f"dataset '{cfg.dataset}': no training images for the base classes")
 
     def features(items: list[Datum], views: int = 0) -> torch.Tensor:
-        return encode_images(backbone, items, views, cfg.seed, cfg.cache_dir, device)
+        return encode_images(backbone, items, views, cfg.seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
 
     evals = {}
     for split, labels in (("base", base), ("novel", novel)):

@@ -35,6 +35,7 @@ import anchoropt
 from anchoropt.backbone import Backbone, create_backbone
 from anchoropt.config import TrainConfig
 from anchoropt.io import save_json, save_tensors
+from anchoropt.metrics import harmonic_mean
 from anchoropt.prompts import AnchorOPTPrompt, AnchorPrompt, CoOpPrompt, clip_logits, kd_loss, stage1_loss
 from anchoropt.task import Task, build_task, task_descriptions
 from anchoropt.text import ClassTokens, TextEncoder
@@ -264,11 +265,6 @@ class Trainer:
 
     def _eos_shift(self) -> int:
         return self.cfg.n_anchors if self.cfg.eos_index == "reference" else 0
-
-
-def harmonic_mean(base: float, novel: float) -> float:
-    """``HM = 2 * base * novel / (base + novel)`` (SPEC section 8); 0 when both are 0."""
-    return 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
 
 
 def stage1_cache_path(cfg: TrainConfig, backbone: Backbone, task: Task) -> Path:

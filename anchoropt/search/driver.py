@@ -35,14 +35,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import pandas as pd
+import yaml
+from ray import tune
 
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from ray import tune  # noqa: E402
-
-from anchoropt.config import ConfigError, TrainConfig, make_config  # noqa: E402
-from anchoropt.search.space import SearchSpace, SpaceError, load_space, parse_space  # noqa: E402
+from anchoropt.config import ConfigError, TrainConfig, make_config
+from anchoropt.search.space import SearchSpace, SpaceError, load_space, parse_space
 
 OBJECTIVES = ("val", "test")
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "bruteforce")
@@ -52,7 +50,6 @@ NUMBER_KEY = "_optuna_trial"  # config key carrying the Optuna trial number into
 PATH_KEYS = ("data_root", "descriptions", "descriptions_dir", "cache_dir")
 FINISHED = ("complete", "stopped", "failed")
 STALE_LOCK_S = 5
-MODEL_CONFIGS_ENV = "ANCHOROPT_MODEL_CONFIGS"  # extra open_clip model-config folders (os.pathsep separated)
 
 
 class SearchError(ConfigError):
@@ -100,18 +97,13 @@ class SearchResult:
 # ------------------------------------------------------------------------------------------------
 # the trial (runs in a Ray worker process)
 # ------------------------------------------------------------------------------------------------
-def _trial(config: dict, base: dict, model_configs: list[str], cpus: float,
-           worker_setup: Callable[[], None] | None = None) -> None:
+def _trial(config: dict, base: dict, cpus: float, worker_setup: Callable[[], None] | None = None) -> None:
     """Ray Tune function trainable: one AnchorOPT training run, reported every epoch."""
-    import anchoropt  # noqa: F401  (torchvision fix before open_clip)
-    import open_clip
     import torch
     from ray import tune
 
     import anchoropt.train as training
 
-    for folder in model_configs:
-        open_clip.add_model_config(folder)
     if worker_setup is not None:
         worker_setup()
     torch.set_num_threads(max(1, int(round(cpus))))
@@ -275,9 +267,8 @@ def _tune(meta: dict, out_dir: Path, space: SearchSpace, study_storage, run_inde
         from ray.tune.schedulers import ASHAScheduler
         sched = ASHAScheduler(time_attr="training_iteration", max_t=max(1, int(meta["max_epochs"])),
                               grace_period=1, reduction_factor=2)
-    model_configs = [p for p in os.environ.get(MODEL_CONFIGS_ENV, "").split(os.pathsep) if p]
-    trainable = tune.with_parameters(_trial, base=meta["base"], model_configs=model_configs,
-                                     cpus=meta["cpus_per_trial"], worker_setup=worker_setup)
+    trainable = tune.with_parameters(_trial, base=meta["base"], cpus=meta["cpus_per_trial"],
+                                     worker_setup=worker_setup)
     trainable = tune.with_resources(trainable, {"cpu": meta["cpus_per_trial"], "gpu": meta["gpus_per_trial"]})
     from anchoropt.raytools import ensure_ray
 
@@ -611,13 +602,13 @@ def _write_best_config(path: Path, cfg: dict, meta: dict, trial: int, row) -> No
               f"# trial {trial}: HM {row['hm']:.2f} (base {_fmt(row['acc_base'])}, novel {_fmt(row['acc_novel'])}),"
               f" sampler {meta['sampler']} seed {meta['seed']}, {meta['num_trials']} trials",
               "# Use: anchoropt train --config best_config.yaml  (add objective=test to score on the test images)"]
-    from anchoropt.io import _atomic
+    from anchoropt.io import write_text
     text = "\n".join(header) + "\n" + yaml.safe_dump(cfg, sort_keys=False)
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    write_text(text, path)
 
 
 def _importances(study, out_dir: Path, meta: dict) -> dict[str, float]:
-    """Importances (fANOVA, or PED-ANOVA without scikit-learn) of the parameters over the completed
+    """Importances (Optuna's PED-ANOVA) of the parameters over the completed
     trials; an empty table when fewer than two trials completed or nothing can be estimated."""
     import optuna
     from optuna.trial import TrialState
@@ -625,17 +616,14 @@ def _importances(study, out_dir: Path, meta: dict) -> dict[str, float]:
     result: dict[str, float] = {}
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if len(complete) >= 2:
-        try:  # fANOVA (Optuna's default) needs scikit-learn; PED-ANOVA does not
-            import sklearn  # noqa: F401
-            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=meta["seed"])
-        except ImportError:
-            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        # PED-ANOVA: Optuna's fANOVA default would pull in scikit-learn for this one table
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
         try:
             with warnings.catch_warnings():  # few trials: PED-ANOVA warns that its quantiles coincide
                 warnings.simplefilter("ignore")
                 result = {k: float(v) for k, v in
                           optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
-        except (RuntimeError, ValueError, ZeroDivisionError, ImportError):
+        except (RuntimeError, ValueError, ZeroDivisionError):
             result = {}
     pd.DataFrame({"param": list(result), "importance": list(result.values())}).to_csv(
         out_dir / "importances.csv", index=False)

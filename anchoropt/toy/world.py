@@ -465,8 +465,8 @@ def contrast_group(rng: np.random.Generator, attribute: str, max_size: int = 8) 
         attribute: the attribute that varies (a key of ``ATTRIBUTES``).
         max_size: at most this many scenes; each has a different value of ``attribute``.
     Returns:
-        list of ``min(max_size, number of values)`` valid scenes (fewer for "size" never happens:
-        the base scene is drawn with 1-4 objects when sizes vary).
+        list of ``min(max_size, number of values)`` valid scenes. When sizes vary the shared
+        count is 1-4 (large objects need it); when counts vary the shared size is small or medium.
     Raises:
         KeyError: unknown attribute.
     """

@@ -40,7 +40,7 @@ import anchoropt  # noqa: F401  (torchvision fix before open_clip)
 from anchoropt.config import load_config
 from anchoropt.data import base_novel_labels, build_dataset, fewshot_splits, subsample
 from anchoropt.features import load_image
-from anchoropt.prompts import AnchorOPTPrompt, AnchorPrompt, clip_logits, kd_loss, stage1_loss
+from anchoropt.prompts import AnchorPrompt, clip_logits, kd_loss, stage1_loss
 from anchoropt.task import build_task
 from anchoropt.text import ClassTokens
 from anchoropt.train import Stepper, Trainer, build_learners, cached_backbone, seed_everything
@@ -93,6 +93,7 @@ def reference_trial(cfg, backbone, device) -> dict:
     full["stage1_s"] = time.perf_counter() - start
 
     prompt = Stepper.sgd(list(learner.parameters()), cfg.lr, cfg)
+    augment = backbone.augment(cfg.crop_scale, cfg.flip)
     labels_all = torch.tensor([d.label for d in items])
     epoch_times = []
     for epoch in range(cfg.epochs):
@@ -101,7 +102,7 @@ def reference_trial(cfg, backbone, device) -> dict:
         order = torch.randperm(len(items))
         for start_i in range(0, len(items), cfg.batch_size):
             idx = order[start_i:start_i + cfg.batch_size]
-            images = torch.stack([backbone.augment(load_image(items[i].impath)) for i in idx]).to(device)
+            images = torch.stack([augment(load_image(items[i].impath)) for i in idx]).to(device)
             with torch.no_grad():
                 feats = backbone.model.encode_image(images)
             logits = clip_logits(feats, learner(trainer.encoder, tokens(classnames, learner.n_block, learner.rest),
