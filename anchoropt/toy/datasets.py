@@ -20,7 +20,6 @@ dataset already complete on disk.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from itertools import product
@@ -386,12 +385,6 @@ def make_toy11(root: Path, seed: int = 0, overwrite: bool = False, names: Sequen
             write_dataset(root, d, seed=seed, ds_index=idx, sizes=sizes)
         out.append(d.name)
     return out
-
-
-def base_novel_labels(n_classes: int) -> Tuple[List[int], List[int]]:
-    """SPEC section 7: sorted label ids, first ceil(n/2) base, the rest novel."""
-    k = math.ceil(n_classes / 2)
-    return list(range(k)), list(range(k, n_classes))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ warm-up and cosine decay. With ``--minutes`` the cosine runs over wall time and 
 the budget is spent (the step count reached is logged; ``--steps N`` runs a step-based schedule). The text tower is run on the
 batch's tokens cut after the longest end-of-text token (exact under CLIP's causal mask).
 
-The checkpoint is an fp16 ``state_dict`` loadable with
-``open_clip.create_model("ToyCLIP", pretrained=path)`` once ``anchoropt/model_configs`` is
-registered (see :func:`register_toyclip`).
+The checkpoint is an fp16 ``state_dict``, loaded by the backbone factory:
+``anchoropt.backbone.create_backbone("ToyCLIP", "toy")``.
 """
 from __future__ import annotations
 
@@ -26,42 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-import anchoropt  # noqa: F401  (torchvision fix; must precede open_clip)
 import open_clip
 import torch
 import torch.nn.functional as F
 
+from anchoropt.backbone import TOY_CHECKPOINT, create_backbone  # also registers the ToyCLIP config
+from anchoropt.text import TextEncoder
 from anchoropt.toy import world
 
 MODEL_NAME = "ToyCLIP"
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
-DEFAULT_CKPT = Path(__file__).resolve().parent.parent / "assets" / "toyclip.pt"
 MEAN = np.array(open_clip.OPENAI_DATASET_MEAN, np.float32)
 STD = np.array(open_clip.OPENAI_DATASET_STD, np.float32)
-
-
-def register_toyclip() -> None:
-    """Register ``anchoropt/model_configs`` (the ``ToyCLIP`` config) with open_clip. Idempotent."""
-    if MODEL_NAME not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_DIR)
-
-
-def load_toyclip(checkpoint=DEFAULT_CKPT, device="cpu"):
-    """Create ToyCLIP with weights from ``checkpoint``, in eval mode, fp32.
-
-    Returns:
-        ``(model, preprocess, tokenizer)``: the open_clip model, its eval image transform
-        (PIL -> tensor (3, 64, 64)) and tokenizer (list of str -> LongTensor (n, 77)).
-    Raises:
-        FileNotFoundError: checkpoint missing.
-    """
-    register_toyclip()
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"ToyCLIP checkpoint not found: {checkpoint}")
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        MODEL_NAME, pretrained=str(checkpoint), device=device)
-    model.eval()
-    return model, preprocess, open_clip.get_tokenizer(MODEL_NAME)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -71,14 +45,9 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text`` (unnormalised) computed on tokens cut after the last EOS (exact)."""
+    """``model.encode_text`` (unnormalised) on tokens cut after the last EOS (exact, SPEC section 2)."""
     eos = tokens.argmax(dim=-1)
-    L = int(eos.max()) + 1
-    x = model.token_embedding(tokens[:, :L]) + model.positional_embedding[:L]
-    x = model.transformer(x, attn_mask=model.attn_mask[:L, :L])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0]), eos]
-    return x @ model.text_projection
+    return TextEncoder(model)(model.token_embedding(tokens[:, :int(eos.max()) + 1]), eos)
 
 
 # ---------------------------------------------------------------------------- data worker
@@ -127,7 +96,6 @@ def _make_batch(args):
 
 
 def _producer(seed, batch, start_step, queue, group_frac):
-    register_toyclip()
     torch.set_num_threads(1)
     s = start_step
     while True:
@@ -213,7 +181,7 @@ def save_fp16(model, path) -> int:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_CKPT)
+    ap.add_argument("--out", type=Path, default=TOY_CHECKPOINT)
     ap.add_argument("--log", type=Path, default=None, help="log file (default: <out dir>/toyclip_train.log)")
     ap.add_argument("--minutes", type=float, default=35.0, help="wall-time budget (ignored with --steps)")
     ap.add_argument("--steps", type=int, default=None, help="fixed number of steps")
@@ -238,7 +206,6 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    register_toyclip()
     log_path = a.log or a.out.parent / "toyclip_train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logf = open(log_path, "a" if a.init is not None else "w")  # a continuation appends
@@ -309,8 +276,8 @@ def main(argv=None) -> None:
         proc.join(5)
     log(f"saved {a.out} ({size / 1e6:.1f} MB) after {step} steps, {time.time() - t0:.0f}s")
     # check it loads through open_clip and probe the loaded model
-    loaded, _, tok = load_toyclip(a.out)
-    log(f"final probe (loaded checkpoint, 400 images/task): {probe(loaded, tok, n=400)}")
+    loaded = create_backbone(MODEL_NAME, str(a.out))
+    log(f"final probe (loaded checkpoint, 400 images/task): {probe(loaded.model, loaded.tokenizer, n=400)}")
     log(f"done in {time.time() - t0:.0f}s")
     logf.close()
     os._exit(0)  # do not wait on the data pool's queued batches
