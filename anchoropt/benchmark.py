@@ -22,7 +22,8 @@ from ray import tune
 from anchoropt.config import ConfigError, TrainConfig, make_config
 from anchoropt.raytools import ensure_ray
 
-SUITE_KEYS = {"name", "protocol", "datasets", "seeds", "config", "per_dataset", "methods", "baseline", "schedules"}
+SUITE_KEYS = {"name", "protocol", "datasets", "seeds", "config", "per_dataset", "methods", "baseline", "schedules",
+              "search_dataset"}
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Suite:
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     baseline: str | None = None
     schedules: tuple[str, str] | None = None
-    protocol: str = "base2novel"
+    search_dataset: str | None = None  # where ``anchoropt run`` tunes the schedules
 
 
 def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
@@ -81,7 +82,8 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
         if name is not None and name not in methods:
             raise ConfigError(f"{path}: '{name}' is not one of the suite's methods")
     return Suite(raw.get("name", path.stem), path, list(raw["datasets"]), [int(s) for s in raw["seeds"]],
-                 shared, methods, raw.get("per_dataset") or {}, raw.get("baseline"), schedules)
+                 shared, methods, raw.get("per_dataset") or {}, raw.get("baseline"), schedules,
+                 raw.get("search_dataset"))
 
 
 def method_config(suite: Suite, method: str, dataset: str) -> tuple[dict[str, Any], str]:

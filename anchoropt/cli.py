@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="reports/toy11", help="report folder (default reports/toy11)")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
     p.add_argument("--search-trials", type=int, default=8, help="trials per schedule (0: no search)")
-    p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's first)")
+    p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
     _add_ray_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",

@@ -73,7 +73,8 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
         suite_path: benchmark suite (default the toy-11 suite).
         overrides: TrainConfig keys replacing the suite's shared config (data_root, backbone, ...).
         search_trials: trials per schedule; 0 skips the searches (methods keep their suite config).
-        search_dataset: dataset the searches tune on (default the suite's first).
+        search_dataset: dataset the searches tune on (default the suite's ``search_dataset``, else
+            its first dataset).
     """
     from anchoropt.benchmark import load_suite, run_benchmark
     from anchoropt.report import load_records, write_report
@@ -86,7 +87,8 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
     histories = None
     if search_trials > 0:
         histories = search_schedules(suite, results, Path(space), search_trials,
-                                     search_dataset or suite.datasets[0], objective, resources)
+                                     search_dataset or suite.search_dataset or suite.datasets[0], objective,
+                                     resources)
     counts = run_benchmark(suite, results / "cells", **resources)
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done")
     report = write_report(load_records(results / "cells"), report_dir, baseline=suite.baseline,
