@@ -55,7 +55,7 @@ def search_schedules(suite: Suite, results: Path, space: Path, num_trials: int, 
             found = run_search(space, out, num_trials, base=base, objective=objective, **resources)
         print(found.summary())
         if found.best_config is not None:
-            suite.methods[method] = {**spec, "config": str(out / "best_config.yaml")}
+            suite.methods[method] = {**spec, "config": str((out / "best_config.yaml").resolve())}
         histories.append(pd.DataFrame({"schedule": method, "trial_number": found.trials["trial"],
                                        "hm": found.trials["hm"]}))
     return pd.concat(histories, ignore_index=True) if histories else None
