@@ -17,6 +17,8 @@ TorchScript archives, which makes the tag and the file give the same model.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import zipfile
 from dataclasses import dataclass
@@ -97,7 +99,7 @@ def create_backbone(name: str, pretrained: str = "openai", quick_gelu: bool | No
     source = _resolve_pretrained(name, pretrained)
     state, openai_weights = _fetch_state_dict(name, source) if source is not None else (None, False)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
             torch.manual_seed(0)  # random-init backbones (tests, benchmarks) are the same in every process
             model = open_clip.create_model(name, pretrained=None,
                                            force_quick_gelu=openai_weights if quick_gelu is None else quick_gelu)
@@ -114,6 +116,19 @@ def create_backbone(name: str, pretrained: str = "openai", quick_gelu: bool | No
     preprocess = open_clip.image_transform(model.visual.image_size, is_train=False, **norm)
     return Backbone(model=model, tokenizer=open_clip.get_tokenizer(name), preprocess=preprocess,
                     mean=tuple(norm["mean"]), std=tuple(norm["std"]), name=name, pretrained=pretrained or "none")
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning():
+    """open_clip warns "No pretrained weights loaded" because the weights are loaded after creation."""
+    def drop(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _resolve_pretrained(name: str, pretrained: str | None) -> str | Path | None:

@@ -9,6 +9,7 @@ benchmark loses at most the cells in flight.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -91,7 +92,8 @@ def method_config(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
 
     Order (later wins): suite ``config``, its ``per_dataset`` entry, the method's ``config:``
     file, the method's own keys.
-    A tuned file's ``objective`` is recorded as provenance; cells are always scored on test.
+    The objective of the search that wrote the file (its ``search.json``) is recorded as
+    provenance (``given`` for another file, ``untuned`` without one); cells are scored on test.
     """
     spec = dict(suite.methods[method])
     values: dict[str, Any] = {**suite.config, **suite.per_dataset.get(dataset, {})}
@@ -102,7 +104,8 @@ def method_config(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
         if not file.is_file():
             raise ConfigError(f"{suite.path}: method '{method}' config file not found: {file}")
         tuned = yaml.safe_load(file.read_text()) or {}
-        tuning = tuned.get("objective", "test")
+        search = file.parent / "search.json"  # present when the file is a search's best config
+        tuning = json.loads(search.read_text())["objective"] if search.is_file() else "given"
         values.update({k: v for k, v in tuned.items() if k not in ("dataset", "seed", "data_root", "cache_dir",
                                                                      "device", "objective")})
     values.update(spec)
@@ -139,7 +142,7 @@ def run_cell(cell: Cell) -> dict:
     from anchoropt.train import train
 
     record = train(make_config(cell.config))
-    record.update(method=cell.method, objective=cell.tuning_objective, scored_on="test")
+    record.update(method=cell.method, objective=cell.tuning_objective)
     save_json(record, cell.record_path)
     return record
 

@@ -44,7 +44,7 @@ from anchoropt.metrics import harmonic_mean
 METRICS = ("acc_base", "acc_novel", "hm")
 METRIC_TITLES = {"acc_base": "Base accuracy", "acc_novel": "Novel accuracy", "hm": "HM"}
 KEY = ["method", "dataset", "seed"]
-RECORD_COLUMNS = [*KEY, *METRICS, "objective", "protocol", "path"]
+RECORD_COLUMNS = [*KEY, *METRICS, "objective", "scored_on", "protocol", "path"]
 ALPHA = 0.05
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
@@ -60,17 +60,20 @@ def load_records(paths: Path | str | Iterable[Path | str]) -> pd.DataFrame:
     ``*.json``) into one row per record.
 
     Returns columns method, dataset, seed (int), acc_base, acc_novel, hm (float percent, NaN
-    where the record has null or no value), objective, protocol (str or None) and path (the
-    file), sorted by method, dataset, seed.
+    where the record has null or no value), objective (what tuned the config), scored_on
+    (``test`` or the leak-free ``val`` split), protocol (str or None) and path (the file),
+    sorted by method, dataset, seed.
     Raises FileNotFoundError for a path that does not exist; ValueError (one line naming the
     file) for a malformed record, naming both files for a duplicated (method, dataset, seed),
-    and when no record is found.
+    naming one file of each split when records scored on different splits are mixed, and when
+    no record is found.
     """
     files = _record_files(paths)
     if not files:
         raise ValueError(f"no *.json result records found under {_paths_text(paths)}")
     df = pd.DataFrame([_read_record(f) for f in files], columns=RECORD_COLUMNS)
     _check_duplicates(df)
+    _check_one_split(df)
     return df.sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
@@ -123,7 +126,7 @@ def _record_row(record: object) -> dict:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"'seed' is {seed!r}, expected an integer")
     row["seed"] = seed
-    for name in ("objective", "protocol"):
+    for name in ("objective", "scored_on", "protocol"):
         value = record.get(name)
         row[name] = None if value is None else str(value)
     metrics = record.get("metrics")
@@ -152,6 +155,14 @@ def _metric_value(metrics: dict, name: str) -> float:
     if not 0.0 <= value <= 100.0:
         raise ValueError(f"metrics.{name} is {value!r}, expected a percentage in [0, 100]")
     return float(value)
+
+
+def _check_one_split(df: pd.DataFrame) -> None:
+    """Accuracies on test images and on the small val split are not comparable: never mix them."""
+    splits = df.groupby(df["scored_on"].fillna("test"))["path"].first()
+    if len(splits) > 1:
+        found = ", ".join(f"{split} ({path})" for split, path in splits.items())
+        raise ValueError(f"records scored on different splits cannot share a report: {found}")
 
 
 def _check_duplicates(df: pd.DataFrame) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from anchoropt.backbone import Backbone
 from anchoropt.config import TrainConfig
-from anchoropt.data import (CUPL_FILES, DataError, Datum, base_novel_labels, build_dataset, fewshot_splits,
+from anchoropt.data import (CUPL_FILES, DataError, DatasetSplits, Datum, base_novel_labels, build_dataset, fewshot_splits,
                             load_descriptions, subsample)
 from anchoropt.features import encode_images
 
@@ -44,13 +44,16 @@ class Task:
     descriptions_path: Path | None
 
 
-def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device = "cpu") -> Task:
-    """Read the dataset, draw the shots, split classes, encode (or load cached) image features.
+def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device = "cpu",
+               data: DatasetSplits | None = None) -> Task:
+    """Draw the shots, split classes, encode (or load cached) image features.
+
+    ``data``: the dataset already read (else read here).
 
     Raises:
         DataError: bad dataset input (see :func:`anchoropt.data.build_dataset`).
     """
-    data = build_dataset(cfg.data_root, cfg.dataset)
+    data = data or build_dataset(cfg.data_root, cfg.dataset)
     train, val = fewshot_splits(data, cfg.shots, cfg.seed)
     base, novel = base_novel_labels([d.label for d in data.train])
     if cfg.objective == "val":

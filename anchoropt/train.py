@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 import anchoropt
 from anchoropt.backbone import Backbone, create_backbone
 from anchoropt.config import TrainConfig
+from anchoropt.data import build_dataset
 from anchoropt.io import save_json, save_tensors
 from anchoropt.metrics import harmonic_mean
 from anchoropt.prompts import AnchorOPTPrompt, AnchorPrompt, CoOpPrompt, clip_logits, kd_loss, stage1_loss
@@ -321,8 +322,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     """
     start = time.time()
     device = resolve_device(cfg.device)
+    data = build_dataset(cfg.data_root, cfg.dataset)  # bad data fails before a large backbone loads
     backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
-    task = build_task(cfg, backbone, device)
+    task = build_task(cfg, backbone, device, data)
     seed_everything(cfg.seed)
     trainer = Trainer(cfg, backbone, task, device)
     learner, anchor = build_learners(cfg, trainer.width, trainer._eos_shift(), device)
@@ -367,11 +369,13 @@ def learned_tensors(learner, anchor: AnchorPrompt | None) -> dict[str, torch.Ten
 
 
 def make_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float) -> dict:
-    """The result record of docs/INTERFACES.md."""
+    """The result record of docs/INTERFACES.md: ``scored_on`` is the split scored (``test`` or the
+    leak-free ``val``); ``objective`` says what tuned the config (``untuned`` here; the benchmark
+    sets it from the search that produced the config)."""
     return {
         "record_version": 1, "method": cfg.method if cfg.method != "anchoropt" else f"anchoropt_{cfg.schedule}",
         "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots, "protocol": "base2novel",
-        "objective": cfg.objective, "backbone": cfg.backbone, "pretrained": cfg.pretrained,
+        "objective": "untuned", "scored_on": cfg.objective, "backbone": cfg.backbone, "pretrained": cfg.pretrained,
         "config": cfg.to_dict(), "metrics": metrics, "wall_time_s": round(wall_time_s, 3),
         "versions": {"anchoropt": anchoropt.__version__, "torch": torch.__version__,
                      "open_clip": open_clip.__version__, "python": platform.python_version()},

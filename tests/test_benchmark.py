@@ -45,7 +45,8 @@ def test_suite_errors_name_file_and_key(tmp_path, eurosat_root):
 def test_tuned_config_file_is_read_per_dataset_and_scored_on_test(tmp_path, eurosat_root):
     tuned = tmp_path / "searches" / "eurosat"
     tuned.mkdir(parents=True)
-    (tuned / "best_config.yaml").write_text("n_anchors: 5\nlr: 0.01\nobjective: val\ndataset: other\n")
+    (tuned / "best_config.yaml").write_text("n_anchors: 5\nlr: 0.01\nobjective: test\ndataset: other\n")
+    (tuned / "search.json").write_text('{"objective": "val"}')  # the search that wrote it
     path = _suite(tmp_path, eurosat_root, methods={"tuned": {"config": "searches/{dataset}/best_config.yaml",
                                                               "epochs": 3}})
     values, tuning = method_config(load_suite(path), "tuned", "eurosat")

@@ -383,3 +383,11 @@ def test_latex_tables_booktabs_and_bold_best_per_column(tmp_path):
     assert rows[1] == "B & 70.00 & \\textbf{65.00} & 67.50 \\\\"
     # HM table: HM of avg = mean HM here (base = novel), best both coop_x
     assert rows[4].endswith("& \\textbf{70.00} & \\textbf{70.00} \\\\")
+
+
+def test_records_scored_on_different_splits_are_not_mixed(tmp_path):
+    _write(tmp_path / "a.json", _record("coop", "d1", 1, 70.0, 60.0, scored_on="test"))
+    _write(tmp_path / "b.json", _record("coop", "d1", 2, 90.0, 95.0, scored_on="val"))
+    with pytest.raises(ValueError, match=r"different splits.*test \(.*a.json\).*val \(.*b.json\)|"
+                                         r"different splits.*val \(.*b.json\).*test \(.*a.json\)"):
+        report.load_records(tmp_path)

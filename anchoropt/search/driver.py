@@ -547,7 +547,9 @@ def write_outputs(out_dir: str | Path, meta: dict | None = None, study=None,
         best = pool.loc[pool["hm"].idxmax()]
         best_trial, best_hm = int(best["trial"]), float(best["hm"])
         best_params = next(r["params"] for r in rows if r["trial"] == best_trial)
-        best_cfg = make_config({**meta["base"], **best_params}, source="best trial").to_dict()
+        # Scored on test by default: the search objective stays in the header and in search.json.
+        best_cfg = {**make_config({**meta["base"], **best_params}, source="best trial").to_dict(),
+                    "objective": "test"}
         _write_best_config(out_dir / "best_config.yaml", best_cfg, meta, best_trial, best)
     importances = _importances(study, out_dir, meta)
     _plot_history(table, out_dir / "history.png", meta)
@@ -601,7 +603,7 @@ def _write_best_config(path: Path, cfg: dict, meta: dict, trial: int, row) -> No
               f"# objective: {meta['objective']} ({how}, SPEC section 8)",
               f"# trial {trial}: HM {row['hm']:.2f} (base {_fmt(row['acc_base'])}, novel {_fmt(row['acc_novel'])}),"
               f" sampler {meta['sampler']} seed {meta['seed']}, {meta['num_trials']} trials",
-              "# Use: anchoropt train --config best_config.yaml  (add objective=test to score on the test images)"]
+              "# Use: anchoropt train --config best_config.yaml  (scores on the test images)"]
     from anchoropt.io import write_text
     text = "\n".join(header) + "\n" + yaml.safe_dump(cfg, sort_keys=False)
     write_text(text, path)
