@@ -178,8 +178,6 @@ def test_search_runs_and_writes_every_output(ray_session, tiny_cfg, tmp_path):
     assert best.objective == "test" and best.cache_dir == base["cache_dir"]  # scored on test by default
     assert best.n_anchors == result.best_config["n_anchors"]
     assert result.best_hm == pytest.approx(table["hm"].max())
-    main(["train", "--config", str(out / "best_config.yaml"), "--out", str(tmp_path / "train"), "epochs=1"])
-    assert (tmp_path / "train" / "record.json").is_file()
     # one shared cache: features once, Stage I once per distinct Stage I configuration
     two_stage = table[table["schedule"] == "two_stage"]
     keys = {_stage1_key(r, base) for _, r in two_stage.iterrows()}
@@ -188,6 +186,9 @@ def test_search_runs_and_writes_every_output(ray_session, tiny_cfg, tmp_path):
     assert len(list((Path(base["cache_dir"]) / "stage1").glob("*.pt"))) == len(keys)
     assert len(list((Path(base["cache_dir"]) / "locks").glob("features-*.done"))) == 1
     assert "6/6 trials done (6 complete, 0 failed)" in result.summary()
+    # (after the cache checks: scored on test, this run trains Stage I on the full base classes)
+    main(["train", "--config", str(out / "best_config.yaml"), "--out", str(tmp_path / "train"), "epochs=1"])
+    assert (tmp_path / "train" / "record.json").is_file()
 
 
 def test_stage1_computed_once_for_trials_sharing_it(ray_session, tiny_cfg, tmp_path):

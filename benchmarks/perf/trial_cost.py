@@ -74,7 +74,8 @@ def reference_trial(cfg, backbone, device) -> dict:
     items = subsample(train, base)
     classnames = [data.classnames[i] for i in base]
     seed_everything(cfg.seed)
-    trainer = Trainer(cfg, backbone, build_task(cfg, backbone, device), device)  # for its encoder and targets
+    # The task (cached features) serves the final evaluation only; training below re-encodes images.
+    trainer = Trainer(cfg, backbone, build_task(cfg, backbone, device), device)
     learner, anchor = build_learners(cfg, trainer.width, 0, device)
     full = {}
 
@@ -208,7 +209,8 @@ def main(argv=None) -> None:
             args.descriptions = str(Path(args.data_root) / "descriptions.json")
         results = {}
         for kind in ("anchoropt", "reference"):
-            child = [sys.executable, __file__, "--only", kind, "--cache-dir", str(Path(tmp) / kind)] + \
+            # One feature cache for both: the reference only reads it for its final evaluation.
+            child = [sys.executable, __file__, "--only", kind, "--cache-dir", str(Path(tmp) / "cache")] + \
                 [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                  if k not in ("only", "cache_dir") and v is not None]
             done = subprocess.run(child, capture_output=True, text=True)
