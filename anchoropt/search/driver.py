@@ -636,6 +636,7 @@ def _plot_history(table: pd.DataFrame, path: Path, meta: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     t = table.sort_values("trial")
@@ -648,6 +649,7 @@ def _plot_history(table: pd.DataFrame, path: Path, meta: dict) -> None:
         low = ok["hm"].min() if len(ok) else 0.0
         ax.scatter(failed["trial"], [low] * len(failed), marker="x", color="C3", label="failed")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"HM (%), objective {meta['objective']}")
     ax.set_title("optimisation history")
     ax.legend(loc="lower right", fontsize=8)
@@ -660,6 +662,7 @@ def _plot_hm_vs_anchors(table: pd.DataFrame, path: Path, meta: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     t = table[table["hm"].notna() & (table["status"] != "failed")].copy()
     n = t["n_anchors"] if "n_anchors" in t else pd.Series([meta["base"]["n_anchors"]] * len(t), index=t.index)
@@ -672,6 +675,7 @@ def _plot_hm_vs_anchors(table: pd.DataFrame, path: Path, meta: dict) -> None:
     else:
         ax.scatter(t["n_anchors_"], t["hm"], s=20)
     ax.set_xlabel("n_anchors")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"HM (%), objective {meta['objective']}")
     ax.set_title("HM against the number of anchors")
     fig.tight_layout()
