@@ -5,7 +5,8 @@ features instead of images: ``[N, D]`` for evaluation images and ``[N, V, D]``
 for training images, V fixed augmented views drawn once per image with a seed.
 The cache key covers the backbone, the exact image list, the views and the seed,
 so it is shared by every run on the same (backbone, dataset, split, seed, shots).
-Files are written atomically (temp file + rename), so concurrent trials are safe.
+Files are written atomically under a file lock, so concurrent trials and benchmark cells
+encode each image set once and never read a half-written file.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
 from anchoropt.backbone import Backbone
@@ -63,19 +65,25 @@ def encode_images(backbone: Backbone, items: list[Datum], views: int = 0, seed: 
     """
     if not items:
         raise DataError("no images to encode: the split is empty")
-    path = Path(cache_dir).expanduser() / "features" / f"{cache_key(backbone, items, views, seed, crop_scale, flip)}.pt" \
-        if cache_dir else None
-    if path is not None and path.is_file():
-        return torch.load(path, weights_only=True)
+    if cache_dir is None:
+        return _encode_seeded(backbone, items, views, seed, device, crop_scale, flip)
+    path = Path(cache_dir).expanduser() / "features" / f"{cache_key(backbone, items, views, seed, crop_scale, flip)}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # concurrent trials and cells encode each image set once
+        if not path.is_file():
+            save_tensors(_encode_seeded(backbone, items, views, seed, device, crop_scale, flip), path)
+    return torch.load(path, weights_only=True)
+
+
+def _encode_seeded(backbone: Backbone, items: list[Datum], views: int, seed: int, device, crop_scale: float,
+                   flip: bool) -> torch.Tensor:
+    """Encode with torch's RNG seeded for the augmentation, restoring the caller's RNG after."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        feats = _encode(backbone, items, views, device, backbone.augment(crop_scale, flip))
+        return _encode(backbone, items, views, device, backbone.augment(crop_scale, flip))
     finally:
         torch.random.set_rng_state(gen_state)
-    if path is not None:
-        save_tensors(feats, path)
-    return feats
 
 
 def _encode(backbone: Backbone, items: list[Datum], views: int, device, augment) -> torch.Tensor:

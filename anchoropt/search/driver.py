@@ -17,7 +17,7 @@ One search lives in one folder ``DIR``:
 Every trial runs :func:`anchoropt.train.train` with the base configuration updated by the drawn
 parameters and reports ``hm``, ``acc_base``, ``acc_novel`` (percent) after every epoch through
 ``ray.tune.report``. All trials share the base configuration's absolute ``cache_dir``: image
-features are computed once per (backbone, data, shots, seed, objective, views) under a file lock,
+features are computed once per image set (``anchoropt.features``, under a file lock),
 and Stage I once per distinct Stage I configuration (``anchoropt.train.stage1_cache_path``).
 On a multi-node cluster, ``cache_dir``, ``data_root`` and the search folder must be on a file system
 every node sees (relative paths of the base configuration are made absolute first).
@@ -110,7 +110,6 @@ def _trial(config: dict, base: dict, cpus: float, worker_setup: Callable[[], Non
     params = {k: v for k, v in config.items() if not k.startswith("_")}
     cfg = make_config({**base, **params}, source="search trial")
     start = time.time()  # in-trial time (train_s): features, Stage I, Stage II, evaluations
-    _warm_features(cfg)
     reported: list[dict] = []
     in_report = [0.0]  # seconds spent inside ray.tune.report (Ray's share of the in-trial time)
 
@@ -127,31 +126,6 @@ def _trial(config: dict, base: dict, cpus: float, worker_setup: Callable[[], Non
         m = record["metrics"]
         tune.report({"hm": m["hm"], "acc_base": m["acc_base"], "acc_novel": m["acc_novel"], "epoch": 0,
                      "loss": float("nan"), "train_s": time.time() - start})
-
-
-def _warm_features(cfg: TrainConfig) -> None:
-    """Encode (or find cached) the image features of ``cfg``'s task under a file lock, so that
-    concurrent trials of one search compute them once (the others wait, then read the cache)."""
-    from filelock import FileLock
-
-    import anchoropt.train as training
-    from anchoropt.task import build_task
-
-    key = {k: getattr(cfg, k) for k in ("backbone", "pretrained", "quick_gelu", "dataset", "data_root", "shots",
-                                        "seed", "objective", "train_views")}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    locks = Path(cfg.cache_dir).expanduser() / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    done = locks / f"features-{digest}.done"
-    if done.is_file():
-        return
-    with FileLock(str(locks / f"features-{digest}.lock")):
-        if done.is_file():
-            return
-        device = training.resolve_device(cfg.device)
-        backbone = training.cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
-        build_task(cfg, backbone, device)
-        done.write_text(json.dumps(key) + "\n")
 
 
 class _SpaceFn:
