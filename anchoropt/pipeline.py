@@ -25,11 +25,12 @@ DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "anch
 
 def ensure_toy_data(suite: Suite) -> None:
     """Create the suite's toy-11 datasets under its data root when they are not all there."""
+    from anchoropt.config import TrainConfig
     from anchoropt.toy.datasets import TOY11_NAMES, make_toy11
 
     toy = [d for d in suite.datasets if d in TOY11_NAMES]
     if toy:
-        root = Path(suite.config.get("data_root", "data/toy11"))
+        root = Path(suite.config.get("data_root", TrainConfig.data_root))
         print(f"toy datasets under {root}: {', '.join(make_toy11(root, names=toy))}")
 
 
