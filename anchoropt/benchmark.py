@@ -1,9 +1,15 @@
-"""Benchmark suites: every (method, dataset, seed) cell as a Ray Tune trial, one record per cell.
+"""Benchmark suites: every cell as a Ray Tune trial, one record per (method, dataset, seed).
 
-A suite (YAML, see ``benchmarks/``) names datasets, seeds, a shared ``config`` of
+A suite (YAML, see ``benchmarks/``) names a protocol, datasets, seeds, a shared ``config`` of
 TrainConfig keys and named ``methods``; a method is TrainConfig keys and/or
 ``config: <file>``, e.g. a search's ``best_config.yaml`` (``{dataset}`` in the path is
-replaced per cell). Each finished cell is written at once, atomically, to
+replaced per cell). Protocols (SPEC section 8):
+
+- ``base2novel``: a cell is (method, dataset, seed).
+- ``cross_dataset``: a cell is (method, seed): train on every class of ``source``, then score
+  the source and each of ``datasets`` (the targets) on all their classes.
+
+Each finished cell writes its records at once, atomically, to
 ``RESULTS/<method>/<dataset>/seed<k>.json``; re-running skips finished cells, so a killed
 benchmark loses at most the cells in flight.
 """
@@ -20,23 +26,27 @@ from typing import Any
 import yaml
 from ray import tune
 
-from anchoropt.config import ConfigError, TrainConfig, make_config
+from anchoropt.config import PROTOCOLS, ConfigError, TrainConfig, make_config
 from anchoropt.raytools import ensure_ray
 
-SUITE_KEYS = {"name", "protocol", "datasets", "seeds", "config", "per_dataset", "methods", "baseline", "schedules",
-              "search_dataset"}
+SUITE_KEYS = {"name", "protocol", "source", "datasets", "seeds", "config", "per_dataset", "methods", "baseline",
+              "schedules", "search_dataset"}
 
 
 @dataclass
 class Cell:
-    """One (method, dataset, seed) run: its full config and where its record goes."""
+    """One training run: its full config and where its records go (dataset -> path; one dataset
+    under base2novel, the source and every target under cross_dataset)."""
 
     method: str
-    dataset: str
+    dataset: str  # the trained dataset (the source under cross_dataset)
     seed: int
     config: dict[str, Any]
-    record_path: str
+    record_paths: dict[str, str]
     tuning_objective: str  # objective of the search that produced the config, or "untuned"
+
+    def finished(self) -> bool:
+        return all(os.path.isfile(p) for p in self.record_paths.values())
 
 
 @dataclass
@@ -45,11 +55,13 @@ class Suite:
 
     name: str
     path: Path
-    datasets: list[str]
+    datasets: list[str]  # under cross_dataset: the targets
     seeds: list[int]
     config: dict[str, Any]
     methods: dict[str, dict[str, Any]]
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: str = "base2novel"
+    source: str | None = None  # cross_dataset: the dataset trained on
     baseline: str | None = None
     schedules: tuple[str, str] | None = None
     search_dataset: str | None = None  # where ``anchoropt run`` tunes the schedules
@@ -60,7 +72,8 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
 
     Raises:
         ConfigError: unknown top-level or TrainConfig key, missing methods/datasets/seeds,
-            unsupported protocol, or a method file that does not exist (naming the suite file).
+            unknown protocol, a cross-dataset suite without ``source`` (or with the source among
+            its targets), or a method file that does not exist (naming the suite file).
     """
     path = Path(path)
     try:
@@ -73,8 +86,13 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     for key in ("datasets", "seeds", "methods"):
         if not raw.get(key):
             raise ConfigError(f"{path}: '{key}' is missing or empty")
-    if raw.get("protocol", "base2novel") != "base2novel":
-        raise ConfigError(f"{path}: protocol '{raw['protocol']}' is not supported yet (base2novel only)")
+    protocol, source = raw.get("protocol", "base2novel"), raw.get("source")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{path}: unknown protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
+    if protocol == "cross_dataset" and (not source or source in raw["datasets"]):
+        raise ConfigError(f"{path}: protocol cross_dataset needs 'source: <dataset>', not among the target datasets")
+    if protocol == "base2novel" and source:
+        raise ConfigError(f"{path}: 'source' applies to protocol cross_dataset only")
     shared = {**(raw.get("config") or {}), **(overrides or {})}
     make_config(shared, source=f"{path} config")
     methods = {name: dict(spec or {}) for name, spec in raw["methods"].items()}
@@ -83,7 +101,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
         if name is not None and name not in methods:
             raise ConfigError(f"{path}: '{name}' is not one of the suite's methods")
     return Suite(raw.get("name", path.stem), path, list(raw["datasets"]), [int(s) for s in raw["seeds"]],
-                 shared, methods, raw.get("per_dataset") or {}, raw.get("baseline"), schedules,
+                 shared, methods, raw.get("per_dataset") or {}, protocol, source, raw.get("baseline"), schedules,
                  raw.get("search_dataset"))
 
 
@@ -109,21 +127,25 @@ def method_config(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
         values.update({k: v for k, v in tuned.items() if k not in ("dataset", "seed", "data_root", "cache_dir",
                                                                      "device", "objective")})
     values.update(spec)
-    values.update(dataset=dataset, objective="test")
+    values.update(dataset=dataset, objective="test", protocol=suite.protocol)
+    if suite.protocol == "cross_dataset":
+        values["targets"] = ",".join(suite.datasets)
     return values, tuning
 
 
 def plan_cells(suite: Suite, results: str | Path) -> list[Cell]:
     """Every cell of the suite, with its validated config (raises ConfigError naming the method)."""
     results = Path(results).resolve()
+    trained = [suite.source] if suite.protocol == "cross_dataset" else suite.datasets
     cells = []
     for method in suite.methods:
-        for dataset in suite.datasets:
+        for dataset in trained:
             values, tuning = method_config(suite, method, dataset)
+            scored = [dataset, *suite.datasets] if suite.protocol == "cross_dataset" else [dataset]
             for seed in suite.seeds:
                 cfg = make_config({**values, "seed": seed}, source=f"{suite.path} method '{method}'")
-                cells.append(Cell(method, dataset, seed, _absolute_paths(cfg).to_dict(),
-                                  str(results / method / dataset / f"seed{seed}.json"), tuning))
+                paths = {d: str(results / method / d / f"seed{seed}.json") for d in scored}
+                cells.append(Cell(method, dataset, seed, _absolute_paths(cfg).to_dict(), paths, tuning))
     return cells
 
 
@@ -137,14 +159,31 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def run_cell(cell: Cell) -> dict:
-    """Train one cell and write its record atomically (the method name is the suite's)."""
+    """Train one cell and write its records, each atomically (the method name is the suite's).
+    Returns the run's record (cross-dataset: with ``acc_<dataset>`` for every scored dataset)."""
     from anchoropt.io import save_json
     from anchoropt.train import train
 
     record = train(make_config(cell.config))
     record.update(method=cell.method, objective=cell.tuning_objective)
-    save_json(record, cell.record_path)
+    if record["protocol"] == "base2novel":
+        save_json(record, cell.record_paths[cell.dataset])
+        return record
+    for dataset, path in cell.record_paths.items():
+        save_json(dataset_record(record, dataset), path)
     return record
+
+
+def dataset_record(record: dict, dataset: str) -> dict:
+    """The record of one scored dataset of a cross-dataset run: ``dataset`` set to it, ``role``
+    ``source`` or ``target``, ``source`` named, and metrics ``acc`` (and ``acc_anchor``, the
+    anchor prompt alone) in percent (docs/INTERFACES.md)."""
+    source = record["config"]["dataset"]
+    metrics = {"acc": record["metrics"][f"acc_{dataset}"]}
+    if f"acc_anchor_{dataset}" in record["metrics"]:
+        metrics["acc_anchor"] = record["metrics"][f"acc_anchor_{dataset}"]
+    return {**record, "dataset": dataset, "source": source, "role": "source" if dataset == source else "target",
+            "metrics": metrics}
 
 
 def _cell_trainable(config: dict, threads: int = 1) -> None:
@@ -166,7 +205,7 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
     left without a record, so the next run retries them.
     """
     cells = plan_cells(suite, results)
-    todo = [c for c in cells if not os.path.isfile(c.record_path)]
+    todo = [c for c in cells if not c.finished()]
     print(f"benchmark {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to go")
     if not todo:
         return {"done": 0, "failed": 0, "skipped": len(cells)}

@@ -23,14 +23,17 @@ def _train(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("runs") / cfg.dataset / \
         f"{cfg.method}-{cfg.schedule}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
 
+    def scores(m: dict) -> str:
+        if cfg.protocol == "base2novel":
+            return f"base {m['acc_base']:.2f}  novel {m['acc_novel']:.2f}  HM {m['hm']:.2f}"
+        return "  ".join(f"{name} {m['acc_' + name]:.2f}" for name in [cfg.dataset, *cfg.target_list])
+
     def report(m: dict) -> None:
-        tqdm.write(f"epoch {m['epoch']:>3}  loss {m['loss']:.4f}  base {m['acc_base']:.2f}  "
-                   f"novel {m['acc_novel']:.2f}  HM {m['hm']:.2f}")
+        tqdm.write(f"epoch {m['epoch']:>3}  loss {m['loss']:.4f}  {scores(m)}")
 
     record = train(cfg, out_dir=out, report=report)
-    m = record["metrics"]
-    print(f"{cfg.dataset} seed {cfg.seed} {record['method']}: base {m['acc_base']:.2f}  "
-          f"novel {m['acc_novel']:.2f}  HM {m['hm']:.2f}  ({record['wall_time_s']:.1f} s)")
+    print(f"{cfg.dataset} seed {cfg.seed} {record['method']}: {scores(record['metrics'])}  "
+          f"({record['wall_time_s']:.1f} s)")
     print(f"record: {out / 'record.json'}")
 
 

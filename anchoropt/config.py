@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 import yaml
 
 METHODS = ("zeroshot", "coop", "anchoropt")
+PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 
 
@@ -33,6 +34,10 @@ class TrainConfig:
     shots: int = 16
     seed: int = 1
     objective: str = "test"  # test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
+    # base2novel: train on base classes, score base and novel; cross_dataset: train on every class of
+    # ``dataset`` (the source), score it and each of ``targets`` on all their classes (SPEC section 8)
+    protocol: str = "base2novel"
+    targets: str = ""  # cross_dataset: comma-separated target datasets under data_root
     descriptions: str = ""  # CuPL JSON; empty: the dataset's own, else descriptions_dir/<CuPL name>
     descriptions_dir: str = ""
     n_descriptions: int = 10
@@ -79,7 +84,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
-                   "eos_index": ("correct", "reference"), "objective": ("test", "val")}
+                   "eos_index": ("correct", "reference"), "objective": ("test", "val"),
+                   "protocol": PROTOCOLS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -95,7 +101,17 @@ class TrainConfig:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
+        if self.protocol == "cross_dataset" and self.objective != "test":
+            raise ConfigError("protocol=cross_dataset scores test images: objective must be test "
+                              "(tune on the source with protocol=base2novel)")
+        if self.protocol == "base2novel" and self.targets:
+            raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
         return self
+
+    @property
+    def target_list(self) -> list[str]:
+        """``targets`` as a list of dataset names (empty entries dropped)."""
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

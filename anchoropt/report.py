@@ -1,7 +1,9 @@
 """Significance reports over benchmark result records.
 
 Inputs are the JSON result records of ``docs/INTERFACES.md`` (one per method, dataset and seed);
-accuracies and HM are in percent throughout. ``load_records`` turns them into a table and
+accuracies and HM are in percent throughout. One report covers one protocol (SPEC section 8):
+base-to-novel records are compared on HM, cross-dataset records on the accuracy of the target
+datasets (the source dataset is shown but enters no average and no test). ``load_records`` turns them into a table and
 ``write_report`` writes ``report.md``, ``tables.tex``, one CSV per table and PNG figures.
 
 Statistics (SPEC section 8 for the metrics):
@@ -9,8 +11,8 @@ Statistics (SPEC section 8 for the metrics):
 * HM of one run: ``2 * base * novel / (base + novel)``, read from the record's ``metrics.hm``.
 * Per (method, dataset) cell: mean and sample standard deviation (``ddof=1``) over seeds.
 * Two all-dataset averages, always labelled: the "HM of averaged base and novel" (as papers
-  report) and the "mean of per-dataset HM".
-* Against a baseline: paired Wilcoxon signed-rank test over datasets on seed-averaged HM
+  report) and the "mean of per-dataset HM"; cross-dataset: the mean target accuracy.
+* Against a baseline: paired Wilcoxon signed-rank test over datasets on seed-averaged HM (or target accuracy)
   (``scipy.stats.wilcoxon``) with Holm's step-down correction across the comparisons
   (``statsmodels.stats.multitest.multipletests(method="holm")``); paired t-test over seeds per dataset (``scipy.stats.ttest_rel``); 95% bootstrap
   confidence interval of the mean HM difference over datasets (``scipy.stats.bootstrap``, BCa,
@@ -41,10 +43,13 @@ from statsmodels.stats.multitest import multipletests
 
 from anchoropt.metrics import harmonic_mean
 
-METRICS = ("acc_base", "acc_novel", "hm")
-METRIC_TITLES = {"acc_base": "Base accuracy", "acc_novel": "Novel accuracy", "hm": "HM"}
+PROTOCOL_METRICS = {"base2novel": ("acc_base", "acc_novel", "hm"), "cross_dataset": ("acc",)}
+METRICS = PROTOCOL_METRICS["base2novel"]
+ALL_METRICS = tuple(dict.fromkeys(m for ms in PROTOCOL_METRICS.values() for m in ms))
+PRIMARY = {"base2novel": "hm", "cross_dataset": "acc"}  # the metric that is averaged and tested
+METRIC_TITLES = {"acc_base": "Base accuracy", "acc_novel": "Novel accuracy", "hm": "HM", "acc": "Accuracy"}
 KEY = ["method", "dataset", "seed"]
-RECORD_COLUMNS = [*KEY, *METRICS, "objective", "scored_on", "protocol", "path"]
+RECORD_COLUMNS = [*KEY, *ALL_METRICS, "objective", "scored_on", "protocol", "role", "path"]
 ALPHA = 0.05
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
@@ -59,21 +64,23 @@ def load_records(paths: Path | str | Iterable[Path | str]) -> pd.DataFrame:
     """Read every result record under ``paths`` (files, or folders searched recursively for
     ``*.json``) into one row per record.
 
-    Returns columns method, dataset, seed (int), acc_base, acc_novel, hm (float percent, NaN
-    where the record has null or no value), objective (what tuned the config), scored_on
-    (``test`` or the leak-free ``val`` split), protocol (str or None) and path (the file),
-    sorted by method, dataset, seed.
+    Returns columns method, dataset, seed (int), acc_base, acc_novel, hm (base2novel) and acc
+    (cross_dataset) (float percent, NaN where the record has null or no value or the metric
+    belongs to the other protocol), objective (what tuned the config), scored_on (``test`` or
+    the leak-free ``val`` split), protocol (``base2novel`` when the record has none), role
+    (cross_dataset: ``source`` or ``target``) and path (the file), sorted by method, dataset, seed.
     Raises FileNotFoundError for a path that does not exist; ValueError (one line naming the
     file) for a malformed record, naming both files for a duplicated (method, dataset, seed),
-    naming one file of each split when records scored on different splits are mixed, and when
-    no record is found.
+    naming one file of each kind when records of different splits or protocols are mixed, and
+    when no record is found.
     """
     files = _record_files(paths)
     if not files:
         raise ValueError(f"no *.json result records found under {_paths_text(paths)}")
     df = pd.DataFrame([_read_record(f) for f in files], columns=RECORD_COLUMNS)
     _check_duplicates(df)
-    _check_one_split(df)
+    _check_one_kind(df, "scored_on", "scored on different splits")
+    _check_one_kind(df, "protocol", "of different protocols")
     return df.sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
@@ -126,13 +133,17 @@ def _record_row(record: object) -> dict:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"'seed' is {seed!r}, expected an integer")
     row["seed"] = seed
-    for name in ("objective", "scored_on", "protocol"):
+    for name in ("objective", "scored_on", "role"):
         value = record.get(name)
         row[name] = None if value is None else str(value)
+    row["protocol"] = str(record.get("protocol") or "base2novel")
+    if row["protocol"] not in PROTOCOL_METRICS:
+        raise ValueError(f"protocol is {row['protocol']!r}, expected one of {list(PROTOCOL_METRICS)}")
     metrics = record.get("metrics")
     if not isinstance(metrics, dict):
         raise ValueError("'metrics' is missing or not an object")
-    row.update({name: _metric_value(metrics, name) for name in METRICS})
+    row.update({name: math.nan for name in ALL_METRICS})
+    row.update({name: _metric_value(metrics, name) for name in PROTOCOL_METRICS[row["protocol"]]})
     return row
 
 
@@ -157,12 +168,22 @@ def _metric_value(metrics: dict, name: str) -> float:
     return float(value)
 
 
-def _check_one_split(df: pd.DataFrame) -> None:
-    """Accuracies on test images and on the small val split are not comparable: never mix them."""
-    splits = df.groupby(df["scored_on"].fillna("test"))["path"].first()
-    if len(splits) > 1:
-        found = ", ".join(f"{split} ({path})" for split, path in splits.items())
-        raise ValueError(f"records scored on different splits cannot share a report: {found}")
+def _check_one_kind(df: pd.DataFrame, column: str, what: str) -> None:
+    """Accuracies on test and on the small val split, or of different protocols, are not
+    comparable: never mix them (ValueError naming one file of each kind)."""
+    default = "test" if column == "scored_on" else "base2novel"
+    kinds = df.groupby(df[column].fillna(default))["path"].first()
+    if len(kinds) > 1:
+        found = ", ".join(f"{kind} ({path})" for kind, path in kinds.items())
+        raise ValueError(f"records {what} cannot share a report: {found}")
+
+
+def protocol_of(df: pd.DataFrame) -> str:
+    """The one protocol of the records (``base2novel`` when none is recorded)."""
+    found = set(df["protocol"].dropna()) if "protocol" in df.columns else set()
+    if len(found) > 1:
+        raise ValueError(f"records of different protocols cannot share a report: {sorted(found)}")
+    return found.pop() if found else "base2novel"
 
 
 def _check_duplicates(df: pd.DataFrame) -> None:
@@ -179,10 +200,10 @@ def _check_duplicates(df: pd.DataFrame) -> None:
 
 # --------------------------------------------------------------------------- statistics
 
-def cell_stats(df: pd.DataFrame) -> pd.DataFrame:
+def cell_stats(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """Seed statistics of every (method, dataset) cell of the full grid.
 
-    ``df``: records (columns method, dataset, seed, acc_base, acc_novel, hm in percent).
+    ``df``: records (columns method, dataset, seed and ``metrics``, in percent).
     Returns one row per method x dataset (methods in order of appearance, datasets sorted) with
     n_records and, per metric, ``<metric>_n`` (seeds with a value), ``<metric>_mean`` and
     ``<metric>_std`` (sample std, ddof=1). Mean and std are NaN unless the cell has a value for
@@ -191,13 +212,13 @@ def cell_stats(df: pd.DataFrame) -> pd.DataFrame:
     methods = _methods(df)
     datasets, seeds = sorted(df["dataset"].unique()), sorted(df["seed"].unique())
     grid = pd.MultiIndex.from_product([methods, datasets, seeds], names=KEY)
-    values = df.set_index(KEY)[list(METRICS)].reindex(grid)
+    values = df.set_index(KEY)[list(metrics)].reindex(grid)
     groups = values.groupby(level=["method", "dataset"], sort=False)
     cell_index = pd.MultiIndex.from_product([methods, datasets], names=["method", "dataset"])
     sizes = df.groupby(["method", "dataset"]).size().reindex(cell_index, fill_value=0)
     out = pd.DataFrame({"n_records": sizes.astype(int)})
     counts, means, stds = groups.count(), groups.mean(), groups.std(ddof=1)
-    for metric in METRICS:
+    for metric in metrics:
         complete = counts[metric] == len(seeds)
         out[f"{metric}_n"] = counts[metric]
         out[f"{metric}_mean"] = means[metric].where(complete)
@@ -216,31 +237,35 @@ def metric_matrix(cells: pd.DataFrame, metric: str = "hm") -> pd.DataFrame:
     return matrix[list(dict.fromkeys(cells["method"]))]
 
 
-def averages(cells: pd.DataFrame, datasets: Sequence[str]) -> pd.DataFrame:
+def averages(cells: pd.DataFrame, datasets: Sequence[str], metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """All-dataset averages per method over ``datasets`` (percent).
 
     Columns: n_datasets (len of ``datasets``), n_complete (datasets where the method has all
-    three metrics), acc_base, acc_novel (means of the seed-averaged accuracies),
-    hm_of_averages ("HM of averaged base and novel", as papers report: harmonic_mean of the two
-    averages) and mean_hm ("mean of per-dataset HM"). A method with a missing cell among
-    ``datasets`` gets NaN (never an average over fewer datasets).
+    ``metrics``), then for base-to-novel acc_base, acc_novel (means of the seed-averaged
+    accuracies), hm_of_averages ("HM of averaged base and novel", as papers report:
+    harmonic_mean of the two averages) and mean_hm ("mean of per-dataset HM"); for
+    cross-dataset acc (mean accuracy). A method with a missing cell among ``datasets`` gets NaN
+    (never an average over fewer datasets).
     """
     rows = {}
     for method, group in cells.groupby("method", sort=False):
         group = group[group["dataset"].isin(list(datasets))]
-        mean = {m: group[f"{m}_mean"].mean(skipna=False) for m in METRICS}
-        complete = int(group[[f"{m}_mean" for m in METRICS]].notna().all(axis=1).sum())
-        rows[method] = {"n_datasets": len(group), "n_complete": complete,
-                        "acc_base": mean["acc_base"], "acc_novel": mean["acc_novel"],
-                        "hm_of_averages": harmonic_mean(mean["acc_base"], mean["acc_novel"]),
-                        "mean_hm": mean["hm"]}
+        mean = {m: group[f"{m}_mean"].mean(skipna=False) for m in metrics}
+        complete = int(group[[f"{m}_mean" for m in metrics]].notna().all(axis=1).sum())
+        row = {"n_datasets": len(group), "n_complete": complete}
+        if "hm" in metrics:
+            row.update(acc_base=mean["acc_base"], acc_novel=mean["acc_novel"],
+                       hm_of_averages=harmonic_mean(mean["acc_base"], mean["acc_novel"]), mean_hm=mean["hm"])
+        else:
+            row.update(mean)
+        rows[method] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
-def complete_datasets(cells: pd.DataFrame, methods: Sequence[str]) -> list[str]:
-    """Datasets where every method in ``methods`` has all three metrics for every seed."""
+def complete_datasets(cells: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str] = METRICS) -> list[str]:
+    """Datasets where every method in ``methods`` has all ``metrics`` for every seed."""
     sub = cells[cells["method"].isin(list(methods))]
-    ok = sub[[f"{m}_mean" for m in METRICS]].notna().all(axis=1).groupby(sub["dataset"]).all()
+    ok = sub[[f"{m}_mean" for m in metrics]].notna().all(axis=1).groupby(sub["dataset"]).all()
     return sorted(ok.index[ok])
 
 
@@ -307,12 +332,12 @@ def compare_over_datasets(hm: pd.DataFrame, method: str, baseline: str) -> dict:
 
 
 def ttests_over_seeds(df: pd.DataFrame, cells: pd.DataFrame, method: str,
-                      baseline: str) -> pd.DataFrame:
-    """Per-dataset paired t-test over seeds of HM, method vs baseline (``scipy.stats.ttest_rel``,
-    pairs matched by seed). ``df``: records; ``cells``: ``cell_stats(df)``.
-    One row per dataset: n_seeds, mean_diff (method - baseline, HM points), t, p, note. Datasets
+                      baseline: str, metric: str = "hm") -> pd.DataFrame:
+    """Per-dataset paired t-test over seeds of ``metric``, method vs baseline
+    (``scipy.stats.ttest_rel``, pairs matched by seed). ``df``: records; ``cells``: ``cell_stats(df)``.
+    One row per dataset: n_seeds, mean_diff (method - baseline, points), t, p, note. Datasets
     where either cell is missing or incomplete get NaN and a note; no multiplicity correction."""
-    hm = metric_matrix(cells)
+    hm = metric_matrix(cells, metric)
     rows = []
     for dataset in hm.index:
         row = {"method": method, "baseline": baseline, "dataset": dataset, "n_seeds": 0,
@@ -320,14 +345,14 @@ def ttests_over_seeds(df: pd.DataFrame, cells: pd.DataFrame, method: str,
         if hm.loc[dataset, [method, baseline]].isna().any():
             row["note"] = "excluded: missing or incomplete cell"
         else:
-            row.update(_seed_ttest(df, dataset, method, baseline))
+            row.update(_seed_ttest(df, dataset, method, baseline, metric))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _seed_ttest(df: pd.DataFrame, dataset: str, method: str, baseline: str) -> dict:
-    """ttest_rel of HM over the seeds of one dataset (method vs baseline)."""
-    sub = df[df["dataset"] == dataset].pivot(index="seed", columns="method", values="hm")
+def _seed_ttest(df: pd.DataFrame, dataset: str, method: str, baseline: str, metric: str) -> dict:
+    """ttest_rel of ``metric`` over the seeds of one dataset (method vs baseline)."""
+    sub = df[df["dataset"] == dataset].pivot(index="seed", columns="method", values=metric)
     a, b = sub[method].to_numpy(), sub[baseline].to_numpy()
     out = {"n_seeds": len(a), "mean_diff": float(np.mean(a - b))}
     if len(a) < 2:
@@ -446,10 +471,31 @@ class _Context:
     seeds: list[int]
     baseline: str
     out_dir: Path
+    protocol: str
+    source: str | None  # cross_dataset: the trained dataset, shown but not averaged or tested
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return PROTOCOL_METRICS[self.protocol]
+
+    @property
+    def primary(self) -> str:
+        return PRIMARY[self.protocol]
+
+    @property
+    def label(self) -> str:
+        """What the tests compare, for section texts."""
+        return "HM" if self.protocol == "base2novel" else "target accuracy"
+
+    @property
+    def scored(self) -> list[str]:
+        """Datasets that enter averages and tests (all but the cross-dataset source)."""
+        return [d for d in self.datasets if d != self.source]
 
     @property
     def hm(self) -> pd.DataFrame:
-        return metric_matrix(self.cells)
+        """Seed-averaged primary metric (HM, or target accuracy), scored dataset x method."""
+        return metric_matrix(self.cells, self.primary).loc[self.scored]
 
     def csv(self, table: pd.DataFrame, name: str, index: bool = False) -> str:
         """Write ``table`` to ``out_dir/name`` and return a markdown note pointing to it."""
@@ -462,13 +508,14 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
                  schedules: tuple[str, str] | None = None) -> Path:
     """Write report.md, tables.tex, CSV tables and PNG figures into ``out_dir`` (created).
 
-    ``df``: records as from ``load_records`` (columns method, dataset, seed, acc_base, acc_novel,
-    hm in percent; objective, protocol, path optional). ``baseline``: method the others are
+    ``df``: records as from ``load_records`` (columns method, dataset, seed, and acc_base,
+    acc_novel, hm or, cross-dataset, acc and role, in percent; objective, protocol, path optional). ``baseline``: method the others are
     tested against (default: the first method in ``df``). ``schedules``: (one_stage_method,
     two_stage_method) for the one-stage vs two-stage section. ``search_histories``: columns
     schedule, trial_number, hm (see ``best_so_far``). Returns the path of report.md.
     Raises ValueError for an empty ``df``, missing columns, duplicated (method, dataset, seed),
-    or a baseline / schedule method that is not in ``df``.
+    mixed protocols, cross-dataset records without exactly one source dataset, or a baseline /
+    schedule method that is not in ``df``.
     """
     ctx = _context(df, Path(out_dir), baseline)
     if schedules is not None:
@@ -486,19 +533,31 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
 
 def _context(df: pd.DataFrame, out_dir: Path, baseline: str | None) -> _Context:
     """Validate the records and compute the shared cell statistics."""
-    missing = [c for c in (*KEY, *METRICS) if c not in df.columns]
-    if missing:
-        raise ValueError(f"records lack column(s) {missing}")
     if df.empty:
         raise ValueError("no result records to report on")
+    protocol = protocol_of(df)
+    missing = [c for c in (*KEY, *PROTOCOL_METRICS[protocol]) if c not in df.columns]
+    if missing:
+        raise ValueError(f"records lack column(s) {missing}")
     _check_duplicates(df)
+    source = _source_dataset(df) if protocol == "cross_dataset" else None
     methods = _methods(df)
-    ctx = _Context(df=df, cells=cell_stats(df), methods=methods,
-                   datasets=sorted(df["dataset"].unique()), seeds=sorted(df["seed"].unique()),
-                   baseline=baseline if baseline is not None else methods[0], out_dir=out_dir)
+    datasets = sorted(df["dataset"].unique(), key=lambda d: (d != source, d))
+    ctx = _Context(df=df, cells=cell_stats(df, PROTOCOL_METRICS[protocol]), methods=methods,
+                   datasets=datasets, seeds=sorted(df["seed"].unique()),
+                   baseline=baseline if baseline is not None else methods[0], out_dir=out_dir,
+                   protocol=protocol, source=source)
     _check_methods(ctx, [ctx.baseline], "baseline")
     out_dir.mkdir(parents=True, exist_ok=True)
     return ctx
+
+
+def _source_dataset(df: pd.DataFrame) -> str:
+    """The source dataset of cross-dataset records (ValueError unless exactly one)."""
+    sources = sorted(set(df.loc[df.get("role", pd.Series(dtype=object)) == "source", "dataset"]))
+    if len(sources) != 1:
+        raise ValueError(f"cross-dataset records need exactly one source dataset (role 'source'), found {sources}")
+    return sources[0]
 
 
 def _check_methods(ctx: _Context, names: Sequence[str], what: str) -> None:
@@ -515,14 +574,16 @@ def _header(ctx: _Context) -> str:
         if col not in sub.columns:
             return "not recorded"
         return ", ".join(sorted({str(v) for v in sub[col] if v is not None})) or "not recorded"
+    protocol = (f"Protocol: {ctx.protocol}." if ctx.source is None else
+                f"Protocol: cross_dataset: trained on every class of **{ctx.source}** (the source), scored on all "
+                f"classes of the source and of {len(ctx.scored)} target datasets; averages and tests use the "
+                "targets only.")
     lines = ["# Significance report", "",
              f"{len(ctx.df)} result records: {len(ctx.methods)} methods, {len(ctx.datasets)} "
              f"datasets, seeds {', '.join(map(str, ctx.seeds))}. Accuracies and HM in percent; "
              "cells are mean ± sample std (ddof=1) over seeds.", "",
-             f"Protocol(s): {values('protocol', ctx.df)}.", "", "Tuning objective per method:", ""]
+             protocol, "", "Tuning objective per method:", ""]
     lines += [f"- {m}: {values('objective', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
-    if "protocol" in ctx.df.columns and ctx.df["protocol"].nunique() > 1:
-        lines += ["", "**Warning: the records mix protocols.**"]
     return "\n".join(lines)
 
 
@@ -531,7 +592,7 @@ def _per_dataset_section(ctx: _Context) -> str:
     parts = ["## Per-dataset results", "",
              f"{MISSING} marks a missing cell; `{MISSING} (n/N seeds)` a cell with values for "
              "only n of the N seeds (not averaged; see Missing cells)."]
-    for metric in METRICS:
+    for metric in ctx.metrics:
         parts += ["", f"### {METRIC_TITLES[metric]} (%)", "",
                   _md_table(_display_table(ctx, metric))]
     parts += ["", ctx.csv(ctx.cells, "per_dataset.csv")]
@@ -540,7 +601,7 @@ def _per_dataset_section(ctx: _Context) -> str:
 
 def _display_table(ctx: _Context, metric: str) -> pd.DataFrame:
     """Dataset x method strings "mean ± std" for one metric."""
-    table = pd.DataFrame({"dataset": ctx.datasets})
+    table = pd.DataFrame({"dataset": [f"{d} (source)" if d == ctx.source else d for d in ctx.datasets]})
     for method in ctx.methods:
         cells = ctx.cells[ctx.cells["method"] == method].set_index("dataset")
         table[method] = [_mean_std(cells.at[d, f"{metric}_mean"], cells.at[d, f"{metric}_std"],
@@ -551,19 +612,21 @@ def _display_table(ctx: _Context, metric: str) -> pd.DataFrame:
 
 def _averages_section(ctx: _Context) -> str:
     """Averages over all datasets and, when some are incomplete, over the complete ones."""
-    common = complete_datasets(ctx.cells, ctx.methods)
-    parts = ["## Averages", "",
-             "Two all-dataset averages of HM: **HM of averaged base and novel** = "
-             "2·B·N/(B+N) of the average base B and novel N accuracies (as papers report), and "
-             "**mean of per-dataset HM**. A method with a missing cell gets no average "
+    common = [d for d in complete_datasets(ctx.cells, ctx.methods, ctx.metrics) if d in ctx.scored]
+    what = ("Two all-dataset averages of HM: **HM of averaged base and novel** = "
+            "2·B·N/(B+N) of the average base B and novel N accuracies (as papers report), and "
+            "**mean of per-dataset HM**." if ctx.source is None else
+            f"Mean accuracy over the target datasets (the source, {ctx.source}, is left out).")
+    parts = ["## Averages", "", what + " A method with a missing cell gets no average "
              f"({MISSING}) rather than one over fewer datasets."]
-    scopes = [("all", ctx.datasets, f"### Over all {len(ctx.datasets)} datasets")]
-    if len(common) < len(ctx.datasets):
-        scopes.append(("common", common, f"### Over the {len(common)} datasets where every "
+    kind = "datasets" if ctx.source is None else "target datasets"
+    scopes = [("all", ctx.scored, f"### Over all {len(ctx.scored)} {kind}")]
+    if len(common) < len(ctx.scored):
+        scopes.append(("common", common, f"### Over the {len(common)} {kind} where every "
                        f"method is complete ({', '.join(common) or 'none'})"))
     tables = []
     for scope, datasets, title in scopes:
-        avg = averages(ctx.cells, datasets)
+        avg = averages(ctx.cells, datasets, ctx.metrics)
         parts += ["", title, "", _md_table(_averages_display(avg))]
         tables.append(avg.reset_index().assign(scope=scope))
     parts += ["", ctx.csv(pd.concat(tables, ignore_index=True), "averages.csv")]
@@ -572,6 +635,9 @@ def _averages_section(ctx: _Context) -> str:
 
 def _averages_display(avg: pd.DataFrame) -> pd.DataFrame:
     complete = [f"{c}/{n}" for c, n in zip(avg["n_complete"], avg["n_datasets"])]
+    if "hm_of_averages" not in avg.columns:
+        return pd.DataFrame({"method": avg.index, "complete datasets": complete,
+                             "mean target accuracy": avg["acc"].map(_num)})
     return pd.DataFrame({"method": avg.index, "complete datasets": complete,
                          "base": avg["acc_base"].map(_num), "novel": avg["acc_novel"].map(_num),
                          "HM of averaged base and novel": avg["hm_of_averages"].map(_num),
@@ -586,19 +652,25 @@ def _paired_section(ctx: _Context) -> str:
         return "\n".join(parts + ["Only one method: nothing to compare."])
     summary = pd.DataFrame([compare_over_datasets(ctx.hm, m, ctx.baseline) for m in others])
     summary["p_holm"] = holm(summary["p"])
-    parts += ["Δ = method − baseline (HM points). " + _pair_explanation(len(others)), "",
-              _md_table(_pair_display(summary, holm_column=True)), "",
+    parts += [f"Δ = method − baseline ({ctx.label} points). " + _pair_explanation(ctx, len(others)), "",
+              _md_table(_pair_display(ctx, summary, holm_column=True)), "",
               *_exclusion_notes(summary), ctx.csv(summary, "paired_wilcoxon.csv"), "",
               "### Paired t-test over seeds per dataset", "",
-              "`scipy.stats.ttest_rel` on per-seed HM, pairs matched by seed, two-sided, "
-              "no multiplicity correction. Δ = method − baseline (HM points).", ""]
-    ttests = pd.concat([ttests_over_seeds(ctx.df, ctx.cells, m, ctx.baseline) for m in others])
-    parts += [_md_table(_ttest_display(ttests)), "", ctx.csv(ttests, "paired_ttest.csv")]
+              f"`scipy.stats.ttest_rel` on per-seed {ctx.label}, pairs matched by seed, two-sided, "
+              f"no multiplicity correction. Δ = method − baseline ({ctx.label} points).", ""]
+    ttests = pd.concat([_ttests(ctx, m, ctx.baseline) for m in others])
+    parts += [_md_table(_ttest_display(ctx, ttests)), "", ctx.csv(ttests, "paired_ttest.csv")]
     return "\n".join(parts)
 
 
-def _pair_explanation(holm_family: int) -> str:
-    text = ("Over datasets, on seed-averaged HM: two-sided Wilcoxon signed-rank test "
+def _ttests(ctx: _Context, method: str, baseline: str) -> pd.DataFrame:
+    """``ttests_over_seeds`` on the primary metric of the scored datasets."""
+    return ttests_over_seeds(ctx.df, ctx.cells[ctx.cells["dataset"].isin(ctx.scored)], method, baseline, ctx.primary)
+
+
+def _pair_explanation(ctx: _Context, holm_family: int) -> str:
+    text = (f"Over {'datasets' if ctx.source is None else 'target datasets'}, on seed-averaged {ctx.label}: "
+            "two-sided Wilcoxon signed-rank test "
             "(`scipy.stats.wilcoxon`, zero differences discarded) and a "
             f"{CONFIDENCE:.0%} bootstrap CI of the mean difference (`scipy.stats.bootstrap`, BCa, "
             f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}). Only datasets where both "
@@ -609,10 +681,10 @@ def _pair_explanation(holm_family: int) -> str:
     return text
 
 
-def _pair_display(summary: pd.DataFrame, holm_column: bool) -> pd.DataFrame:
+def _pair_display(ctx: _Context, summary: pd.DataFrame, holm_column: bool) -> pd.DataFrame:
     table = pd.DataFrame({
         "method": summary["method"], "vs": summary["baseline"],
-        "datasets used": summary["n_datasets"], "mean Δ HM": summary["mean_diff"].map(_num),
+        "datasets used": summary["n_datasets"], f"mean Δ {ctx.label}": summary["mean_diff"].map(_num),
         f"{CONFIDENCE:.0%} CI": [f"[{_num(lo)}, {_num(hi)}]"
                                  for lo, hi in zip(summary["ci_low"], summary["ci_high"])],
         "Wilcoxon W": summary["wilcoxon_W"].map(lambda w: _num(w, 1)),
@@ -631,11 +703,11 @@ def _exclusion_notes(summary: pd.DataFrame) -> list[str]:
     return notes + [""]
 
 
-def _ttest_display(ttests: pd.DataFrame) -> pd.DataFrame:
+def _ttest_display(ctx: _Context, ttests: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"method": ttests["method"].to_numpy(),
                          "dataset": ttests["dataset"].to_numpy(),
                          "seeds": ttests["n_seeds"].to_numpy(),
-                         "mean Δ HM": ttests["mean_diff"].map(_num).to_numpy(),
+                         f"mean Δ {ctx.label}": ttests["mean_diff"].map(_num).to_numpy(),
                          "t": ttests["t"].map(lambda t: _num(t, 3)).to_numpy(),
                          "p": ttests["p"].map(_pval).to_numpy(), "note": ttests["note"].to_numpy()})
 
@@ -647,8 +719,8 @@ def _friedman_section(ctx: _Context) -> str:
         return "\n".join(
             parts + [f"Needs three or more methods; the records have {len(ctx.methods)}."])
     hm = ctx.hm.dropna()
-    excluded = sorted(set(ctx.datasets) - set(hm.index))
-    parts.append(f"On seed-averaged HM over the {len(hm)} datasets where all {len(ctx.methods)} "
+    excluded = sorted(set(ctx.scored) - set(hm.index))
+    parts.append(f"On seed-averaged {ctx.label} over the {len(hm)} datasets where all {len(ctx.methods)} "
                  f"methods are complete; excluded: {', '.join(excluded) or 'none'}.")
     if len(hm) < 2:
         return "\n".join(parts + ["", "Fewer than two complete datasets: no test."])
@@ -664,20 +736,20 @@ def _friedman_parts(ctx: _Context, hm: pd.DataFrame, excluded: list[str]) -> lis
     return [f"Friedman χ² = {_num(stat, 3)}, p = {_pval(p)} (`scipy.stats.friedmanchisquare`, "
             f"tie-corrected), k = {k}, N = {n}. Nemenyi critical difference "
             f"(α = {ALPHA}) = {cd:.3f} rank.", "", ctx.csv(summary, "friedman.csv"), "",
-            "### Average ranks (1 = highest HM)", "",
+            f"### Average ranks (1 = highest {ctx.label})", "",
             _md_table(pd.DataFrame({"method": ranks.index, "average rank": ranks.map(_num)})), "",
             ctx.csv(ranks.rename_axis("method").reset_index(), "average_ranks.csv"), "",
             "### Nemenyi p-values (`scikit_posthocs.posthoc_nemenyi_friedman`)", "",
             _md_table(pvals.map(_pval).reset_index()), "",
             ctx.csv(pvals, "nemenyi.csv", index=True), "",
-            _plot_cd(ranks, pvals, cd, ctx.out_dir / "cd_diagram.png")]
+            _plot_cd(ranks, pvals, cd, ctx.out_dir / "cd_diagram.png", ctx.label)]
 
 
-def _plot_cd(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, path: Path) -> str:
+def _plot_cd(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, path: Path, label: str) -> str:
     """CD diagram (``scikit_posthocs.critical_difference_diagram``) as PNG; markdown embed."""
     fig, ax = _figure((8.0, 1.5 + 0.35 * len(ranks)))
     _posthocs().critical_difference_diagram(ranks, pvalues, cd=cd, alpha=ALPHA, ax=ax)
-    ax.set_title("Average rank on HM (1 = best); bars join methods not different (Nemenyi)",
+    ax.set_title(f"Average rank on {label} (1 = best); bars join methods not different (Nemenyi)",
                  fontsize=9, pad=36)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     return f"![Critical difference diagram]({path.name})"
@@ -707,14 +779,14 @@ def _schedule_section(ctx: _Context, schedules: tuple[str, str] | None,
 
 def _schedule_tests(ctx: _Context, one_stage: str, two_stage: str) -> list[str]:
     summary = pd.DataFrame([compare_over_datasets(ctx.hm, two_stage, one_stage)])
-    ttests = ttests_over_seeds(ctx.df, ctx.cells, two_stage, one_stage)
+    ttests = _ttests(ctx, two_stage, one_stage)
     return [f"One-stage: **{one_stage}**; two-stage: **{two_stage}**. "
-            "Δ = two-stage − one-stage. " + _pair_explanation(holm_family=0)
+            "Δ = two-stage − one-stage. " + _pair_explanation(ctx, holm_family=0)
             + " A single comparison: no correction.", "",
-            _md_table(_pair_display(summary, holm_column=False)), "",
+            _md_table(_pair_display(ctx, summary, holm_column=False)), "",
             *_exclusion_notes(summary), ctx.csv(summary, "schedule_wilcoxon.csv"), "",
             "### Paired t-test over seeds per dataset (two-stage vs one-stage)", "",
-            _md_table(_ttest_display(ttests)), "", ctx.csv(ttests, "schedule_ttest.csv"), ""]
+            _md_table(_ttest_display(ctx, ttests)), "", ctx.csv(ttests, "schedule_ttest.csv"), ""]
 
 
 def _history_parts(ctx: _Context, histories: pd.DataFrame) -> list[str]:
@@ -746,7 +818,7 @@ def _plot_history(best: pd.DataFrame, path: Path) -> str:
     return f"![Best HM against trials spent]({path.name})"
 
 
-def missing_cells(cells: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+def missing_cells(cells: pd.DataFrame, df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """(method, dataset) cells lacking a value for some seed or metric.
 
     ``cells``: ``cell_stats(df)``; ``df``: records. Columns method, dataset, status ("absent":
@@ -754,7 +826,7 @@ def missing_cells(cells: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     seeds_missing, null_metrics (metrics null in some present record).
     """
     seeds = sorted(df["seed"].unique())
-    incomplete = cells[[f"{m}_mean" for m in METRICS]].isna().any(axis=1)
+    incomplete = cells[[f"{m}_mean" for m in metrics]].isna().any(axis=1)
     rows = []
     for cell in cells[incomplete].itertuples():
         recs = df[(df["method"] == cell.method) & (df["dataset"] == cell.dataset)]
@@ -763,13 +835,13 @@ def missing_cells(cells: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
                      "status": "absent" if recs.empty else "incomplete",
                      "seeds_present": " ".join(map(str, present)),
                      "seeds_missing": " ".join(str(s) for s in seeds if s not in present),
-                     "null_metrics": " ".join(m for m in METRICS if recs[m].isna().any())})
+                     "null_metrics": " ".join(m for m in metrics if recs[m].isna().any())})
     return pd.DataFrame(rows, columns=["method", "dataset", "status", "seeds_present",
                                        "seeds_missing", "null_metrics"])
 
 
 def _missing_section(ctx: _Context) -> str:
-    table = missing_cells(ctx.cells, ctx.df)
+    table = missing_cells(ctx.cells, ctx.df, ctx.metrics)
     total = len(ctx.methods) * len(ctx.datasets)
     parts = ["## Missing cells", "",
              f"{len(table)} of {total} (method, dataset) cells are missing or incomplete "
@@ -785,18 +857,20 @@ def _missing_section(ctx: _Context) -> str:
 
 def _latex_tables(ctx: _Context) -> str:
     """booktabs tables (methods x datasets, one per metric) with averages; best per column bold."""
-    common = complete_datasets(ctx.cells, ctx.methods)
-    avg = averages(ctx.cells, common)
+    common = [d for d in complete_datasets(ctx.cells, ctx.methods, ctx.metrics) if d in ctx.scored]
+    avg = averages(ctx.cells, common, ctx.metrics)
+    kind = "datasets" if ctx.source is None else f"target datasets (source {ctx.source} excluded)"
     header = ["% Generated by anchoropt.report; needs \\usepackage{booktabs}.",
-              f"% Averages over the {len(common)} datasets where every method is complete."]
-    tables = [_latex_table(ctx, m, avg, len(common)) for m in METRICS]
+              f"% Averages over the {len(common)} {kind} where every method is complete."]
+    tables = [_latex_table(ctx, m, avg, len(common)) for m in ctx.metrics]
     return "\n".join(header) + "\n\n" + "\n\n".join(tables) + "\n"
 
 
 def _latex_table(ctx: _Context, metric: str, avg: pd.DataFrame, n_avg: int) -> str:
     means = metric_matrix(ctx.cells, metric).T.reindex(ctx.methods)
     stds = ctx.cells.pivot(index="method", columns="dataset", values=f"{metric}_std")
-    columns = {d: [(means.at[m, d], stds.at[m, d]) for m in ctx.methods] for d in ctx.datasets}
+    columns = {(f"{d} (source)" if d == ctx.source else d): [(means.at[m, d], stds.at[m, d]) for m in ctx.methods]
+               for d in ctx.datasets}
     avg_cols = ({f"HM of avg. ({n_avg})": "hm_of_averages", f"Mean HM ({n_avg})": "mean_hm"}
                 if metric == "hm" else {f"Avg. ({n_avg})": metric})
     for label, col in avg_cols.items():

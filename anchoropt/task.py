@@ -6,6 +6,8 @@ Protocols (SPEC section 8):
 - ``objective="val"``: leak-free; the base classes are split again into pseudo-base and
   pseudo-novel halves, training uses pseudo-base shots and scoring the few-shot val
   images of both halves. Novel classes are never seen.
+- ``protocol="cross_dataset"``: train on every class of the source dataset's few-shot
+  images, score the test images of the source and of each target dataset, all their classes.
 """
 from __future__ import annotations
 
@@ -23,58 +25,85 @@ from anchoropt.features import encode_images
 
 @dataclass
 class EvalSet:
-    """Scored images of one class set: ``features [N, D]``, ``labels [N]`` in 0..C-1."""
+    """Scored images of one class set: ``features [N, D]``, ``labels [N]`` in 0..C-1.
+
+    ``seen``: the classes were trained on (scored with the prompt's logits; unseen classes use the
+    anchor ensemble, SPEC section 4). ``template``: the zero-shot template of their dataset."""
 
     classnames: list[str]
     features: torch.Tensor
     labels: torch.Tensor
+    seen: bool
+    template: str
 
 
 @dataclass
 class Task:
-    """Training classes with ``train_features [N, V, D]`` / ``train_labels [N]``, the template,
-    and the scored sets ``evals`` (``"base"``, ``"novel"``)."""
+    """Training classes with ``train_features [N, V, D]`` / ``train_labels [N]``, and the scored
+    sets ``evals`` (``"base"`` and ``"novel"``; cross-dataset: one per dataset name, source first)."""
 
     dataset: str
     classnames: list[str]
     train_features: torch.Tensor
     train_labels: torch.Tensor
-    template: str
     evals: dict[str, EvalSet]
     descriptions_path: Path | None
 
 
 def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device = "cpu",
-               data: DatasetSplits | None = None) -> Task:
+               data: DatasetSplits | None = None, targets: list[DatasetSplits] | None = None) -> Task:
     """Draw the shots, split classes, encode (or load cached) image features.
 
-    ``data``: the dataset already read (else read here).
+    ``data``: the dataset already read (else read here); ``targets``: cross-dataset target
+    datasets already read (else read here from ``cfg.targets``).
 
     Raises:
-        DataError: bad dataset input (see :func:`anchoropt.data.build_dataset`).
+        DataError: bad dataset input (see :func:`anchoropt.data.build_dataset`), or a
+            cross-dataset run without targets.
     """
     data = data or build_dataset(cfg.data_root, cfg.dataset)
     train, val = fewshot_splits(data, cfg.shots, cfg.seed)
-    base, novel = base_novel_labels([d.label for d in data.train])
-    if cfg.objective == "val":
-        base, novel = base_novel_labels(base)
-        scored = val
-    else:
-        scored = data.test
     names = data.classnames
-    train_items = subsample(train, base)
-    if not train_items:
-        raise DataError(f"dataset '{cfg.dataset}': no training images for the base classes")
 
     def features(items: list[Datum], views: int = 0) -> torch.Tensor:
         return encode_images(backbone, items, views, cfg.seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
 
-    evals = {}
-    for split, labels in (("base", base), ("novel", novel)):
-        items = subsample(scored, labels)
-        evals[split] = EvalSet([names[i] for i in labels], features(items), _labels(items))
-    return Task(cfg.dataset, [names[i] for i in base], features(train_items, cfg.train_views), _labels(train_items),
-                data.template, evals, _descriptions_path(cfg, data.descriptions))
+    def eval_set(dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
+        items = subsample(items, labels)
+        return EvalSet([dataset.classnames[i] for i in labels], features(items), _labels(items), seen,
+                       dataset.template)
+
+    if cfg.protocol == "cross_dataset":
+        targets = targets if targets is not None else read_targets(cfg)
+        trained = sorted(set(d.label for d in data.train))
+        evals = {data.name: eval_set(data, data.test, trained, True)}
+        for target in targets:
+            evals[target.name] = eval_set(target, target.test, sorted(set(d.label for d in target.test)), False)
+    else:
+        trained, novel = base_novel_labels([d.label for d in data.train])
+        scored = data.test
+        if cfg.objective == "val":
+            trained, novel = base_novel_labels(trained)
+            scored = val
+        evals = {"base": eval_set(data, scored, trained, True), "novel": eval_set(data, scored, novel, False)}
+    train_items = subsample(train, trained)
+    if not train_items:
+        raise DataError(f"dataset '{cfg.dataset}': no training images for the trained classes")
+    return Task(cfg.dataset, [names[i] for i in trained], features(train_items, cfg.train_views),
+                _labels(train_items), evals, _descriptions_path(cfg, data.descriptions))
+
+
+def read_targets(cfg: TrainConfig) -> list[DatasetSplits]:
+    """The cross-dataset target datasets of ``cfg`` (under ``cfg.data_root``).
+
+    Raises:
+        DataError: no targets given, the source among them, or a target that does not load.
+    """
+    if not cfg.target_list:
+        raise DataError(f"protocol=cross_dataset needs targets=<dataset,...> to evaluate on (source {cfg.dataset})")
+    if cfg.dataset in cfg.target_list:
+        raise DataError(f"cross-dataset source '{cfg.dataset}' is also listed in targets")
+    return [build_dataset(cfg.data_root, name) for name in cfg.target_list]
 
 
 def task_descriptions(cfg: TrainConfig, task: Task) -> list[list[str]]:

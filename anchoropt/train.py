@@ -38,7 +38,7 @@ from anchoropt.data import build_dataset
 from anchoropt.io import save_json, save_tensors
 from anchoropt.metrics import harmonic_mean
 from anchoropt.prompts import AnchorOPTPrompt, AnchorPrompt, CoOpPrompt, clip_logits, kd_loss, stage1_loss
-from anchoropt.task import Task, build_task, task_descriptions
+from anchoropt.task import Task, build_task, read_targets, task_descriptions
 from anchoropt.text import ClassTokens, TextEncoder
 
 EpochCallback = Callable[[int, dict], None]
@@ -233,18 +233,19 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, learner, anchor: AnchorPrompt | None) -> dict[str, float]:
-        """Accuracy (%) on base and novel, HM, and the anchor prompt's own accuracies.
+        """Accuracy (%) ``acc_<set>`` of every scored set of the task, the anchor prompt's own
+        ``acc_anchor_<set>``, and ``hm`` of base and novel (base-to-novel protocol).
 
-        Base classes use the prompt's logits; novel classes ``(logits_prompt + logits_anchor) / 2``
-        when anchors exist (SPEC section 4 inference rule)."""
+        Trained classes use the prompt's logits; unseen ones (novel, cross-dataset targets)
+        ``(logits_prompt + logits_anchor) / 2`` when anchors exist (SPEC section 4 inference rule)."""
         if learner is not None:
             learner.eval()
         metrics = {}
-        for split, ev in self.task.evals.items():
+        for name, ev in self.task.evals.items():
             feats, labels = ev.features.to(self.device), ev.labels.to(self.device)
             with self.autocast():
                 if learner is None:
-                    text = self.zeroshot_text(ev.classnames)
+                    text = self.zeroshot_text(ev.classnames, ev.template)
                 else:
                     text = self.prompt_features(learner, self.tokens(ev.classnames, learner.n_block, learner.rest),
                                                 anchor)
@@ -253,15 +254,16 @@ class Trainer:
                     anchor_logits = clip_logits(
                         feats, anchor(self.encoder, self.tokens(ev.classnames, self.cfg.n_anchors,
                                                                 AnchorPrompt.rest)).float(), self.logit_scale)
-                    metrics[f"acc_anchor_{split}"] = _accuracy(anchor_logits, labels)
-                    if split == "novel":
+                    metrics[f"acc_anchor_{name}"] = _accuracy(anchor_logits, labels)
+                    if not ev.seen:
                         logits = (logits + anchor_logits) / 2
-            metrics[f"acc_{split}"] = _accuracy(logits, labels)
-        metrics["hm"] = harmonic_mean(metrics["acc_base"], metrics["acc_novel"])
+            metrics[f"acc_{name}"] = _accuracy(logits, labels)
+        if self.cfg.protocol == "base2novel":
+            metrics["hm"] = harmonic_mean(metrics["acc_base"], metrics["acc_novel"])
         return metrics
 
-    def zeroshot_text(self, classnames: list[str]) -> torch.Tensor:
-        tokens = self.backbone.tokenizer([self.task.template.format(c) for c in classnames]).to(self.device)
+    def zeroshot_text(self, classnames: list[str], template: str) -> torch.Tensor:
+        tokens = self.backbone.tokenizer([template.format(c) for c in classnames]).to(self.device)
         return self.backbone.model.encode_text(tokens).float()
 
     def _eos_shift(self) -> int:
@@ -311,11 +313,13 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
         cfg: validated configuration.
         out_dir: if given, ``record.json`` and ``prompts.pt`` (learned tensors, loadable with
             ``torch.load(weights_only=True)``) are written there atomically.
-        report: called after every CoOp / Stage II epoch with ``epoch`` (1-based), ``loss``,
-            ``acc_base``, ``acc_novel``, ``hm`` (percent); used by search for per-epoch reports.
+        report: called after every CoOp / Stage II epoch with ``epoch`` (1-based), ``loss`` and
+            the metrics of :meth:`Trainer.evaluate` (percent); used by search for per-epoch reports.
 
     Returns:
-        The record (docs/INTERFACES.md): config, seed, metrics in percent, wall time, versions.
+        The record (docs/INTERFACES.md): config, seed, metrics in percent (base2novel:
+        ``acc_base``, ``acc_novel``, ``hm``; cross_dataset: ``acc_<dataset>`` for the source and
+        each target), wall time, versions.
 
     Raises:
         DataError, BackboneError, NonFiniteLoss: with a one-line message naming the cause.
@@ -323,8 +327,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     start = time.time()
     device = resolve_device(cfg.device)
     data = build_dataset(cfg.data_root, cfg.dataset)  # bad data fails before a large backbone loads
+    targets = read_targets(cfg) if cfg.protocol == "cross_dataset" else None
     backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
-    task = build_task(cfg, backbone, device, data)
+    task = build_task(cfg, backbone, device, data, targets)
     seed_everything(cfg.seed)
     trainer = Trainer(cfg, backbone, task, device)
     learner, anchor = build_learners(cfg, trainer.width, trainer._eos_shift(), device)
@@ -374,7 +379,7 @@ def make_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float)
     sets it from the search that produced the config)."""
     return {
         "record_version": 1, "method": cfg.method if cfg.method != "anchoropt" else f"anchoropt_{cfg.schedule}",
-        "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots, "protocol": "base2novel",
+        "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots, "protocol": cfg.protocol,
         "objective": "untuned", "scored_on": cfg.objective, "backbone": cfg.backbone, "pretrained": cfg.pretrained,
         "config": cfg.to_dict(), "metrics": metrics, "wall_time_s": round(wall_time_s, 3),
         "versions": {"anchoropt": anchoropt.__version__, "torch": torch.__version__,

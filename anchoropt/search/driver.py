@@ -365,6 +365,9 @@ def _new_meta(space: SearchSpace, space_raw: dict, space_source: str, out_dir: P
     if opts["max_concurrent"] is not None and opts["max_concurrent"] < 1:
         raise SearchError("max concurrent trials must be >= 1")
     values = base.to_dict() if isinstance(base, TrainConfig) else dict(base or {})
+    if values.get("protocol", "base2novel") != "base2novel":
+        raise SearchError(f"search scores HM under protocol=base2novel, got protocol={values['protocol']}; "
+                          "tune on the source dataset, then benchmark the best config cross-dataset")
     values["objective"] = opts["objective"]
     cfg = make_config(values, source="base config")
     for key in PATH_KEYS:  # trials run in Ray workers with another working directory
