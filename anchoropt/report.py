@@ -749,6 +749,8 @@ def _plot_cd(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, path: Path, lab
     """CD diagram (``scikit_posthocs.critical_difference_diagram``) as PNG; markdown embed."""
     fig, ax = _figure((8.0, 1.5 + 0.35 * len(ranks)))
     _posthocs().critical_difference_diagram(ranks, pvalues, cd=cd, alpha=ALPHA, ax=ax)
+    # the full rank scale 1..k, widened to hold the CD bar drawn from the best rank
+    ax.set_xlim(min(1.0, ranks.min()), max(float(len(ranks)), ranks.min() + cd))
     ax.set_title(f"Average rank on {label} (1 = best); bars join methods not different (Nemenyi)",
                  fontsize=9, pad=36)
     fig.savefig(path, dpi=150, bbox_inches="tight")
