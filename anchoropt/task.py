@@ -76,9 +76,9 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
     if cfg.protocol == "cross_dataset":
         targets = targets if targets is not None else read_targets(cfg)
         trained = sorted(set(d.label for d in data.train))
-        evals = {data.name: eval_set(data, data.test, trained, True)}
-        for target in targets:
-            evals[target.name] = eval_set(target, target.test, sorted(set(d.label for d in target.test)), False)
+        evals = {cfg.dataset: eval_set(data, data.test, trained, True)}
+        for name, target in zip(cfg.target_list, targets):  # keyed by the names asked for
+            evals[name] = eval_set(target, target.test, sorted(set(d.label for d in target.test)), False)
     else:
         trained, novel = base_novel_labels([d.label for d in data.train])
         scored = data.test
