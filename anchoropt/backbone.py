@@ -52,6 +52,8 @@ class Backbone:
         preprocess: PIL image -> float tensor ``[3, H, W]`` (resize + centre crop + normalise).
         mean, std: per-channel normalisation of the weights (RGB, 0-1 scale).
         name: open_clip model name; pretrained: what the weights came from.
+        weights_id: what the weights are, for cache keys: the tag, ``random``, or a checkpoint
+            file's resolved path, size and modification time (a file replaced in place changes it).
     """
 
     model: torch.nn.Module
@@ -61,6 +63,7 @@ class Backbone:
     std: tuple[float, float, float]
     name: str
     pretrained: str
+    weights_id: str
 
     def augment(self, crop_scale: float = 0.08, flip: bool = True) -> Callable:
         """Training augmentation of CoOp/Dassl: PIL image -> ``[3, H, W]``: random resized crop
@@ -115,7 +118,17 @@ def create_backbone(name: str, pretrained: str = "openai", quick_gelu: bool | No
     norm = _preprocess_kwargs(name, source)
     preprocess = open_clip.image_transform(model.visual.image_size, is_train=False, **norm)
     return Backbone(model=model, tokenizer=open_clip.get_tokenizer(name), preprocess=preprocess,
-                    mean=tuple(norm["mean"]), std=tuple(norm["std"]), name=name, pretrained=pretrained or "none")
+                    mean=tuple(norm["mean"]), std=tuple(norm["std"]), name=name, pretrained=pretrained or "none",
+                    weights_id=_weights_id(source))
+
+
+def _weights_id(source: str | Path | None) -> str:
+    if source is None:
+        return "random"
+    if isinstance(source, Path):
+        stat = source.stat()
+        return f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return source
 
 
 @contextlib.contextmanager

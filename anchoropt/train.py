@@ -275,7 +275,7 @@ def stage1_cache_path(cfg: TrainConfig, backbone: Backbone, task: Task) -> Path:
     key = {k: getattr(cfg, k) for k in ("seed", "n_anchors", "anchor_lr", "anchor_epochs", "anchor_batch_size",
                                         "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "mse_weight",
                                         "n_descriptions", "eos_index", "truncate")}
-    key.update(backbone=backbone.name, pretrained=str(backbone.pretrained), dataset=task.dataset,
+    key.update(backbone=backbone.name, weights=backbone.weights_id, dataset=task.dataset,
                classes=task.classnames, descriptions=str(task.descriptions_path))
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return Path(cfg.cache_dir).expanduser() / "stage1" / f"{digest}.pt"

@@ -187,3 +187,28 @@ def test_trains_on_real_cupl_descriptions(tmp_path, tiny_cfg):
                    anchor_epochs=3)
     record = train(cfg)
     assert 0 <= record["metrics"]["hm"] <= 100 and "acc_anchor_novel" in record["metrics"]
+
+
+def test_feature_cache_follows_image_and_checkpoint_files(tiny_backbone, tmp_path):
+    import os
+    from dataclasses import replace
+
+    import numpy as np
+
+    from anchoropt.data import Datum
+    from anchoropt.features import encode_images
+    from tests.helpers import write_image
+
+    path = tmp_path / "img.png"
+    write_image(path, (200, 10, 10), np.random.default_rng(0))
+    items = [Datum(str(path), 0, "red")]
+    cache = str(tmp_path / "cache")
+    first = encode_images(tiny_backbone, items, 0, 1, cache, "cpu")
+    write_image(path, (10, 10, 200), np.random.default_rng(1))  # the same file, replaced
+    os.utime(path, ns=(1, 1))
+    second = encode_images(tiny_backbone, items, 0, 1, cache, "cpu")
+    assert not torch.allclose(first, second)
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 2
+    moved = replace(tiny_backbone, weights_id=tiny_backbone.weights_id + ":other")  # e.g. a retrained checkpoint
+    encode_images(moved, items, 0, 1, cache, "cpu")
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 3
