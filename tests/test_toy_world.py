@@ -111,9 +111,9 @@ def test_checkpoint_loads_through_the_backbone_factory():
     assert torch.equal(backbone.model.state_dict()[key].half(), sd[key])
 
 
-# Measured with the shipped checkpoint: 100 % (see anchoropt/assets/README.md). The bound is far
-# above chance (25 % for 4 base colours) and below the measured value.
-COLOUR_BASE_BOUND = 60.0
+# Measured with the shipped checkpoint on toy-11 (30 test images per class): 65.0 % (README table).
+# The bound is well above chance (25 % for 4 base colours) and below the measured value.
+COLOUR_BASE_BOUND = 45.0
 
 
 def test_zeroshot_colour_base_well_above_chance(tmp_path):

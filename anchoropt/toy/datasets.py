@@ -31,7 +31,7 @@ from PIL import Image
 
 from anchoropt.toy import world
 
-TOY_VERSION = 1
+TOY_VERSION = 2  # 2: lighting on every render; dataset images are photographed (world.photograph)
 SPLIT_SIZES = {"train": 20, "val": 4, "test": 30}  # images per class
 
 # ---------------------------------------------------------------------------- attribute knowledge
@@ -297,7 +297,8 @@ def _is_complete(ddir: Path, d: ToyDataset, seed: int, sizes: Dict[str, int]) ->
         return False
     if meta.get("toy", {}).get("seed") != seed or meta.get("toy", {}).get("version") != TOY_VERSION:
         raise ValueError(f"{ddir} holds toy data made with another seed/version "
-                         f"({meta.get('toy')}); pass overwrite=True or use another root")
+                         f"({meta.get('toy')}, this version {TOY_VERSION}); rewrite it with "
+                         f"`anchoropt data toy --root {ddir.parent} --overwrite` or use another root")
     n_expected = {k: v * len(d.classes) for k, v in sizes.items()}
     if any(len(split.get(k, [])) != n for k, n in n_expected.items()):
         return False
@@ -310,7 +311,8 @@ def write_dataset(root: Path, d: ToyDataset, seed: int = 0, ds_index: int = 0,
     """Write one toy dataset under ``root/<d.name>`` (replacing what is there).
 
     Image ``i`` of split ``s`` and label ``y`` is drawn with
-    ``numpy.random.default_rng([seed, ds_index, s_index, y, i])``, so content is deterministic.
+    ``numpy.random.default_rng([seed, ds_index, s_index, y, i])``, so content is deterministic;
+    every render is photographed (:func:`anchoropt.toy.world.photograph`: 24 px, noise).
 
     Args:
         root: data root (created if missing).
@@ -335,7 +337,7 @@ def write_dataset(root: Path, d: ToyDataset, seed: int = 0, ds_index: int = 0,
             for i in range(sizes[sname]):
                 rng = np.random.default_rng([seed, ds_index, si, y, i])
                 scene = world.sample_scene(rng, **c.fixed)
-                img = world.render(scene, rng)
+                img = world.photograph(world.render(scene, rng), rng)
                 rel = f"{_class_folder(c.name)}/{sname}_{i:03d}.png"
                 Image.fromarray(img).save(img_dir / rel, compress_level=1)
                 items.append([rel, y, c.name])

@@ -2,7 +2,8 @@
 
 Run::
 
-    python -m anchoropt.toy.pretrain --out anchoropt/assets/toyclip.pt --minutes 35 --seed 0
+    python -m anchoropt.toy.pretrain --out anchoropt/assets/toyclip.pt --steps 4500 --seed 0 --lr 1e-3 \
+        --warmup 100 --group-frac 0.75 --probe-every 250
 
 Every step draws a fresh batch of (image, caption) pairs from :mod:`anchoropt.toy.world`
 (batch ``b`` of run seed ``s`` uses world stream ``s`` indices ``b*B .. b*B+B-1``, generated in a
@@ -56,7 +57,7 @@ _PRODUCERS: list = []  # helper processes to stop on exit
 
 
 # attribute -> weight when choosing which attribute a hard-negative group varies
-GROUP_WEIGHTS = {"shape": 3, "pattern": 2, "position": 2, "size": 1, "count": 1, "colour": 1, "background": 1}
+GROUP_WEIGHTS = {"shape": 6, "pattern": 2, "position": 2, "size": 1, "count": 1, "colour": 1, "background": 1}
 
 
 def make_batch(seed: int, step: int, batch: int, group_frac: float = 0.0, group_size: int = 8):
@@ -182,6 +183,8 @@ def save_fp16(model, path) -> int:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=TOY_CHECKPOINT)
+    ap.add_argument("--model", default=MODEL_NAME,
+                    help="open_clip model config (extra configs: ANCHOROPT_MODEL_CONFIGS=DIR)")
     ap.add_argument("--log", type=Path, default=None, help="log file (default: <out dir>/toyclip_train.log)")
     ap.add_argument("--minutes", type=float, default=35.0, help="wall-time budget (ignored with --steps)")
     ap.add_argument("--steps", type=int, default=None, help="fixed number of steps")
@@ -217,15 +220,15 @@ def main(argv=None) -> None:
         logf.flush()
 
     if a.init is not None:
-        model = open_clip.create_model(MODEL_NAME, pretrained=str(a.init))
+        model = open_clip.create_model(a.model, pretrained=str(a.init))
         log(f"initialised from {a.init}")
     else:
-        model = open_clip.create_model(MODEL_NAME)
+        model = open_clip.create_model(a.model)
     model.train()
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    tokenizer = open_clip.get_tokenizer(a.model)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"args {vars(a)}")
-    log(f"ToyCLIP params {n_params / 1e6:.2f}M torch {torch.__version__} open_clip {open_clip.__version__}")
+    log(f"{a.model} params {n_params / 1e6:.2f}M torch {torch.__version__} open_clip {open_clip.__version__}")
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -276,7 +279,7 @@ def main(argv=None) -> None:
         proc.join(5)
     log(f"saved {a.out} ({size / 1e6:.1f} MB) after {step} steps, {time.time() - t0:.0f}s")
     # check it loads through open_clip and probe the loaded model
-    loaded = create_backbone(MODEL_NAME, str(a.out))
+    loaded = create_backbone(a.model, str(a.out))
     log(f"final probe (loaded checkpoint, 400 images/task): {probe(loaded.model, loaded.tokenizer, n=400)}")
     log(f"done in {time.time() - t0:.0f}s")
     logf.close()

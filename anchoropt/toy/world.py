@@ -22,6 +22,9 @@ Attributes (``ATTRIBUTES`` lists the values in their canonical order):
 
 Drawing is done with PIL at twice the resolution and box-filtered down to 64 px (anti-aliasing).
 Colours get a small random jitter and pixels a little noise, so no two images are identical.
+Every picture is then "photographed" under random lighting (:func:`_lighting`: a colour cast,
+brightness and haze that captions never mention), so that colour and background, trivial on a
+clean render, stay ambiguous on some images as they are in photos.
 """
 from __future__ import annotations
 
@@ -306,8 +309,41 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     img[paint] = rgb
     # box-filter down to 64 px, add a little pixel noise
     img = (img[0::2, 0::2] + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2]) * 0.25
+    img = _lighting(img, rng)
     img += rng.normal(0, 4, size=img.shape).astype(np.float32)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+# Lighting strength (log-normal sigmas, haze upper bound); chosen so that neighbouring colours
+# (red / orange / pink, blue / purple) and dark backgrounds get confused on a minority of images.
+CAST_SIGMA, BRIGHTNESS_SIGMA, HAZE_MAX = 0.15, 0.25, 0.5
+
+
+PHOTO_SIDE, PHOTO_NOISE = 24, 8.0  # resolution (px) and sensor noise (std, 0..255) of a photo
+
+
+def photograph(img: np.ndarray, rng: np.random.Generator, side: int = PHOTO_SIDE,
+               noise: float = PHOTO_NOISE) -> np.ndarray:
+    """A low-resolution, noisy photo of a render: bilinear down to ``side`` px and back, plus
+    Gaussian noise of std ``noise``. The toy-11 datasets are photographed (a domain shift from
+    the clean pretraining renders, as benchmark photos differ from pretraining data).
+
+    Args:
+        img: uint8 (64, 64, 3) render.
+    Returns:
+        uint8 (64, 64, 3).
+    """
+    small = Image.fromarray(img).resize((side, side), Image.BILINEAR).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    out = np.asarray(small, np.float32) + rng.normal(0, noise, img.shape).astype(np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Colour cast (per-channel gain), brightness (global gain) and haze (blend towards a random
+    grey) on a float (64, 64, 3) image in 0..255."""
+    gain = np.exp(rng.normal(0, CAST_SIGMA, 3) + rng.normal(0, BRIGHTNESS_SIGMA)).astype(np.float32)
+    haze = rng.uniform(0, HAZE_MAX)
+    return (1 - haze) * img * gain + haze * rng.uniform(60, 200)
 
 
 # ----------------------------------------------------------------------------------- captions
