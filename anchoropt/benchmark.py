@@ -158,6 +158,18 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def check_data(cells: list[Cell]) -> None:
+    """Read every dataset the cells train or score on once, before any trial starts.
+
+    Raises:
+        DataError: the first dataset that does not load (one line naming it and the file).
+    """
+    from anchoropt.data import build_dataset
+
+    for root, dataset in sorted({(c.config["data_root"], d) for c in cells for d in c.record_paths}):
+        build_dataset(root, dataset)
+
+
 def run_cell(cell: Cell) -> dict:
     """Train one cell and write its records, each atomically (the method name is the suite's).
     Returns the run's record (cross-dataset: with ``acc_<dataset>`` for every scored dataset)."""
@@ -209,6 +221,7 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
     print(f"benchmark {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to go")
     if not todo:
         return {"done": 0, "failed": 0, "skipped": len(cells)}
+    check_data(todo)
     ensure_ray(address, num_cpus)
     with tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage:  # the records are the state
         tuner = tune.Tuner(

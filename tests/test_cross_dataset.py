@@ -100,6 +100,9 @@ def test_suite_needs_a_source_outside_the_targets(xd_root, tmp_path):
         load_suite(_suite(tmp_path, xd_root, datasets=["dtd", "eurosat"]))
     with pytest.raises(ConfigError, match="unknown protocol 'few_shot'"):
         load_suite(_suite(tmp_path, xd_root, protocol="few_shot"))
+    with pytest.raises(DataError, match="unknown dataset 'dtdd'.*did you mean dtd"):  # before Ray starts
+        run_benchmark(load_suite(_suite(tmp_path, xd_root, datasets=["dtdd"])), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
     cells = plan_cells(load_suite(_suite(tmp_path, xd_root)), tmp_path / "r")
     assert len(cells) == 6 and {c.dataset for c in cells} == {"eurosat"}
     assert all(sorted(c.record_paths) == ["dtd", "eurosat"] and c.config["targets"] == "dtd" for c in cells)

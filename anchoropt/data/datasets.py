@@ -6,6 +6,7 @@ Every reader returns a :class:`DatasetSplits` with absolute image paths and labe
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -88,8 +89,11 @@ def build_dataset(root: str | Path, name: str) -> DatasetSplits:
         spec = SPLIT_DATASETS[name]
         folder = _require_dir(root / spec.folder, name)
         return read_split_file(name, folder / spec.split_file, folder / spec.image_dir, spec.template)
-    raise DataError(f"unknown dataset '{name}' under {root}: expected one of {', '.join(STANDARD_DATASETS)} "
-                    f"or a folder with a meta.json")
+    custom = sorted(p.parent.name for p in root.glob("*/meta.json"))
+    close = difflib.get_close_matches(name, [*STANDARD_DATASETS, *custom], 1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise DataError(f"unknown dataset '{name}' under {root}{hint}: expected one of "
+                    f"{', '.join([*STANDARD_DATASETS, *custom])} (custom: a folder with a meta.json)")
 
 
 def read_split_file(name: str, split_path: Path, image_dir: Path, template: str) -> DatasetSplits:
