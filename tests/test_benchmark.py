@@ -1,8 +1,10 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +76,7 @@ def test_killed_benchmark_rerun_has_every_cell_exactly_once(tmp_path, eurosat_ro
     cmd = [sys.executable, "-m", "anchoropt.cli", "benchmark", str(path), "--results", str(results),
            "--max-concurrent", "1"]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    ray_dirs = set(Path(tempfile.gettempdir()).glob("anchoropt-ray-*"))  # a killed run leaves its own behind
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while len(list(results.rglob("seed*.json"))) < 2 and time.time() < deadline and proc.poll() is None:
@@ -90,3 +93,5 @@ def test_killed_benchmark_rerun_has_every_cell_exactly_once(tmp_path, eurosat_ro
     keys = [(r["method"], r["dataset"], r["seed"]) for r in records]
     assert len(keys) == 9 and len(set(keys)) == 9
     assert all(p.read_bytes() == b for p, b in first.items())  # finished cells were not rerun
+    for leftover in set(Path(tempfile.gettempdir()).glob("anchoropt-ray-*")) - ray_dirs:
+        shutil.rmtree(leftover, ignore_errors=True)
