@@ -3,8 +3,8 @@
 Inputs are the JSON result records of ``docs/INTERFACES.md`` (one per method, dataset and seed);
 accuracies and HM are in percent throughout. One report covers one protocol (SPEC section 8):
 base-to-novel records are compared on HM, cross-dataset records on the accuracy of the target
-datasets (the source dataset is shown but enters no average and no test). ``load_records`` turns them into a table and
-``write_report`` writes ``report.md``, ``tables.tex``, one CSV per table and PNG figures.
+datasets (the source dataset is shown but enters no average and no test). ``load_records``
+turns them into a table and ``write_report`` writes ``report.md``, ``tables.tex``, one CSV per table and PNG figures.
 
 Statistics (SPEC section 8 for the metrics):
 
@@ -79,8 +79,8 @@ def load_records(paths: Path | str | Iterable[Path | str]) -> pd.DataFrame:
         raise ValueError(f"no *.json result records found under {_paths_text(paths)}")
     df = pd.DataFrame([_read_record(f) for f in files], columns=RECORD_COLUMNS)
     _check_duplicates(df)
-    _check_one_kind(df, "scored_on", "scored on different splits")
-    _check_one_kind(df, "protocol", "of different protocols")
+    _check_one_kind(df, "scored_on", "test", "scored on different splits")
+    _check_one_kind(df, "protocol", "base2novel", "of different protocols")
     return df.sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
@@ -168,10 +168,10 @@ def _metric_value(metrics: dict, name: str) -> float:
     return float(value)
 
 
-def _check_one_kind(df: pd.DataFrame, column: str, what: str) -> None:
+def _check_one_kind(df: pd.DataFrame, column: str, default: str, what: str) -> None:
     """Accuracies on test and on the small val split, or of different protocols, are not
-    comparable: never mix them (ValueError naming one file of each kind)."""
-    default = "test" if column == "scored_on" else "base2novel"
+    comparable: never mix them (ValueError naming one file of each kind; a missing value counts
+    as ``default``)."""
     kinds = df.groupby(df[column].fillna(default))["path"].first()
     if len(kinds) > 1:
         found = ", ".join(f"{kind} ({path})" for kind, path in kinds.items())
@@ -493,7 +493,7 @@ class _Context:
         return [d for d in self.datasets if d != self.source]
 
     @property
-    def hm(self) -> pd.DataFrame:
+    def primary_matrix(self) -> pd.DataFrame:
         """Seed-averaged primary metric (HM, or target accuracy), scored dataset x method."""
         return metric_matrix(self.cells, self.primary).loc[self.scored]
 
@@ -509,8 +509,8 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
     """Write report.md, tables.tex, CSV tables and PNG figures into ``out_dir`` (created).
 
     ``df``: records as from ``load_records`` (columns method, dataset, seed, and acc_base,
-    acc_novel, hm or, cross-dataset, acc and role, in percent; objective, protocol, path optional). ``baseline``: method the others are
-    tested against (default: the first method in ``df``). ``schedules``: (one_stage_method,
+    acc_novel, hm or, cross-dataset, acc and role, in percent; objective, protocol, path
+    optional). ``baseline``: method the others are tested against (default: the first method in ``df``). ``schedules``: (one_stage_method,
     two_stage_method) for the one-stage vs two-stage section. ``search_histories``: columns
     schedule, trial_number, hm (see ``best_so_far``). Returns the path of report.md.
     Raises ValueError for an empty ``df``, missing columns, duplicated (method, dataset, seed),
@@ -650,7 +650,7 @@ def _paired_section(ctx: _Context) -> str:
     parts = [f"## Paired tests against {ctx.baseline}", ""]
     if not others:
         return "\n".join(parts + ["Only one method: nothing to compare."])
-    summary = pd.DataFrame([compare_over_datasets(ctx.hm, m, ctx.baseline) for m in others])
+    summary = pd.DataFrame([compare_over_datasets(ctx.primary_matrix, m, ctx.baseline) for m in others])
     summary["p_holm"] = holm(summary["p"])
     parts += [f"Δ = method − baseline ({ctx.label} points). " + _pair_explanation(ctx, len(others)), "",
               _md_table(_pair_display(ctx, summary, holm_column=True)), "",
@@ -718,7 +718,7 @@ def _friedman_section(ctx: _Context) -> str:
     if len(ctx.methods) < 3:
         return "\n".join(
             parts + [f"Needs three or more methods; the records have {len(ctx.methods)}."])
-    hm = ctx.hm.dropna()
+    hm = ctx.primary_matrix.dropna()
     excluded = sorted(set(ctx.scored) - set(hm.index))
     parts.append(f"On seed-averaged {ctx.label} over the {len(hm)} datasets where all {len(ctx.methods)} "
                  f"methods are complete; excluded: {', '.join(excluded) or 'none'}.")
@@ -780,7 +780,7 @@ def _schedule_section(ctx: _Context, schedules: tuple[str, str] | None,
 
 
 def _schedule_tests(ctx: _Context, one_stage: str, two_stage: str) -> list[str]:
-    summary = pd.DataFrame([compare_over_datasets(ctx.hm, two_stage, one_stage)])
+    summary = pd.DataFrame([compare_over_datasets(ctx.primary_matrix, two_stage, one_stage)])
     ttests = _ttests(ctx, two_stage, one_stage)
     return [f"One-stage: **{one_stage}**; two-stage: **{two_stage}**. "
             "Δ = two-stage − one-stage. " + _pair_explanation(ctx, holm_family=0)

@@ -20,6 +20,7 @@ import math
 import pandas as pd
 
 from anchoropt.data import build_dataset
+from anchoropt.metrics import harmonic_mean
 
 METHODS = {"zeroshot_clip": "zero-shot", "coop": "CoOp", "coop_anchoropt_two_stage": "AnchorOPT two-stage"}
 SATURATED = 98.0  # zero-shot accuracy (%) at or above which a task leaves few-shot training no room
@@ -40,18 +41,19 @@ def figures_table(records: pd.DataFrame, root: str) -> str:
     Raises:
         KeyError: a method of ``METHODS`` has no records.
     """
+    def cell(method: str, base: float, novel: float, hm: float) -> str:
+        return f"{base:.1f} / {novel:.1f}" + ("" if method == "zeroshot_clip" else f" / {hm:.1f}")
+
     means = records.groupby(["method", "dataset"])[["acc_base", "acc_novel", "hm"]].mean()
     datasets = list(dict.fromkeys(records["dataset"]))
-    head = ["dataset", "C", "chance b / n"] + [f"{label} b / n" + (" / HM" if m != "zeroshot_clip" else "")
+    head = ["dataset", "C", "chance b / n"] + [f"{label} b / n" + ("" if m == "zeroshot_clip" else " / HM")
                                               for m, label in METHODS.items()]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     twice, saturated = 0, []
     for d in datasets:
         n, cb, cn = chance(root, d)
         cells = [d, str(n), f"{cb:.1f} / {cn:.1f}"]
-        for m in METHODS:
-            b, nv, hm = means.loc[(m, d)]
-            cells.append(f"{b:.1f} / {nv:.1f}" + (f" / {hm:.1f}" if m != "zeroshot_clip" else ""))
+        cells += [cell(m, *means.loc[(m, d)]) for m in METHODS]
         zb, zn = means.loc[("zeroshot_clip", d), ["acc_base", "acc_novel"]]
         twice += bool(zb >= 2 * cb and zn >= 2 * cn)
         if max(zb, zn) >= SATURATED:
@@ -60,7 +62,7 @@ def figures_table(records: pd.DataFrame, root: str) -> str:
     avg = ["average", "", ""]
     for m in METHODS:
         b, nv = (means.loc[m].loc[datasets, c].mean() for c in ("acc_base", "acc_novel"))
-        avg.append(f"{b:.1f} / {nv:.1f}" + (f" / {2 * b * nv / (b + nv):.1f}" if m != "zeroshot_clip" else ""))
+        avg.append(cell(m, b, nv, harmonic_mean(b, nv)))
     lines.append("| " + " | ".join(avg) + " |")
     lines += ["", f"Zero-shot at least twice chance on base and novel: {twice} of {len(datasets)} datasets; "
               f"at or above {SATURATED:.0f} % on base or novel: {', '.join(saturated) or 'none'}. "

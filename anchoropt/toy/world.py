@@ -22,7 +22,7 @@ Attributes (``ATTRIBUTES`` lists the values in their canonical order):
 
 Drawing is done with PIL at twice the resolution and box-filtered down to 64 px (anti-aliasing).
 Colours get a small random jitter and pixels a little noise, so no two images are identical.
-Every picture is then "photographed" under random lighting (:func:`_lighting`: a colour cast,
+Every picture is then lit by random lighting (:func:`_lighting`: a colour cast,
 brightness and haze that captions never mention), so that colour and background, trivial on a
 clean render, stay ambiguous on some images as they are in photos.
 """
