@@ -46,6 +46,7 @@ class Cell:
     tuning_objective: str  # objective of the search that produced the config, or "untuned"
 
     def finished(self) -> bool:
+        """Every record of the cell is on disk (a killed cell wrote none or some: it reruns)."""
         return all(os.path.isfile(p) for p in self.record_paths.values())
 
 
