@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -10,6 +11,7 @@ from tqdm.auto import tqdm
 
 from anchoropt.backbone import BackboneError
 from anchoropt.config import ConfigError, load_config
+from anchoropt.io import check_output_dir
 from anchoropt.pipeline import DEFAULT_SPACE, DEFAULT_SUITE
 from anchoropt.train import NonFiniteLoss
 
@@ -22,6 +24,7 @@ def _train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.dataset / \
         f"{cfg.method}-{cfg.schedule}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_output_dir(out, "--out")
 
     def scores(m: dict) -> str:
         if cfg.protocol == "base2novel":
@@ -74,6 +77,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from anchoropt.report import load_records, write_report
 
+    check_output_dir(args.out, "--out")
     path = write_report(load_records(args.results), args.out, baseline=args.baseline,
                         schedules=tuple(args.schedules) if args.schedules else None)
     print(f"report: {path}")
@@ -106,14 +110,28 @@ def _overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _number(kind: type, low: float, strict: bool = False):
+    """An argparse type: ``kind`` at least ``low`` (above it when ``strict``), finite."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {low:g}")
+        return value
+    return parse
+
+
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
     """Resources of Ray Tune trials, shared by search, benchmark and run."""
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of one trial (default 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+    p.add_argument("--cpus-per-trial", type=_number(float, 0, strict=True), default=1.0,
+                   help="CPUs of one trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=_number(float, 0), default=0.0,
                    help="GPUs of one trial, fractions allowed (0.25: four trials per GPU; default 0)")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--max-concurrent", type=_number(int, 1), help="at most this many trials at once")
     p.add_argument("--address", help="join this Ray cluster (e.g. auto or ip:6379); default: a local Ray")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=_number(int, 1), help="CPUs of the local Ray (default: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials")
     p.add_argument("--space", help="search space YAML (e.g. search_spaces/anchors.yaml)")
-    p.add_argument("--num-trials", type=int, help="total number of trials")
+    p.add_argument("--num-trials", type=_number(int, 1), help="total number of trials")
     p.add_argument("--out", help="search folder (trials table, best_config.yaml, plots, study)")
     p.add_argument("--config", help="base configuration YAML (TrainConfig keys); the space updates it")
     p.add_argument("--objective", choices=("val", "test"), default="val",
@@ -172,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results/toy11", help="searches and cell records (default results/toy11)")
     p.add_argument("--report", default="reports/toy11", help="report folder (default reports/toy11)")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
-    p.add_argument("--search-trials", type=int, default=8, help="trials per schedule (0: no search)")
+    p.add_argument("--search-trials", type=_number(int, 0), default=8, help="trials per schedule (0: no search)")
     p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
     _add_ray_args(p)
@@ -182,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resumable(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves that the next run continues from."""
+    if args.command == "search":
+        folder = args.resume or args.out
+        return f"finished trials are kept: resume with `anchoropt search --resume {folder}`"
+    if args.command in ("benchmark", "run"):
+        return f"finished trials and cells under {args.results} are kept: run the same command again to continue"
+    return "nothing of the interrupted run was kept"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -189,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as err:
         print(f"anchoropt: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"anchoropt: interrupted; {_resumable(args)}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

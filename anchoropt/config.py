@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -17,6 +19,7 @@ import yaml
 METHODS = ("zeroshot", "coop", "anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class ConfigError(ValueError):
@@ -97,10 +100,15 @@ class TrainConfig:
             "period": self.period >= 1, "train_views": self.train_views >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
             "n_descriptions": self.n_descriptions >= 1,
+            "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
+            **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
+                                                        "weight_decay")},
         }
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"invalid value device={self.device!r}: expected auto, cpu, cuda, cuda:<index> or mps")
         if self.protocol == "cross_dataset" and self.objective != "test":
             raise ConfigError("protocol=cross_dataset scores test images: objective must be test "
                               "(tune on the source with protocol=base2novel)")
@@ -131,6 +139,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         except ValueError:
             pass
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # a record holding Infinity/NaN is not JSON
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if target is str and isinstance(value, (int, float)):
         return str(value)
@@ -140,7 +150,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 def make_config(values: dict[str, Any] | None = None, source: str = "config") -> TrainConfig:
-    """Build a validated TrainConfig from a dict. Unknown keys raise ConfigError naming ``source``."""
+    """Build a validated TrainConfig from a dict. An unknown key, a value of the wrong type or out of
+    its range raises ConfigError naming ``source`` and the key."""
     hints = get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)}
     values = values or {}
@@ -149,7 +160,10 @@ def make_config(values: dict[str, Any] | None = None, source: str = "config") ->
         hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
                  for k in unknown]
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}")
-    return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    try:
+        return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:

@@ -80,8 +80,11 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
     from anchoropt.benchmark import load_suite, run_benchmark
     from anchoropt.report import load_records, write_report
 
+    from anchoropt.io import check_output_dir
+
     suite = load_suite(suite_path, overrides)
-    results = Path(results)
+    results = check_output_dir(results, "--results")
+    check_output_dir(report_dir, "--report")
     ensure_toy_data(suite)
     resources = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                      max_concurrent=max_concurrent, address=address, num_cpus=num_cpus)
