@@ -12,7 +12,7 @@ from anchoropt.data import (DataError, DatasetSplits, Datum, base_novel_labels, 
                             subsample)
 from anchoropt.data.datasets import SPLIT_DATASETS
 from anchoropt.data.fewshot import read_dassl_fewshot
-from anchoropt.features import load_image
+from anchoropt.data.images import load_image
 from tests.helpers import make_split_dataset, write_image
 
 CLASSES = ["face", "leopard", "motorbike", "airplane", "accordion"]
