@@ -215,3 +215,32 @@ def _read_custom(folder: Path, name: str) -> DatasetSplits:
     if meta.get("descriptions"):
         data.descriptions = folder / meta["descriptions"]
     return data
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of a data root as ``anchoropt data list`` shows it: ``kind`` ``standard`` or
+    ``custom``; ``marker`` the file whose presence marks the dataset as found (not a full read:
+    ``build_dataset`` checks every entry)."""
+
+    name: str
+    kind: str
+    marker: Path
+    found: bool
+
+
+def list_datasets(root: str | Path) -> list[DatasetEntry]:
+    """The standard datasets (found or not) and the custom ones (folders with a ``meta.json``) under ``root``."""
+    root = Path(root).expanduser()
+    markers = {"imagenet": root / "imagenet" / "classnames.txt",
+               "fgvc_aircraft": root / "fgvc_aircraft" / "variants.txt",
+               **{n: root / s.folder / s.split_file for n, s in SPLIT_DATASETS.items()}}
+    entries = []
+    for name in STANDARD_DATASETS:
+        custom = root / name / "meta.json"  # a custom folder may shadow a standard name (build_dataset's order)
+        marker = custom if custom.is_file() else markers[name]
+        entries.append(DatasetEntry(name, "standard", marker, marker.is_file()))
+    if root.is_dir():
+        entries += [DatasetEntry(p.parent.name, "custom", p, True) for p in sorted(root.glob("*/meta.json"))
+                    if p.parent.name not in STANDARD_DATASETS]
+    return entries
