@@ -48,7 +48,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from anchoropt.search.driver import SearchError, run_search
+    from anchoropt.search.driver import run_search
+    from anchoropt.search.spec import SearchError
 
     common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
                   max_concurrent=args.max_concurrent, verbose=args.verbose, print_summary=True)
