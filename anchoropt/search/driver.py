@@ -41,6 +41,7 @@ from ray import tune
 
 from anchoropt.config import ConfigError, TrainConfig, make_config
 from anchoropt.search.space import SearchSpace, SpaceError, load_space, parse_space
+from anchoropt.yamlio import read_yaml
 
 OBJECTIVES = ("val", "test")
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "bruteforce")
@@ -348,7 +349,7 @@ def _read_space(space) -> tuple[SearchSpace, dict, str]:
         return parse_space(space, "<space>"), space, "<space>"
     path = Path(space).expanduser()
     obj = load_space(path)
-    return obj, yaml.safe_load(path.read_text()), str(path.resolve())
+    return obj, read_yaml(path, mapping=False), str(path.resolve())
 
 
 def _new_meta(space: SearchSpace, space_raw: dict, space_source: str, out_dir: Path, num_trials: int,
