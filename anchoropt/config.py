@@ -183,3 +183,51 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     values: dict[str, Any] = dict(read_yaml(path, "config file")) if path else {}
     values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
     return make_config(values, source=str(path) if path else "overrides")
+
+
+# What each TrainConfig key means, with its unit: ``anchoropt train --help`` lists these with the
+# defaults (a test checks that every key has an entry).
+KEY_HELP = {
+    "dataset": "dataset name under data_root (standard or custom; see `anchoropt data list`)",
+    "data_root": "folder of the datasets (CoOp layout)",
+    "shots": "training images per class (few-shot K)",
+    "seed": "seed of the few-shot draw and of training",
+    "objective": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
+    "protocol": "base2novel: train on base classes, score base and novel; cross_dataset: train on all "
+                "classes of dataset, score it and each target",
+    "targets": "cross_dataset: comma-separated target datasets",
+    "descriptions": "CuPL JSON of class descriptions (empty: the dataset's own)",
+    "descriptions_dir": "folder of CuPL files named by dataset (used when descriptions is empty)",
+    "n_descriptions": "descriptions per class in the Stage I target (sentences)",
+    "backbone": "open_clip model name (ToyCLIP: the offline toy backbone)",
+    "pretrained": "open_clip pretrained tag or checkpoint file",
+    "quick_gelu": "QuickGELU activations (empty: as the checkpoint needs)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "method": "zeroshot, coop or anchoropt",
+    "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
+    "n_ctx": "soft prompt tokens M",
+    "n_anchors": "anchor tokens N",
+    "gumbel_tau": "Gumbel-softmax temperature of the position matrix W (unitless)",
+    "kd_temperature": "KD temperature T (unitless)",
+    "ce_weight": "weight of the Stage II cross-entropy loss (unitless)",
+    "kd_weight": "weight of the Stage II KD loss (unitless)",
+    "mse_weight": "weight of the Stage I MSE loss (unitless)",
+    "position_eval": "W at evaluation: argmax (noise-free) or sample (reference, random)",
+    "eos_index": "correct, or reference (reads N positions early, as the reference code)",
+    "truncate": "cut text sequences after the last EOS (exact, faster)",
+    "lr": "Stage II (and CoOp) SGD learning rate (per step, cosine-decayed)",
+    "epochs": "Stage II epochs over the few-shot training set",
+    "batch_size": "Stage II images per step",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay (L2 coefficient)",
+    "warmup_epochs": "epochs at constant warmup_lr before the cosine schedule",
+    "warmup_lr": "learning rate of the warm-up epochs",
+    "anchor_lr": "Stage I SGD learning rate",
+    "anchor_epochs": "Stage I epochs over the base classes",
+    "anchor_batch_size": "Stage I classes per step",
+    "period": "one_stage: optimiser steps of each phase before switching",
+    "train_views": "precomputed augmented views per training image",
+    "crop_scale": "smallest area fraction of the random resized crop (0-1]",
+    "flip": "random horizontal flip of training images",
+    "cache_dir": "folder of cached image features and Stage I results",
+}

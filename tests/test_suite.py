@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from anchoropt.benchmark import plan_cells
-from anchoropt.config import ConfigError
+from anchoropt.config import ConfigError, make_config
 from anchoropt.suite import Tuned, load_suite, method_values
 from tests.helpers import write_suite
 
@@ -98,7 +98,7 @@ def test_run_searches_with_the_method_config_file_merged(tmp_path, eurosat_root,
     bases = []
 
     def fake_search(space, out, num_trials, base, **kw):  # the base a real search would validate
-        bases.append(driver.make_config(base, source="base config"))
+        bases.append(make_config(base, source="base config"))
         return SimpleNamespace(summary=lambda: "", best_config=None, trials=pd.DataFrame({"trial": [], "hm": []}))
 
     def stop(*args, **kwargs):

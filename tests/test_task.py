@@ -14,7 +14,8 @@ from anchoropt.config import ConfigError, load_config
 from anchoropt.data import DataError
 from anchoropt.prompts import clip_logits
 from anchoropt.report import load_records, write_report
-from anchoropt.search.driver import SearchError, run_search
+from anchoropt.search.driver import run_search
+from anchoropt.search.spec import SearchError
 from anchoropt.suite import load_suite
 from anchoropt.task import build_task
 from anchoropt.train import Trainer, build_learners, cached_backbone, train

@@ -49,7 +49,8 @@ def _stage1_key(row: pd.Series, base: dict) -> tuple:
 
 def test_search_fails_fast_on_bad_input(tiny_cfg, tmp_path):
     from anchoropt.data import DataError
-    from anchoropt.search.driver import SearchError, run_search
+    from anchoropt.search.driver import run_search
+    from anchoropt.search.spec import SearchError
 
     with pytest.raises(DataError, match="dtd"):  # the dataset is checked before any trial starts
         run_search(TINY_SPACE, tmp_path / "a", 2, _base(tiny_cfg, dataset="dtd"))
@@ -151,7 +152,8 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(ray_session, tiny_cfg
 
 @pytest.mark.ray
 def test_killed_search_resumes_without_lost_or_repeated_trials(ray_session, tiny_cfg, tmp_path):
-    from anchoropt.search.driver import read_results, run_search
+    from anchoropt.search.driver import run_search
+    from anchoropt.search.ledger import read_results
 
     base_yaml = tmp_path / "base.yaml"
     base_yaml.write_text(yaml.safe_dump(_base(tiny_cfg)))
