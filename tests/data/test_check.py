@@ -11,7 +11,7 @@ from anchoropt.config import load_config
 from anchoropt.data import DataError, build_dataset
 from anchoropt.data.check import check_dataset, check_run_images
 from tests.conftest import TINY
-from tests.helpers import make_split_dataset, write_descriptions
+from tests.helpers import make_split_dataset, write_dassl_pickle, write_descriptions
 
 CLASSES = ["banded", "dotted", "striped", "zigzagged"]
 SPLIT = "split_zhou_DescribableTextures.json"
@@ -52,19 +52,18 @@ def test_data_check_finds_a_truncated_jpeg_no_protocol_reads(dtd, capsys):
     out, err = capsys.readouterr()
     assert exit_.value.code == 2 and err.count("\n") == 1 and "faults found in 1 of 1 datasets: dtd (1)" in err
     assert "train: 16 images, 4/4 classes, per class 4..4" in out and "test: 12 images" in out
-    assert "4/4 classes with >= 10 sentences" in out and f"FAULT dataset 'dtd': train: 1/16" in out
+    assert "4/4 classes with >= 10 sentences" in out and "FAULT dataset 'dtd': train: 1/16" in out
     assert "zigzagged  train     4  val     2  test     3" in out
 
 
-def test_data_check_reports_every_fault_of_a_dataset(dtd, capsys, monkeypatch):
+def test_data_check_reports_every_fault_of_a_dataset(dtd, capsys):
     root, split, image_dir = dtd
     split["test"] = [e for e in split["test"] if e[2] != "zigzagged"]
     (image_dir / split["val"][0][0]).unlink()
     (root / "dtd" / SPLIT).write_text(json.dumps(split))
     write_descriptions(root / "texture_prompts_full.json", CLASSES[:3])
-    from tests.test_data import _write_dassl_pickle
-    _write_dassl_pickle(root / "dtd" / "split_fewshot" / "shot_1-seed_1.pkl",
-                        {"train": [("/old/dtd/images/banded/gone.jpg", 0, "banded")], "val": []}, monkeypatch)
+    write_dassl_pickle(root / "dtd" / "split_fewshot" / "shot_1-seed_1.pkl",
+                       {"train": [("/old/dtd/images/banded/gone.jpg", 0, "banded")], "val": []})
     faults = check_dataset(root, "dtd", descriptions_dir=str(root)).faults
     assert len(faults) == 4, faults
     assert "test split has no image of 1 of 4 classes: 'zigzagged' (label 3)" in faults[0]
