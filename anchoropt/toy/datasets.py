@@ -76,6 +76,7 @@ INVENTED_WORDS = tuple((
 # another value, as an LLM's hallucination) or irrelevant (words ToyCLIP never saw). Fixed a priori
 # to resemble LLM output, not tuned on any method's result.
 N_INFORMATIVE, N_PARTIAL, N_WRONG, N_IRRELEVANT = 7, 1, 2, 2
+SENTENCES_PER_CLASS = N_INFORMATIVE + N_PARTIAL + N_WRONG + N_IRRELEVANT
 INFORMATIVE = ("{X} {be} {body}.", "{X} looks like {body}.", "A photo of {x} shows {body}.", "{X}: {body}.",
                "{X} {be} usually drawn as {body}.", "In a picture, {x} {be} {body}.",
                "You can recognise {x} as {body}.", "{X} always appears as {body}.",
@@ -225,8 +226,7 @@ def get_toy_dataset(name: str) -> ToyDataset:
 
 
 def describe(cls: ToyClass, seed: int = 0) -> List[str]:
-    """CuPL-style description of a class: ``N_INFORMATIVE + N_PARTIAL + N_WRONG + N_IRRELEVANT``
-    distinct sentences in a random order (deterministic in ``(seed, cls.name)``).
+    """CuPL-style description of a class: ``SENTENCES_PER_CLASS`` distinct sentences in a random order (deterministic in ``(seed, cls.name)``).
 
     Informative sentences state every attribute the class fixes, in ToyCLIP's caption words
     (so they carry the hidden attribute its invented name does not); the partial one only the

@@ -454,7 +454,7 @@ def caption(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3, always:
 
 
 def caption_phrases() -> list:
-    """Every word and phrase a caption of :func:`caption` can contain (templates with ``x`` as the
+    """Every word and phrase a caption of :func:`caption` can contain (templates with an empty
     body). The BPE tokens of these are all ToyCLIP's text tower saw in pretraining; a word made of
     other tokens was never paired with any image (``anchoropt.toy.datasets`` names classes so)."""
     shape_words = [w for ws in SHAPE_WORDS.values() for w in ws]
@@ -462,8 +462,8 @@ def caption_phrases() -> list:
     for table in (COLOUR_WORDS, PATTERN_ADJ, PATTERN_WITH, SIZE_WORDS, BACKGROUND_PHRASES):
         out += [w for ws in table.values() for w in ws]
     out += [p.format(q) for p in POSITION_PHRASES for q in POSITIONS]
-    out += [w for ws in GENERIC_NOUNS for w in ws] + list(NUMBER_WORDS) + [str(c) for c in COUNTS]
-    out += ["a", "an", "one"] + [t.format("x", be=be) for t in CAPTION_TEMPLATES for be in ("is", "are")]
+    out += [w for ws in GENERIC_NOUNS for w in ws] + list(NUMBER_WORDS[1:]) + [str(c) for c in COUNTS[1:]]
+    out += ["a", "an", "one"] + [t.format("", be=be) for t in CAPTION_TEMPLATES for be in ("is", "are")]
     return out
 
 
