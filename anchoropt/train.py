@@ -302,9 +302,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str) -> Backbone:
+def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str = "") -> Backbone:
     """One frozen backbone per process, reused by every run in it (Ray actors run many trials)."""
-    return create_backbone(name, pretrained, quick_gelu, device)
+    return create_backbone(name, pretrained, quick_gelu, device, preprocess)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None,
@@ -331,7 +331,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     data = build_dataset(cfg.data_root, cfg.dataset)  # bad data fails before a large backbone loads
     targets = read_targets(cfg) if cfg.protocol == "cross_dataset" else None
     check_run_images(cfg, data, targets)  # present and decodable, before the backbone is built
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     task = build_task(cfg, backbone, device, data, targets)
     seed_everything(cfg.seed)
     trainer = Trainer(cfg, backbone, task, device)
