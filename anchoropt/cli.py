@@ -111,6 +111,24 @@ def _data_list(args: argparse.Namespace) -> None:
           f"a custom one is a folder with a meta.json)")
 
 
+def _data_check(args: argparse.Namespace) -> None:
+    from anchoropt.data.check import check_dataset
+
+    faulty = []
+    for name in args.datasets:
+        result = check_dataset(args.root, name, args.descriptions, args.descriptions_dir, args.n_descriptions)
+        print(f"{name}:")
+        for line in [*result.lines, *(result.per_class if args.per_class else [])]:
+            print(f"  {line}")
+        for fault in result.faults:
+            print(f"  FAULT {fault}")
+        if result.faults:
+            faulty.append(f"{name} ({len(result.faults)})")
+    if faulty:
+        raise ValueError(f"faults found in {len(faulty)} of {len(args.datasets)} datasets: {', '.join(faulty)}")
+    print(f"{len(args.datasets)} datasets sound")
+
+
 def _run(args: argparse.Namespace) -> None:
     from anchoropt.pipeline import run_main_job
 
@@ -196,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("list", help="the standard and custom datasets, found or missing under a root")
     p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
     p.set_defaults(func=_data_list)
+    p = data.add_parser("check", help="check datasets completely: files present, decodable, classes complete, "
+                                      "counts per class, description coverage, few-shot pickles consistent")
+    p.add_argument("datasets", nargs="+", metavar="DATASET", help="standard or custom dataset names")
+    p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
+    p.add_argument("--descriptions", default="", help="CuPL JSON to check against (one dataset)")
+    p.add_argument("--descriptions-dir", default="", help="folder of the standard datasets' CuPL files")
+    p.add_argument("--n-descriptions", type=int, default=TrainConfig.n_descriptions,
+                   help=f"sentences each class needs (default {TrainConfig.n_descriptions}; SPEC: 5 for ImageNet)")
+    p.add_argument("--per-class", action="store_true", help="print the image count of every class in every split")
+    p.set_defaults(func=_data_check)
 
     p = sub.add_parser("run", help="main job: toy data, search both schedules, benchmark, report")
     p.add_argument("--suite", default=str(DEFAULT_SUITE), help="benchmark suite (default the toy-11 suite)")

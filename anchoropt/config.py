@@ -49,6 +49,7 @@ class TrainConfig:
     backbone: str = "ToyCLIP"
     pretrained: str = "toy"
     quick_gelu: bool | None = None
+    preprocess: str = ""  # pretrained tag whose image preprocessing a checkpoint file gets; empty: the weights'
     device: str = "auto"
     # method
     method: str = "anchoropt"
@@ -205,6 +206,8 @@ KEY_HELP = {
     "backbone": "open_clip model name (ToyCLIP: the offline toy backbone)",
     "pretrained": "open_clip pretrained tag or checkpoint file",
     "quick_gelu": "QuickGELU activations (empty: as the checkpoint needs)",
+    "preprocess": "open_clip pretrained tag whose image preprocessing (mean/std, resize) a checkpoint file "
+                  "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
     "method": "zeroshot, coop or anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",

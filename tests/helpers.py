@@ -47,6 +47,35 @@ def make_split_dataset(root: Path, folder: str, image_dir: str, split_file: str,
     return split
 
 
+_DASSL_MODULES = ("dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset")
+
+
+def write_dassl_pickle(path: Path, chosen: dict) -> Path:
+    """Pickle ``{"train"|"val": [(impath, label, classname)]}`` as Dassl's ``Datum`` records, as Dassl
+    writes ``split_fewshot/shot_K-seed_S.pkl`` (Dassl's module exists only while pickling)."""
+    import pickle
+    import sys
+    import types
+
+    mod = types.ModuleType("dassl.data.datasets.base_dataset")
+
+    class Datum:  # the fields of Dassl's Datum
+        def __init__(self, impath, label, domain, classname):
+            self._impath, self._label, self._domain, self._classname = impath, label, domain, classname
+    Datum.__module__, Datum.__qualname__ = "dassl.data.datasets.base_dataset", "Datum"
+    mod.Datum = Datum
+    sys.modules.update(dict.fromkeys(_DASSL_MODULES, mod))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump({part: [Datum(p, lab, 0, c) for p, lab, c in items] for part, items in chosen.items()},
+                        f, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        for name in _DASSL_MODULES:
+            del sys.modules[name]
+    return path
+
+
 def write_descriptions(path: Path, classnames: list[str], n: int = 10) -> Path:
     path.write_text(json.dumps({c: [f"A photo of {c}, sentence {i}." for i in range(n)] for c in classnames}))
     return path
