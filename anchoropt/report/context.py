@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from anchoropt.report.loading import KEY, PROTOCOL_METRICS, check_comparable, check_duplicates, protocol_of
+from anchoropt.records import KEY, PROTOCOL_METRICS, check_comparable, check_duplicates, protocol_of
 from anchoropt.report.statistics import (
     DEFAULT_HM_CONVENTION, HM_CONVENTIONS, PRIMARY, anchor_cell_stats, cell_stats, compare_over_datasets, holm,
     methods_in_order, metric_matrix, ttests_over_seeds)

@@ -30,7 +30,7 @@ def missing_rule(ctx: Context) -> str:
 
 
 def header(ctx: Context) -> str:
-    """Title and what the records are: setting, methods, datasets, seeds, objective, conventions."""
+    """Title and what the records are: setting, methods, datasets, seeds, tuning, conventions."""
     def values(col: str, sub: pd.DataFrame) -> str:
         if col not in sub.columns:
             return "not recorded"
@@ -50,8 +50,8 @@ def header(ctx: Context) -> str:
         other = [c for c in HM_CONVENTIONS if c != ctx.hm_convention][0]
         lines += [ctx.hm_note + f" The other convention, {HM_CONVENTIONS[other]}, is `{other}` "
                   "(`anchoropt report --hm-convention`).", ""]
-    lines += [missing_rule(ctx), "", "Tuning objective per method:", ""]
-    lines += [f"- {m}: {values('objective', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
+    lines += [missing_rule(ctx), "", "Tuning per method (untuned, given file, or search scored on val / test):", ""]
+    lines += [f"- {m}: {values('tuning', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
     return "\n".join(lines)
 
 

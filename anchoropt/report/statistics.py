@@ -13,7 +13,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from anchoropt.metrics import harmonic_mean
-from anchoropt.report.loading import ANCHOR_METRICS, KEY, METRICS
+from anchoropt.records import ANCHOR_METRICS, KEY, METRICS
 
 PRIMARY = {"base2novel": "hm", "cross_dataset": "acc"}  # the metric that is averaged and tested
 ALPHA = 0.05

@@ -23,7 +23,7 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
     tables.tex, CSV tables and PNG figures into ``out_dir`` (created).
 
     ``df``: records as from ``load_records`` (columns method, dataset, seed, and acc_base,
-    acc_novel, hm or, cross-dataset, acc and role, in percent; objective, protocol, shots,
+    acc_novel, hm or, cross-dataset, acc and role, in percent; tuning, protocol, shots,
     backbone, pretrained, path and the anchor prompt's acc_anchor_* optional). ``baseline``: method
     the others are tested against (default: the first method in ``df``). ``schedules``:
     (one_stage_method, two_stage_method) for the one-stage vs two-stage section.
@@ -32,7 +32,7 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
     (``statistics.HM_CONVENTIONS``). ``display_names``: method -> name printed in tables.tex and
     figures (default ``tables.display_name``). Returns the path of report.md.
     Raises ValueError for an empty ``df``, missing columns, duplicated (method, dataset, seed),
-    records of different settings (``loading.check_comparable``), cross-dataset records without
+    records of different settings (``records.check_comparable``), cross-dataset records without
     exactly one source dataset, an unknown HM convention, or a baseline / schedule / display-name
     method that is not in ``df``.
     """

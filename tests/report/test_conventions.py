@@ -27,8 +27,8 @@ def _record(method, dataset, seed, base, novel, hm="auto", **extra):
     metrics = {"acc_base": base, "acc_novel": novel,
                "hm": (_hm(base, novel) if base is not None and novel is not None else None) if hm == "auto" else hm}
     metrics.update(extra.pop("metrics", {}))
-    rec = {"record_version": 1, "method": method, "dataset": dataset, "seed": seed, "shots": 16,
-           "protocol": "base2novel", "objective": "test", "scored_on": "test", "backbone": "ViT-B-16",
+    rec = {"record_version": 2, "method": method, "dataset": dataset, "seed": seed, "shots": 16,
+           "protocol": "base2novel", "tuning": "untuned", "eval_split": "test", "backbone": "ViT-B-16",
            "pretrained": "openai", "metrics": metrics}
     rec.update(extra)
     return rec
