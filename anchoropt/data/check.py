@@ -110,7 +110,7 @@ def run_images(cfg: TrainConfig, data: DatasetSplits, targets: list[DatasetSplit
     """The images a run of ``cfg`` reads: few-shot train (and val) images, scored test images, and
     each cross-dataset target's test images."""
     train, val = fewshot_splits(data, cfg.shots, cfg.seed)
-    items = train + val if cfg.objective == "val" else train + data.test
+    items = train + val if cfg.eval_split == "val" else train + data.test
     return items + [d for target in targets or [] for d in target.test]
 
 
