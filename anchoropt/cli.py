@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from anchoropt import __version__
-from anchoropt.config import KEY_HELP, ConfigError, TrainConfig, load_config
+from anchoropt.config import KEY_HELP, TrainConfig, load_config, parse_overrides
 from anchoropt.pipeline import DEFAULT_SPACE, DEFAULT_SUITE
 
 # ConfigError, DataError (ValueError) and the errors of modules that only a running command imports
@@ -77,9 +77,10 @@ def _search_show(args: argparse.Namespace) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
-    from anchoropt.benchmark import load_suite, run_benchmark
+    from anchoropt.benchmark import run_benchmark
+    from anchoropt.suite import load_suite
 
-    suite = load_suite(args.suite, _overrides(args.overrides))
+    suite = load_suite(args.suite, parse_overrides(args.overrides))
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial,
                            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                            address=args.address, num_cpus=args.num_cpus)
@@ -93,7 +94,7 @@ def _report(args: argparse.Namespace) -> None:
     from anchoropt.report import load_records, write_report
 
     path = write_report(load_records(args.results), args.out, baseline=args.baseline,
-                        schedules=tuple(args.schedules) if args.schedules else None)
+                        schedules=tuple(args.schedule_methods) if args.schedule_methods else None)
     print(f"report: {path}")
 
 
@@ -117,24 +118,31 @@ def _data_list(args: argparse.Namespace) -> None:
           f"a custom one is a folder with a meta.json)")
 
 
+def _data_check(args: argparse.Namespace) -> None:
+    from anchoropt.data.check import check_dataset
+
+    faulty = []
+    for name in args.datasets:
+        result = check_dataset(args.root, name, args.descriptions, args.descriptions_dir, args.n_descriptions)
+        print(f"{name}:")
+        for line in [*result.lines, *(result.per_class if args.per_class else [])]:
+            print(f"  {line}")
+        for fault in result.faults:
+            print(f"  FAULT {fault}")
+        if result.faults:
+            faulty.append(f"{name} ({len(result.faults)})")
+    if faulty:
+        raise ValueError(f"faults found in {len(faulty)} of {len(args.datasets)} datasets: {', '.join(faulty)}")
+    print(f"{len(args.datasets)} datasets sound")
+
+
 def _run(args: argparse.Namespace) -> None:
     from anchoropt.pipeline import run_main_job
 
-    run_main_job(args.suite, args.results, args.report, _overrides(args.overrides), space=args.space,
+    run_main_job(args.suite, args.results, args.report, parse_overrides(args.overrides), space=args.space,
                  search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus)
-
-
-def _overrides(items: list[str]) -> dict[str, str]:
-    """``key=value`` strings as a dict (values typed later by the config)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override '{item}' is not key=value")
-        out[key.strip()] = value
-    return out
 
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
@@ -213,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="record files or folders")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--baseline", help="method the others are tested against (default: the first)")
-    p.add_argument("--schedules", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),
+    p.add_argument("--schedule-methods", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),
                    help="methods compared in the one-stage vs two-stage section")
     p.set_defaults(func=_report)
 
@@ -227,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("list", help="the standard and custom datasets, found or missing under a root")
     p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
     p.set_defaults(func=_data_list)
+    p = data.add_parser("check", help="check datasets completely: files present, decodable, classes complete, "
+                                      "counts per class, description coverage, few-shot pickles consistent")
+    p.add_argument("datasets", nargs="+", metavar="DATASET", help="standard or custom dataset names")
+    p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
+    p.add_argument("--descriptions", default="", help="CuPL JSON to check against (one dataset)")
+    p.add_argument("--descriptions-dir", default="", help="folder of the standard datasets' CuPL files")
+    p.add_argument("--n-descriptions", type=int, default=TrainConfig.n_descriptions,
+                   help=f"sentences each class needs (default {TrainConfig.n_descriptions}; SPEC: 5 for ImageNet)")
+    p.add_argument("--per-class", action="store_true", help="print the image count of every class in every split")
+    p.set_defaults(func=_data_check)
 
     p = sub.add_parser("run", help="main job: toy data, search both schedules, benchmark, report")
     p.add_argument("--suite", default=str(DEFAULT_SUITE), help="benchmark suite (default the toy-11 suite)")
@@ -253,10 +271,22 @@ def build_show_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides are accepted anywhere after the subcommand,
+    before or after its options (argparse alone takes them only in one block)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_show_parser().parse_args(argv[2:]) if argv[:2] == ["search", "show"] \
-        else build_parser().parse_args(argv)
+    args = build_show_parser().parse_args(argv[2:]) if argv[:2] == ["search", "show"] else parse_args(argv)
     try:
         args.func(args)
     except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)

@@ -36,6 +36,7 @@ import anchoropt
 from anchoropt.backbone import Backbone, create_backbone
 from anchoropt.config import TrainConfig
 from anchoropt.data import build_dataset
+from anchoropt.data.check import check_run_images
 from anchoropt.io import save_json, save_tensors
 from anchoropt.metrics import harmonic_mean
 from anchoropt.prompts import AnchorOPTPrompt, AnchorPrompt, CoOpPrompt, clip_logits, kd_loss, stage1_loss
@@ -301,9 +302,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str) -> Backbone:
+def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str = "") -> Backbone:
     """One frozen backbone per process, reused by every run in it (Ray actors run many trials)."""
-    return create_backbone(name, pretrained, quick_gelu, device)
+    return create_backbone(name, pretrained, quick_gelu, device, preprocess)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None,
@@ -329,7 +330,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     device = resolve_device(cfg.device)
     data = build_dataset(cfg.data_root, cfg.dataset)  # bad data fails before a large backbone loads
     targets = read_targets(cfg) if cfg.protocol == "cross_dataset" else None
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
+    check_run_images(cfg, data, targets)  # present and decodable, before the backbone is built
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     task = build_task(cfg, backbone, device, data, targets)
     seed_everything(cfg.seed)
     trainer = Trainer(cfg, backbone, task, device)
