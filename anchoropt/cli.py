@@ -122,6 +122,8 @@ def _data_check(args: argparse.Namespace) -> None:
     from anchoropt.data.check import check_dataset
 
     faulty = []
+    print("checking every split: files present and decodable, every class with images, images per class, "
+          "description coverage, few-shot pickles consistent")
     for name in args.datasets:
         result = check_dataset(args.root, name, args.descriptions, args.descriptions_dir, args.n_descriptions)
         print(f"{name}:")
@@ -133,7 +135,7 @@ def _data_check(args: argparse.Namespace) -> None:
             faulty.append(f"{name} ({len(result.faults)})")
     if faulty:
         raise ValueError(f"faults found in {len(faulty)} of {len(args.datasets)} datasets: {', '.join(faulty)}")
-    print(f"{len(args.datasets)} datasets sound")
+    print(f"no faults in {', '.join(args.datasets)}")
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -23,6 +23,8 @@ SCHEDULES = ("two_stage", "one_stage")
 
 #: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
 PATH_KEYS = ("data_root", "cache_dir", "descriptions", "descriptions_dir")
+#: old key -> its name now (record version 2)
+RENAMED = {"objective": "eval_split"}
 
 
 @dataclass
@@ -35,7 +37,7 @@ class TrainConfig:
     data_root: str = "data/toy11"
     shots: int = 16
     seed: int = 1
-    objective: str = "test"  # test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
+    eval_split: str = "test"  # test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
     # base2novel: train on base classes, score base and novel; cross_dataset: train on every class of
     # ``dataset`` (the source), score it and each of ``targets`` on all their classes (SPEC section 8)
     protocol: str = "base2novel"
@@ -87,7 +89,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
-                   "eos_index": ("correct", "reference"), "objective": ("test", "val"),
+                   "eos_index": ("correct", "reference"), "eval_split": ("test", "val"),
                    "protocol": PROTOCOLS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -104,8 +106,8 @@ class TrainConfig:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
-        if self.protocol == "cross_dataset" and self.objective != "test":
-            raise ConfigError("protocol=cross_dataset scores test images: objective must be test "
+        if self.protocol == "cross_dataset" and self.eval_split != "test":
+            raise ConfigError("protocol=cross_dataset scores test images: eval_split must be test "
                               "(tune on the source with protocol=base2novel)")
         if self.protocol == "base2novel" and self.targets:
             raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
@@ -150,7 +152,8 @@ def make_config(values: dict[str, Any] | None = None, source: str = "config") ->
     values = values or {}
     unknown = sorted(set(values) - known)
     if unknown:
-        hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
+        hints = [f"{k} (renamed {RENAMED[k]})" if k in RENAMED else
+                 f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
                  for k in unknown]
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}")
     cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
@@ -193,7 +196,7 @@ KEY_HELP = {
     "data_root": "folder of the datasets (CoOp layout)",
     "shots": "training images per class (few-shot K)",
     "seed": "seed of the few-shot draw and of training",
-    "objective": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
+    "eval_split": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
     "protocol": "base2novel: train on base classes, score base and novel; cross_dataset: train on all "
                 "classes of dataset, score it and each target",
     "targets": "cross_dataset: comma-separated target datasets",

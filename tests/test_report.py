@@ -65,12 +65,12 @@ def test_load_records_reads_files_and_folders_recursively(tmp_path):
     df = report.load_records([tmp_path / "res", a, str(other)])  # a is also under res/: read once
     assert list(df["method"]) == ["anchor", "coop", "coop"]
     assert list(df["seed"]) == [1, 1, 2]
-    for col in ["method", "dataset", "seed", "acc_base", "acc_novel", "hm", "objective",
+    for col in ["method", "dataset", "seed", "acc_base", "acc_novel", "hm", "tuning",
                 "protocol"]:
         assert col in df.columns
     assert df.loc[1, "hm"] == pytest.approx(_hm(80.0, 60.0))
     assert math.isnan(df.loc[0, "hm"])  # null metric -> NaN, not dropped
-    assert df.loc[0, "objective"] == "test" and df.loc[0, "protocol"] == "base2novel"
+    assert df.loc[0, "tuning"] == "search_test" and df.loc[0, "protocol"] == "base2novel"  # a version-1 record
 
 
 @pytest.mark.parametrize("content", [

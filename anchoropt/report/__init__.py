@@ -4,7 +4,7 @@ Inputs are the JSON result records of ``docs/INTERFACES.md`` (one per method, da
 accuracies and HM are in percent throughout. One report covers one protocol (SPEC section 8):
 base-to-novel records are compared on HM, cross-dataset records on the accuracy of the target
 datasets (the source dataset is shown but enters no average and no test). ``load_records``
-(``loading``) turns them into a table and ``write_report`` (``writer``) writes ``report.md``, ``tables.tex``, one CSV per table and PNG figures.
+(:mod:`anchoropt.records`) turns them into a table and ``write_report`` (``writer``) writes ``report.md``, ``tables.tex``, one CSV per table and PNG figures.
 
 Statistics (SPEC section 8 for the metrics):
 
@@ -27,11 +27,11 @@ Missing data are never filled: a (method, dataset) cell needs a non-null value f
 seen anywhere in the records, otherwise it is shown as missing and listed in "Missing cells";
 tests over datasets use only the datasets where all compared methods are complete.
 
-Modules: ``loading`` (records to a table), ``statistics`` (every number), ``tables`` (Markdown /
+Modules: ``statistics`` (every number), ``tables`` (Markdown /
 LaTeX formatting), ``figures`` (PNG plots), ``context`` (what sections share), ``sections`` (one
 function per report.md section), ``writer`` (assembles the files).
 """
-from anchoropt.report.loading import load_records, protocol_of
+from anchoropt.records import load_records, protocol_of
 from anchoropt.report.statistics import (
     average_ranks, averages, best_so_far, bootstrap_ci, cell_stats, compare_over_datasets,
     complete_datasets, critical_difference, friedman_test, holm, metric_matrix, missing_cells, nemenyi,

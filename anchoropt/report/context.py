@@ -7,7 +7,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from anchoropt.report.loading import KEY, PROTOCOL_METRICS, check_duplicates, protocol_of
+from anchoropt.records import KEY, PROTOCOL_METRICS, check_duplicates, protocol_of
 from anchoropt.report.statistics import PRIMARY, cell_stats, methods_in_order, metric_matrix
 
 

@@ -15,7 +15,7 @@ from anchoropt.report.tables import METRIC_TITLES, MISSING, md_table, mean_std, 
 
 
 def header(ctx: Context) -> str:
-    """Title and what the records are: methods, datasets, seeds, protocol, objective."""
+    """Title and what the records are: methods, datasets, seeds, protocol, tuning."""
     def values(col: str, sub: pd.DataFrame) -> str:
         if col not in sub.columns:
             return "not recorded"
@@ -28,8 +28,8 @@ def header(ctx: Context) -> str:
              f"{len(ctx.df)} result records: {len(ctx.methods)} methods, {len(ctx.datasets)} "
              f"datasets, seeds {', '.join(map(str, ctx.seeds))}. Accuracies and HM in percent; "
              "cells are mean ± sample std (ddof=1) over seeds.", "",
-             protocol, "", "Tuning objective per method:", ""]
-    lines += [f"- {m}: {values('objective', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
+             protocol, "", "Tuning per method (untuned, given file, or search scored on val / test):", ""]
+    lines += [f"- {m}: {values('tuning', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from anchoropt.metrics import harmonic_mean
-from anchoropt.report.loading import KEY, METRICS
+from anchoropt.records import KEY, METRICS
 
 PRIMARY = {"base2novel": "hm", "cross_dataset": "acc"}  # the metric that is averaged and tested
 ALPHA = 0.05

@@ -17,7 +17,7 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
     """Write report.md, tables.tex, CSV tables and PNG figures into ``out_dir`` (created).
 
     ``df``: records as from ``load_records`` (columns method, dataset, seed, and acc_base,
-    acc_novel, hm or, cross-dataset, acc and role, in percent; objective, protocol, path
+    acc_novel, hm or, cross-dataset, acc and role, in percent; tuning, protocol, path
     optional). ``baseline``: method the others are tested against (default: the first method in ``df``). ``schedules``: (one_stage_method,
     two_stage_method) for the one-stage vs two-stage section. ``search_histories``: columns
     schedule, trial_number, hm (see ``best_so_far``). Returns the path of report.md.

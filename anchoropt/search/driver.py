@@ -145,7 +145,7 @@ def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, rows: list[d
     from ray.tune.search.optuna import OptunaSearch
 
     from anchoropt.progress import TrialProgress, ray_output
-    from anchoropt.raytools import ensure_ray
+    from anchoropt.raytools import Resources, ensure_ray, trainable
     from anchoropt.tracking import tracking_callbacks, trial_namer
 
     searcher = OptunaSearch(space=SpaceFn(spec.search_space), metric=METRIC, mode="max",
@@ -157,8 +157,8 @@ def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, rows: list[d
         from ray.tune.schedulers import ASHAScheduler
         sched = ASHAScheduler(time_attr="training_iteration", max_t=max(1, int(spec.max_epochs)),
                               grace_period=1, reduction_factor=2)
-    trainable = tune.with_parameters(run_trial, base=spec.base, cpus=spec.cpus_per_trial, worker_setup=worker_setup)
-    trainable = tune.with_resources(trainable, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    trial = trainable(run_trial, Resources(spec.cpus_per_trial, spec.gpus_per_trial), base=spec.base,
+                      worker_setup=worker_setup)
     callbacks = [ResultsLog(out_dir / "results.jsonl", spec, run_index), *tracking_callbacks(out_dir, mlflow)]
     if not verbose:
         best = [r["hm"] for r in rows if r["status"] != "failed" and isinstance(r.get("hm"), (int, float))]
@@ -169,7 +169,7 @@ def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, rows: list[d
         ensure_ray(address=address, num_cpus=num_cpus, verbose=verbose)
         try:
             tuner = tune.Tuner(
-                trainable,
+                trial,
                 tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
                                             num_samples=spec.num_trials - len(rows), reuse_actors=True,
                                             trial_name_creator=trial_namer(lambda c: f"trial-{c[NUMBER_KEY]:04d}")),

@@ -1,19 +1,112 @@
-"""Reading result records (``docs/INTERFACES.md``) into one table, refusing mixtures that cannot
-share a report."""
+"""Result records (one JSON file per run or benchmark cell), the one owner of their schema: build,
+rewrite per scored dataset, upgrade old versions, validate, and load into a table.
+
+Record version 2 (``docs/INTERFACES.md``)::
+
+    {"record_version": 2, "method": "coop", "dataset": "toy_shape", "seed": 1, "shots": 16,
+     "protocol": "base2novel", "tuning": "untuned", "eval_split": "test", "backbone": "ToyCLIP",
+     "pretrained": "toy", "config": {...TrainConfig...}, "metrics": {"acc_base": 81.2, ...},
+     "wall_time_s": 12.3, "versions": {...}, "created": "2026-11-29T19:00:00+00:00"}
+
+``eval_split`` is the split scored (``test``, or the leak-free ``val``); ``tuning`` is what produced the
+configuration (:data:`TUNINGS`). Version 1 called them ``scored_on`` and ``objective`` (with the
+config key ``objective`` for the split, and ``val``/``test`` for a search's objective); :func:`upgrade`
+reads it.
+"""
 from __future__ import annotations
 
 import json
 import math
+import platform
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas only for load_records; torch and open_clip only for build_record
+    import pandas as pd
 
+    from anchoropt.config import TrainConfig
+
+RECORD_VERSION = 2
+#: what produced a configuration: nothing, a given file, or a search scored on val / test
+TUNINGS = ("untuned", "given", "search_val", "search_test")
 PROTOCOL_METRICS = {"base2novel": ("acc_base", "acc_novel", "hm"), "cross_dataset": ("acc",)}
 METRICS = PROTOCOL_METRICS["base2novel"]
 ALL_METRICS = tuple(dict.fromkeys(m for ms in PROTOCOL_METRICS.values() for m in ms))
 KEY = ["method", "dataset", "seed"]
-RECORD_COLUMNS = [*KEY, *ALL_METRICS, "objective", "scored_on", "protocol", "role", "path"]
+RECORD_COLUMNS = [*KEY, *ALL_METRICS, "tuning", "eval_split", "protocol", "role", "path"]
+
+
+def build_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float, tuning: str = "untuned") -> dict:
+    """The record of one run of ``cfg``: metrics in percent, wall time in seconds, package versions.
+
+    ``method`` is ``cfg.method`` (``anchoropt_<schedule>`` for AnchorOPT); a benchmark renames it to
+    the suite's method with :func:`relabel`."""
+    import torch
+
+    import anchoropt
+    import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
+    import open_clip
+
+    return {
+        "record_version": RECORD_VERSION,
+        "method": cfg.method if cfg.method != "anchoropt" else f"anchoropt_{cfg.schedule}",
+        "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots, "protocol": cfg.protocol,
+        "tuning": _tuning(tuning), "eval_split": cfg.eval_split, "backbone": cfg.backbone,
+        "pretrained": cfg.pretrained, "config": cfg.to_dict(), "metrics": metrics,
+        "wall_time_s": round(wall_time_s, 3),
+        "versions": {"anchoropt": anchoropt.__version__, "torch": torch.__version__,
+                     "open_clip": open_clip.__version__, "python": platform.python_version()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def relabel(record: dict, method: str, tuning: str) -> dict:
+    """A copy of ``record`` named as the suite's ``method`` and tuned by ``tuning`` (:data:`TUNINGS`)."""
+    return {**record, "method": method, "tuning": _tuning(tuning)}
+
+
+def _tuning(value: str) -> str:
+    if value not in TUNINGS:
+        raise ValueError(f"tuning is {value!r}, expected one of {', '.join(TUNINGS)}")
+    return value
+
+
+def dataset_records(record: dict) -> dict[str, dict]:
+    """The records a run writes, by scored dataset: the run's own record under base2novel; under
+    cross_dataset one per scored dataset (the source and each target), with ``dataset`` set to it,
+    ``source`` named, ``role`` ``source`` or ``target``, and metrics ``acc`` (and ``acc_anchor``, the
+    anchor prompt alone) in percent."""
+    if record["protocol"] == "base2novel":
+        return {record["dataset"]: record}
+    source = record["config"]["dataset"]
+    out = {}
+    for dataset in [source, *[t.strip() for t in record["config"]["targets"].split(",") if t.strip()]]:
+        metrics = {"acc": record["metrics"][f"acc_{dataset}"]}
+        if f"acc_anchor_{dataset}" in record["metrics"]:
+            metrics["acc_anchor"] = record["metrics"][f"acc_anchor_{dataset}"]
+        out[dataset] = {**record, "dataset": dataset, "source": source,
+                        "role": "source" if dataset == source else "target", "metrics": metrics}
+    return out
+
+
+def upgrade(record: dict) -> dict:
+    """A record of any version as version 2 (version 1: ``objective`` -> ``tuning``, with a search's
+    ``val``/``test`` -> ``search_val``/``search_test``; ``scored_on`` -> ``eval_split``; config key
+    ``objective`` -> ``eval_split``). Raises ValueError for an unknown version."""
+    version = record.get("record_version")
+    if version == RECORD_VERSION:
+        return record
+    if version != 1:
+        raise ValueError(f"record_version is {version!r}, expected 1 or {RECORD_VERSION}")
+    out = {k: v for k, v in record.items() if k not in ("objective", "scored_on")}
+    objective = record.get("objective")
+    out.update(record_version=RECORD_VERSION, tuning={"val": "search_val", "test": "search_test"}.get(objective, objective),
+               eval_split=record.get("scored_on"))
+    if isinstance(record.get("config"), dict) and "objective" in record["config"]:
+        config = {k: v for k, v in record["config"].items() if k != "objective"}
+        out["config"] = {**config, "eval_split": record["config"]["objective"]}
+    return out
 
 
 def load_records(paths: Path | str | Iterable[Path | str]) -> pd.DataFrame:
@@ -22,20 +115,23 @@ def load_records(paths: Path | str | Iterable[Path | str]) -> pd.DataFrame:
 
     Returns columns method, dataset, seed (int), acc_base, acc_novel, hm (base2novel) and acc
     (cross_dataset) (float percent, NaN where the record has null or no value or the metric
-    belongs to the other protocol), objective (what tuned the config), scored_on (``test`` or
+    belongs to the other protocol), tuning (what produced the config), eval_split (``test`` or
     the leak-free ``val`` split), protocol (``base2novel`` when the record has none), role
     (cross_dataset: ``source`` or ``target``) and path (the file), sorted by method, dataset, seed.
+    Records of version 1 are read through :func:`upgrade`.
     Raises FileNotFoundError for a path that does not exist; ValueError (one line naming the
     file) for a malformed record, naming both files for a duplicated (method, dataset, seed),
     naming one file of each kind when records of different splits or protocols are mixed, and
     when no record is found.
     """
+    import pandas as pd
+
     files = _record_files(paths)
     if not files:
         raise ValueError(f"no *.json result records found under {_paths_text(paths)}")
     df = pd.DataFrame([_read_record(f) for f in files], columns=RECORD_COLUMNS)
     check_duplicates(df)
-    _check_one_kind(df, "scored_on", "test", "scored on different splits")
+    _check_one_kind(df, "eval_split", "test", "scored on different splits")
     _check_one_kind(df, "protocol", "base2novel", "of different protocols")
     return df.sort_values(KEY, kind="stable").reset_index(drop=True)
 
@@ -79,17 +175,16 @@ def _read_record(path: Path) -> dict:
 
 
 def _record_row(record: object) -> dict:
-    """Validate a parsed record (INTERFACES.md, record_version 1) and pick the report fields."""
+    """Validate a parsed record (any version, upgraded) and pick the report fields."""
     if not isinstance(record, dict):
         raise ValueError("top level is not a JSON object")
-    if record.get("record_version") != 1:
-        raise ValueError(f"record_version is {record.get('record_version')!r}, expected 1")
+    record = upgrade(record)
     row = {"method": _text_field(record, "method"), "dataset": _text_field(record, "dataset")}
     seed = record.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"'seed' is {seed!r}, expected an integer")
     row["seed"] = seed
-    for name in ("objective", "scored_on", "role"):
+    for name in ("tuning", "eval_split", "role"):
         value = record.get(name)
         row[name] = None if value is None else str(value)
     row["protocol"] = str(record.get("protocol") or "base2novel")
@@ -149,6 +244,6 @@ def check_duplicates(df: pd.DataFrame) -> None:
         return
     first = dup.sort_values(KEY, kind="stable").head(2)
     method, dataset, seed = first.iloc[0][KEY]
-    where = " and ".join(str(p) for p in first.get("path", pd.Series(["<no path>"] * 2)))
+    where = " and ".join(str(p) for p in first["path"]) if "path" in first.columns else "<no path>"
     raise ValueError(
         f"duplicate result record for method={method!r} dataset={dataset!r} seed={seed}: {where}")
