@@ -1,5 +1,9 @@
 """Atomic writes (a reader, or a killed writer, never sees a half-written file) and output-location
-checks made before any work starts."""
+checks made before any work starts.
+
+Files get the mode an ordinary ``open(path, "w")`` would give (``0o666`` less the umask), so that
+records, prompts and configs can be shared on a group cluster: ``mkstemp`` alone creates ``0o600``.
+"""
 from __future__ import annotations
 
 import json
@@ -23,20 +27,37 @@ def check_output_dir(path: str | Path, what: str) -> Path:
     """
     path = Path(path).expanduser()
     existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing == path and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a folder")
     if not existing.is_dir():
-        where = "" if existing == path else f" ({existing} is a file)"
-        raise OutputError(f"{what} {path} must be a folder, but it is a file{where}")
+        raise OutputError(f"{what} {path} cannot be created: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {path}: no write permission in {existing}")
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux ``/proc``), else by setting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        finally:
+            os.close(fd)
         write(tmp)
         os.replace(tmp, path)
     finally:
