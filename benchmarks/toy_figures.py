@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m anchoropt.toy.figures --root data/toy11 --results results/toy11_defaults
+    python benchmarks/toy_figures.py --root data/toy11 --results results/toy11_defaults
 
 Creates toy-11 under ``--root`` if missing, runs the ``zeroshot_clip``, ``coop`` and
-``coop_anchoropt_two_stage`` cells of ``benchmarks/toy11.yaml`` (16 shots, seeds 1-3, untuned:
+``coop_anchoropt_two_stage`` cells of ``toy11.yaml`` (next to this script) (16 shots, seeds 1-3, untuned:
 the TrainConfig defaults, i.e. the reference settings of SPEC sections 3-5 with the toy
 augmentation) through the benchmark (finished cells are skipped), and prints one markdown table:
 base and novel accuracy (test images, mean over seeds) and HM per dataset, with chance
@@ -15,7 +15,9 @@ are near saturation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -72,17 +74,17 @@ def figures_table(records: pd.DataFrame, root: str) -> str:
 
 def main(argv=None) -> None:
     from anchoropt.benchmark import run_benchmark
+    from anchoropt.pipeline import ensure_toy_data
+    from anchoropt.records import load_records
     from anchoropt.suite import load_suite
-    from anchoropt.pipeline import DEFAULT_SUITE, ensure_toy_data
-    from anchoropt.report import load_records
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="data/toy11", help="toy-11 data root (created if missing)")
     parser.add_argument("--results", default="results/toy11_defaults", help="benchmark records (resumable)")
     parser.add_argument("--cpus-per-trial", type=float, default=1)
     args = parser.parse_args(argv)
-    suite = load_suite(DEFAULT_SUITE, {"data_root": args.root})
-    suite.methods = {m: suite.methods[m] for m in METHODS}
+    suite = load_suite(Path(__file__).with_name("toy11.yaml"), {"data_root": args.root})
+    suite = dataclasses.replace(suite, methods={m: suite.methods[m] for m in METHODS})
     ensure_toy_data(suite)
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial)
     if counts["failed"]:
