@@ -52,7 +52,8 @@ def _search(args: argparse.Namespace) -> None:
     from anchoropt.search.spec import SearchError
 
     common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
-                  max_concurrent=args.max_concurrent, verbose=args.verbose, print_summary=True)
+                  max_concurrent=args.max_concurrent, verbose=args.verbose, print_summary=True, mlflow=args.mlflow,
+                  dry_run=args.dry_run)
     if args.resume:
         if args.space or args.out or args.config or args.overrides:
             raise SearchError("--resume DIR takes the space, base config and options stored in DIR; "
@@ -67,6 +68,12 @@ def _search(args: argparse.Namespace) -> None:
     run_search(args.space, args.out, base=base, objective=args.objective, sampler=args.sampler, seed=args.seed,
                scheduler=args.scheduler, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                storage=args.storage, **common)
+
+
+def _search_show(args: argparse.Namespace) -> None:
+    from anchoropt.search.show import show
+
+    print(show(args.dir))
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -87,7 +94,8 @@ def _report(args: argparse.Namespace) -> None:
     from anchoropt.report import load_records, write_report
 
     path = write_report(load_records(args.results), args.out, baseline=args.baseline,
-                        schedules=tuple(args.schedule_methods) if args.schedule_methods else None)
+                        schedules=tuple(args.schedule_methods) if args.schedule_methods else None,
+                        hm_convention=args.hm_convention, display_names=parse_overrides(args.name))
     print(f"report: {path}")
 
 
@@ -160,6 +168,18 @@ def config_keys_help() -> str:
     return "config keys (key=value overrides or --config YAML), default, meaning:\n" + "\n".join(lines)
 
 
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """What search, benchmark and run show and where they log, shared by the three."""
+    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
+                   help="show Ray Tune's own output (--verbose: level 1, --verbose 2: more) instead of one "
+                        "progress bar per search or benchmark")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, print what would run and what is already done, then stop (nothing written)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db); "
+                        "TensorBoard files are always written under the folder's tensorboard/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchoropt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"anchoropt {__version__}")
@@ -172,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_anchors=4")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials")
+    p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials",
+                       epilog="anchoropt search show DIR: the state of a search folder (trials done, best trial, "
+                              "importances, best trials by HM), read only")
     p.add_argument("--space", help="search space YAML (e.g. search_spaces/anchors.yaml)")
     p.add_argument("--num-trials", type=int, help="total number of trials")
     p.add_argument("--out", help="search folder (trials table, best_config.yaml, plots, study)")
@@ -185,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=("none", "asha"), default="none",
                    help="asha: stop poor trials early on their per-epoch HM")
     _add_ray_args(p)
+    _add_output_args(p)
     p.add_argument("--storage", help="Optuna RDB URL (e.g. sqlite:///study.db); default a journal file in --out")
     p.add_argument("--resume", metavar="DIR", help="resume the interrupted search in DIR")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune progress output")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides, e.g. dataset=dtd")
     p.set_defaults(func=_search)
 
@@ -204,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="method the others are tested against (default: the first)")
     p.add_argument("--schedule-methods", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),
                    help="methods compared in the one-stage vs two-stage section")
+    p.add_argument("--hm-convention", default="seed_averaged",
+                   help="per-dataset HM: seed_averaged (HM of the seed-averaged base and novel, as papers; "
+                        "default) or per_seed_mean (mean of the per-seed HMs)")
+    p.add_argument("--name", action="append", default=[], metavar="METHOD=NAME",
+                   help="display name of a method in tables.tex and figures (repeatable), e.g. coop=CoOp")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("data", help="datasets: create the offline toy-11 ones, list what a data root holds")
@@ -242,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_show_parser() -> argparse.ArgumentParser:
+    """``anchoropt search show DIR`` (its own parser: ``search`` takes key=value words as positionals)."""
+    p = argparse.ArgumentParser(prog="anchoropt search show",
+                                description="the state of a search folder from its ledger: trials done, best "
+                                            "trial, importances, best trials by HM; nothing is rewritten")
+    p.add_argument("dir", help="search folder (holds search.json)")
+    p.set_defaults(func=_search_show)
+    return p
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; ``key=value`` overrides are accepted anywhere after the subcommand,
     before or after its options (argparse alone takes them only in one block)."""
@@ -256,7 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_show_parser().parse_args(argv[2:]) if argv[:2] == ["search", "show"] else parse_args(argv)
     try:
         args.func(args)
     except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)

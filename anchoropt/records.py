@@ -32,9 +32,14 @@ RECORD_VERSION = 2
 TUNINGS = ("untuned", "given", "search_val", "search_test")
 PROTOCOL_METRICS = {"base2novel": ("acc_base", "acc_novel", "hm"), "cross_dataset": ("acc",)}
 METRICS = PROTOCOL_METRICS["base2novel"]
-ALL_METRICS = tuple(dict.fromkeys(m for ms in PROTOCOL_METRICS.values() for m in ms))
+# accuracy of the method's own anchor prompt alone, where it has one; never required
+ANCHOR_METRICS = {"base2novel": ("acc_anchor_base", "acc_anchor_novel"), "cross_dataset": ("acc_anchor",)}
+ALL_METRICS = tuple(dict.fromkeys(m for ms in [*PROTOCOL_METRICS.values(), *ANCHOR_METRICS.values()] for m in ms))
 KEY = ["method", "dataset", "seed"]
-RECORD_COLUMNS = [*KEY, *ALL_METRICS, "tuning", "eval_split", "protocol", "role", "path"]
+# what makes two runs comparable at all: records that differ in one of these never share a report
+SETTING = ("protocol", "shots", "backbone", "pretrained")
+RECORD_COLUMNS = [*KEY, *ALL_METRICS, "tuning", "eval_split", "protocol", "shots", "backbone", "pretrained",
+                  "role", "path"]
 
 
 def build_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float, tuning: str = "untuned") -> dict:
@@ -114,15 +119,16 @@ def load_records(paths: Path | str | Iterable[Path | str]) -> pd.DataFrame:
     ``*.json``) into one row per record.
 
     Returns columns method, dataset, seed (int), acc_base, acc_novel, hm (base2novel) and acc
-    (cross_dataset) (float percent, NaN where the record has null or no value or the metric
-    belongs to the other protocol), tuning (what produced the config), eval_split (``test`` or
-    the leak-free ``val`` split), protocol (``base2novel`` when the record has none), role
-    (cross_dataset: ``source`` or ``target``) and path (the file), sorted by method, dataset, seed.
-    Records of version 1 are read through :func:`upgrade`.
+    (cross_dataset), and the anchor prompt's acc_anchor_base, acc_anchor_novel / acc_anchor
+    (float percent, NaN where the record has null or no value or the metric belongs to the other
+    protocol), tuning (what produced the config), eval_split (``test`` or the leak-free ``val``
+    split), protocol (``base2novel`` when the record has none), shots, backbone, pretrained (None
+    where not recorded), role (cross_dataset: ``source`` or ``target``) and path (the file),
+    sorted by method, dataset, seed. Records of version 1 are read through :func:`upgrade`.
     Raises FileNotFoundError for a path that does not exist; ValueError (one line naming the
     file) for a malformed record, naming both files for a duplicated (method, dataset, seed),
-    naming one file of each kind when records of different splits or protocols are mixed, and
-    when no record is found.
+    naming one file of each kind when records of different splits or settings (protocol, shots,
+    backbone, pretrained weights: :func:`check_comparable`) are mixed, and when no record is found.
     """
     import pandas as pd
 
@@ -133,6 +139,7 @@ def load_records(paths: Path | str | Iterable[Path | str]) -> pd.DataFrame:
     check_duplicates(df)
     _check_one_kind(df, "eval_split", "test", "scored on different splits")
     _check_one_kind(df, "protocol", "base2novel", "of different protocols")
+    check_comparable(df)
     return df.sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
@@ -184,9 +191,13 @@ def _record_row(record: object) -> dict:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"'seed' is {seed!r}, expected an integer")
     row["seed"] = seed
-    for name in ("tuning", "eval_split", "role"):
+    for name in ("tuning", "eval_split", "role", "backbone", "pretrained"):
         value = record.get(name)
         row[name] = None if value is None else str(value)
+    shots = record.get("shots")
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int)):
+        raise ValueError(f"'shots' is {shots!r}, expected an integer")
+    row["shots"] = shots
     row["protocol"] = str(record.get("protocol") or "base2novel")
     if row["protocol"] not in PROTOCOL_METRICS:
         raise ValueError(f"protocol is {row['protocol']!r}, expected one of {list(PROTOCOL_METRICS)}")
@@ -194,7 +205,8 @@ def _record_row(record: object) -> dict:
     if not isinstance(metrics, dict):
         raise ValueError("'metrics' is missing or not an object")
     row.update({name: math.nan for name in ALL_METRICS})
-    row.update({name: _metric_value(metrics, name) for name in PROTOCOL_METRICS[row["protocol"]]})
+    wanted = (*PROTOCOL_METRICS[row["protocol"]], *ANCHOR_METRICS[row["protocol"]])
+    row.update({name: _metric_value(metrics, name) for name in wanted})
     return row
 
 
@@ -227,6 +239,27 @@ def _check_one_kind(df: pd.DataFrame, column: str, default: str, what: str) -> N
     if len(kinds) > 1:
         found = ", ".join(f"{kind} ({path})" for kind, path in kinds.items())
         raise ValueError(f"records {what} cannot share a report: {found}")
+
+
+def check_comparable(df: pd.DataFrame) -> None:
+    """Refuse records whose setting differs: protocol, shots, backbone or pretrained weights
+    (:data:`SETTING`; columns absent from ``df`` are not checked, a missing value is its own kind
+    "not recorded", protocol defaults to ``base2novel``). A 4-shot RN50 run and a 16-shot
+    ViT-B/16 run measure different things, so no average or test may pool them. ValueError
+    (one line) naming each setting found with one file of it."""
+    columns = [c for c in SETTING if c in df.columns]
+    if not columns:
+        return
+    filled = df[columns].astype(object).where(df[columns].notna(), "not recorded")
+    if "protocol" in columns:
+        filled["protocol"] = df["protocol"].fillna("base2novel")
+    kinds = filled.apply(lambda r: ", ".join(f"{c}={r[c]}" for c in columns), axis=1)
+    if kinds.nunique() < 2:
+        return
+    paths = df["path"] if "path" in df.columns else kinds.map(lambda _: "<no path>")
+    found = "; ".join(f"{kind} ({paths[kinds == kind].iloc[0]})" for kind in dict.fromkeys(kinds))
+    raise ValueError(f"records of different settings cannot share a report (report each setting "
+                     f"separately): {found}")
 
 
 def protocol_of(df: pd.DataFrame) -> str:
