@@ -87,13 +87,15 @@ def description_table(root: str, datasets=None, cache_dir: str = "~/.cache/ancho
     return "\n".join(lines)
 
 
-def figures_table(records: pd.DataFrame, root: str) -> str:
-    """Markdown table from benchmark records (``anchoropt.report.load_records``) of the methods in
-    ``METHODS``: per dataset C, chance, and base / novel (/ HM) per method, means over seeds,
-    then an average row (means of base and novel; HM of those averages) and a zero-shot summary.
+def figures_table(records: pd.DataFrame, root: str, methods=tuple(METHODS)) -> str:
+    """Markdown table from benchmark records (``anchoropt.report.load_records``) of ``methods``
+    (keys of ``METHODS``, ``zeroshot_clip`` among them): per dataset C, chance, and base / novel
+    (/ HM) per method, means over seeds, then an average row (means of base and novel; HM of
+    those averages), a zero-shot summary and, with ``coop``, on how many datasets CoOp is above
+    zero-shot on base and below it on novel.
 
     Raises:
-        KeyError: a method of ``METHODS`` has no records.
+        KeyError: a method of ``methods`` has no records.
     """
     def cell(method: str, base: float, novel: float, hm: float) -> str:
         return f"{base:.1f} / {novel:.1f}" + ("" if method == "zeroshot_clip" else f" / {hm:.1f}")
@@ -101,26 +103,31 @@ def figures_table(records: pd.DataFrame, root: str) -> str:
     means = records.groupby(["method", "dataset"])[["acc_base", "acc_novel", "hm"]].mean()
     datasets = list(dict.fromkeys(records["dataset"]))
     head = ["dataset", "C", "chance b / n"] + [f"{label} b / n" + ("" if m == "zeroshot_clip" else " / HM")
-                                              for m, label in METHODS.items()]
+                                              for m, label in METHODS.items() if m in methods]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    twice, saturated = 0, []
+    twice, saturated, coop_pattern = 0, [], 0
     for d in datasets:
         n, cb, cn = chance(root, d)
         cells = [d, str(n), f"{cb:.1f} / {cn:.1f}"]
-        cells += [cell(m, *means.loc[(m, d)]) for m in METHODS]
+        cells += [cell(m, *means.loc[(m, d)]) for m in methods]
         zb, zn = means.loc[("zeroshot_clip", d), ["acc_base", "acc_novel"]]
+        if "coop" in methods:
+            cb_, cn_ = means.loc[("coop", d), ["acc_base", "acc_novel"]]
+            coop_pattern += bool(cb_ > zb and cn_ < zn)
         twice += bool(zb >= 2 * cb and zn >= 2 * cn)
         if max(zb, zn) >= SATURATED:
             saturated.append(d)
         lines.append("| " + " | ".join(cells) + " |")
     avg = ["average", "", ""]
-    for m in METHODS:
+    for m in methods:
         b, nv = (means.loc[m].loc[datasets, c].mean() for c in ("acc_base", "acc_novel"))
         avg.append(cell(m, b, nv, harmonic_mean(b, nv)))
     lines.append("| " + " | ".join(avg) + " |")
     lines += ["", f"Zero-shot at least twice chance on base and novel: {twice} of {len(datasets)} datasets; "
               f"at or above {SATURATED:.0f} % on base or novel: {', '.join(saturated) or 'none'}. "
               "Average row: means over datasets; HM of the averaged base and novel."]
+    if "coop" in methods:
+        lines += ["", f"CoOp above zero-shot on base and below it on novel: {coop_pattern} of {len(datasets)} datasets."]
     return "\n".join(lines)
 
 
@@ -134,11 +141,14 @@ def main(argv=None) -> None:
     parser.add_argument("--root", default="data/toy11", help="toy-11 data root (created if missing)")
     parser.add_argument("--results", default="results/toy11_defaults", help="benchmark records (resumable)")
     parser.add_argument("--cpus-per-trial", type=float, default=1)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="suite methods to run and tabulate (zeroshot_clip always)")
     parser.add_argument("--descriptions-only", action="store_true",
                         help="print only the description-vs-template table (no training)")
     args = parser.parse_args(argv)
     suite = load_suite(Path(__file__).resolve().parent.parent / "toy11.yaml", {"data_root": args.root})
-    suite = dataclasses.replace(suite, methods={m: suite.methods[m] for m in METHODS})
+    methods = ["zeroshot_clip"] + [m for m in args.methods if m != "zeroshot_clip"]
+    suite = dataclasses.replace(suite, methods={m: suite.methods[m] for m in methods})
     ensure_toy_data(suite)
     print(description_table(args.root))
     if args.descriptions_only:
@@ -146,7 +156,7 @@ def main(argv=None) -> None:
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial)
     if counts["failed"]:
         raise SystemExit(f"{counts['failed']} cells failed; re-run to retry them")
-    print(figures_table(load_records(args.results), args.root))
+    print(figures_table(load_records(args.results), args.root, methods))
 
 
 if __name__ == "__main__":
