@@ -191,29 +191,48 @@ def todo_cells(states: list[tuple[Cell, str, str]], results: Path) -> list[Cell]
     return [cell for cell, state, _ in states if state != "done"]
 
 
-def run_cell(cell: Cell) -> dict:
-    """Train one cell and write its learned tensors (:func:`prompts_path`) then its records, each
-    atomically (the method name is the suite's; every record carries ``cell_identity``).
-    Returns the run's record (cross-dataset: with ``acc_<dataset>`` for every scored dataset)."""
+def cell_name(cell: dict[str, Any]) -> str:
+    """``<method>.<dataset>.seed<k>``: the cell's Ray trial, TensorBoard and MLflow run name."""
+    return f"{cell['method']}.{cell['dataset']}.seed{cell['seed']}"
+
+
+def describe_plan(suite: Suite, results: str | Path) -> str:
+    """``benchmark --dry-run``: one line per cell, done (its records on disk) or to run; nothing is written."""
+    states = cell_states(suite, results)
+    done = sum(state == "done" for _, state, _ in states)
+    lines = [f"dry run: benchmark {suite.name} into {Path(results).resolve()}: {len(states)} cells, "
+             f"{done} done, {len(states) - done} to run"]
+    for cell, state, why in states:
+        where = " ".join(cell.record_paths.values()) if state == "done" else why
+        lines.append(f"  {'done  ' if state == 'done' else 'to run' if state == 'todo' else state}  "
+                     f"{cell.method} / {cell.dataset} / seed {cell.seed}  {where}".rstrip())
+    return "\n".join(lines)
+
+
+def run_cell(cell: Cell, report=None) -> dict:
+    """Train one cell and write its records, each atomically (the method name is the suite's), after
+    the run's learned tensors, ``prompts_path(cell)`` (the report's position heatmaps read them).
+    Returns the run's record (cross-dataset: with ``acc_<dataset>`` for every scored dataset);
+    ``report`` gets each epoch's metrics (:func:`anchoropt.train.train`)."""
     import torch
 
     from anchoropt.io import save_json, save_tensors
     from anchoropt.records import dataset_records, relabel
     from anchoropt.train import train
 
-    with tempfile.TemporaryDirectory(prefix="anchoropt-cell-") as run_dir:  # outside RESULTS: no stray record there
-        record = relabel(train(make_config(cell.config), out_dir=run_dir), cell.method, cell.tuning)
-        tensors = torch.load(Path(run_dir) / "prompts.pt", weights_only=True)
-    save_tensors(tensors, prompts_path(cell.record_paths[cell.dataset]))  # before the record that marks it done
-    record["cell_identity"] = cell.identity
+    with tempfile.TemporaryDirectory(prefix="anchoropt-cell-") as run_dir:  # outside RESULTS: no stray record
+        record = relabel(train(make_config(cell.config), out_dir=run_dir, report=report), cell.method, cell.tuning)
+        save_tensors(torch.load(Path(run_dir) / "prompts.pt", weights_only=True), prompts_path(cell))
+    record["cell_identity"] = cell.identity  # what the next run compares (Cell.state)
     for dataset, rec in dataset_records(record).items():
         save_json(rec, cell.record_paths[dataset])
     return record
 
 
-def prompts_path(record_path: str | Path) -> Path:
-    """Where a cell's learned tensors lie: ``seed<k>.prompts.pt`` next to its record ``seed<k>.json``."""
-    return Path(record_path).with_suffix(".prompts.pt")
+def prompts_path(cell: Cell) -> Path:
+    """Where a cell's learned tensors go: beside the trained dataset's record, ``seed<k>.prompts.pt``
+    (``anchoropt.report.positions.prompts_file`` finds them)."""
+    return Path(cell.record_paths[cell.dataset]).with_suffix(".prompts.pt")
 
 
 def _cell_trial(config: dict) -> None:
@@ -226,7 +245,7 @@ def _cell_trial(config: dict) -> None:
     from ray.exceptions import RayError
 
     try:
-        record = run_cell(Cell(**config["cell"]))
+        record = run_cell(Cell(**config["cell"]), report=lambda m: tune.report(_numbers(m)))  # per epoch
     except RayError:
         raise
     except Exception as err:  # noqa: BLE001 (reported, with its type, as the cell's failure)
@@ -236,15 +255,23 @@ def _cell_trial(config: dict) -> None:
     tune.report({k: v for k, v in record["metrics"].items() if v is not None})
 
 
+def _numbers(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                   max_concurrent: int | None = None, address: str | None = None,
-                  num_cpus: int | None = None) -> dict[str, int]:
+                  num_cpus: int | None = None, verbose: int = 0, mlflow: str | None = None) -> dict[str, int]:
     """Run the suite's unfinished cells as Ray Tune trials; returns counts done / failed / skipped.
 
     Before any work: every output folder is checked, every dataset read, the results folder
     locked and every record on disk checked against its cell's identity (:func:`cell_states`).
     Records of finished cells are never rewritten; unreadable records are re-run. Failed cells are
-    reported by name and left without a record, so the next run retries them.
+    reported by name and left without a record, so the next run retries them; a trial lost with
+    its actor or node is re-run (:data:`INFRA_RETRIES`). ``verbose`` 0 shows one progress bar
+    (:mod:`anchoropt.progress`), 1 or 2 Ray Tune's own output; every cell's per-epoch metrics go
+    to ``results/tensorboard/<cell>`` and, with ``mlflow`` (a tracking URI), to MLflow
+    (:mod:`anchoropt.tracking`).
 
     Raises:
         BenchmarkError: another process holds the results folder, or records there were made with
@@ -271,23 +298,33 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
         print(f"benchmark {suite.name}: {len(states)} cells, {len(states) - len(todo)} done, {len(todo)} to go")
         if not todo:
             return {"done": 0, "failed": 0, "skipped": len(states)}
-        failed = _run_trials(suite, todo, resources, max_concurrent, address, num_cpus)
+        failed = _run_trials(suite, results, todo, len(states), resources, max_concurrent, address, num_cpus,
+                             verbose, mlflow)
         return {"done": len(todo) - failed, "failed": failed, "skipped": len(states) - len(todo)}
     finally:
         lock.release()
 
 
-def _run_trials(suite: Suite, todo: list[Cell], resources: Resources, max_concurrent: int | None,
-                address: str | None, num_cpus: int | None) -> int:
+def _run_trials(suite: Suite, results: Path, todo: list[Cell], total: int, resources: Resources,
+                max_concurrent: int | None, address: str | None, num_cpus: int | None, verbose: int,
+                mlflow: str | None) -> int:
     """Run ``todo`` as Ray Tune trials; prints each failed cell; returns how many failed."""
-    ensure_ray(address, num_cpus)
-    with tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage:  # the records are the state
+    from anchoropt.progress import TrialProgress, ray_output
+    from anchoropt.tracking import tracking_callbacks, trial_namer
+
+    callbacks = tracking_callbacks(results, mlflow, experiment=suite.name)
+    if not verbose:
+        callbacks.append(TrialProgress(f"benchmark {suite.name}", total, done=total - len(todo),
+                                       metric="hm" if suite.protocol == "base2novel" else None, unit="cells",
+                                       label=lambda t: cell_name(t.config["cell"]), error_key="cell_error"))
+    with ray_output(verbose), tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage:  # records: the state
+        ensure_ray(address, num_cpus, verbose=verbose)
         tuner = tune.Tuner(
             trainable(_cell_trial, resources),
             param_space={"cell": tune.grid_search([vars(c) for c in todo])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=storage, name=suite.name, verbose=0,
-                                      callbacks=[_Progress(len(todo))],
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                        trial_name_creator=trial_namer(lambda c: cell_name(c["cell"]))),
+            run_config=tune.RunConfig(storage_path=storage, name=suite.name, verbose=verbose, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=INFRA_RETRIES)),
         )
         grid = tuner.fit()
@@ -299,24 +336,3 @@ def _run_trials(suite: Suite, todo: list[Cell], resources: Resources, max_concur
             failed += 1
             print(f"failed cell {cell['method']} / {cell['dataset']} / seed {cell['seed']}: {error}")
     return failed
-
-
-class _Progress(tune.Callback):
-    """Prints one line per finished (or failed) cell: cells done and to go."""
-
-    def __init__(self, total: int):
-        self.total, self.finished = total, 0
-
-    def _line(self, trial, outcome: str) -> None:
-        self.finished += 1
-        cell = trial.config["cell"]
-        print(f"[{self.finished}/{self.total}] {cell['method']} / {cell['dataset']} / seed {cell['seed']}: "
-              f"{outcome}; {self.total - self.finished} to go", flush=True)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        result = trial.last_result or {}
-        hm = result.get("hm")
-        self._line(trial, "FAILED" if "cell_error" in result else f"HM {hm:.2f}" if hm is not None else "done")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "FAILED")

@@ -145,14 +145,24 @@ def test_unreachable_ray_address_fails_fast_with_one_line(tmp_path, eurosat_root
     _one_line_error(done, "127.0.0.1:1", "ray start --head")
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _trial_actor_pids() -> list[int]:
-    """PIDs of Ray Tune trial actors (their process title is ``ray::ImplicitFunc...``)."""
+    """PIDs of this test session's Ray Tune trial actors (process title ``ray::ImplicitFunc...``,
+    descendants of this process: never another session's)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"ImplicitFunc" in (proc / "cmdline").read_bytes():
+            if not (proc.name.isdigit() and b"ImplicitFunc" in (proc / "cmdline").read_bytes()):
+                continue
+            pid = int(proc.name)
+            while pid > 1 and pid != os.getpid():
+                pid = _parent(pid)
+            if pid == os.getpid():
                 pids.append(int(proc.name))
-        except OSError:
+        except (OSError, ValueError, IndexError):
             pass
     return pids
 
@@ -182,3 +192,23 @@ def test_cell_whose_actor_dies_is_rerun_not_failed(tmp_path, eurosat_root, ray_s
     assert killed, "the trial's actor was never seen"
     assert counts == {"done": 1, "failed": 0, "skipped": 0}
     assert len(_records(results)) == 1
+
+
+def test_cell_writes_learned_tensors_that_the_report_draws(tmp_path, eurosat_root):
+    import torch
+
+    from anchoropt.benchmark import plan_cells, prompts_path, run_cell
+    from anchoropt.report import load_records, write_report
+
+    suite = load_suite(write_suite(tmp_path, eurosat_root, seeds=(1,),
+                                   methods={"two": {"method": "anchoropt", "schedule": "two_stage", "n_ctx": 2,
+                                                    "n_anchors": 3}}))
+    results = tmp_path / "results"
+    (cell,) = plan_cells(suite, results)
+    run_cell(cell)
+    assert prompts_path(cell) == results / "two" / "eurosat" / "seed1.prompts.pt"
+    assert torch.load(prompts_path(cell), weights_only=True)["position"].shape == (5, 5)  # M + N = 2 + 3
+    assert not list(results.rglob("record.json"))  # train's own outputs stay outside RESULTS
+    write_report(load_records(results), tmp_path / "report")
+    positions = (tmp_path / "report" / "positions.csv").read_text().splitlines()
+    assert len(positions) == 2 and positions[1].startswith("two,eurosat,1,1,2,")
