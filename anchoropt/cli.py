@@ -1,4 +1,8 @@
-"""Command line: ``anchoropt train|search|benchmark|report|data|run``. Errors in user input print one line and exit 2."""
+"""Command line: ``anchoropt train|search|benchmark|report|data|run``. Errors in user input print one line and exit 2.
+
+Only the subcommand that runs imports what it needs: ``--help``, argument errors, ``report`` and
+``data list`` load no torch (``tests/test_cli.py`` checks it).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,17 +10,23 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from anchoropt.backbone import BackboneError
-from anchoropt.config import ConfigError, load_config
+from anchoropt import __version__
+from anchoropt.config import KEY_HELP, TrainConfig, load_config, parse_overrides
 from anchoropt.pipeline import DEFAULT_SPACE, DEFAULT_SUITE
-from anchoropt.train import NonFiniteLoss
 
-USER_ERRORS = (ValueError, BackboneError, NonFiniteLoss, FileNotFoundError)  # ConfigError, DataError too
+# ConfigError, DataError (ValueError) and the errors of modules that only a running command imports
+LAZY_ERRORS = (("anchoropt.backbone", "BackboneError"), ("anchoropt.train", "NonFiniteLoss"))
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors shown as one line: an error class of a module never imported cannot have been raised."""
+    lazy = tuple(getattr(sys.modules[mod], name) for mod, name in LAZY_ERRORS if mod in sys.modules)
+    return (ValueError, FileNotFoundError, *lazy)
 
 
 def _train(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
     from anchoropt.train import train
 
     cfg = load_config(args.config, args.overrides)
@@ -38,7 +48,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from anchoropt.search.driver import SearchError, run_search
+    from anchoropt.search.driver import run_search
+    from anchoropt.search.spec import SearchError
 
     common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
                   max_concurrent=args.max_concurrent, verbose=args.verbose, print_summary=True)
@@ -59,9 +70,10 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
-    from anchoropt.benchmark import load_suite, run_benchmark
+    from anchoropt.benchmark import run_benchmark
+    from anchoropt.suite import load_suite
 
-    suite = load_suite(args.suite, _overrides(args.overrides))
+    suite = load_suite(args.suite, parse_overrides(args.overrides))
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial,
                            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                            address=args.address, num_cpus=args.num_cpus)
@@ -75,35 +87,55 @@ def _report(args: argparse.Namespace) -> None:
     from anchoropt.report import load_records, write_report
 
     path = write_report(load_records(args.results), args.out, baseline=args.baseline,
-                        schedules=tuple(args.schedules) if args.schedules else None)
+                        schedules=tuple(args.schedule_methods) if args.schedule_methods else None)
     print(f"report: {path}")
 
 
-def _data(args: argparse.Namespace) -> None:
+def _data_toy(args: argparse.Namespace) -> None:
     from anchoropt.toy.datasets import make_toy11
 
     names = make_toy11(Path(args.root), seed=args.seed, overwrite=args.overwrite)
     print(f"{len(names)} toy datasets under {args.root}: {', '.join(names)}")
 
 
+def _data_list(args: argparse.Namespace) -> None:
+    from anchoropt.data.datasets import list_datasets
+
+    entries = list_datasets(args.root)
+    width = max(len(e.name) for e in entries)
+    print(f"datasets under {Path(args.root).expanduser()}:")
+    for e in entries:
+        print(f"  {e.name:<{width}}  {e.kind:<8}  {'found  ' if e.found else 'missing'}  {e.marker}")
+    found = sum(e.found for e in entries)
+    print(f"{found} found, {len(entries) - found} missing (a standard dataset is found by the file shown; "
+          f"a custom one is a folder with a meta.json)")
+
+
+def _data_check(args: argparse.Namespace) -> None:
+    from anchoropt.data.check import check_dataset
+
+    faulty = []
+    for name in args.datasets:
+        result = check_dataset(args.root, name, args.descriptions, args.descriptions_dir, args.n_descriptions)
+        print(f"{name}:")
+        for line in [*result.lines, *(result.per_class if args.per_class else [])]:
+            print(f"  {line}")
+        for fault in result.faults:
+            print(f"  FAULT {fault}")
+        if result.faults:
+            faulty.append(f"{name} ({len(result.faults)})")
+    if faulty:
+        raise ValueError(f"faults found in {len(faulty)} of {len(args.datasets)} datasets: {', '.join(faulty)}")
+    print(f"{len(args.datasets)} datasets sound")
+
+
 def _run(args: argparse.Namespace) -> None:
     from anchoropt.pipeline import run_main_job
 
-    run_main_job(args.suite, args.results, args.report, _overrides(args.overrides), space=args.space,
+    run_main_job(args.suite, args.results, args.report, parse_overrides(args.overrides), space=args.space,
                  search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus)
-
-
-def _overrides(items: list[str]) -> dict[str, str]:
-    """``key=value`` strings as a dict (values typed later by the config)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override '{item}' is not key=value")
-        out[key.strip()] = value
-    return out
 
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
@@ -116,11 +148,23 @@ def _add_ray_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
 
 
+def config_keys_help() -> str:
+    """Every TrainConfig key with its default and meaning (units included), for ``train --help``."""
+    from dataclasses import fields
+
+    rows = [(f.name, repr(f.default), KEY_HELP.get(f.name, "")) for f in fields(TrainConfig)]
+    w_key, w_default = (max(len(r[i]) for r in rows) for i in (0, 1))
+    lines = [f"  {k:<{w_key}}  {d:<{w_default}}  {h}" for k, d, h in rows]
+    return "config keys (key=value overrides or --config YAML), default, meaning:\n" + "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchoropt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"anchoropt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train and evaluate one (dataset, seed, config)")
+    p = sub.add_parser("train", help="train and evaluate one (dataset, seed, config)",
+                       epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file of TrainConfig keys")
     p.add_argument("--out", help="output folder (default runs/<dataset>/<method>-...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_anchors=4")
@@ -156,16 +200,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="record files or folders")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--baseline", help="method the others are tested against (default: the first)")
-    p.add_argument("--schedules", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),
+    p.add_argument("--schedule-methods", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),
                    help="methods compared in the one-stage vs two-stage section")
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("data", help="create the offline toy-11 datasets")
-    p.add_argument("kind", choices=["toy"])
+    p = sub.add_parser("data", help="datasets: create the offline toy-11 ones, list what a data root holds")
+    data = p.add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("toy", help="create the offline toy-11 datasets")
     p.add_argument("--root", default="data/toy11", help="data root (default data/toy11)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="rewrite datasets already on disk")
-    p.set_defaults(func=_data)
+    p.set_defaults(func=_data_toy)
+    p = data.add_parser("list", help="the standard and custom datasets, found or missing under a root")
+    p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
+    p.set_defaults(func=_data_list)
+    p = data.add_parser("check", help="check datasets completely: files present, decodable, classes complete, "
+                                      "counts per class, description coverage, few-shot pickles consistent")
+    p.add_argument("datasets", nargs="+", metavar="DATASET", help="standard or custom dataset names")
+    p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
+    p.add_argument("--descriptions", default="", help="CuPL JSON to check against (one dataset)")
+    p.add_argument("--descriptions-dir", default="", help="folder of the standard datasets' CuPL files")
+    p.add_argument("--n-descriptions", type=int, default=TrainConfig.n_descriptions,
+                   help=f"sentences each class needs (default {TrainConfig.n_descriptions}; SPEC: 5 for ImageNet)")
+    p.add_argument("--per-class", action="store_true", help="print the image count of every class in every split")
+    p.set_defaults(func=_data_check)
 
     p = sub.add_parser("run", help="main job: toy data, search both schedules, benchmark, report")
     p.add_argument("--suite", default=str(DEFAULT_SUITE), help="benchmark suite (default the toy-11 suite)")
@@ -182,11 +240,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides are accepted anywhere after the subcommand,
+    before or after its options (argparse alone takes them only in one block)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         args.func(args)
-    except USER_ERRORS as err:
+    except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"anchoropt: error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import yaml
+from anchoropt.errors import ConfigError
+from anchoropt.paths import absolute, is_checkpoint_path
+from anchoropt.yamlio import parse_yaml, read_yaml
 
 METHODS = ("zeroshot", "coop", "anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
@@ -24,8 +26,8 @@ SCHEDULES = ("two_stage", "one_stage")
 ONE_STAGE_BUDGETS = ("equal_prompt_updates", "equal_total_steps")
 
 
-class ConfigError(ValueError):
-    """Unknown key, value of the wrong type or outside its range."""
+#: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
+PATH_KEYS = ("data_root", "cache_dir", "descriptions", "descriptions_dir")
 
 
 @dataclass
@@ -135,7 +137,7 @@ class TrainConfig:
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Turn a YAML/CLI value into the field's type (``int``, ``float``, ``bool``, ``str``, optional)."""
     if isinstance(value, str):
-        value = yaml.safe_load(value) if value != "" else ""
+        value = parse_yaml(value, f"{key}={value}") if value != "" else ""
     allowed = [t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)]
     if value is None and type(None) in getattr(hint, "__args__", ()):
         return None
@@ -155,7 +157,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 def make_config(values: dict[str, Any] | None = None, source: str = "config") -> TrainConfig:
-    """Build a validated TrainConfig from a dict. Unknown keys raise ConfigError naming ``source``."""
+    """Build a validated TrainConfig from a dict, its path keys made absolute (anchoropt.paths: relative
+    to the working directory). Unknown keys raise ConfigError naming ``source``."""
     hints = get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)}
     values = values or {}
@@ -164,28 +167,84 @@ def make_config(values: dict[str, Any] | None = None, source: str = "config") ->
         hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
                  for k in unknown]
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}")
-    return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    for key in PATH_KEYS:
+        if getattr(cfg, key):
+            setattr(cfg, key, absolute(getattr(cfg, key)))
+    if is_checkpoint_path(cfg.pretrained):
+        cfg.pretrained = absolute(cfg.pretrained)
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` as a dict of strings (typed later by :func:`make_config`); the one parser of
+    ``key=value`` for every command. Raises ConfigError naming an item without ``=`` or a key."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not key=value")
+        out[key.strip()] = value
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (optional) then overrides (``["lr=0.01", ...]`` or a dict), later wins."""
-    values: dict[str, Any] = {}
-    if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must be a mapping of key: value")
-        values.update(loaded)
-    if isinstance(overrides, dict):
-        values.update(overrides)
-    else:
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"override '{item}' is not key=value")
-            values[key.strip()] = value
+    """YAML file (optional) then overrides (``["lr=0.01", ...]`` or a dict), later wins.
+
+    Raises:
+        ConfigError: the file is missing or not a YAML mapping (one line naming it), an override is
+            not ``key=value``, or a key or value is invalid.
+    """
+    values: dict[str, Any] = dict(read_yaml(path, "config file")) if path else {}
+    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
     return make_config(values, source=str(path) if path else "overrides")
+
+
+# What each TrainConfig key means, with its unit: ``anchoropt train --help`` lists these with the
+# defaults (a test checks that every key has an entry).
+KEY_HELP = {
+    "dataset": "dataset name under data_root (standard or custom; see `anchoropt data list`)",
+    "data_root": "folder of the datasets (CoOp layout)",
+    "shots": "training images per class (few-shot K)",
+    "seed": "seed of the few-shot draw and of training",
+    "objective": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
+    "protocol": "base2novel: train on base classes, score base and novel; cross_dataset: train on all "
+                "classes of dataset, score it and each target",
+    "targets": "cross_dataset: comma-separated target datasets",
+    "descriptions": "CuPL JSON of class descriptions (empty: the dataset's own)",
+    "descriptions_dir": "folder of CuPL files named by dataset (used when descriptions is empty)",
+    "n_descriptions": "descriptions per class in the Stage I target (sentences)",
+    "backbone": "open_clip model name (ToyCLIP: the offline toy backbone)",
+    "pretrained": "open_clip pretrained tag or checkpoint file",
+    "quick_gelu": "QuickGELU activations (empty: as the checkpoint needs)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "method": "zeroshot, coop or anchoropt",
+    "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
+    "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
+    "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",
+    "n_anchors": "anchor tokens N",
+    "gumbel_tau": "Gumbel-softmax temperature of the position matrix W (unitless)",
+    "kd_temperature": "KD temperature T (unitless)",
+    "ce_weight": "weight of the Stage II cross-entropy loss (unitless)",
+    "kd_weight": "weight of the Stage II KD loss (unitless)",
+    "mse_weight": "weight of the Stage I MSE loss (unitless)",
+    "position_eval": "W at evaluation: argmax (noise-free) or sample (reference, random)",
+    "eos_index": "correct, or reference (the Stage II prompt reads N positions early, as the reference code)",
+    "truncate": "cut text sequences after the last EOS (exact, faster)",
+    "lr": "Stage II (and CoOp) SGD learning rate (per step, cosine-decayed)",
+    "epochs": "Stage II (CoOp, one-stage) epochs over the few-shot training set",
+    "batch_size": "Stage II images per step",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay (L2 coefficient)",
+    "warmup_epochs": "epochs at constant warmup_lr before the cosine schedule",
+    "warmup_lr": "learning rate of the warm-up epochs",
+    "anchor_lr": "Stage I SGD learning rate",
+    "anchor_epochs": "Stage I epochs over the few-shot training set",
+    "anchor_batch_size": "images per Stage I batch: floor(images / it) Stage I steps per epoch, each over every class",
+    "period": "one_stage: optimiser steps of each phase before switching",
+    "one_stage_budget": "one_stage: equal_prompt_updates (as two-stage's Stage II) or equal_total_steps",
+    "train_views": "precomputed augmented views per training image",
+    "crop_scale": "smallest area fraction of the random resized crop (0-1]",
+    "flip": "random horizontal flip of training images",
+    "cache_dir": "folder of cached image features and Stage I results",
+}

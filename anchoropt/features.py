@@ -17,28 +17,13 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from PIL import Image, UnidentifiedImageError
 
 from anchoropt.backbone import Backbone
 from anchoropt.data.datasets import DataError, Datum
+from anchoropt.data.images import file_id, load_image
 from anchoropt.io import save_tensors
 
 BATCH = 128
-
-
-def load_image(path: str) -> Image.Image:
-    """Open an image as RGB (grey, palette, RGBA and CMYK are converted).
-
-    Raises:
-        DataError: missing or corrupt file, naming it.
-    """
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"corrupt image {path}: {err}") from None
 
 
 def cache_key(backbone: Backbone, items: list[Datum], views: int, seed: int, crop_scale: float, flip: bool) -> str:
@@ -46,17 +31,9 @@ def cache_key(backbone: Backbone, items: list[Datum], views: int, seed: int, cro
 
     Raises:
         DataError: an image file is missing, naming it."""
-    payload = json.dumps([backbone.name, backbone.weights_id, [_file_id(d.impath) for d in items], views, seed,
+    payload = json.dumps([backbone.name, backbone.weights_id, [file_id(d.impath) for d in items], views, seed,
                           crop_scale if views else None, flip if views else None])
     return hashlib.sha1(payload.encode()).hexdigest()
-
-
-def _file_id(path: str) -> str:
-    try:
-        stat = Path(path).stat()
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 @torch.no_grad()

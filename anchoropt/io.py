@@ -1,4 +1,8 @@
-"""Atomic writes: a reader (or a killed writer) never sees a half-written file."""
+"""Atomic writes: a reader (or a killed writer) never sees a half-written file.
+
+Files get the mode an ordinary ``open(path, "w")`` would give (``0o666`` less the umask), so that
+records, prompts and configs can be shared on a group cluster: ``mkstemp`` alone creates ``0o600``.
+"""
 from __future__ import annotations
 
 import json
@@ -7,15 +11,29 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux ``/proc``), else by setting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        finally:
+            os.close(fd)
         write(tmp)
         os.replace(tmp, path)
     finally:
@@ -26,6 +44,8 @@ def _atomic(path: Path, write) -> Path:
 
 def save_tensors(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically (loadable with ``torch.load(weights_only=True)``)."""
+    import torch
+
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 

@@ -12,8 +12,8 @@ Importing this module imports torchvision; only if that fails with exactly this
 error does it define the two missing schemas and import again. Where
 torchvision's own kernels load (a matching CUDA install), nothing is changed.
 The schemas have no kernels: ``torchvision.ops.nms`` still fails, and this
-project never calls it. Every process that imports open_clip (Ray workers
-included) gets this through ``import anchoropt``.
+project never calls it. Every anchoropt module that imports open_clip imports
+this module first (``anchoropt/__init__`` does not: it stays free of torch).
 """
 import sys
 

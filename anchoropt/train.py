@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
 import open_clip
 import torch
 
@@ -20,6 +21,7 @@ import anchoropt
 from anchoropt.backbone import Backbone, create_backbone
 from anchoropt.config import TrainConfig
 from anchoropt.data import build_dataset
+from anchoropt.data.check import check_run_images
 from anchoropt.engine import NonFiniteLoss, Trainer, seed_everything
 from anchoropt.io import save_json, save_tensors
 from anchoropt.methods import Method, build_method
@@ -74,6 +76,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     device = resolve_device(cfg.device)
     data = build_dataset(cfg.data_root, cfg.dataset)  # bad data fails before a large backbone loads
     targets = read_targets(cfg) if cfg.protocol == "cross_dataset" else None
+    check_run_images(cfg, data, targets)  # present and decodable, before the backbone is built
     backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
     cfg = resolve_ctx_init(cfg, backbone)
     task = build_task(cfg, backbone, device, data, targets)

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
-from anchoropt.benchmark import load_suite, method_config
 from anchoropt.config import TrainConfig
 from anchoropt.engine import Trainer, steps_per_epoch
 from anchoropt.methods import AnchorOPT, CoOp, ZeroShot
 from anchoropt.schedules import one_stage_plan
+from anchoropt.suite import load_suite, method_values
 from anchoropt.task import EvalSet, build_task
 from anchoropt.text import ClassTokens
 from anchoropt.train import cached_backbone, resolve_ctx_init, train
@@ -132,7 +132,7 @@ STAGE2_KEYS = ("n_ctx", "epochs", "ce_weight", "kd_weight", "kd_temperature")
 
 
 def _values(suite, method, dataset):
-    values = {**TrainConfig().to_dict(), **method_config(suite, method, dataset)[0]}
+    values = {**TrainConfig().to_dict(), **method_values(suite, method, dataset)[0]}
     return values
 
 

@@ -3,6 +3,9 @@ and for custom folders described by a ``meta.json`` (the toy world uses these).
 
 Every reader returns a :class:`DatasetSplits` with absolute image paths and labels
 0..C-1; every error names the dataset, the file and the entry at fault.
+:func:`build_dataset` refuses a dataset with any fault of :func:`dataset_faults` (empty split,
+class without images in a split, image files missing), all of them in one line, so a run
+stops before any backbone is built.
 """
 from __future__ import annotations
 
@@ -39,6 +42,14 @@ class DatasetSplits:
     root: Path = field(default_factory=Path)
     image_dir: Path = field(default_factory=Path)
     descriptions: Path | None = None  # CuPL JSON shipped with the dataset folder, if any
+    sources: dict[str, Path] = field(default_factory=dict)  # split name -> the file or folder listing it
+
+    def splits(self) -> dict[str, list[Datum]]:
+        """Each distinct split by name; ImageNet's val is its test and is listed once, as test."""
+        out = {"train": self.train, "val": self.val, "test": self.test}
+        if self.val is self.test:
+            del out["val"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -67,14 +78,30 @@ STANDARD_DATASETS = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "
 
 
 def build_dataset(root: str | Path, name: str) -> DatasetSplits:
-    """Read dataset ``name`` from the data root ``root`` (CoOp layout).
+    """Read dataset ``name`` from the data root ``root`` (CoOp layout) and refuse it if faulty.
 
     ``name`` is one of :data:`STANDARD_DATASETS` or a folder of ``root`` holding a
     ``meta.json`` (custom CoOp-format dataset, see docs/INTERFACES.md).
 
     Raises:
-        DataError: unknown name, missing folder/file, malformed entry, label out of range,
-            missing image; the message names the dataset and the file or entry.
+        DataError: unknown name, missing folder/file, malformed entry, label out of range, empty
+            train split (see :func:`read_dataset`), or every fault of :func:`dataset_faults` in one
+            line; the message names the dataset, the split and the file or entry.
+    """
+    data = read_dataset(root, name)
+    faults = dataset_faults(data)
+    if faults:
+        raise DataError("; ".join(faults))
+    return data
+
+
+def read_dataset(root: str | Path, name: str) -> DatasetSplits:
+    """Parse dataset ``name`` without checking its images (see :func:`build_dataset`).
+
+    Raises:
+        DataError: what makes the dataset unreadable: unknown name, missing folder/file, malformed
+            entry, label out of range, an empty train split (it defines the classes), an ImageNet
+            split folder without class folders.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -115,25 +142,59 @@ def read_split_file(name: str, split_path: Path, image_dir: Path, template: str)
                                 f"expected [relative_path, label, classname]")
             items.append(Datum(str(Path(image_dir) / entry[0]), entry[1], str(entry[2])))
         splits[part] = items
-    return _finish(name, splits, template, split_path, image_dir)
+    return _finish(name, splits, template, dict.fromkeys(splits, Path(split_path)), image_dir,
+                   Path(split_path).parent)
 
 
-def _finish(name: str, splits: dict[str, list[Datum]], template: str, source: Path, image_dir: Path,
-            descriptions: Path | None = None) -> DatasetSplits:
-    """Derive class names from train, check labels and images."""
-    classnames = _classnames(name, splits["train"], source)
+def _finish(name: str, splits: dict[str, list[Datum]], template: str, sources: dict[str, Path],
+            image_dir: Path, root: Path, classnames: list[str] | None = None) -> DatasetSplits:
+    """Check labels against the classes (``classnames``, else those of the train split: Dassl's rule)."""
+    if classnames is None:
+        classnames = _classnames(name, splits["train"], sources["train"])
     for part, items in splits.items():
         for i, d in enumerate(items):
             if not 0 <= d.label < len(classnames):
-                raise DataError(f"dataset '{name}': {source} {part}[{i}] label {d.label} out of range "
+                raise DataError(f"dataset '{name}': {sources[part]} {part}[{i}] label {d.label} out of range "
                                 f"0..{len(classnames) - 1}")
-            if not os.path.isfile(d.impath):
-                raise DataError(f"dataset '{name}': {source} {part}[{i}] image not found: {d.impath}")
+            if d.classname != classnames[d.label]:
+                raise DataError(f"dataset '{name}': {sources[part]} {part}[{i}] names label {d.label} "
+                                f"'{d.classname}', the train split '{classnames[d.label]}'")
     return DatasetSplits(name, classnames, splits["train"], splits["val"], splits["test"], template,
-                         Path(source).parent, Path(image_dir), descriptions)
+                         root=Path(root), image_dir=Path(image_dir), sources=sources)
+
+
+# How many example classes / paths a fault names.
+_FIRST = 3
+
+
+def dataset_faults(data: DatasetSplits) -> list[str]:
+    """One-line faults of a dataset read by :func:`read_dataset`, checked without opening images:
+    an empty split, a split with no image of some class, image files missing (counted per split,
+    with the first few paths). Empty when the dataset is sound."""
+    faults = []
+    for part, items in data.splits().items():
+        where = data.sources.get(part, data.root)
+        if not items:
+            faults.append(f"dataset '{data.name}': {part} split is empty ({where})")
+            continue
+        absent = sorted(set(range(len(data.classnames))) - {d.label for d in items})
+        if absent:
+            named = ", ".join(f"'{data.classnames[i]}' (label {i})" for i in absent[:_FIRST])
+            more = f" and {len(absent) - _FIRST} more" if len(absent) > _FIRST else ""
+            faults.append(f"dataset '{data.name}': {part} split has no image of {len(absent)} of "
+                          f"{len(data.classnames)} classes: {named}{more} ({where})")
+    missing = {part: [d.impath for d in items if not os.path.isfile(d.impath)]
+               for part, items in data.splits().items()}
+    counts = [f"{part}: {len(paths)}/{len(data.splits()[part])} missing (first: {', '.join(paths[:_FIRST])})"
+              for part, paths in missing.items() if paths]
+    if counts:
+        faults.append(f"dataset '{data.name}': image files not found under {data.image_dir}: {', '.join(counts)}")
+    return faults
 
 
 def _classnames(name: str, train: list[Datum], source: Path) -> list[str]:
+    if not train:
+        raise DataError(f"dataset '{name}': train split is empty ({source}); it defines the classes")
     by_label: dict[int, str] = {}
     for d in train:
         if by_label.setdefault(d.label, d.classname) != d.classname:
@@ -162,7 +223,9 @@ def _read_lines(path: Path, name: str) -> list[str]:
 def _read_imagenet(folder: Path) -> DatasetSplits:
     """CoOp's ImageNet: ``images/{train,val}/<wnid>/*`` and ``classnames.txt`` (``wnid name`` lines).
 
-    Labels follow the sorted wnid folders; test is the val folder (CoOp practice).
+    Labels follow the sorted wnids of ``classnames.txt`` (CoOp's sorted class folders, for a complete
+    tree) in both splits, so a class folder missing from one split cannot shift the other's labels;
+    test is the val folder (CoOp practice).
     """
     _require_dir(folder, "imagenet")
     names = {}
@@ -172,17 +235,30 @@ def _read_imagenet(folder: Path) -> DatasetSplits:
             raise DataError(f"dataset 'imagenet': {folder / 'classnames.txt'} line {i + 1} is '{line}', "
                             f"expected '<wnid> <class name>'")
         names[wnid] = cname.strip()
-    splits = {}
+    label_of = {wnid: label for label, wnid in enumerate(sorted(names))}
+    splits, sources = {}, {}
     for part, sub in (("train", "train"), ("test", "val")):
-        split_dir = _require_dir(folder / "images" / sub, "imagenet")
+        split_dir = sources[part] = _require_dir(folder / "images" / sub, "imagenet")
+        entries = _listdir_nohidden(split_dir)
+        files = [p for p in entries if not p.is_dir()]
+        if files:
+            raise DataError(f"dataset 'imagenet': {part} folder {split_dir} holds {len(files)} files outside class "
+                            f"folders (e.g. {files[0].name}): sort them into {split_dir}/<wnid>/ (CoOp layout)")
         items = []
-        for label, wnid in enumerate(sorted(p.name for p in split_dir.iterdir() if p.is_dir())):
-            if wnid not in names:
-                raise DataError(f"dataset 'imagenet': folder {split_dir / wnid} has no line in classnames.txt")
-            items += [Datum(str(p), label, names[wnid]) for p in sorted((split_dir / wnid).iterdir())]
+        for wnid_dir in entries:
+            if wnid_dir.name not in names:
+                raise DataError(f"dataset 'imagenet': folder {wnid_dir} has no line in classnames.txt")
+            label = label_of[wnid_dir.name]
+            items += [Datum(str(p), label, names[wnid_dir.name]) for p in _listdir_nohidden(wnid_dir)]
         splits[part] = items
-    splits["val"] = splits["test"]
-    return _finish("imagenet", splits, "a photo of a {}.", folder / "classnames.txt", folder / "images")
+    splits["val"], sources["val"] = splits["test"], sources["test"]
+    return _finish("imagenet", splits, "a photo of a {}.", sources, folder / "images", folder,
+                   [names[w] for w in sorted(names)])
+
+
+def _listdir_nohidden(folder: Path) -> list[Path]:
+    """Sorted entries without dot files (``.DS_Store``), as Dassl's ``listdir_nohidden``."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def _read_aircraft(folder: Path) -> DatasetSplits:
@@ -190,9 +266,9 @@ def _read_aircraft(folder: Path) -> DatasetSplits:
     _require_dir(folder, "fgvc_aircraft")
     variants = _read_lines(folder / "variants.txt", "fgvc_aircraft")
     label_of = {v: i for i, v in enumerate(variants)}
-    splits = {}
+    splits, sources = {}, {}
     for part in ("train", "val", "test"):
-        path = folder / f"images_variant_{part}.txt"
+        path = sources[part] = folder / f"images_variant_{part}.txt"
         items = []
         for i, line in enumerate(_read_lines(path, "fgvc_aircraft")):
             image_id, _, variant = line.partition(" ")
@@ -201,8 +277,8 @@ def _read_aircraft(folder: Path) -> DatasetSplits:
                                 f"not in variants.txt")
             items.append(Datum(str(folder / "images" / f"{image_id}.jpg"), label_of[variant], variant))
         splits[part] = items
-    return _finish("fgvc_aircraft", splits, "a photo of a {}, a type of aircraft.", folder / "variants.txt",
-                   folder / "images")
+    return _finish("fgvc_aircraft", splits, "a photo of a {}, a type of aircraft.", sources, folder / "images",
+                   folder, variants)
 
 
 def _read_custom(folder: Path, name: str) -> DatasetSplits:
@@ -215,3 +291,32 @@ def _read_custom(folder: Path, name: str) -> DatasetSplits:
     if meta.get("descriptions"):
         data.descriptions = folder / meta["descriptions"]
     return data
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of a data root as ``anchoropt data list`` shows it: ``kind`` ``standard`` or
+    ``custom``; ``marker`` the file whose presence marks the dataset as found (not a full read:
+    ``build_dataset`` checks every entry)."""
+
+    name: str
+    kind: str
+    marker: Path
+    found: bool
+
+
+def list_datasets(root: str | Path) -> list[DatasetEntry]:
+    """The standard datasets (found or not) and the custom ones (folders with a ``meta.json``) under ``root``."""
+    root = Path(root).expanduser()
+    markers = {"imagenet": root / "imagenet" / "classnames.txt",
+               "fgvc_aircraft": root / "fgvc_aircraft" / "variants.txt",
+               **{n: root / s.folder / s.split_file for n, s in SPLIT_DATASETS.items()}}
+    entries = []
+    for name in STANDARD_DATASETS:
+        custom = root / name / "meta.json"  # a custom folder may shadow a standard name (build_dataset's order)
+        marker = custom if custom.is_file() else markers[name]
+        entries.append(DatasetEntry(name, "standard", marker, marker.is_file()))
+    if root.is_dir():
+        entries += [DatasetEntry(p.parent.name, "custom", p, True) for p in sorted(root.glob("*/meta.json"))
+                    if p.parent.name not in STANDARD_DATASETS]
+    return entries

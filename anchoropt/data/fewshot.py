@@ -31,33 +31,61 @@ class _DatumUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only Dassl Datum records are allowed")
 
 
-def read_dassl_fewshot(path: Path, image_dir: Path) -> dict[str, list[Datum]]:
-    """Read Dassl's ``{"train": [Datum], "val": [Datum]}`` few-shot pickle.
+def read_dassl_fewshot(path: Path, data: DatasetSplits) -> dict[str, list[Datum]]:
+    """Read Dassl's ``{"train": [Datum], "val": [Datum]}`` few-shot pickle, checked against ``data``.
 
-    Image paths in the file are absolute on the machine that wrote it; each is
-    re-rooted under ``image_dir`` by its part after the image folder's name.
+    Image paths in the file are absolute on the machine that wrote it. Each is matched to the
+    current split by its longest tail that is an image path of that split (relative to the image
+    folder), so the folder names of the old or new data root do not matter; the stored label and
+    class name must equal the current split's.
+
+    Returns:
+        ``{"train": [...], "val": [...]}`` with the current split's ``Datum`` objects.
 
     Raises:
-        DataError: unreadable file, or a record of any other type than ``Datum``.
+        DataError: unreadable file, a record of any other type than ``Datum``, or records that
+            are not in the current split or carry another label or class name (count and first one).
     """
     try:
         with open(path, "rb") as f:
             raw = _DatumUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, OSError) as err:
         raise DataError(f"few-shot file {path} cannot be read: {err}") from None
     if not isinstance(raw, dict) or "train" not in raw:
         raise DataError(f"few-shot file {path} does not hold a {{'train': [...], 'val': [...]}} dict")
     out = {}
     for part in ("train", "val"):
-        items = []
+        prefix = len(str(data.image_dir).rstrip("/")) + 1  # readers join image paths under image_dir
+        current = {d.impath[prefix:]: d for d in getattr(data, part)}
+        items, stale = [], []
         for i, rec in enumerate(raw.get(part) or []):
             state = getattr(rec, "__dict__", {})
             if not {"_impath", "_label", "_classname"} <= set(state):
                 raise DataError(f"few-shot file {path} {part}[{i}] is not a Dassl Datum")
-            rel = str(state["_impath"]).replace("\\", "/").split(f"/{image_dir.name}/", 1)[-1]
-            items.append(Datum(str(image_dir / rel), int(state["_label"]), str(state["_classname"])))
+            stored = str(state["_impath"]).replace("\\", "/")
+            found = _match_tail(stored, current)
+            if found is None:
+                stale.append(f"{part}[{i}] {stored} is not in the current {part} split")
+            elif (found.label, found.classname) != (int(state["_label"]), str(state["_classname"])):
+                stale.append(f"{part}[{i}] {stored} is label {state['_label']} '{state['_classname']}' there, "
+                             f"{found.label} '{found.classname}' in the current split")
+            else:
+                items.append(found)
+        if stale:
+            raise DataError(f"few-shot file {path} does not match {data.sources.get(part, data.root)}: "
+                            f"{len(stale)} of {len(stale) + len(items)} {part} items differ, first {stale[0]}; "
+                            f"delete the file to draw new shots")
         out[part] = items
     return out
+
+
+def _match_tail(stored: str, current: dict[str, Datum]) -> Datum | None:
+    parts = [p for p in stored.split("/") if p]
+    for start in range(len(parts)):  # longest tail first
+        found = current.get("/".join(parts[start:]))
+        if found is not None:
+            return found
+    return None
 
 
 def sample_fewshot(items: list[Datum], shots: int, rng: random.Random) -> list[Datum]:
@@ -77,12 +105,15 @@ def fewshot_splits(data: DatasetSplits, shots: int, seed: int) -> tuple[list[Dat
 
     Uses ``<dataset>/split_fewshot/shot_{K}-seed_{seed}.pkl`` when present. ``shots <= 0``
     means all training images.
+
+    Raises:
+        DataError: the cached pickle does not match the current split (see :func:`read_dassl_fewshot`).
     """
     if shots <= 0:
         return list(data.train), list(data.val)
     cached = data.root / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
     if cached.is_file():
-        found = read_dassl_fewshot(cached, data.image_dir)
+        found = read_dassl_fewshot(cached, data)
         return found["train"], found.get("val", [])
     rng = random.Random(seed)  # one stream for train then val, as Dassl draws them
     train = sample_fewshot(data.train, shots, rng)

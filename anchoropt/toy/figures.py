@@ -71,7 +71,8 @@ def figures_table(records: pd.DataFrame, root: str) -> str:
 
 
 def main(argv=None) -> None:
-    from anchoropt.benchmark import load_suite, run_benchmark
+    from anchoropt.benchmark import run_benchmark
+    from anchoropt.suite import load_suite
     from anchoropt.pipeline import DEFAULT_SUITE, ensure_toy_data
     from anchoropt.report import load_records
 

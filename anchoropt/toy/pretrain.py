@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
 import open_clip
 import torch
 import torch.nn.functional as F

@@ -104,7 +104,7 @@ def main() -> None:
         search_wall = time.time() - t
         ray.shutdown()
         table = res.trials.sort_values("trial")
-        from anchoropt.search.driver import read_results
+        from anchoropt.search.ledger import read_results
         rows = read_results(work / "search")
         first_start = min(r["started_at"] for r in rows) - search_start
         tail = search_start + search_wall - max(r["finished_at"] for r in rows)

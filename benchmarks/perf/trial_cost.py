@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import anchoropt  # noqa: F401  (torchvision fix before open_clip)
+import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
 from anchoropt.config import load_config
 from anchoropt.data import base_novel_labels, build_dataset, fewshot_splits, subsample
 from anchoropt.features import load_image

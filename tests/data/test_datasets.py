@@ -1,18 +1,17 @@
 import json
+import os
 import pickle
-import sys
-import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from anchoropt.data import (DataError, Datum, base_novel_labels, build_dataset, fewshot_splits, load_descriptions,
+from anchoropt.data import (DataError, DatasetSplits, Datum, base_novel_labels, build_dataset, fewshot_splits, load_descriptions,
                             subsample)
 from anchoropt.data.datasets import SPLIT_DATASETS
 from anchoropt.data.fewshot import read_dassl_fewshot
-from anchoropt.features import load_image
-from tests.helpers import make_split_dataset, write_image
+from anchoropt.data.images import load_image
+from tests.helpers import make_split_dataset, write_dassl_pickle, write_image
 
 CLASSES = ["face", "leopard", "motorbike", "airplane", "accordion"]
 
@@ -85,34 +84,50 @@ def test_fewshot_sampling_is_seeded_and_per_class(tmp_path):
     assert len(fewshot_splits(data, 16, seed=1)[0]) == 30  # fewer than K: keep all
 
 
-def _fake_dassl_module(monkeypatch):
-    mod = types.ModuleType("dassl.data.datasets.base_dataset")
-
-    class Datum:  # the fields of Dassl's Datum
-        def __init__(self, impath, label, domain, classname):
-            self._impath, self._label, self._domain, self._classname = impath, label, domain, classname
-    Datum.__module__, Datum.__qualname__ = "dassl.data.datasets.base_dataset", "Datum"
-    mod.Datum = Datum
-    for name in ("dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"):
-        monkeypatch.setitem(sys.modules, name, mod)
-    return Datum
-
-
-def test_dassl_fewshot_pickle_is_reused_without_dassl(tmp_path, monkeypatch):
+def test_dassl_fewshot_pickle_is_reused_without_dassl(tmp_path):
     make_split_dataset(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", CLASSES, per_class=(6, 2, 1))
-    DasslDatum = _fake_dassl_module(monkeypatch)
-    chosen = {"train": [DasslDatum(f"/home/else/DATA/eurosat/2750/{c}/train_{i}.png", lab, 0, c)
+    chosen = {"train": [(f"/home/else/DATA/eurosat/2750/{c}/train_{i}.png", lab, c)
                         for lab, c in enumerate(CLASSES) for i in (5, 3)],
-              "val": [DasslDatum(f"/home/else/DATA/eurosat/2750/{c}/val_0.png", lab, 0, c)
-                      for lab, c in enumerate(CLASSES)]}
-    (tmp_path / "eurosat" / "split_fewshot").mkdir()
-    with open(tmp_path / "eurosat" / "split_fewshot" / "shot_2-seed_1.pkl", "wb") as f:
-        pickle.dump(chosen, f, protocol=pickle.HIGHEST_PROTOCOL)
-    for name in ("dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"):
-        monkeypatch.delitem(sys.modules, name)
+              "val": [(f"/home/else/DATA/eurosat/2750/{c}/val_0.png", lab, c) for lab, c in enumerate(CLASSES)]}
+    write_dassl_pickle(tmp_path / "eurosat" / "split_fewshot" / "shot_2-seed_1.pkl", chosen)
     train, val = fewshot_splits(build_dataset(tmp_path, "eurosat"), 2, seed=1)
     assert train[0].impath == str(tmp_path / "eurosat" / "2750" / "face" / "train_5.png")
     assert len(train) == 10 and len(val) == 5
+
+
+@pytest.mark.parametrize("name", ["oxford_pets", "stanford_cars"])
+def test_dassl_pickle_rerooted_under_a_root_holding_the_image_folder_name(tmp_path, name):
+    """Pets' image folder is ``images``; a data root ``.../images/D`` holds that name too. Cars has none."""
+    spec = SPLIT_DATASETS[name]
+    root = tmp_path / "images" / "D"
+    split = make_split_dataset(root, spec.folder, spec.image_dir, spec.split_file, CLASSES, per_class=(3, 1, 1))
+    old = "/".join(p for p in ("/mnt/old/images/DATA", spec.folder, spec.image_dir) if p)
+    chosen = {"train": [(f"{old}/{rel}", lab, c) for rel, lab, c in split["train"][::3]],
+              "val": [(f"{old}/{rel}", lab, c) for rel, lab, c in split["val"]]}
+    write_dassl_pickle(root / spec.folder / "split_fewshot" / "shot_1-seed_1.pkl", chosen)
+    data = build_dataset(root, name)
+    train, val = fewshot_splits(data, 1, seed=1)
+    image_dir = root / spec.folder / spec.image_dir
+    assert [d.impath for d in train] == [str(image_dir / rel) for rel, _, _ in split["train"][::3]]
+    assert all(os.path.isfile(d.impath) for d in train + val)
+
+
+def test_dassl_pickle_from_another_split_is_refused_in_one_line(tmp_path):
+    split = make_split_dataset(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", CLASSES, per_class=(3, 1, 1))
+    old = "/home/else/DATA/eurosat/2750"
+    chosen = {"train": [(f"{old}/{rel}", lab, c) for rel, lab, c in split["train"][::3]],
+              "val": [(f"{old}/{rel}", lab, c) for rel, lab, c in split["val"]]}
+    pkl = tmp_path / "eurosat" / "split_fewshot" / "shot_1-seed_1.pkl"
+    chosen["train"][1] = (chosen["train"][1][0], 4, "accordion")  # label and name changed since
+    chosen["train"][2] = (f"{old}/motorbike/removed.png", 2, "motorbike")  # no longer in the split
+    write_dassl_pickle(pkl, chosen)
+    data = build_dataset(tmp_path, "eurosat")
+    with pytest.raises(DataError) as err:
+        fewshot_splits(data, 1, seed=1)
+    msg = str(err.value)
+    assert "\n" not in msg and str(pkl) in msg and "split_zhou_EuroSAT.json" in msg
+    assert "2 of 5 train items differ" in msg and "label 4 'accordion' there, 1 'leopard'" in msg
+    assert "delete the file" in msg
 
 
 class _Evil:
@@ -125,7 +140,7 @@ def test_restricted_unpickler_refuses_other_types(tmp_path):
     path = tmp_path / "shot_1-seed_1.pkl"
     path.write_bytes(pickle.dumps({"train": [_Evil()]}))
     with pytest.raises(DataError, match="refusing to load .*system"):
-        read_dassl_fewshot(path, tmp_path)
+        read_dassl_fewshot(path, DatasetSplits("x", [], [], [], [], image_dir=tmp_path))
 
 
 def test_missing_folder_and_malformed_split(tmp_path):
@@ -142,17 +157,90 @@ def test_missing_folder_and_malformed_split(tmp_path):
         build_dataset(tmp_path, "imagenet21k")
 
 
-def test_label_out_of_range_and_missing_image(tmp_path):
+def test_label_out_of_range(tmp_path):
     split = make_split_dataset(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", CLASSES, per_class=(1, 1, 1))
     split["test"][2][1] = 9
     (tmp_path / "eurosat" / "split_zhou_EuroSAT.json").write_text(json.dumps(split))
     with pytest.raises(DataError, match=r"test\[2\] label 9 out of range 0..4"):
         build_dataset(tmp_path, "eurosat")
-    split["test"][2][1] = 2
-    split["val"][1][0] = "leopard/gone.png"
+    split["test"][2][1] = 3
     (tmp_path / "eurosat" / "split_zhou_EuroSAT.json").write_text(json.dumps(split))
-    with pytest.raises(DataError, match=r"val\[1\] image not found: .*gone.png"):
+    with pytest.raises(DataError, match=r"test\[2\] names label 3 'motorbike', the train split 'airplane'"):
         build_dataset(tmp_path, "eurosat")
+
+
+@pytest.mark.parametrize("part", ["test", "val"])
+def test_a_scored_split_without_images_of_a_class_is_refused(tmp_path, part):
+    """A novel class with no test images would be scored over the others, silently."""
+    split = make_split_dataset(tmp_path, "dtd", "images", "split_zhou_DescribableTextures.json", CLASSES)
+    split[part] = [e for e in split[part] if e[2] != "accordion"]
+    (tmp_path / "dtd" / "split_zhou_DescribableTextures.json").write_text(json.dumps(split))
+    with pytest.raises(DataError, match=rf"dataset 'dtd': {part} split has no image of 1 of 5 classes: "
+                                        rf"'accordion' \(label 4\) \(.*split_zhou_DescribableTextures.json\)"):
+        build_dataset(tmp_path, "dtd")
+
+
+def test_missing_images_counted_per_split_with_first_paths(tmp_path):
+    split = make_split_dataset(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", CLASSES, per_class=(2, 1, 3))
+    image_dir = tmp_path / "eurosat" / "2750"
+    for rel, _, _ in split["train"]:
+        (image_dir / rel).unlink()
+    (image_dir / split["test"][4][0]).unlink()
+    with pytest.raises(DataError) as err:
+        build_dataset(tmp_path, "eurosat")
+    msg = str(err.value)
+    assert "\n" not in msg and f"not found under {image_dir}" in msg
+    assert f"train: 10/10 missing (first: {image_dir / split['train'][0][0]}, " in msg
+    assert f"test: 1/15 missing (first: {image_dir / split['test'][4][0]})" in msg and "val:" not in msg
+
+
+def test_empty_splits_named_by_dataset_split_and_file(tmp_path):
+    split = make_split_dataset(tmp_path, "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", CLASSES,
+                               per_class=(1, 1, 1))
+    path = tmp_path / "ucf101" / "split_zhou_UCF101.json"
+    path.write_text(json.dumps({**split, "test": []}))
+    with pytest.raises(DataError, match=f"dataset 'ucf101': test split is empty \\({path}\\)"):
+        build_dataset(tmp_path, "ucf101")
+    path.write_text(json.dumps({**split, "train": []}))
+    with pytest.raises(DataError, match=f"dataset 'ucf101': train split is empty \\({path}\\)"):
+        build_dataset(tmp_path, "ucf101")
+
+
+def _imagenet(root, wnids=("n01440764", "n02102040"), per_class=2):
+    rng = np.random.default_rng(0)
+    folder = root / "imagenet"
+    folder.mkdir()
+    (folder / "classnames.txt").write_text("".join(f"{w} class {w}\n" for w in wnids))
+    for sub in ("train", "val"):
+        for w in wnids:
+            for i in range(per_class):
+                write_image(folder / "images" / sub / w / f"{i}.JPEG", (10, 20, 30), rng)
+    return folder
+
+
+def test_flat_or_empty_imagenet_val_folder_is_named(tmp_path):
+    folder = _imagenet(tmp_path)
+    val = folder / "images" / "val"
+    for i, image in enumerate(sorted(val.glob("*/*.JPEG"))):
+        image.rename(val / f"ILSVRC2012_val_{i:08d}.JPEG")
+    for wnid_dir in [p for p in val.iterdir() if p.is_dir()]:
+        wnid_dir.rmdir()
+    (val / ".DS_Store").write_text("")
+    with pytest.raises(DataError, match=f"dataset 'imagenet': test folder {val} holds 4 files outside class folders"):
+        build_dataset(tmp_path, "imagenet")
+    for image in val.glob("*.JPEG"):
+        image.unlink()
+    with pytest.raises(DataError, match=f"dataset 'imagenet': test split is empty \\({val}\\)"):
+        build_dataset(tmp_path, "imagenet")
+
+
+def test_imagenet_class_folder_missing_from_val_keeps_labels_and_is_refused(tmp_path):
+    folder = _imagenet(tmp_path, wnids=("n01", "n02", "n03"))
+    for image in (folder / "images" / "val" / "n01").iterdir():
+        image.unlink()
+    (folder / "images" / "val" / "n01").rmdir()
+    with pytest.raises(DataError, match="test split has no image of 1 of 3 classes: 'class n01' \\(label 0\\)"):
+        build_dataset(tmp_path, "imagenet")
 
 
 def test_corrupt_and_non_rgb_images(tmp_path):

@@ -9,12 +9,14 @@ import torch
 import yaml
 from scipy import stats
 
-from anchoropt.benchmark import load_suite, plan_cells, run_benchmark
+from anchoropt.benchmark import plan_cells, run_benchmark
 from anchoropt.config import ConfigError, load_config
 from anchoropt.data import DataError
 from anchoropt.prompts import clip_logits
 from anchoropt.report import load_records, write_report
-from anchoropt.search.driver import SearchError, run_search
+from anchoropt.search.driver import run_search
+from anchoropt.search.spec import SearchError
+from anchoropt.suite import load_suite
 from anchoropt.task import build_task
 from anchoropt.methods import AnchorOPT
 from anchoropt.train import Trainer, cached_backbone, train
@@ -110,6 +112,7 @@ def test_suite_needs_a_source_outside_the_targets(xd_root, tmp_path):
     assert all(sorted(c.record_paths) == ["dtd", "eurosat"] and c.config["targets"] == "dtd" for c in cells)
 
 
+@pytest.mark.ray
 def test_benchmark_writes_a_record_per_scored_dataset_and_reports_targets(xd_root, tmp_path, ray_session):
     suite = load_suite(_suite(tmp_path, xd_root))
     results = tmp_path / "results"

@@ -1,0 +1,176 @@
+"""What a search has done: ``results.jsonl`` (the ledger) and the Optuna study storage.
+
+The ledger holds one line per finished trial, appended and fsync'ed by the driver the moment Tune
+reports the trial complete or failed (:class:`ResultsLog`); it is what a resume trusts. The
+study (``study.journal``, or an RDB URL) is Optuna's view, brought into agreement with the ledger
+by :func:`reconcile` after an interruption.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from ray import tune
+
+from anchoropt.search.spec import SearchSpec, now
+from anchoropt.search.trial import METRIC, NUMBER_KEY
+
+FINISHED = ("complete", "stopped", "failed")
+STALE_LOCK_S = 5
+
+
+def open_storage(spec: SearchSpec, out_dir: Path):
+    """The Optuna storage of a search: its RDB URL, else the journal file ``out_dir/study.journal``."""
+    import optuna
+
+    if spec.storage:
+        return optuna.storages.RDBStorage(spec.storage)
+    journal = optuna.storages.journal
+    path = str(out_dir / "study.journal")
+    # a driver killed (-9) while appending leaves the lock behind: writers hold it for milliseconds, so
+    # a lock older than a few seconds is stale (Optuna's default waits 30 s before breaking it)
+    lock = journal.JournalFileSymlinkLock(path, grace_period=STALE_LOCK_S)
+    return optuna.storages.JournalStorage(journal.JournalFileBackend(path, lock_obj=lock))
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one JSON line and fsync it (a kill leaves at most this line cut)."""
+    line = json.dumps(row, default=str, allow_nan=True) + "\n"
+    with open(path, "a") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_results(out_dir: str | Path) -> list[dict]:
+    """Finished trials of a search folder, one per Optuna trial number (the last line wins)."""
+    path = Path(out_dir) / "results.jsonl"
+    rows: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by kill -9
+                continue
+            if row.get("trial") is not None and row.get("status") in FINISHED:
+                rows[int(row["trial"])] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def reconcile(study, storage, out_dir: Path, spec: SearchSpec) -> list[dict]:
+    """Bring the study and the ledger into agreement after an interruption.
+
+    - a study trial still RUNNING whose result is in the ledger: told its logged outcome;
+    - a RUNNING trial missing from the ledger (in flight when the driver died): marked failed with
+      ``interrupted`` and its parameters enqueued, so the next run re-runs it first;
+    - a finished study trial missing from the ledger (killed between Optuna and the ledger):
+      logged from the study.
+    Returns the finished rows (one per trial number)."""
+    from optuna.trial import TrialState
+
+    rows = {r["trial"]: r for r in read_results(out_dir)}
+    study_id = storage.get_study_id_from_name(spec.study_name)
+    for t in study.get_trials(deepcopy=False):
+        row = rows.get(t.number)
+        if t.state == TrialState.RUNNING:
+            if row is not None:
+                ok = row["status"] != "failed" and _num(row.get("hm")) is not None and math.isfinite(row["hm"])
+                if ok:
+                    study.tell(t.number, row["hm"], state=TrialState.COMPLETE)
+                else:
+                    study.tell(t.number, state=TrialState.FAIL)
+            else:
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+                storage.set_trial_user_attr(trial_id, "interrupted", True)
+                study.tell(t.number, state=TrialState.FAIL)
+                study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        elif t.state in (TrialState.COMPLETE, TrialState.FAIL) and row is None and \
+                not t.user_attrs.get("interrupted"):
+            row = {"trial": t.number, "tune_trial_id": None, "run": None,
+                   "status": "complete" if t.state == TrialState.COMPLETE else "failed",
+                   "hm": t.value, "acc_base": None, "acc_novel": None, "epochs_done": None,
+                   "error": None if t.state == TrialState.COMPLETE else "failed (recovered from the study)",
+                   "wall_time_s": None, "train_s": None, "objective": spec.objective,
+                   "params": _params_of(t, spec), "finished": now()}
+            append_row(out_dir / "results.jsonl", row)
+            rows[t.number] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def _params_of(t, spec: SearchSpec) -> dict:
+    """The parameters of a study trial, fixed values of the space included."""
+    from optuna.trial import FixedTrial
+    return spec.search_space.define_by_run(FixedTrial(dict(t.params)))
+
+
+class ResultsLog(tune.Callback):
+    """Tune callback (in the driver): append one ledger line per finished trial."""
+
+    def __init__(self, path: Path, spec: SearchSpec, run_index: int):
+        self.path, self.spec, self.run_index = path, spec, run_index
+        self.starts: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.starts.setdefault(trial.trial_id, time.time())
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trial, _error_message(trial))
+
+    def _write(self, trial, error: str | None) -> None:
+        config = dict(trial.config)
+        params = {k: v for k, v in config.items() if not k.startswith("_")}
+        last = dict(trial.last_result or {})
+        epochs = params.get("epochs", self.spec.base["epochs"])
+        if error is not None:
+            status = "failed"
+        elif METRIC not in last:
+            status, error = "failed", "the trial reported no metrics"
+        else:
+            status = "stopped" if self.spec.scheduler == "asha" and last.get("epoch", 0) < epochs else "complete"
+        end = time.time()
+        start = self.starts.get(trial.trial_id, end)
+        row = {"trial": config.get(NUMBER_KEY), "tune_trial_id": trial.trial_id, "run": self.run_index,
+               "status": status, "hm": _num(last.get("hm")) if status != "failed" else None,
+               "acc_base": _num(last.get("acc_base")) if status != "failed" else None,
+               "acc_novel": _num(last.get("acc_novel")) if status != "failed" else None,
+               "epochs_done": last.get("epoch"), "error": error,
+               "wall_time_s": round(end - start, 3), "started_at": round(start, 3), "finished_at": round(end, 3),
+               "train_s": _round(last.get("train_s")), "report_s": _round(last.get("report_s")),
+               "objective": self.spec.objective, "params": params, "finished": now()}
+        append_row(self.path, row)
+
+
+def _error_message(trial) -> str:
+    """One line naming the exception of a failed trial (from its Ray error file)."""
+    text = ""
+    try:
+        err = trial.get_pickled_error()
+        if err is not None:
+            cause = getattr(err, "cause", None) or err
+            text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    except Exception:  # noqa: BLE001  (best effort: fall back to the text file)
+        text = ""
+    if not text and trial.error_file and Path(trial.error_file).is_file():
+        lines = [ln.strip() for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        text = lines[-1] if lines else ""
+    return text[:500] or "unknown error"
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _round(v, digits: int = 3) -> float | None:
+    v = _num(v)
+    return None if v is None else round(v, digits)

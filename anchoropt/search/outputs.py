@@ -1,0 +1,216 @@
+"""What a search shows: ``trials.csv`` / ``trials.parquet``, ``best_config.yaml``, ``importances.csv``,
+``history.png``, ``hm_vs_anchors.png`` and ``summary.json``, all (re)written from the ledger and study."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from anchoropt.config import make_config
+from anchoropt.search.ledger import open_storage, read_results
+from anchoropt.search.spec import SearchSpec
+
+
+@dataclass
+class SearchResult:
+    """What a search produced. ``trials`` has one row per finished trial (``trials.csv``)."""
+
+    out_dir: Path
+    objective: str
+    num_trials: int
+    n_complete: int  # finished without error (early-stopped ones included)
+    n_failed: int
+    best_trial: int | None
+    best_hm: float | None
+    best_params: dict[str, Any]
+    best_config: dict[str, Any] | None
+    trials: pd.DataFrame = field(repr=False)
+    wall_time_s: float = 0.0
+    n_stopped: int = 0  # stopped early by the ASHA scheduler
+
+    @property
+    def n_done(self) -> int:
+        return self.n_complete + self.n_failed
+
+    def summary(self) -> str:
+        lines = [f"search {self.out_dir}: {self.n_done}/{self.num_trials} trials done "
+                 f"({self.n_complete} complete"
+                 f"{f' ({self.n_stopped} stopped early by ASHA)' if self.n_stopped else ''}, "
+                 f"{self.n_failed} failed), objective {self.objective}, "
+                 f"{self.wall_time_s:.1f} s"]
+        if self.best_trial is None:
+            lines.append("no trial completed: no best configuration")
+        else:
+            params = "  ".join(f"{k}={_fmt(v)}" for k, v in self.best_params.items())
+            lines.append(f"best HM {self.best_hm:.2f} (trial {self.best_trial}): {params}")
+            lines.append(f"best config: {self.out_dir / 'best_config.yaml'}")
+        if self.n_done < self.num_trials:
+            lines.append(f"incomplete: resume with  anchoropt search --resume {self.out_dir}")
+        return "\n".join(lines)
+
+
+def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=None,
+                  rows: list[dict] | None = None) -> SearchResult:
+    """(Re)write the trials table, best configuration, importances and plots of a search folder."""
+    out_dir = Path(out_dir)
+    spec = spec or SearchSpec.read(out_dir)
+    rows = read_results(out_dir) if rows is None else rows
+    if study is None:
+        import optuna
+        study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec, out_dir))
+    table = trials_table(rows, spec)
+    table.to_csv(out_dir / "trials.csv", index=False)
+    _parquet_safe(table).to_parquet(out_dir / "trials.parquet", index=False)
+
+    ok = table[table["status"].isin(["complete", "stopped"]) & table["hm"].notna()]
+    pool = ok[ok["status"] == "complete"] if (ok["status"] == "complete").any() else ok
+    best_trial = best_hm = best_cfg = None
+    best_params: dict = {}
+    if len(pool):
+        best = pool.loc[pool["hm"].idxmax()]
+        best_trial, best_hm = int(best["trial"]), float(best["hm"])
+        best_params = next(r["params"] for r in rows if r["trial"] == best_trial)
+        # Scored on test by default: the search objective stays in the header and in search.json.
+        best_cfg = {**make_config({**spec.base, **best_params}, source="best trial").to_dict(),
+                    "objective": "test"}
+        _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best)
+    importances = _importances(study, out_dir, spec)
+    _plot_history(table, out_dir / "history.png", spec)
+    _plot_hm_vs_anchors(table, out_dir / "hm_vs_anchors.png", spec)
+    n_failed = int((table["status"] == "failed").sum())
+    result = SearchResult(out_dir=out_dir, objective=spec.objective, num_trials=spec.num_trials,
+                          n_complete=len(table) - n_failed, n_failed=n_failed, best_trial=best_trial,
+                          best_hm=best_hm, best_params=best_params, best_config=best_cfg, trials=table,
+                          n_stopped=int((table["status"] == "stopped").sum()))
+    from anchoropt.io import save_json
+    save_json({"objective": spec.objective, "num_trials": spec.num_trials, "done": result.n_done,
+               "complete": result.n_complete, "failed": n_failed, "best_trial": best_trial, "best_hm": best_hm,
+               "best_params": best_params, "importances": importances, "sampler": spec.sampler,
+               "seed": spec.seed, "scheduler": spec.scheduler, "runs": len(spec.runs)},
+              out_dir / "summary.json")
+    return result
+
+
+def trials_table(rows: list[dict], spec: SearchSpec) -> pd.DataFrame:
+    """One row per finished trial: trial, status, metrics, error, times, objective, then the parameters."""
+    names = spec.search_space.names
+    cols = ["trial", "status", "hm", "acc_base", "acc_novel", "epochs_done", "error", "wall_time_s", "train_s",
+            "report_s", "objective", "run", "tune_trial_id"]
+    records = []
+    for r in rows:
+        rec = {c: r.get(c) for c in cols}
+        for name in names:
+            rec[name] = r.get("params", {}).get(name)
+        records.append(rec)
+    table = pd.DataFrame.from_records(records, columns=cols + names)
+    for c in ("hm", "acc_base", "acc_novel", "wall_time_s", "train_s", "report_s"):
+        table[c] = pd.to_numeric(table[c], errors="coerce")
+    return table
+
+
+def _parquet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns mixing Python types (e.g. a categorical of numbers and strings) become strings."""
+    table = table.copy()
+    for c in table.columns:
+        kinds = {type(v) for v in table[c] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            table[c] = table[c].map(lambda v: None if v is None else str(v))
+    return table
+
+
+def _write_best_config(path: Path, cfg: dict, spec: SearchSpec, trial: int, row) -> None:
+    how = "leak-free pseudo base/novel split of the base classes" if spec.objective == "val" \
+        else "base/novel test images"
+    header = [f"# Best configuration of the search {path.parent}",
+              f"# objective: {spec.objective} ({how}, SPEC section 8)",
+              f"# trial {trial}: HM {row['hm']:.2f} (base {_fmt(row['acc_base'])}, novel {_fmt(row['acc_novel'])}),"
+              f" sampler {spec.sampler} seed {spec.seed}, {spec.num_trials} trials",
+              "# Use: anchoropt train --config best_config.yaml  (scores on the test images)"]
+    from anchoropt.io import write_text
+    text = "\n".join(header) + "\n" + yaml.safe_dump(cfg, sort_keys=False)
+    write_text(text, path)
+
+
+def _importances(study, out_dir: Path, spec: SearchSpec) -> dict[str, float]:
+    """Importances (Optuna's PED-ANOVA) of the parameters over the completed
+    trials; an empty table when fewer than two trials completed or nothing can be estimated."""
+    import optuna
+    from optuna.trial import TrialState
+
+    result: dict[str, float] = {}
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if len(complete) >= 2:
+        # PED-ANOVA: Optuna's fANOVA default would pull in scikit-learn for this one table
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        try:
+            with warnings.catch_warnings():  # few trials: PED-ANOVA warns that its quantiles coincide
+                warnings.simplefilter("ignore")
+                result = {k: float(v) for k, v in
+                          optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            result = {}
+    pd.DataFrame({"param": list(result), "importance": list(result.values())}).to_csv(
+        out_dir / "importances.csv", index=False)
+    return result
+
+
+def _plot_history(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    t = table.sort_values("trial")
+    ok = t[t["hm"].notna() & (t["status"] != "failed")]
+    ax.scatter(ok["trial"], ok["hm"], s=18, label="trial HM")
+    if len(ok):
+        ax.step(ok["trial"], ok["hm"].cummax(), where="post", color="C1", label="best so far")
+    failed = t[t["status"] == "failed"]
+    if len(failed):
+        low = ok["hm"].min() if len(ok) else 0.0
+        ax.scatter(failed["trial"], [low] * len(failed), marker="x", color="C3", label="failed")
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"HM (%), objective {spec.objective}")
+    ax.set_title("optimisation history")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_hm_vs_anchors(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    t = table[table["hm"].notna() & (table["status"] != "failed")].copy()
+    n = t["n_anchors"] if "n_anchors" in t else pd.Series([spec.base["n_anchors"]] * len(t), index=t.index)
+    t["n_anchors_"] = n.fillna(spec.base["n_anchors"]).astype(float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if "schedule" in t and t["schedule"].notna().any():
+        for i, (sched, g) in enumerate(t.groupby(t["schedule"].fillna(spec.base["schedule"]))):
+            ax.scatter(g["n_anchors_"], g["hm"], s=20, color=f"C{i}", label=str(sched))
+        ax.legend(fontsize=8)
+    else:
+        ax.scatter(t["n_anchors_"], t["hm"], s=20)
+    ax.set_xlabel("n_anchors")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"HM (%), objective {spec.objective}")
+    ax.set_title("HM against the number of anchors")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
