@@ -16,14 +16,13 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from anchoropt.config import make_config
-from anchoropt.raytools import ensure_ray
+from anchoropt.raytools import Resources, ensure_ray, trainable
 from anchoropt.suite import Suite, method_values
 
 
@@ -54,7 +53,7 @@ def plan_cells(suite: Suite, results: str | Path) -> list[Cell]:
             values, tuning = method_values(suite, method, dataset)
             scored = [dataset, *suite.datasets] if suite.protocol == "cross_dataset" else [dataset]
             for seed in suite.seeds:
-                cfg = make_config({**values, "seed": seed, "objective": "test"},
+                cfg = make_config({**values, "seed": seed, "eval_split": "test"},
                                   source=f"{suite.path} method '{method}'")
                 paths = {d: str(results / method / d / f"seed{seed}.json") for d in scored}
                 cells.append(Cell(method, dataset, seed, cfg.to_dict(), paths, tuning))
@@ -77,36 +76,17 @@ def run_cell(cell: Cell) -> dict:
     """Train one cell and write its records, each atomically (the method name is the suite's).
     Returns the run's record (cross-dataset: with ``acc_<dataset>`` for every scored dataset)."""
     from anchoropt.io import save_json
+    from anchoropt.records import dataset_records, relabel
     from anchoropt.train import train
 
-    record = train(make_config(cell.config))
-    record.update(method=cell.method, objective=cell.tuning)
-    if record["protocol"] == "base2novel":
-        save_json(record, cell.record_paths[cell.dataset])
-        return record
-    for dataset, path in cell.record_paths.items():
-        save_json(dataset_record(record, dataset), path)
+    record = relabel(train(make_config(cell.config)), cell.method, cell.tuning)
+    for dataset, rec in dataset_records(record).items():
+        save_json(rec, cell.record_paths[dataset])
     return record
 
 
-def dataset_record(record: dict, dataset: str) -> dict:
-    """The record of one scored dataset of a cross-dataset run: ``dataset`` set to it, ``role``
-    ``source`` or ``target``, ``source`` named, and metrics ``acc`` (and ``acc_anchor``, the
-    anchor prompt alone) in percent (docs/INTERFACES.md)."""
-    source = record["config"]["dataset"]
-    metrics = {"acc": record["metrics"][f"acc_{dataset}"]}
-    if f"acc_anchor_{dataset}" in record["metrics"]:
-        metrics["acc_anchor"] = record["metrics"][f"acc_anchor_{dataset}"]
-    return {**record, "dataset": dataset, "source": source, "role": "source" if dataset == source else "target",
-            "metrics": metrics}
-
-
-def _cell_trainable(config: dict, threads: int = 1) -> None:
-    """Ray Tune trainable: one cell per trial, with as many torch threads as the trial has CPUs
-    (more threads than CPUs oversubscribe the cores and slow small models many times)."""
-    import torch
-
-    torch.set_num_threads(threads)
+def _cell_trial(config: dict) -> None:
+    """One cell per Ray Tune trial (run by :func:`anchoropt.raytools.trainable`)."""
     record = run_cell(Cell(**config["cell"]))
     tune.report({k: v for k, v in record["metrics"].items() if v is not None})
 
@@ -119,6 +99,7 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
     Records of finished cells are never rewritten. Failed cells are reported by name and
     left without a record, so the next run retries them.
     """
+    resources = Resources(cpus_per_trial, gpus_per_trial)  # bad values fail before any work
     cells = plan_cells(suite, results)
     todo = [c for c in cells if not c.finished()]
     print(f"benchmark {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to go")
@@ -128,8 +109,7 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
     ensure_ray(address, num_cpus)
     with tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage:  # the records are the state
         tuner = tune.Tuner(
-            tune.with_resources(partial(_cell_trainable, threads=max(1, round(cpus_per_trial))),
-                                {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+            trainable(_cell_trial, resources),
             param_space={"cell": tune.grid_search([vars(c) for c in todo])},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=storage, name=suite.name, verbose=0,

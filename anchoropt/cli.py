@@ -87,7 +87,8 @@ def _report(args: argparse.Namespace) -> None:
     from anchoropt.report import load_records, write_report
 
     path = write_report(load_records(args.results), args.out, baseline=args.baseline,
-                        schedules=tuple(args.schedule_methods) if args.schedule_methods else None)
+                        schedules=tuple(args.schedule_methods) if args.schedule_methods else None,
+                        hm_convention=args.hm_convention, display_names=parse_overrides(args.name))
     print(f"report: {path}")
 
 
@@ -115,6 +116,8 @@ def _data_check(args: argparse.Namespace) -> None:
     from anchoropt.data.check import check_dataset
 
     faulty = []
+    print("checking every split: files present and decodable, every class with images, images per class, "
+          "description coverage, few-shot pickles consistent")
     for name in args.datasets:
         result = check_dataset(args.root, name, args.descriptions, args.descriptions_dir, args.n_descriptions)
         print(f"{name}:")
@@ -126,7 +129,7 @@ def _data_check(args: argparse.Namespace) -> None:
             faulty.append(f"{name} ({len(result.faults)})")
     if faulty:
         raise ValueError(f"faults found in {len(faulty)} of {len(args.datasets)} datasets: {', '.join(faulty)}")
-    print(f"{len(args.datasets)} datasets sound")
+    print(f"no faults in {', '.join(args.datasets)}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -202,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="method the others are tested against (default: the first)")
     p.add_argument("--schedule-methods", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),
                    help="methods compared in the one-stage vs two-stage section")
+    p.add_argument("--hm-convention", default="seed_averaged",
+                   help="per-dataset HM: seed_averaged (HM of the seed-averaged base and novel, as papers; "
+                        "default) or per_seed_mean (mean of the per-seed HMs)")
+    p.add_argument("--name", action="append", default=[], metavar="METHOD=NAME",
+                   help="display name of a method in tables.tex and figures (repeatable), e.g. coop=CoOp")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("data", help="datasets: create the offline toy-11 ones, list what a data root holds")

@@ -28,6 +28,8 @@ ONE_STAGE_BUDGETS = ("equal_prompt_updates", "equal_total_steps")
 
 #: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
 PATH_KEYS = ("data_root", "cache_dir", "descriptions", "descriptions_dir")
+#: old key -> its name now (record version 2)
+RENAMED = {"objective": "eval_split"}
 
 
 @dataclass
@@ -45,7 +47,7 @@ class TrainConfig:
     data_root: str = "data/toy11"  # [project]
     shots: int = 16  # [reference]
     seed: int = 1  # [reference] seeds 1-3 (the scripts loop over 1-5)
-    objective: str = "test"  # [reference] test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
+    eval_split: str = "test"  # [reference] test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
     # base2novel: train on base classes, score base and novel; cross_dataset: train on every class of
     # ``dataset`` (the source), score it and each of ``targets`` on all their classes (SPEC section 8)
     protocol: str = "base2novel"
@@ -57,6 +59,7 @@ class TrainConfig:
     backbone: str = "ToyCLIP"  # [project] reference: ViT-B-16 with pretrained=openai (the suites)
     pretrained: str = "toy"  # [project]
     quick_gelu: bool | None = None
+    preprocess: str = ""  # pretrained tag whose image preprocessing a checkpoint file gets; empty: the weights'
     device: str = "auto"
     # method
     method: str = "anchoropt"
@@ -101,7 +104,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
-                   "eos_index": ("correct", "reference"), "objective": ("test", "val"),
+                   "eos_index": ("correct", "reference"), "eval_split": ("test", "val"),
                    "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -118,8 +121,8 @@ class TrainConfig:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
-        if self.protocol == "cross_dataset" and self.objective != "test":
-            raise ConfigError("protocol=cross_dataset scores test images: objective must be test "
+        if self.protocol == "cross_dataset" and self.eval_split != "test":
+            raise ConfigError("protocol=cross_dataset scores test images: eval_split must be test "
                               "(tune on the source with protocol=base2novel)")
         if self.protocol == "base2novel" and self.targets:
             raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
@@ -164,7 +167,8 @@ def make_config(values: dict[str, Any] | None = None, source: str = "config") ->
     values = values or {}
     unknown = sorted(set(values) - known)
     if unknown:
-        hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
+        hints = [f"{k} (renamed {RENAMED[k]})" if k in RENAMED else
+                 f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
                  for k in unknown]
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}")
     cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
@@ -207,7 +211,7 @@ KEY_HELP = {
     "data_root": "folder of the datasets (CoOp layout)",
     "shots": "training images per class (few-shot K)",
     "seed": "seed of the few-shot draw and of training",
-    "objective": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
+    "eval_split": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
     "protocol": "base2novel: train on base classes, score base and novel; cross_dataset: train on all "
                 "classes of dataset, score it and each target",
     "targets": "cross_dataset: comma-separated target datasets",
@@ -217,6 +221,8 @@ KEY_HELP = {
     "backbone": "open_clip model name (ToyCLIP: the offline toy backbone)",
     "pretrained": "open_clip pretrained tag or checkpoint file",
     "quick_gelu": "QuickGELU activations (empty: as the checkpoint needs)",
+    "preprocess": "open_clip pretrained tag whose image preprocessing (mean/std, resize) a checkpoint file "
+                  "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
     "method": "zeroshot, coop or anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",

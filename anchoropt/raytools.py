@@ -1,9 +1,14 @@
-"""Starting or joining Ray, shared by search and benchmark."""
+"""Ray, the one place: starting or joining a cluster, trial resources, and the trainable wrapper that
+search and benchmark trials both run in."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import ray
+
+from anchoropt.errors import ConfigError
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -20,3 +25,45 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial reserves: ``cpus`` (> 0) and ``gpus`` (>= 0; fractions share a GPU, 0.25: four
+    trials per GPU). Raises ConfigError naming the bad value."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self):
+        if not self.cpus > 0:
+            raise ConfigError(f"--cpus-per-trial must be > 0, got {self.cpus}")
+        if not self.gpus >= 0:
+            raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus}")
+
+    @property
+    def threads(self) -> int:
+        """torch threads of the trial: one per reserved CPU (more oversubscribe the cores and slow
+        small models many times)."""
+        return max(1, round(self.cpus))
+
+    def bundle(self) -> dict[str, float]:
+        return {"cpu": self.cpus, "gpu": self.gpus}
+
+
+def trainable(fn: Callable[..., Any], resources: Resources, **params: Any):
+    """``fn(config, **params)`` as a Ray Tune function trainable reserving ``resources``; in the
+    worker, torch runs with :attr:`Resources.threads` threads. ``params`` travel through Ray's object
+    store (``tune.with_parameters``)."""
+    from ray import tune
+
+    threads = resources.threads
+
+    def run(config: dict, **kwargs: Any) -> Any:
+        import torch
+
+        torch.set_num_threads(threads)
+        return fn(config, **kwargs)
+
+    run.__name__ = fn.__name__
+    return tune.with_resources(tune.with_parameters(run, **params), resources.bundle())

@@ -28,7 +28,8 @@ SUITE_KEYS = {"name", "protocol", "source", "datasets", "seeds", "config", "per_
               "schedule_methods", "search_dataset"}
 RENAMED_KEYS = {"schedules": "schedule_methods: {one_stage: <method>, two_stage: <method>}"}
 #: keys of a method's config file that the cell sets itself (where, which seed, which split)
-CELL_KEYS = ("dataset", "seed", "data_root", "cache_dir", "device", "eval_split", "objective")
+CELL_KEYS = ("dataset", "seed", "data_root", "cache_dir", "device", "eval_split",
+             "objective")  # objective: eval_split in the best configs of version-1 searches
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """What a run trains and is scored on: class sets, cached image features, descriptions.
 
 Protocols (SPEC section 8):
-- ``objective="test"``: train on the base classes' few-shot images, score on the test
+- ``eval_split="test"``: train on the base classes' few-shot images, score on the test
   images of the base and of the novel classes (the papers' practice).
-- ``objective="val"``: leak-free; the base classes are split again into pseudo-base and
+- ``eval_split="val"``: leak-free; the base classes are split again into pseudo-base and
   pseudo-novel halves, training uses pseudo-base shots and scoring the few-shot val
   images of both halves. Novel classes are never seen.
 - ``protocol="cross_dataset"``: train on every class of the source dataset's few-shot
@@ -83,7 +83,7 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
     else:
         trained, novel = base_novel_labels([d.label for d in data.train])
         scored = data.test
-        if cfg.objective == "val":
+        if cfg.eval_split == "val":
             trained, novel = base_novel_labels(trained)
             scored = val
         evals = {"base": eval_set(data, scored, trained, True), "novel": eval_set(data, scored, novel, False)}

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
-import open_clip
 import torch
 
-import anchoropt
 from anchoropt.backbone import Backbone, create_backbone
 from anchoropt.config import TrainConfig
 from anchoropt.data import build_dataset
@@ -25,9 +20,10 @@ from anchoropt.data.check import check_run_images
 from anchoropt.engine import NonFiniteLoss, Trainer, seed_everything
 from anchoropt.io import save_json, save_tensors
 from anchoropt.methods import Method, build_method
+from anchoropt.records import build_record
 from anchoropt.task import build_task, read_targets
 
-__all__ = ["NonFiniteLoss", "Trainer", "cached_backbone", "make_record", "resolve_device", "train"]
+__all__ = ["NonFiniteLoss", "Trainer", "cached_backbone", "resolve_device", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,9 +34,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str) -> Backbone:
+def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str = "") -> Backbone:
     """One frozen backbone per process, reused by every run in it (Ray actors run many trials)."""
-    return create_backbone(name, pretrained, quick_gelu, device)
+    return create_backbone(name, pretrained, quick_gelu, device, preprocess)
 
 
 def resolve_ctx_init(cfg: TrainConfig, backbone: Backbone) -> TrainConfig:
@@ -64,7 +60,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
             per-epoch reports. Reporting draws nothing from the training's random streams.
 
     Returns:
-        The record (docs/INTERFACES.md): config, seed, metrics in percent (base2novel:
+        The record (:func:`anchoropt.records.build_record`, docs/INTERFACES.md): config, seed, metrics in percent (base2novel:
         ``acc_base``, ``acc_novel``, ``hm``; cross_dataset: ``acc_<dataset>`` for the source and
         each target), ``training`` (updates per trainable group, descriptions cut), wall time,
         versions.
@@ -77,7 +73,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     data = build_dataset(cfg.data_root, cfg.dataset)  # bad data fails before a large backbone loads
     targets = read_targets(cfg) if cfg.protocol == "cross_dataset" else None
     check_run_images(cfg, data, targets)  # present and decodable, before the backbone is built
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     cfg = resolve_ctx_init(cfg, backbone)
     task = build_task(cfg, backbone, device, data, targets)
     seed_everything(cfg.seed)
@@ -92,7 +88,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
 
     method.fit(on_epoch)
     metrics = trainer.evaluate(method)
-    record = make_record(cfg, metrics, time.time() - start, training_summary(method))
+    record = build_record(cfg, metrics, time.time() - start, training=training_summary(method))
     if out_dir is not None:
         out_dir = Path(out_dir)
         save_tensors(method.tensors(), out_dir / "prompts.pt")
@@ -104,18 +100,3 @@ def training_summary(method: Method) -> dict:
     """What the run actually did: optimiser updates per trainable group (``anchors``, ``prompt``)
     and how many Stage I descriptions were cut at the context length."""
     return {"updates": method.updates(), "descriptions_cut": method.trainer.descriptions_cut}
-
-
-def make_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float, training: dict | None = None) -> dict:
-    """The result record of docs/INTERFACES.md: ``scored_on`` is the split scored (``test`` or the
-    leak-free ``val``); ``objective`` says what tuned the config (``untuned`` here; the benchmark
-    sets it from the search that produced the config); ``training`` is :func:`training_summary`."""
-    return {
-        "record_version": 1, "method": cfg.method if cfg.method != "anchoropt" else f"anchoropt_{cfg.schedule}",
-        "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots, "protocol": cfg.protocol,
-        "objective": "untuned", "scored_on": cfg.objective, "backbone": cfg.backbone, "pretrained": cfg.pretrained,
-        "config": cfg.to_dict(), "metrics": metrics, "training": training or {}, "wall_time_s": round(wall_time_s, 3),
-        "versions": {"anchoropt": anchoropt.__version__, "torch": torch.__version__,
-                     "open_clip": open_clip.__version__, "python": platform.python_version()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }

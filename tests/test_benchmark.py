@@ -28,7 +28,7 @@ def test_benchmark_writes_one_record_per_cell_and_skips_finished(tmp_path, euros
     records = _records(results)
     assert sorted((r["method"], r["seed"]) for r in records) == sorted(
         (m, s) for m in ("zeroshot", "coop", "two") for s in (1, 2))
-    assert all(r["objective"] == "untuned" and r["scored_on"] == "test" for r in records)
+    assert all(r["tuning"] == "untuned" and r["eval_split"] == "test" and r["record_version"] == 2 for r in records)
     stamps = {p: p.stat().st_mtime_ns for p in results.rglob("seed*.json")}
     assert run_benchmark(suite, results) == {"done": 0, "failed": 0, "skipped": 6}
     assert stamps == {p: p.stat().st_mtime_ns for p in results.rglob("seed*.json")}

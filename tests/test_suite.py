@@ -35,7 +35,7 @@ def test_tuned_config_file_is_read_per_dataset_and_scored_on_test(tmp_path, euro
     assert (values["n_anchors"], values["lr"], values["epochs"]) == (5, 0.01, 3)
     assert values["dataset"] == "eurosat" and tuning == "search_val"
     (cell,) = [c for c in plan_cells(load_suite(path), tmp_path / "r") if c.seed == 1]
-    assert cell.config["objective"] == "test" and cell.config["n_anchors"] == 5
+    assert cell.config["eval_split"] == "test" and cell.config["n_anchors"] == 5
 
 
 def test_tuned_values_replace_the_file_without_changing_the_suite(tmp_path, eurosat_root):

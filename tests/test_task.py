@@ -76,8 +76,8 @@ def test_run_record_and_bad_input(xd_root, tmp_path):
         train(_cfg(xd_root, tmp_path, targets="dtd,eurosat"))
     with pytest.raises(DataError, match="oxford_pets"):
         train(_cfg(xd_root, tmp_path, targets="oxford_pets"))
-    with pytest.raises(ConfigError, match="objective must be test"):
-        _cfg(xd_root, tmp_path, objective="val")
+    with pytest.raises(ConfigError, match="eval_split must be test"):
+        _cfg(xd_root, tmp_path, eval_split="val")
     with pytest.raises(ConfigError, match="targets='dtd' needs protocol=cross_dataset"):
         _cfg(xd_root, tmp_path, protocol="base2novel")
     with pytest.raises(SearchError, match="protocol=base2novel"):

@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock
+
 from anchoropt.config import TrainConfig
 from anchoropt.data.datasets import DataError, DatasetSplits, Datum, dataset_faults, read_dataset
 from anchoropt.data.descriptions import description_faults, descriptions_path
@@ -108,7 +110,7 @@ def run_images(cfg: TrainConfig, data: DatasetSplits, targets: list[DatasetSplit
     """The images a run of ``cfg`` reads: few-shot train (and val) images, scored test images, and
     each cross-dataset target's test images."""
     train, val = fewshot_splits(data, cfg.shots, cfg.seed)
-    items = train + val if cfg.objective == "val" else train + data.test
+    items = train + val if cfg.eval_split == "val" else train + data.test
     return items + [d for target in targets or [] for d in target.test]
 
 
@@ -125,13 +127,19 @@ def check_run_images(cfg: TrainConfig, data: DatasetSplits, targets: list[Datase
     names = ", ".join([data.name, *(t.name for t in targets or [])])
     digest = hashlib.sha1(json.dumps([file_id(d.impath) for d in items]).encode()).hexdigest()
     marker = Path(cfg.cache_dir).expanduser() / "checked" / digest if cfg.cache_dir else None
-    if marker is not None and marker.is_file():
+    if marker is None:
+        _decode_or_raise(items, names, data.name)
         return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{marker}.lock"):  # concurrent trials on the same images decode them once
+        if not marker.is_file():
+            _decode_or_raise(items, names, data.name)
+            marker.touch()
+
+
+def _decode_or_raise(items: list[Datum], names: str, dataset: str) -> None:
     broken = undecodable(items, f"checking {names} images (present, decodable)")
     if broken:
         first = ", ".join(f"{p} ({why})" for p, why in broken[:_FIRST])
         raise DataError(f"dataset '{names}': {len(broken)} of the {len(items)} images this run reads cannot be "
-                        f"decoded (first: {first}); `anchoropt data check {data.name}` checks every split")
-    if marker is not None:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+                        f"decoded (first: {first}); `anchoropt data check {dataset}` checks every split")

@@ -127,7 +127,7 @@ def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, num_samples:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from anchoropt.raytools import ensure_ray
+    from anchoropt.raytools import Resources, ensure_ray, trainable
 
     searcher = OptunaSearch(space=SpaceFn(spec.search_space), metric=METRIC, mode="max",
                             sampler=make_sampler(spec.sampler, spec.sampler_seed(run_index)),
@@ -138,13 +138,13 @@ def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, num_samples:
         from ray.tune.schedulers import ASHAScheduler
         sched = ASHAScheduler(time_attr="training_iteration", max_t=max(1, int(spec.max_epochs)),
                               grace_period=1, reduction_factor=2)
-    trainable = tune.with_parameters(run_trial, base=spec.base, cpus=spec.cpus_per_trial, worker_setup=worker_setup)
-    trainable = tune.with_resources(trainable, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    trial = trainable(run_trial, Resources(spec.cpus_per_trial, spec.gpus_per_trial), base=spec.base,
+                      worker_setup=worker_setup)
     started_ray = not ray.is_initialized()  # a Ray already initialised in this process is used as is
     ensure_ray(address=address, num_cpus=num_cpus)
     try:
         tuner = tune.Tuner(
-            trainable,
+            trial,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
                                         num_samples=num_samples, reuse_actors=True),
             run_config=tune.RunConfig(

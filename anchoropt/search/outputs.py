@@ -77,7 +77,7 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
         best_params = next(r["params"] for r in rows if r["trial"] == best_trial)
         # Scored on test by default: the search objective stays in the header and in search.json.
         best_cfg = {**make_config({**spec.base, **best_params}, source="best trial").to_dict(),
-                    "objective": "test"}
+                    "eval_split": "test"}
         _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best)
     importances = _importances(study, out_dir, spec)
     _plot_history(table, out_dir / "history.png", spec)

@@ -34,7 +34,7 @@ from anchoropt.yamlio import read_yaml
 TYPES = ("int", "float", "categorical", "fixed")
 SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "value", "when"}
 #: keys a space may not draw: they are set by the search itself
-RESERVED = {"objective": "the objective is chosen by `anchoropt search --objective`, not by the space",
+RESERVED = {"eval_split": "the split scored is the search's --objective, not drawn by the space",
             "cache_dir": "all trials share the search's cache_dir"}
 
 

@@ -132,7 +132,7 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
     if values.get("protocol", "base2novel") != "base2novel":
         raise SearchError(f"search scores HM under protocol=base2novel, got protocol={values['protocol']}; "
                           "tune on the source dataset, then benchmark the best config cross-dataset")
-    values["objective"] = objective
+    values["eval_split"] = objective
     cfg = make_config(values, source="base config")  # path keys absolute: trials run in Ray workers elsewhere
     methods = space_obj.get("method").values() if space_obj.get("method") else [cfg.method]
     if "zeroshot" in methods:

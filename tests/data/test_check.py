@@ -131,3 +131,10 @@ def test_cli_train_stops_on_data_faults_before_the_backbone(dtd, tmp_path, monke
     assert exit_.value.code == 2 and err.count("\n") == 1
     assert ("test split is empty" if fault == "empty_test" else "'zigzagged' (label 3)") in err
     assert "dataset 'dtd'" in err and SPLIT in err
+
+
+def test_data_check_of_a_sound_dataset_exits_0_without_torch(dtd):
+    from tests.test_cli import _probe
+    root, _, _ = dtd
+    loaded, code, out = _probe("data", "check", "dtd", "--root", str(root), "--descriptions-dir", str(root))
+    assert code == 0 and loaded == [] and "no faults in dtd" in out.stdout

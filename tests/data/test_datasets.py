@@ -8,7 +8,7 @@ from PIL import Image
 
 from anchoropt.data import (DataError, DatasetSplits, Datum, base_novel_labels, build_dataset, fewshot_splits, load_descriptions,
                             subsample)
-from anchoropt.data.datasets import SPLIT_DATASETS
+from anchoropt.data.datasets import SPLIT_DATASETS, read_dataset
 from anchoropt.data.fewshot import read_dassl_fewshot
 from anchoropt.data.images import load_image
 from tests.helpers import make_split_dataset, write_dassl_pickle, write_image
@@ -128,6 +128,10 @@ def test_dassl_pickle_from_another_split_is_refused_in_one_line(tmp_path):
     assert "\n" not in msg and str(pkl) in msg and "split_zhou_EuroSAT.json" in msg
     assert "2 of 5 train items differ" in msg and "label 4 'accordion' there, 1 'leopard'" in msg
     assert "delete the file" in msg
+    chosen["train"] = [e for e in chosen["train"][:1]]  # in the split, but only class 'face'
+    write_dassl_pickle(pkl, chosen)
+    with pytest.raises(DataError, match=r"has no train image of 4 of 5 classes, e.g. 'leopard' \(label 1\); delete"):
+        fewshot_splits(data, 1, seed=1)
 
 
 class _Evil:
@@ -241,6 +245,15 @@ def test_imagenet_class_folder_missing_from_val_keeps_labels_and_is_refused(tmp_
     (folder / "images" / "val" / "n01").rmdir()
     with pytest.raises(DataError, match="test split has no image of 1 of 3 classes: 'class n01' \\(label 0\\)"):
         build_dataset(tmp_path, "imagenet")
+    assert sorted({d.label for d in read_dataset(tmp_path, "imagenet").test}) == [1, 2]  # n02, n03 as in train
+
+
+def test_imagenet_subset_tree_with_the_full_classnames_file(tmp_path):
+    """As in Dassl, the classes are train's folders; classnames.txt may name more."""
+    folder = _imagenet(tmp_path, wnids=("n01", "n03"))
+    (folder / "classnames.txt").write_text("n01 tench\nn02 goldfish\nn03 shark\n")
+    data = build_dataset(tmp_path, "imagenet")
+    assert data.classnames == ["tench", "shark"] and [d.label for d in data.test] == [0, 0, 1, 1]
 
 
 def test_corrupt_and_non_rgb_images(tmp_path):

@@ -93,7 +93,7 @@ def test_search_runs_and_writes_every_output(ray_session, tiny_cfg, tmp_path):
     text = (out / "best_config.yaml").read_text()
     assert "# objective: val" in text
     best = load_config(out / "best_config.yaml")
-    assert best.objective == "test" and best.cache_dir == base["cache_dir"]  # scored on test by default
+    assert best.eval_split == "test" and best.cache_dir == base["cache_dir"]  # scored on test by default
     assert best.n_anchors == result.best_config["n_anchors"]
     assert result.best_hm == pytest.approx(table["hm"].max())
     # one shared cache: features once, Stage I once per distinct Stage I configuration

@@ -62,7 +62,7 @@ def test_space_conditionals_under_tpe():
     ({"n_ctx": {"type": "int", "low": 1.5, "high": 4}}, "n_ctx", "integer"),
     ({"schedule": {"type": "categorical", "choices": ["one_stage", "three_stage"]}}, "schedule", "three_stage"),
     ({"period": {"type": "int", "low": 1, "high": 4, "when": {"schedule": "one_stage"}}}, "period", "schedule"),
-    ({"objective": {"type": "categorical", "choices": ["val", "test"]}}, "objective", "--objective"),
+    ({"eval_split": {"type": "categorical", "choices": ["val", "test"]}}, "eval_split", "--objective"),
     ({"lr": {"type": "float", "low": 0.01, "hi": 0.1}}, "lr", "hi"),
 ])
 def test_bad_space_files_name_file_and_key(tmp_path, spec, key, words):
