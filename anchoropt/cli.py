@@ -52,7 +52,8 @@ def _search(args: argparse.Namespace) -> None:
     from anchoropt.search.spec import SearchError
 
     common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
-                  max_concurrent=args.max_concurrent, verbose=args.verbose, print_summary=True)
+                  max_concurrent=args.max_concurrent, verbose=args.verbose, print_summary=True, mlflow=args.mlflow,
+                  dry_run=args.dry_run)
     if args.resume:
         if args.space or args.out or args.config or args.overrides:
             raise SearchError("--resume DIR takes the space, base config and options stored in DIR; "
@@ -69,14 +70,24 @@ def _search(args: argparse.Namespace) -> None:
                storage=args.storage, **common)
 
 
-def _benchmark(args: argparse.Namespace) -> None:
-    from anchoropt.benchmark import run_benchmark
-    from anchoropt.suite import load_suite
+def _search_show(args: argparse.Namespace) -> None:
+    from anchoropt.search.show import show
 
-    suite = load_suite(args.suite, parse_overrides(args.overrides))
+    print(show(args.dir))
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from anchoropt.benchmark import describe_plan, run_benchmark
+    from anchoropt.suite import load_suite, select
+
+    suite = select(load_suite(args.suite, parse_overrides(args.overrides)), datasets=args.datasets,
+                   seeds=args.seeds, methods=args.methods)
+    if args.dry_run:
+        print(describe_plan(suite, args.results))
+        return
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial,
                            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                           address=args.address, num_cpus=args.num_cpus)
+                           address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, mlflow=args.mlflow)
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done; "
           f"records under {args.results}")
     if counts["failed"]:
@@ -141,6 +152,17 @@ def _run(args: argparse.Namespace) -> None:
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus)
 
 
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
     """Resources of Ray Tune trials, shared by search, benchmark and run."""
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of one trial (default 1)")
@@ -161,6 +183,18 @@ def config_keys_help() -> str:
     return "config keys (key=value overrides or --config YAML), default, meaning:\n" + "\n".join(lines)
 
 
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """What search, benchmark and run show and where they log, shared by the three."""
+    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
+                   help="show Ray Tune's own output (--verbose: level 1, --verbose 2: more) instead of one "
+                        "progress bar per search or benchmark")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, print what would run and what is already done, then stop (nothing written)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db); "
+                        "TensorBoard files are always written under the folder's tensorboard/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchoropt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"anchoropt {__version__}")
@@ -173,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_anchors=4")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials")
+    p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials",
+                       epilog="anchoropt search show DIR: the state of a search folder (trials done, best trial, "
+                              "importances, best trials by HM), read only")
     p.add_argument("--space", help="search space YAML (e.g. search_spaces/anchors.yaml)")
     p.add_argument("--num-trials", type=int, help="total number of trials")
     p.add_argument("--out", help="search folder (trials table, best_config.yaml, plots, study)")
@@ -186,16 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=("none", "asha"), default="none",
                    help="asha: stop poor trials early on their per-epoch HM")
     _add_ray_args(p)
+    _add_output_args(p)
     p.add_argument("--storage", help="Optuna RDB URL (e.g. sqlite:///study.db); default a journal file in --out")
     p.add_argument("--resume", metavar="DIR", help="resume the interrupted search in DIR")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune progress output")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides, e.g. dataset=dtd")
     p.set_defaults(func=_search)
 
     p = sub.add_parser("benchmark", help="run every (method, dataset, seed) cell of a suite as Ray Tune trials")
     p.add_argument("suite", help="suite YAML (e.g. benchmarks/toy11.yaml)")
     p.add_argument("--results", required=True, help="folder of the cell records (finished cells are skipped)")
+    p.add_argument("--datasets", type=_names, help="only these of the suite's datasets (comma-separated; "
+                                                  "cross_dataset: targets)")
+    p.add_argument("--seeds", type=_seeds, help="only these of the suite's seeds (comma-separated)")
+    p.add_argument("--methods", type=_names, help="only these of the suite's methods (comma-separated)")
     _add_ray_args(p)
+    _add_output_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="shared config overrides, e.g. data_root=/data")
     p.set_defaults(func=_benchmark)
 
@@ -248,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_show_parser() -> argparse.ArgumentParser:
+    """``anchoropt search show DIR`` (its own parser: ``search`` takes key=value words as positionals)."""
+    p = argparse.ArgumentParser(prog="anchoropt search show",
+                                description="the state of a search folder from its ledger: trials done, best "
+                                            "trial, importances, best trials by HM; nothing is rewritten")
+    p.add_argument("dir", help="search folder (holds search.json)")
+    p.set_defaults(func=_search_show)
+    return p
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; ``key=value`` overrides are accepted anywhere after the subcommand,
     before or after its options (argparse alone takes them only in one block)."""
@@ -262,7 +313,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_show_parser().parse_args(argv[2:]) if argv[:2] == ["search", "show"] else parse_args(argv)
     try:
         args.func(args)
     except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)

@@ -70,6 +70,31 @@ class Suite:
         return dataclasses.replace(self, tuned={**self.tuned, method: tuned})
 
 
+def select(suite: Suite, datasets: list[str] | None = None, seeds: list[int] | None = None,
+           methods: list[str] | None = None) -> Suite:
+    """A copy of the suite restricted to some of its datasets (the targets under cross_dataset),
+    seeds and methods (``None``: all); ``benchmark --datasets/--seeds/--methods``.
+
+    Raises:
+        ConfigError: a name or seed that is not the suite's (one line naming the flag and the choices).
+    """
+    def check(flag: str, asked: list, known: list) -> list:
+        unknown = [v for v in asked if v not in known]
+        if unknown:
+            raise ConfigError(f"{flag}: {', '.join(map(str, unknown))} not in the suite {suite.path} "
+                              f"(expected some of {', '.join(map(str, known))})")
+        return [v for v in known if v in asked]  # the suite's order
+
+    if datasets is not None:
+        suite = dataclasses.replace(suite, datasets=check("--datasets", datasets, suite.datasets))
+    if seeds is not None:
+        suite = dataclasses.replace(suite, seeds=check("--seeds", seeds, suite.seeds))
+    if methods is not None:
+        kept = check("--methods", methods, list(suite.methods))
+        suite = dataclasses.replace(suite, methods={m: suite.methods[m] for m in kept})
+    return suite
+
+
 def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
     """Read a suite YAML; ``overrides`` (TrainConfig keys) replace the shared ``config``.
 

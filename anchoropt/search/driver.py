@@ -38,7 +38,7 @@ from anchoropt.config import TrainConfig
 from anchoropt.search.ledger import ResultsLog, open_storage, reconcile
 from anchoropt.search.outputs import SearchResult, write_outputs
 from anchoropt.search.spec import SearchError, SearchSpec, make_sampler, new_spec, now
-from anchoropt.search.trial import METRIC, SpaceFn, run_trial
+from anchoropt.search.trial import METRIC, NUMBER_KEY, SpaceFn, run_trial
 
 
 def run_search(space: str | Path | dict | None = None, out: str | Path | None = None,
@@ -47,7 +47,8 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
                cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
                address: str | None = None, storage: str | None = None, resume: str | Path | None = None,
                num_cpus: int | None = None, worker_setup: Callable[[], None] | None = None,
-               verbose: int = 0, print_summary: bool = False) -> SearchResult:
+               verbose: int = 0, print_summary: bool = False, mlflow: str | None = None,
+               dry_run: bool = False) -> SearchResult | None:
     """Run (or resume) a search and write its outputs.
 
     Args:
@@ -69,6 +70,11 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
         resume: a search folder to resume; the other arguments but ``num_trials``, ``address``,
             ``num_cpus``, ``max_concurrent``, ``worker_setup`` and ``verbose`` come from it.
         worker_setup: picklable function run in the worker at the start of each trial.
+        verbose: 0: one progress bar (:mod:`anchoropt.progress`); 1, 2: Ray Tune's own output.
+        mlflow: MLflow tracking URI to log every trial to (TensorBoard files are always written
+            under ``out/tensorboard``, :mod:`anchoropt.tracking`).
+        dry_run: validate, print what the search would run (:func:`anchoropt.search.show.plan`)
+            and return None, writing nothing.
 
     Raises:
         SearchError / SpaceError / ConfigError: bad arguments, space or folder.
@@ -83,6 +89,8 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
             spec.num_trials = num_trials
         if max_concurrent is not None:
             spec.max_concurrent = max_concurrent
+        if dry_run:
+            return _dry_run(spec, out_dir, resume=True)
     else:
         if space is None or out is None or num_trials is None:
             raise SearchError("a new search needs a space, an output folder and a number of trials")
@@ -92,6 +100,8 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
         spec = new_spec(space, out_dir, num_trials, base, objective=objective, sampler=sampler, seed=seed,
                         scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                         max_concurrent=max_concurrent, storage=storage)
+        if dry_run:
+            return _dry_run(spec, out_dir, resume=False)
         out_dir.mkdir(parents=True, exist_ok=True)
         spec.write(out_dir)
 
@@ -108,8 +118,8 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
         spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
                           "trials_asked": remaining, "sampler_seed": spec.sampler_seed(run_index)})
         spec.write(out_dir)
-        _tune(spec, out_dir, storage_obj, run_index, remaining, address=address, num_cpus=num_cpus,
-              worker_setup=worker_setup, verbose=verbose)
+        _tune(spec, out_dir, storage_obj, run_index, rows, address=address, num_cpus=num_cpus,
+              worker_setup=worker_setup, verbose=verbose, mlflow=mlflow)
         spec.runs[-1]["finished"] = now()
         spec.write(out_dir)
         study = optuna.load_study(study_name=spec.study_name, storage=storage_obj)
@@ -121,13 +131,22 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
     return result
 
 
-def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, num_samples: int, *,
-          address: str | None, num_cpus: int | None, worker_setup, verbose: int) -> None:
+def _dry_run(spec: SearchSpec, out_dir: Path, resume: bool) -> None:
+    from anchoropt.search.show import plan
+
+    print(plan(spec, out_dir, resume))
+
+
+def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, rows: list[dict], *,
+          address: str | None, num_cpus: int | None, worker_setup, verbose: int, mlflow: str | None) -> None:
+    """Run the trials missing from ``rows`` (the finished ones) as one Tune run."""
     import ray
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from anchoropt.progress import TrialProgress, ray_output
     from anchoropt.raytools import Resources, ensure_ray, trainable
+    from anchoropt.tracking import tracking_callbacks, trial_namer
 
     searcher = OptunaSearch(space=SpaceFn(spec.search_space), metric=METRIC, mode="max",
                             sampler=make_sampler(spec.sampler, spec.sampler_seed(run_index)),
@@ -140,21 +159,27 @@ def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, num_samples:
                               grace_period=1, reduction_factor=2)
     trial = trainable(run_trial, Resources(spec.cpus_per_trial, spec.gpus_per_trial), base=spec.base,
                       worker_setup=worker_setup)
+    callbacks = [ResultsLog(out_dir / "results.jsonl", spec, run_index), *tracking_callbacks(out_dir, mlflow)]
+    if not verbose:
+        best = [r["hm"] for r in rows if r["status"] != "failed" and isinstance(r.get("hm"), (int, float))]
+        callbacks.append(TrialProgress(f"search {out_dir.name}", spec.num_trials, done=len(rows),
+                                       best=max(best) if best else None, metric=METRIC))
     started_ray = not ray.is_initialized()  # a Ray already initialised in this process is used as is
-    ensure_ray(address=address, num_cpus=num_cpus)
-    try:
-        tuner = tune.Tuner(
-            trial,
-            tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
-                                        num_samples=num_samples, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=f"run-{run_index}", storage_path=str(out_dir / "ray"), verbose=verbose,
-                callbacks=[ResultsLog(out_dir / "results.jsonl", spec, run_index)],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
-        grid = tuner.fit()
-        if grid.num_errors and verbose:
-            print(f"{grid.num_errors} trial(s) failed")
-    finally:
-        if started_ray:
-            ray.shutdown()
+    with ray_output(verbose):
+        ensure_ray(address=address, num_cpus=num_cpus, verbose=verbose)
+        try:
+            tuner = tune.Tuner(
+                trial,
+                tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
+                                            num_samples=spec.num_trials - len(rows), reuse_actors=True,
+                                            trial_name_creator=trial_namer(lambda c: f"trial-{c[NUMBER_KEY]:04d}")),
+                run_config=tune.RunConfig(
+                    name=f"run-{run_index}", storage_path=str(out_dir / "ray"), verbose=verbose, callbacks=callbacks,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
+            grid = tuner.fit()
+            if grid.num_errors and verbose:
+                print(f"{grid.num_errors} trial(s) failed")
+        finally:
+            if started_ray:
+                ray.shutdown()

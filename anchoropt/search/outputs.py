@@ -1,5 +1,5 @@
 """What a search shows: ``trials.csv`` / ``trials.parquet``, ``best_config.yaml``, ``importances.csv``,
-``history.png``, ``hm_vs_anchors.png`` and ``summary.json``, all (re)written from the ledger and study."""
+``importances.png``, ``history.png``, ``hm_vs_anchors.png`` and ``summary.json``, all (re)written from the ledger and study."""
 from __future__ import annotations
 
 import math
@@ -67,12 +67,10 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
     table.to_csv(out_dir / "trials.csv", index=False)
     _parquet_safe(table).to_parquet(out_dir / "trials.parquet", index=False)
 
-    ok = table[table["status"].isin(["complete", "stopped"]) & table["hm"].notna()]
-    pool = ok[ok["status"] == "complete"] if (ok["status"] == "complete").any() else ok
+    best = best_row(table)
     best_trial = best_hm = best_cfg = None
     best_params: dict = {}
-    if len(pool):
-        best = pool.loc[pool["hm"].idxmax()]
+    if best is not None:
         best_trial, best_hm = int(best["trial"]), float(best["hm"])
         best_params = next(r["params"] for r in rows if r["trial"] == best_trial)
         # Scored on test by default: the search objective stays in the header and in search.json.
@@ -80,6 +78,7 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
                     "eval_split": "test"}
         _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best)
     importances = _importances(study, out_dir, spec)
+    _plot_importances(importances, out_dir / "importances.png", spec)
     _plot_history(table, out_dir / "history.png", spec)
     _plot_hm_vs_anchors(table, out_dir / "hm_vs_anchors.png", spec)
     n_failed = int((table["status"] == "failed").sum())
@@ -94,6 +93,14 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
                "seed": spec.seed, "scheduler": spec.scheduler, "runs": len(spec.runs)},
               out_dir / "summary.json")
     return result
+
+
+def best_row(table: pd.DataFrame) -> pd.Series | None:
+    """The best trial of a :func:`trials_table`: highest HM among completed trials (early-stopped
+    ones only when none completed); None when no trial has an HM."""
+    ok = table[table["status"].isin(["complete", "stopped"]) & table["hm"].notna()]
+    pool = ok[ok["status"] == "complete"] if (ok["status"] == "complete").any() else ok
+    return pool.loc[pool["hm"].idxmax()] if len(pool) else None
 
 
 def trials_table(rows: list[dict], spec: SearchSpec) -> pd.DataFrame:
@@ -157,6 +164,26 @@ def _importances(study, out_dir: Path, spec: SearchSpec) -> dict[str, float]:
     pd.DataFrame({"param": list(result), "importance": list(result.values())}).to_csv(
         out_dir / "importances.csv", index=False)
     return result
+
+
+def _plot_importances(importances: dict[str, float], path: Path, spec: SearchSpec) -> None:
+    """Horizontal bars of ``importances.csv``, the most important parameter on top."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.45 * max(1, len(importances))))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    if not importances:
+        ax.text(0.5, 0.5, "not estimable: fewer than two completed trials\nor no variation in HM",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
+    ax.set_xlabel("importance (Optuna PED-ANOVA, sums to 1)")
+    ax.set_title(f"parameter importances for HM, objective {spec.objective}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_history(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
