@@ -90,17 +90,28 @@ def describe_plan(suite: Suite, results: str | Path) -> str:
 
 
 def run_cell(cell: Cell, report=None) -> dict:
-    """Train one cell and write its records, each atomically (the method name is the suite's).
+    """Train one cell and write its records, each atomically (the method name is the suite's), after
+    the run's learned tensors, ``prompts_path(cell)`` (the report's position heatmaps read them).
     Returns the run's record (cross-dataset: with ``acc_<dataset>`` for every scored dataset);
     ``report`` gets each epoch's metrics (:func:`anchoropt.train.train`)."""
-    from anchoropt.io import save_json
+    import torch
+
+    from anchoropt.io import save_json, save_tensors
     from anchoropt.records import dataset_records, relabel
     from anchoropt.train import train
 
-    record = relabel(train(make_config(cell.config), report=report), cell.method, cell.tuning)
+    with tempfile.TemporaryDirectory(prefix="anchoropt-cell-") as run_dir:  # outside RESULTS: no stray record
+        record = relabel(train(make_config(cell.config), out_dir=run_dir, report=report), cell.method, cell.tuning)
+        save_tensors(torch.load(Path(run_dir) / "prompts.pt", weights_only=True), prompts_path(cell))
     for dataset, rec in dataset_records(record).items():
         save_json(rec, cell.record_paths[dataset])
     return record
+
+
+def prompts_path(cell: Cell) -> Path:
+    """Where a cell's learned tensors go: beside the trained dataset's record, ``seed<k>.prompts.pt``
+    (``anchoropt.report.positions.prompts_file`` finds them)."""
+    return Path(cell.record_paths[cell.dataset]).with_suffix(".prompts.pt")
 
 
 def _cell_trial(config: dict) -> None:

@@ -146,7 +146,8 @@ def _data_check(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from anchoropt.pipeline import run_main_job
 
-    run_main_job(args.suite, args.results, args.report, parse_overrides(args.overrides), space=args.space,
+    report = args.report or str(Path(args.results) / "report")
+    run_main_job(args.suite, args.results, report, parse_overrides(args.overrides), space=args.space,
                  search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus)
@@ -277,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="main job: toy data, search both schedules, benchmark, report")
     p.add_argument("--suite", default=str(DEFAULT_SUITE), help="benchmark suite (default the toy-11 suite)")
     p.add_argument("--results", default="results/toy11", help="searches and cell records (default results/toy11)")
-    p.add_argument("--report", default="reports/toy11", help="report folder (default reports/toy11)")
+    p.add_argument("--report", help="report folder (default RESULTS/report: untracked; the committed example "
+                                    "reports/toy11 is made with --report reports/toy11)")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
     p.add_argument("--search-trials", type=int, default=8, help="trials per schedule (0: no search)")
     p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")

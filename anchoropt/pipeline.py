@@ -14,13 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anchoropt.paths import shipped
+
 if TYPE_CHECKING:  # the benchmark module imports Ray: loaded only when the job runs
     import pandas as pd
 
     from anchoropt.suite import Suite
 
-DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "benchmarks" / "toy11.yaml"
-DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "anchors.yaml"
+DEFAULT_SUITE = shipped("suites", "toy11.yaml")
+DEFAULT_SPACE = shipped("spaces", "anchors.yaml")
 
 
 def ensure_toy_data(suite: Suite) -> None:

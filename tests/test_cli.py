@@ -147,3 +147,14 @@ def test_unknown_arguments_still_refused(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)
     assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_main_job_report_goes_under_the_results_folder_by_default(monkeypatch, tmp_path):
+    import anchoropt.pipeline
+
+    calls = []
+    monkeypatch.setattr(anchoropt.pipeline, "run_main_job", lambda *a, **kw: calls.append(a))
+    main(["run", "--results", str(tmp_path / "res")])
+    main(["run", "--results", str(tmp_path / "res"), "--report", str(tmp_path / "rep")])
+    assert [Path(c[2]) for c in calls] == [tmp_path / "res" / "report", tmp_path / "rep"]
+    assert not any(str(c[2]).startswith("reports") for c in calls)  # the committed example stays untouched
