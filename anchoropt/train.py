@@ -298,7 +298,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str = "") -> Backbone:
+def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str) -> Backbone:
     """One frozen backbone per process, reused by every run in it (Ray actors run many trials)."""
     return create_backbone(name, pretrained, quick_gelu, device, preprocess)
 

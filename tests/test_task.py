@@ -44,7 +44,7 @@ def _cfg(root, tmp_path, **overrides):
 
 def test_trains_on_all_source_classes_and_scores_targets_with_the_ensemble(xd_root, tmp_path):
     cfg = _cfg(xd_root, tmp_path)
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu")
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
     task = build_task(cfg, backbone)
     assert task.classnames == EUROSAT_CLASSES and sorted(set(task.train_labels.tolist())) == list(range(6))
     assert list(task.evals) == ["eurosat", "dtd"]

@@ -17,7 +17,7 @@ SHARED_CUPL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cupl"
 
 
 def _trainer(cfg):
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu")
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
     return Trainer(cfg, backbone, build_task(cfg, backbone), torch.device("cpu"))
 
 

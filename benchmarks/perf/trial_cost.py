@@ -39,7 +39,7 @@ from PIL import Image
 import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
 from anchoropt.config import load_config
 from anchoropt.data import base_novel_labels, build_dataset, fewshot_splits, subsample
-from anchoropt.features import load_image
+from anchoropt.data.images import load_image
 from anchoropt.prompts import AnchorPrompt, clip_logits, kd_loss, stage1_loss
 from anchoropt.task import build_task
 from anchoropt.text import ClassTokens
@@ -174,7 +174,7 @@ def run_one(kind: str, args) -> dict:
         descriptions=args.descriptions, cache_dir=args.cache_dir, shots=args.shots, epochs=args.epochs,
         anchor_epochs=args.anchor_epochs, device=args.device, train_views=args.views, warmup_epochs=0))
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = (reference_trial if kind == "reference" else project_trial)(cfg, backbone, device)

@@ -56,7 +56,7 @@ def description_table(root: str, datasets=None, cache_dir: str = "~/.cache/ancho
     from anchoropt.toy.datasets import SENTENCES_PER_CLASS, TOY11_NAMES
     from anchoropt.train import cached_backbone, clip_logits
 
-    backbone = cached_backbone("ToyCLIP", "toy", None, "cpu")
+    backbone = cached_backbone("ToyCLIP", "toy", None, "cpu", "")
     model, tok = backbone.model, backbone.tokenizer
     datasets = list(datasets or TOY11_NAMES)
     head = ["dataset", "C", "chance b / n", "template b / n", "descriptions b / n", "novel gain"]
