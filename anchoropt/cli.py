@@ -150,7 +150,8 @@ def _run(args: argparse.Namespace) -> None:
     run_main_job(args.suite, args.results, report, parse_overrides(args.overrides), space=args.space,
                  search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                 max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus)
+                 max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
+                 verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
 
 
 def _names(text: str) -> list[str]:
@@ -186,8 +187,8 @@ def config_keys_help() -> str:
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     """What search, benchmark and run show and where they log, shared by the three."""
-    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
-                   help="show Ray Tune's own output (--verbose: level 1, --verbose 2: more) instead of one "
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="show Ray Tune's own output (-v: its trial tables and logs, -vv: more) instead of one "
                         "progress bar per search or benchmark")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print what would run and what is already done, then stop (nothing written)")
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
     _add_ray_args(p)
+    _add_output_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="shared config overrides, e.g. data_root=/data backbone=ViT-B-16 pretrained=openai")
     p.set_defaults(func=_run)
