@@ -44,6 +44,7 @@ def search_schedules(suite: Suite, results: Path, space: Path, num_trials: int, 
     import pandas as pd
 
     from anchoropt.search.driver import run_search
+    from anchoropt.search.spec import SearchError
     from anchoropt.suite import Tuned, method_values
 
     histories = []
@@ -51,17 +52,46 @@ def search_schedules(suite: Suite, results: Path, space: Path, num_trials: int, 
         out = results / "searches" / schedule
         base, _ = method_values(suite, method, dataset)
         if (out / "search.json").is_file():
-            found = run_search(resume=out, **resources)
+            found = run_search(resume=out, num_trials=_same_search(out, space, num_trials, base, objective),
+                               **resources)
         else:
             found = run_search(space, out, num_trials, base=base, objective=objective, **resources)
         if found is None:  # a dry run: the plan is printed
             continue
         print(found.summary())
+        if found.n_complete == 0:
+            raise SearchError(f"search {out}: no trial completed ({found.n_failed} failed, see {out / 'trials.csv'}): "
+                              f"the {method} cells would run untuned")
         if found.best_config is not None:
             suite = suite.with_tuned(method, Tuned(found.best_config, f"search_{found.objective}"))
         histories.append(pd.DataFrame({"schedule": method, "trial_number": found.trials["trial"],
                                        "hm": found.trials["hm"]}))
     return suite, pd.concat(histories, ignore_index=True) if histories else None
+
+
+def _same_search(out: Path, space: Path, num_trials: int, base: dict, objective: str) -> int:
+    """The number of trials to resume the search in ``out`` with, when it is the search asked for.
+
+    Raises:
+        SearchError: the stored search has another space, base configuration or objective, or more
+            trials than asked (one line naming what changed and the fix).
+    """
+    from anchoropt.search.spec import SearchError, SearchSpec, new_spec, request_change
+
+    stored = SearchSpec.read(out)
+    requested = new_spec(space, out, num_trials, base, objective=objective, sampler=stored.sampler, seed=stored.seed,
+                         scheduler=stored.scheduler, cpus_per_trial=stored.cpus_per_trial,
+                         gpus_per_trial=stored.gpus_per_trial, max_concurrent=stored.max_concurrent,
+                         storage=stored.storage)
+    change = request_change(stored, requested)
+    if change is None and num_trials < stored.num_trials:
+        change = f"{stored.num_trials} trials -> {num_trials}"
+    if change is not None:
+        raise SearchError(f"search {out} was made for another request ({change}): use another --results folder, "
+                          f"or remove {out} to search again")
+    if num_trials > stored.num_trials:
+        print(f"search {out}: extending from {stored.num_trials} to {num_trials} trials")
+    return num_trials
 
 
 def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "results/toy11",

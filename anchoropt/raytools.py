@@ -118,3 +118,14 @@ def trainable(fn: Callable[..., Any], resources: Resources, **params: Any):
 
     run.__name__ = fn.__name__
     return tune.with_resources(tune.with_parameters(run, **params), resources.bundle())
+
+
+def is_infrastructure_error(err: BaseException | None) -> bool:
+    """Whether a trial's error is the cluster's fault (its actor, worker or node died, an object was
+    lost), not its code's: such a trial is re-run, never recorded as failed. An exception raised by
+    the trial's own code reaches the driver as ``RayTaskError`` and is not one."""
+    from ray import exceptions as rex
+
+    infra = (rex.RayActorError, rex.ActorUnavailableError, rex.NodeDiedError, rex.WorkerCrashedError,
+             rex.LocalRayletDiedError, rex.ObjectLostError, rex.OwnerDiedError)
+    return isinstance(err, infra) and not isinstance(err, rex.RayTaskError)

@@ -35,10 +35,12 @@ from typing import Callable
 from ray import tune
 
 from anchoropt.config import TrainConfig
-from anchoropt.search.ledger import ResultsLog, open_storage, reconcile
+from anchoropt.search.ledger import ResultsLog, lost_trials, open_storage, reconcile
 from anchoropt.search.outputs import SearchResult, write_outputs
 from anchoropt.search.spec import SearchError, SearchSpec, make_sampler, new_spec, now
 from anchoropt.search.trial import METRIC, NUMBER_KEY, SpaceFn, run_trial
+
+INFRA_RETRIES = 3  # runs re-queuing trials lost to dead actors or nodes, after the first
 
 
 def run_search(space: str | Path | dict | None = None, out: str | Path | None = None,
@@ -112,9 +114,11 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
     study = optuna.create_study(storage=storage_obj, study_name=spec.study_name, direction="maximize",
                                 load_if_exists=True)
     rows = reconcile(study, storage_obj, out_dir, spec)
-    remaining = spec.num_trials - len(rows)
-    run_index = len(spec.runs)
-    if remaining > 0:
+    for _ in range(1 + INFRA_RETRIES):  # a run that lost trials to dead actors or nodes is followed by one re-running them
+        remaining = spec.num_trials - len(rows)
+        if remaining <= 0:
+            break
+        run_index = len(spec.runs)
         spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
                           "trials_asked": remaining, "sampler_seed": spec.sampler_seed(run_index)})
         spec.write(out_dir)
@@ -124,6 +128,10 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
         spec.write(out_dir)
         study = optuna.load_study(study_name=spec.study_name, storage=storage_obj)
         rows = reconcile(study, storage_obj, out_dir, spec)
+        lost = lost_trials(out_dir)
+        if lost and len(rows) < spec.num_trials:
+            print(f"{len(lost)} trial(s) lost with their actor or node (not failures): re-running "
+                  f"{', '.join(str(n) for n in sorted(lost))} with the same parameters")
     result = write_outputs(out_dir, spec=spec, study=study, rows=rows)
     result.wall_time_s = time.time() - started
     if print_summary:

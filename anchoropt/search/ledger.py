@@ -19,6 +19,8 @@ from anchoropt.search.spec import SearchSpec, now
 from anchoropt.search.trial import METRIC, NUMBER_KEY
 
 FINISHED = ("complete", "stopped", "failed")
+LOST = "lost"  # the trial's actor or node died: not a result; re-queued with the same parameters
+REQUEUED = "requeued"  # a lost trial whose parameters were enqueued again
 STALE_LOCK_S = 5
 
 
@@ -60,22 +62,48 @@ def read_results(out_dir: str | Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def lost_trials(out_dir: str | Path) -> dict[int, str]:
+    """Trials lost to infrastructure failures that hold no result: trial number -> the last ledger
+    status of it, ``lost`` (to re-queue) or ``requeued`` (its parameters are queued again)."""
+    path = Path(out_dir) / "results.jsonl"
+    found: dict[int, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("status") in (LOST, REQUEUED) and row.get("trial") is not None:
+                found[int(row["trial"])] = row["status"]
+    finished = {r["trial"] for r in read_results(out_dir)}
+    return {n: status for n, status in found.items() if n not in finished}
+
+
 def reconcile(study, storage, out_dir: Path, spec: SearchSpec) -> list[dict]:
     """Bring the study and the ledger into agreement after an interruption.
 
     - a study trial still RUNNING whose result is in the ledger: told its logged outcome;
     - a RUNNING trial missing from the ledger (in flight when the driver died): marked failed with
       ``interrupted`` and its parameters enqueued, so the next run re-runs it first;
+    - a trial the ledger marks lost (its actor or node died): its parameters enqueued once (the
+      ledger then says ``requeued``), as an interrupted one's;
     - a finished study trial missing from the ledger (killed between Optuna and the ledger):
       logged from the study.
     Returns the finished rows (one per trial number)."""
     from optuna.trial import TrialState
 
     rows = {r["trial"]: r for r in read_results(out_dir)}
+    lost = lost_trials(out_dir)
     study_id = storage.get_study_id_from_name(spec.study_name)
     for t in study.get_trials(deepcopy=False):
         row = rows.get(t.number)
-        if t.state == TrialState.RUNNING:
+        if t.number in lost:
+            if lost[t.number] == LOST:
+                if t.state == TrialState.RUNNING:
+                    study.tell(t.number, state=TrialState.FAIL)
+                study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+                append_row(out_dir / "results.jsonl", {"trial": t.number, "status": REQUEUED, "finished": now()})
+        elif t.state == TrialState.RUNNING:
             if row is not None:
                 ok = row["status"] != "failed" and _num(row.get("hm")) is not None and math.isfinite(row["hm"])
                 if ok:
@@ -120,14 +148,19 @@ class ResultsLog(tune.Callback):
         self._write(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._write(trial, _error_message(trial))
+        from anchoropt.raytools import is_infrastructure_error
 
-    def _write(self, trial, error: str | None) -> None:
+        lost = is_infrastructure_error(_pickled_error(trial))
+        self._write(trial, _error_message(trial), status=LOST if lost else None)
+
+    def _write(self, trial, error: str | None, status: str | None = None) -> None:
         config = dict(trial.config)
         params = {k: v for k, v in config.items() if not k.startswith("_")}
         last = dict(trial.last_result or {})
         epochs = params.get("epochs", self.spec.base["epochs"])
-        if error is not None:
+        if status is not None:
+            pass
+        elif error is not None:
             status = "failed"
         elif METRIC not in last:
             status, error = "failed", "the trial reported no metrics"
@@ -136,9 +169,9 @@ class ResultsLog(tune.Callback):
         end = time.time()
         start = self.starts.get(trial.trial_id, end)
         row = {"trial": config.get(NUMBER_KEY), "tune_trial_id": trial.trial_id, "run": self.run_index,
-               "status": status, "hm": _num(last.get("hm")) if status != "failed" else None,
-               "acc_base": _num(last.get("acc_base")) if status != "failed" else None,
-               "acc_novel": _num(last.get("acc_novel")) if status != "failed" else None,
+               "status": status, "hm": _num(last.get("hm")) if status in ("complete", "stopped") else None,
+               "acc_base": _num(last.get("acc_base")) if status in ("complete", "stopped") else None,
+               "acc_novel": _num(last.get("acc_novel")) if status in ("complete", "stopped") else None,
                "epochs_done": last.get("epoch"), "error": error,
                "wall_time_s": round(end - start, 3), "started_at": round(start, 3), "finished_at": round(end, 3),
                "train_s": _round(last.get("train_s")), "report_s": _round(last.get("report_s")),
@@ -150,7 +183,7 @@ def _error_message(trial) -> str:
     """One line naming the exception of a failed trial (from its Ray error file)."""
     text = ""
     try:
-        err = trial.get_pickled_error()
+        err = _pickled_error(trial)
         if err is not None:
             cause = getattr(err, "cause", None) or err
             text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
@@ -160,6 +193,20 @@ def _error_message(trial) -> str:
         lines = [ln.strip() for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
         text = lines[-1] if lines else ""
     return text[:500] or "unknown error"
+
+
+def _pickled_error(trial) -> BaseException | None:
+    """The trial's exception: from its local error file (written before Tune's callbacks run; the
+    copy in the storage folder may not be synced yet), else from storage."""
+    import cloudpickle
+
+    try:
+        local = trial.pickled_error_file
+        if local and Path(local).is_file():
+            return cloudpickle.loads(Path(local).read_bytes())
+        return trial.get_pickled_error()
+    except Exception:  # noqa: BLE001  (an unreadable error file: treated as the trial's own fault)
+        return None
 
 
 def _num(v) -> float | None:
