@@ -104,9 +104,28 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
                         max_concurrent=max_concurrent, storage=storage)
         if dry_run:
             return _dry_run(spec, out_dir, resume=False)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        spec.write(out_dir)
+    import ray
 
+    from anchoropt.progress import ray_output
+    from anchoropt.raytools import ensure_ray
+
+    started_ray = not ray.is_initialized()  # a Ray already initialised in this process is used as is
+    with ray_output(verbose):  # joined before the folder is made: a cluster that refuses us leaves nothing
+        ensure_ray(address=address, num_cpus=num_cpus, verbose=verbose)
+    try:
+        if resume is None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            spec.write(out_dir)
+        return _run(spec, out_dir, started, worker_setup=worker_setup, verbose=verbose, print_summary=print_summary,
+                    mlflow=mlflow)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _run(spec: SearchSpec, out_dir: Path, started: float, *, worker_setup, verbose, print_summary,
+         mlflow) -> SearchResult:
+    """Run the trials the search still misses, then write its outputs."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,8 +141,7 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
         spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
                           "trials_asked": remaining, "sampler_seed": spec.sampler_seed(run_index)})
         spec.write(out_dir)
-        _tune(spec, out_dir, storage_obj, run_index, rows, address=address, num_cpus=num_cpus,
-              worker_setup=worker_setup, verbose=verbose, mlflow=mlflow)
+        _tune(spec, out_dir, storage_obj, run_index, rows, worker_setup=worker_setup, verbose=verbose, mlflow=mlflow)
         spec.runs[-1]["finished"] = now()
         spec.write(out_dir)
         study = optuna.load_study(study_name=spec.study_name, storage=storage_obj)
@@ -146,14 +164,13 @@ def _dry_run(spec: SearchSpec, out_dir: Path, resume: bool) -> None:
 
 
 def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, rows: list[dict], *,
-          address: str | None, num_cpus: int | None, worker_setup, verbose: int, mlflow: str | None) -> None:
-    """Run the trials missing from ``rows`` (the finished ones) as one Tune run."""
-    import ray
+          worker_setup, verbose: int, mlflow: str | None) -> None:
+    """Run the trials missing from ``rows`` (the finished ones) as one Tune run (Ray is up: :func:`run_search`)."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from anchoropt.progress import TrialProgress, ray_output
-    from anchoropt.raytools import Resources, ensure_ray, trainable
+    from anchoropt.raytools import Resources, trainable
     from anchoropt.tracking import tracking_callbacks, trial_namer
 
     searcher = OptunaSearch(space=SpaceFn(spec.search_space), metric=METRIC, mode="max",
@@ -172,22 +189,16 @@ def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, rows: list[d
         best = [r["hm"] for r in rows if r["status"] != "failed" and isinstance(r.get("hm"), (int, float))]
         callbacks.append(TrialProgress(f"search {out_dir.name}", spec.num_trials, done=len(rows),
                                        best=max(best) if best else None, metric=METRIC))
-    started_ray = not ray.is_initialized()  # a Ray already initialised in this process is used as is
     with ray_output(verbose):
-        ensure_ray(address=address, num_cpus=num_cpus, verbose=verbose)
-        try:
-            tuner = tune.Tuner(
-                trial,
-                tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
-                                            num_samples=spec.num_trials - len(rows), reuse_actors=True,
-                                            trial_name_creator=trial_namer(lambda c: f"trial-{c[NUMBER_KEY]:04d}")),
-                run_config=tune.RunConfig(
-                    name=f"run-{run_index}", storage_path=str(out_dir / "ray"), verbose=verbose, callbacks=callbacks,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
-            grid = tuner.fit()
-            if grid.num_errors and verbose:
-                print(f"{grid.num_errors} trial(s) failed")
-        finally:
-            if started_ray:
-                ray.shutdown()
+        tuner = tune.Tuner(
+            trial,
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
+                                        num_samples=spec.num_trials - len(rows), reuse_actors=True,
+                                        trial_name_creator=trial_namer(lambda c: f"trial-{c[NUMBER_KEY]:04d}")),
+            run_config=tune.RunConfig(
+                name=f"run-{run_index}", storage_path=str(out_dir / "ray"), verbose=verbose, callbacks=callbacks,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
+        grid = tuner.fit()
+        if grid.num_errors and verbose:
+            print(f"{grid.num_errors} trial(s) failed")
