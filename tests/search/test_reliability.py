@@ -117,5 +117,5 @@ def test_run_refuses_to_resume_a_search_made_for_another_request(tiny_cfg, tmp_p
     wider = tmp_path / "wider.yaml"
     wider.write_text(yaml.safe_dump({"params": {**COOP_SPACE["params"], "n_ctx": {"type": "int", "low": 2,
                                                                                     "high": 8}}}))
-    with pytest.raises(SearchError, match="space .* other parameters or ranges"):
+    with pytest.raises(SearchError, match="space .*other parameters or ranges"):
         _same_search(out, wider, 4, base, "val")
