@@ -150,7 +150,8 @@ def _run(args: argparse.Namespace) -> None:
     run_main_job(args.suite, args.results, report, parse_overrides(args.overrides), space=args.space,
                  search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                 max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus)
+                 max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
+                 verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
 
 
 def _names(text: str) -> list[str]:
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
     _add_ray_args(p)
+    _add_output_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="shared config overrides, e.g. data_root=/data backbone=ViT-B-16 pretrained=openai")
     p.set_defaults(func=_run)

@@ -54,9 +54,10 @@ def description_table(root: str, datasets=None, cache_dir: str = "~/.cache/ancho
     from anchoropt.data import load_descriptions
     from anchoropt.task import build_task
     from anchoropt.toy.datasets import SENTENCES_PER_CLASS, TOY11_NAMES
-    from anchoropt.train import cached_backbone, clip_logits
+    from anchoropt.prompts import clip_logits
+    from anchoropt.train import cached_backbone
 
-    backbone = cached_backbone("ToyCLIP", "toy", None, "cpu")
+    backbone = cached_backbone("ToyCLIP", "toy", None, "cpu", "")
     model, tok = backbone.model, backbone.tokenizer
     datasets = list(datasets or TOY11_NAMES)
     head = ["dataset", "C", "chance b / n", "template b / n", "descriptions b / n", "novel gain"]
