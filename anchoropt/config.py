@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -23,6 +25,7 @@ from anchoropt.yamlio import parse_yaml, read_yaml
 METHODS = ("zeroshot", "coop", "anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 ONE_STAGE_BUDGETS = ("equal_prompt_updates", "equal_total_steps")
 # Ablation switches of AnchorOPT (issue 12); the first value of each is the method itself.
 ANCHOR_SOURCES = ("stage1", "random", "word")
@@ -127,10 +130,15 @@ class TrainConfig:
             "period": self.period >= 1, "train_views": self.train_views >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
             "n_descriptions": self.n_descriptions >= 1,
+            "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
+            **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
+                                                        "weight_decay")},
         }
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"invalid value device={self.device!r}: expected auto, cpu, cuda, cuda:<index> or mps")
         if self.protocol == "cross_dataset" and self.eval_split != "test":
             raise ConfigError("protocol=cross_dataset scores test images: eval_split must be test "
                               "(tune on the source with protocol=base2novel)")
@@ -164,6 +172,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         except ValueError:
             pass
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # a record holding Infinity/NaN is not JSON
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if target is str and isinstance(value, (int, float)):
         return str(value)
@@ -174,7 +184,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def make_config(values: dict[str, Any] | None = None, source: str = "config") -> TrainConfig:
     """Build a validated TrainConfig from a dict, its path keys made absolute (anchoropt.paths: relative
-    to the working directory). Unknown keys raise ConfigError naming ``source``."""
+    to the working directory). An unknown key, a value of the wrong type or out of its range raises
+    ConfigError naming ``source`` and the key."""
     hints = get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)}
     values = values or {}
@@ -184,7 +195,10 @@ def make_config(values: dict[str, Any] | None = None, source: str = "config") ->
                  f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
                  for k in unknown]
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}")
-    cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    try:
+        cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     for key in PATH_KEYS:
         if getattr(cfg, key):
             setattr(cfg, key, absolute(getattr(cfg, key)))

@@ -132,8 +132,8 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(ray_session, tiny_cfg
     from anchoropt.search.driver import run_search
 
     space = {"params": {"n_anchors": {"type": "categorical", "choices": [1, 2, 3]},
-                        # NaN Stage I loss -> NonFiniteLoss in the trials with two anchors
-                        "mse_weight": {"type": "fixed", "value": float("nan"), "when": {"n_anchors": 2}}}}
+                        # a weight that overflows float32 -> non-finite Stage I loss -> NonFiniteLoss with two anchors
+                        "mse_weight": {"type": "fixed", "value": 1e300, "when": {"n_anchors": 2}}}}
     out = tmp_path / "s"
     result = run_search(space, out, 3, _base(tiny_cfg), sampler="bruteforce", max_concurrent=2)
     assert (result.n_complete, result.n_failed) == (2, 1)
