@@ -187,8 +187,8 @@ def config_keys_help() -> str:
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     """What search, benchmark and run show and where they log, shared by the three."""
-    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
-                   help="show Ray Tune's own output (--verbose: level 1, --verbose 2: more) instead of one "
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="show Ray Tune's own output (-v: its trial tables and logs, -vv: more) instead of one "
                         "progress bar per search or benchmark")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print what would run and what is already done, then stop (nothing written)")

@@ -163,7 +163,7 @@ def test_killed_search_resumes_without_lost_or_repeated_trials(ray_session, tiny
     address = ray_session.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "anchoropt.cli", "search", "--space", str(space), "--num-trials", "6",
            "--out", str(out), "--config", str(base_yaml), "--max-concurrent", "1", "--address", address,
-           "--verbose", "0", "--sampler", "random"]
+           "--sampler", "random"]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     try:
