@@ -23,7 +23,7 @@ PETS = ["american_bulldog", "great_pyrenees", "yorkshire_terrier", "saint_bernar
 
 
 def _trainer(cfg):
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu")
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
     cfg = resolve_ctx_init(cfg, backbone)
     return Trainer(cfg, backbone, build_task(cfg, backbone), torch.device("cpu"))
 
