@@ -27,7 +27,7 @@ import yaml
 from ray import tune
 
 from anchoropt.config import PROTOCOLS, ConfigError, TrainConfig, make_config
-from anchoropt.raytools import ensure_ray
+from anchoropt.raytools import check_resources, ensure_ray
 
 SUITE_KEYS = {"name", "protocol", "source", "datasets", "seeds", "config", "per_dataset", "methods", "baseline",
               "schedules", "search_dataset"}
@@ -216,6 +216,9 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
 
     Records of finished cells are never rewritten. Failed cells are reported by name and
     left without a record, so the next run retries them.
+
+    Raises:
+        ConfigError: a trial resource request no node of the Ray cluster meets (before any cell runs).
     """
     cells = plan_cells(suite, results)
     todo = [c for c in cells if not c.finished()]
@@ -224,6 +227,7 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
         return {"done": 0, "failed": 0, "skipped": len(cells)}
     check_data(todo)
     ensure_ray(address, num_cpus)
+    check_resources(cpus_per_trial, gpus_per_trial)
     with tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage:  # the records are the state
         tuner = tune.Tuner(
             tune.with_resources(partial(_cell_trainable, threads=max(1, round(cpus_per_trial))),
