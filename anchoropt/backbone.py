@@ -14,12 +14,20 @@ One entry point, :func:`create_backbone`, builds any open_clip model by name
 OpenAI weights were trained with QuickGELU; open_clip's built-in configs use
 GELU, so the factory switches QuickGELU on for the ``openai`` tag and for
 TorchScript archives, which makes the tag and the file give the same model.
+
+Image preprocessing (normalisation mean/std, resize interpolation and mode) is that of the
+weights' open_clip pretrained config (``open_clip.get_pretrained_cfg``), which differs between
+weights (SigLIP and LAION-2B ViT-L-14: Inception mean/std; CLIPA: ImageNet's, bilinear, squash);
+see :func:`resolve_preprocess` for how a local checkpoint's is found, named or guessed.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +59,8 @@ class Backbone:
         tokenizer: callable ``list[str] -> LongTensor [B, 77]`` (open_clip BPE tokenizer).
         preprocess: PIL image -> float tensor ``[3, H, W]`` (resize + centre crop + normalise).
         mean, std: per-channel normalisation of the weights (RGB, 0-1 scale).
+        preprocess_cfg: ``mean``, ``std``, ``interpolation``, ``resize_mode`` of ``preprocess``
+            (open_clip's names), part of feature cache keys.
         name: open_clip model name; pretrained: what the weights came from.
         weights_id: what the weights are, for cache keys: the tag, ``random``, or a checkpoint
             file's resolved path, size and modification time (a file replaced in place changes it).
@@ -64,13 +74,15 @@ class Backbone:
     name: str
     pretrained: str
     weights_id: str
+    preprocess_cfg: dict
+
 
     def augment(self, crop_scale: float = 0.08, flip: bool = True) -> Callable:
         """Training augmentation of CoOp/Dassl: PIL image -> ``[3, H, W]``: random resized crop
         (area fraction ``crop_scale``..1), horizontal flip if ``flip``, normalise.
         Draws from torch's global RNG (torchvision transforms)."""
-        steps = [T.RandomResizedCrop(self.image_size, scale=(crop_scale, 1.0),
-                                     interpolation=T.InterpolationMode.BICUBIC)]
+        interpolation = T.InterpolationMode(self.preprocess_cfg["interpolation"])
+        steps = [T.RandomResizedCrop(self.image_size, scale=(crop_scale, 1.0), interpolation=interpolation)]
         if flip:
             steps.append(T.RandomHorizontalFlip())
         return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
@@ -82,7 +94,7 @@ class Backbone:
 
 
 def create_backbone(name: str, pretrained: str = "openai", quick_gelu: bool | None = None,
-                    device: str | torch.device = "cpu") -> Backbone:
+                    device: str | torch.device = "cpu", preprocess: str = "") -> Backbone:
     """Build a frozen open_clip model by name.
 
     Args:
@@ -91,11 +103,13 @@ def create_backbone(name: str, pretrained: str = "openai", quick_gelu: bool | No
         quick_gelu: force QuickGELU on/off; ``None`` decides from the weights
             (on for the ``openai`` tag and for OpenAI TorchScript files).
         device: where the model lives.
+        preprocess: pretrained tag of ``name`` whose image preprocessing to use (see
+            :func:`resolve_preprocess`); empty: the weights'.
 
     Raises:
-        BackboneError: unknown model name, missing/unreadable checkpoint, or a tag
-            that cannot be fetched (offline); the message names the path or tag and
-            what to pass instead.
+        BackboneError: unknown model name, missing/unreadable checkpoint, a tag
+            that cannot be fetched (offline), or an unknown ``preprocess`` tag; the message
+            names the path or tag and what to pass instead.
     """
     if name not in open_clip.list_models():
         raise BackboneError(f"unknown model '{name}'; open_clip knows e.g. ViT-B-16, ViT-B-32, RN50, ToyCLIP")
@@ -115,11 +129,13 @@ def create_backbone(name: str, pretrained: str = "openai", quick_gelu: bool | No
             raise BackboneError(f"checkpoint '{pretrained}' does not fit model {name}: "
                                 f"{str(err).splitlines()[0]}") from err
     model = model.to(device).eval().requires_grad_(False)
-    norm = _preprocess_kwargs(name, source)
-    preprocess = open_clip.image_transform(model.visual.image_size, is_train=False, **norm)
-    return Backbone(model=model, tokenizer=open_clip.get_tokenizer(name), preprocess=preprocess,
-                    mean=tuple(norm["mean"]), std=tuple(norm["std"]), name=name, pretrained=pretrained or "none",
-                    weights_id=_weights_id(source))
+    cfg, guessed = resolve_preprocess(name, source, preprocess, openai_weights)
+    if guessed:
+        warnings.warn(guessed, UserWarning, stacklevel=2)
+    transform = open_clip.image_transform(model.visual.image_size, is_train=False, **cfg)
+    return Backbone(model=model, tokenizer=open_clip.get_tokenizer(name), preprocess=transform,
+                    mean=cfg["mean"], std=cfg["std"], name=name, pretrained=pretrained or "none",
+                    weights_id=_weights_id(source), preprocess_cfg=cfg)
 
 
 def _weights_id(source: str | Path | None) -> str:
@@ -209,11 +225,80 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
 
 
-def _preprocess_kwargs(name: str, source) -> dict:
-    """Normalisation and resize settings of a tag (OpenAI's by default, as CoOp uses)."""
-    cfg = open_clip.get_pretrained_cfg(name, source) if isinstance(source, str) else {}
-    out = {"mean": cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), "std": cfg.get("std", open_clip.OPENAI_DATASET_STD)}
-    for key in ("interpolation", "resize_mode"):
-        if key in cfg:
-            out[key] = cfg[key]
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+# open_clip's defaults (open_clip.transform.PreprocessCfg): OpenAI's normalisation, bicubic, shortest side.
+_OPENAI_PREPROCESS = {"mean": tuple(open_clip.OPENAI_DATASET_MEAN), "std": tuple(open_clip.OPENAI_DATASET_STD),
+                      "interpolation": "bicubic", "resize_mode": "shortest"}
+
+
+def resolve_preprocess(name: str, source: str | Path | None, preprocess: str = "",
+                       openai_weights: bool = False) -> tuple[dict, str | None]:
+    """The image preprocessing of the weights ``source`` of model ``name``, and a warning if guessed.
+
+    In order: the tag ``preprocess`` names (``openai``: OpenAI's, for any model); a tag's own
+    open_clip pretrained config; OpenAI's for OpenAI-format files, the toy checkpoint and random
+    weights; the ``preprocess_cfg`` of an ``open_clip_config.json`` next to the checkpoint (as
+    Hugging Face checkpoints ship it). Otherwise it is guessed, with a warning: the tag of ``name``
+    whose name or Hugging Face id the checkpoint's path contains, else the one preprocessing
+    that all tags of ``name`` share, else OpenAI's.
+
+    Returns:
+        (``{"mean": (3,), "std": (3,), "interpolation": str, "resize_mode": str}``, warning or None).
+
+    Raises:
+        BackboneError: ``preprocess`` is not a pretrained tag of ``name``, or the
+            ``open_clip_config.json`` is malformed.
+    """
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if preprocess:
+        if preprocess.lower() == "openai":
+            return dict(_OPENAI_PREPROCESS), None
+        if preprocess not in tags:
+            raise BackboneError(f"preprocess={preprocess!r} is not a pretrained tag of {name}: expected openai or "
+                                f"one of {', '.join(tags) or 'none'}")
+        return _tag_preprocess(name, preprocess), None
+    if isinstance(source, str):
+        return _tag_preprocess(name, source), None
+    if source is None or source == TOY_CHECKPOINT or openai_weights:
+        return dict(_OPENAI_PREPROCESS), None
+    shipped = source.parent / "open_clip_config.json"
+    if shipped.is_file():
+        try:
+            found = json.loads(shipped.read_text()).get("preprocess_cfg", {})
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise BackboneError(f"{shipped} is not a JSON object with a preprocess_cfg: {err}") from None
+        if found:
+            return _merge_preprocess(found), None
+    hint = f"pass preprocess=<tag> (tags of {name}: {', '.join(['openai', *tags])}) to name it"
+    squashed = _squash(str(source))
+    named = [t for t in tags if _squash(t) in squashed or (_hf_name(name, t) and _hf_name(name, t) in squashed)]
+    if named:
+        tag = max(named, key=lambda t: len(_squash(t)))
+        return _tag_preprocess(name, tag), (f"image preprocessing of {source} guessed from its path: that of "
+                                            f"{name} tag {tag}; {hint}")
+    distinct = {json.dumps(_tag_preprocess(name, t)) for t in tags}
+    if len(distinct) == 1:
+        shared = _merge_preprocess(json.loads(distinct.pop()))
+        return shared, f"image preprocessing of {source} guessed: the one all {name} tags share; {hint}"
+    return dict(_OPENAI_PREPROCESS), f"image preprocessing of {source} guessed: OpenAI's; {hint}"
+
+
+def _tag_preprocess(name: str, tag: str) -> dict:
+    return _merge_preprocess(open_clip.get_pretrained_cfg(name, tag))
+
+
+def _merge_preprocess(found: dict) -> dict:
+    out = {**_OPENAI_PREPROCESS, **{k: found[k] for k in _PREPROCESS_KEYS if k in found}}
+    out["mean"], out["std"] = tuple(float(v) for v in out["mean"]), tuple(float(v) for v in out["std"])
     return out
+
+
+def _squash(text: str) -> str:
+    """Lower case letters and digits only: ``laion2B-s32B`` and ``laion2b_s32b`` compare equal."""
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _hf_name(name: str, tag: str) -> str:
+    """The squashed repository name of a tag's Hugging Face id (``laion/CLIP-ViT-L-14-laion2B-s32B-b82K``)."""
+    hub = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "")
+    return _squash(hub.strip("/").split("/")[-1]) if hub else ""

@@ -1,9 +1,7 @@
 """Benchmark suites: every cell as a Ray Tune trial, one record per (method, dataset, seed).
 
-A suite (YAML, see ``benchmarks/``) names a protocol, datasets, seeds, a shared ``config`` of
-TrainConfig keys and named ``methods``; a method is TrainConfig keys and/or
-``config: <file>``, e.g. a search's ``best_config.yaml`` (``{dataset}`` in the path is
-replaced per cell). Protocols (SPEC section 8):
+A suite (:mod:`anchoropt.suite`) names a protocol, datasets, seeds and methods. Protocols
+(SPEC section 8):
 
 - ``base2novel``: a cell is (method, dataset, seed).
 - ``cross_dataset``: a cell is (method, seed): train on every class of ``source``, then score
@@ -15,22 +13,17 @@ benchmark loses at most the cells in flight.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import tune
 
-from anchoropt.config import PROTOCOLS, ConfigError, TrainConfig, make_config
-from anchoropt.raytools import check_resources, ensure_ray
-
-SUITE_KEYS = {"name", "protocol", "source", "datasets", "seeds", "config", "per_dataset", "methods", "baseline",
-              "schedules", "search_dataset"}
+from anchoropt.config import make_config
+from anchoropt.raytools import Resources, check_resources, ensure_ray, trainable
+from anchoropt.suite import Suite, method_values
 
 
 @dataclass
@@ -43,120 +36,28 @@ class Cell:
     seed: int
     config: dict[str, Any]
     record_paths: dict[str, str]
-    tuning_objective: str  # objective of the search that produced the config, or "untuned"
+    tuning: str  # what tuned the config (anchoropt.suite.method_values)
 
     def finished(self) -> bool:
         """Every record of the cell is on disk (a killed cell wrote none or some: it reruns)."""
         return all(os.path.isfile(p) for p in self.record_paths.values())
 
 
-@dataclass
-class Suite:
-    """A parsed suite file. ``methods`` maps a method name to its TrainConfig values."""
-
-    name: str
-    path: Path
-    datasets: list[str]  # under cross_dataset: the targets
-    seeds: list[int]
-    config: dict[str, Any]
-    methods: dict[str, dict[str, Any]]
-    per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
-    protocol: str = "base2novel"
-    source: str | None = None  # cross_dataset: the dataset trained on
-    baseline: str | None = None
-    schedules: tuple[str, str] | None = None
-    search_dataset: str | None = None  # where ``anchoropt run`` tunes the schedules
-
-
-def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
-    """Read a suite YAML; ``overrides`` (TrainConfig keys) replace the shared ``config``.
-
-    Raises:
-        ConfigError: unknown top-level or TrainConfig key, missing methods/datasets/seeds,
-            unknown protocol, a cross-dataset suite without ``source`` (or with the source among
-            its targets), or a method file that does not exist (naming the suite file).
-    """
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"suite file not found: {path}") from None
-    unknown = sorted(set(raw) - SUITE_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown suite key(s) {', '.join(unknown)}")
-    for key in ("datasets", "seeds", "methods"):
-        if not raw.get(key):
-            raise ConfigError(f"{path}: '{key}' is missing or empty")
-    protocol, source = raw.get("protocol", "base2novel"), raw.get("source")
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"{path}: unknown protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
-    if protocol == "cross_dataset" and (not source or source in raw["datasets"]):
-        raise ConfigError(f"{path}: protocol cross_dataset needs 'source: <dataset>', not among the target datasets")
-    if protocol == "base2novel" and source:
-        raise ConfigError(f"{path}: 'source' applies to protocol cross_dataset only")
-    shared = {**(raw.get("config") or {}), **(overrides or {})}
-    make_config(shared, source=f"{path} config")
-    methods = {name: dict(spec or {}) for name, spec in raw["methods"].items()}
-    schedules = tuple(raw["schedules"]) if raw.get("schedules") else None
-    for name in [raw.get("baseline"), *(schedules or ())]:
-        if name is not None and name not in methods:
-            raise ConfigError(f"{path}: '{name}' is not one of the suite's methods")
-    return Suite(raw.get("name", path.stem), path, list(raw["datasets"]), [int(s) for s in raw["seeds"]],
-                 shared, methods, raw.get("per_dataset") or {}, protocol, source, raw.get("baseline"), schedules,
-                 raw.get("search_dataset"))
-
-
-def method_config(suite: Suite, method: str, dataset: str) -> tuple[dict[str, Any], str]:
-    """TrainConfig values of one method on one dataset, and the objective that tuned them.
-
-    Order (later wins): suite ``config``, its ``per_dataset`` entry, the method's ``config:``
-    file, the method's own keys.
-    The objective of the search that wrote the file (its ``search.json``) is recorded as
-    provenance (``given`` for another file, ``untuned`` without one); cells are scored on test.
-    """
-    spec = dict(suite.methods[method])
-    values: dict[str, Any] = {**suite.config, **suite.per_dataset.get(dataset, {})}
-    tuning = "untuned"
-    if "config" in spec:
-        file = Path(str(spec.pop("config")).format(dataset=dataset))
-        file = file if file.is_absolute() else suite.path.parent / file
-        if not file.is_file():
-            raise ConfigError(f"{suite.path}: method '{method}' config file not found: {file}")
-        tuned = yaml.safe_load(file.read_text()) or {}
-        search = file.parent / "search.json"  # present when the file is a search's best config
-        tuning = json.loads(search.read_text())["objective"] if search.is_file() else "given"
-        values.update({k: v for k, v in tuned.items() if k not in ("dataset", "seed", "data_root", "cache_dir",
-                                                                     "device", "objective")})
-    values.update(spec)
-    values.update(dataset=dataset, objective="test", protocol=suite.protocol)
-    if suite.protocol == "cross_dataset":
-        values["targets"] = ",".join(suite.datasets)
-    return values, tuning
-
-
 def plan_cells(suite: Suite, results: str | Path) -> list[Cell]:
-    """Every cell of the suite, with its validated config (raises ConfigError naming the method)."""
+    """Every cell of the suite, with its validated config scored on test (raises ConfigError naming
+    the method)."""
     results = Path(results).resolve()
-    trained = [suite.source] if suite.protocol == "cross_dataset" else suite.datasets
     cells = []
     for method in suite.methods:
-        for dataset in trained:
-            values, tuning = method_config(suite, method, dataset)
+        for dataset in suite.trained_datasets:
+            values, tuning = method_values(suite, method, dataset)
             scored = [dataset, *suite.datasets] if suite.protocol == "cross_dataset" else [dataset]
             for seed in suite.seeds:
-                cfg = make_config({**values, "seed": seed}, source=f"{suite.path} method '{method}'")
+                cfg = make_config({**values, "seed": seed, "eval_split": "test"},
+                                  source=f"{suite.path} method '{method}'")
                 paths = {d: str(results / method / d / f"seed{seed}.json") for d in scored}
-                cells.append(Cell(method, dataset, seed, _absolute_paths(cfg).to_dict(), paths, tuning))
+                cells.append(Cell(method, dataset, seed, cfg.to_dict(), paths, tuning))
     return cells
-
-
-def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """Ray workers run in other folders: make path-valued keys absolute."""
-    for key in ("data_root", "cache_dir", "descriptions", "descriptions_dir"):
-        value = getattr(cfg, key)
-        if value:
-            setattr(cfg, key, str(Path(value).expanduser().resolve()))
-    return cfg
 
 
 def check_data(cells: list[Cell]) -> None:
@@ -175,36 +76,17 @@ def run_cell(cell: Cell) -> dict:
     """Train one cell and write its records, each atomically (the method name is the suite's).
     Returns the run's record (cross-dataset: with ``acc_<dataset>`` for every scored dataset)."""
     from anchoropt.io import save_json
+    from anchoropt.records import dataset_records, relabel
     from anchoropt.train import train
 
-    record = train(make_config(cell.config))
-    record.update(method=cell.method, objective=cell.tuning_objective)
-    if record["protocol"] == "base2novel":
-        save_json(record, cell.record_paths[cell.dataset])
-        return record
-    for dataset, path in cell.record_paths.items():
-        save_json(dataset_record(record, dataset), path)
+    record = relabel(train(make_config(cell.config)), cell.method, cell.tuning)
+    for dataset, rec in dataset_records(record).items():
+        save_json(rec, cell.record_paths[dataset])
     return record
 
 
-def dataset_record(record: dict, dataset: str) -> dict:
-    """The record of one scored dataset of a cross-dataset run: ``dataset`` set to it, ``role``
-    ``source`` or ``target``, ``source`` named, and metrics ``acc`` (and ``acc_anchor``, the
-    anchor prompt alone) in percent (docs/INTERFACES.md)."""
-    source = record["config"]["dataset"]
-    metrics = {"acc": record["metrics"][f"acc_{dataset}"]}
-    if f"acc_anchor_{dataset}" in record["metrics"]:
-        metrics["acc_anchor"] = record["metrics"][f"acc_anchor_{dataset}"]
-    return {**record, "dataset": dataset, "source": source, "role": "source" if dataset == source else "target",
-            "metrics": metrics}
-
-
-def _cell_trainable(config: dict, threads: int = 1) -> None:
-    """Ray Tune trainable: one cell per trial, with as many torch threads as the trial has CPUs
-    (more threads than CPUs oversubscribe the cores and slow small models many times)."""
-    import torch
-
-    torch.set_num_threads(threads)
+def _cell_trial(config: dict) -> None:
+    """One cell per Ray Tune trial (run by :func:`anchoropt.raytools.trainable`)."""
     record = run_cell(Cell(**config["cell"]))
     tune.report({k: v for k, v in record["metrics"].items() if v is not None})
 
@@ -220,6 +102,7 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
     Raises:
         ConfigError: a trial resource request no node of the Ray cluster meets (before any cell runs).
     """
+    resources = Resources(cpus_per_trial, gpus_per_trial)  # bad values fail before any work
     cells = plan_cells(suite, results)
     todo = [c for c in cells if not c.finished()]
     print(f"benchmark {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to go")
@@ -227,11 +110,10 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
         return {"done": 0, "failed": 0, "skipped": len(cells)}
     check_data(todo)
     ensure_ray(address, num_cpus)
-    check_resources(cpus_per_trial, gpus_per_trial)
+    check_resources(resources)
     with tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage:  # the records are the state
         tuner = tune.Tuner(
-            tune.with_resources(partial(_cell_trainable, threads=max(1, round(cpus_per_trial))),
-                                {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+            trainable(_cell_trial, resources),
             param_space={"cell": tune.grid_search([vars(c) for c in todo])},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=storage, name=suite.name, verbose=0,

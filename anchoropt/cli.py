@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from anchoropt import __version__
-from anchoropt.config import KEY_HELP, ConfigError, TrainConfig, load_config
+from anchoropt.config import KEY_HELP, TrainConfig, load_config, parse_overrides
 from anchoropt.pipeline import DEFAULT_SPACE, DEFAULT_SUITE
 
 # ConfigError, DataError (ValueError) and the errors of modules that only a running command imports
@@ -53,7 +53,8 @@ def _search(args: argparse.Namespace) -> None:
 
     common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
                   max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                  gpus_per_trial=args.gpus_per_trial, verbose=args.verbose, print_summary=True)
+                  gpus_per_trial=args.gpus_per_trial, verbose=args.verbose, print_summary=True, mlflow=args.mlflow,
+                  dry_run=args.dry_run)
     if args.resume:
         given = [flag for flag, value in (("--space", args.space), ("--out", args.out), ("--config", args.config),
                                           ("--objective", args.objective), ("--sampler", args.sampler),
@@ -76,10 +77,17 @@ def _search(args: argparse.Namespace) -> None:
                enqueue=args.enqueue or (), **common)
 
 
-def _benchmark(args: argparse.Namespace) -> None:
-    from anchoropt.benchmark import load_suite, run_benchmark
+def _search_show(args: argparse.Namespace) -> None:
+    from anchoropt.search.show import show
 
-    suite = load_suite(args.suite, _overrides(args.overrides))
+    print(show(args.dir))
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from anchoropt.benchmark import run_benchmark
+    from anchoropt.suite import load_suite
+
+    suite = load_suite(args.suite, parse_overrides(args.overrides))
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial or 1.0,
                            gpus_per_trial=args.gpus_per_trial or 0.0, max_concurrent=args.max_concurrent,
                            address=args.address, num_cpus=args.num_cpus)
@@ -93,7 +101,8 @@ def _report(args: argparse.Namespace) -> None:
     from anchoropt.report import load_records, write_report
 
     path = write_report(load_records(args.results), args.out, baseline=args.baseline,
-                        schedules=tuple(args.schedules) if args.schedules else None)
+                        schedules=tuple(args.schedule_methods) if args.schedule_methods else None,
+                        hm_convention=args.hm_convention, display_names=parse_overrides(args.name))
     print(f"report: {path}")
 
 
@@ -117,24 +126,33 @@ def _data_list(args: argparse.Namespace) -> None:
           f"a custom one is a folder with a meta.json)")
 
 
+def _data_check(args: argparse.Namespace) -> None:
+    from anchoropt.data.check import check_dataset
+
+    faulty = []
+    print("checking every split: files present and decodable, every class with images, images per class, "
+          "description coverage, few-shot pickles consistent")
+    for name in args.datasets:
+        result = check_dataset(args.root, name, args.descriptions, args.descriptions_dir, args.n_descriptions)
+        print(f"{name}:")
+        for line in [*result.lines, *(result.per_class if args.per_class else [])]:
+            print(f"  {line}")
+        for fault in result.faults:
+            print(f"  FAULT {fault}")
+        if result.faults:
+            faulty.append(f"{name} ({len(result.faults)})")
+    if faulty:
+        raise ValueError(f"faults found in {len(faulty)} of {len(args.datasets)} datasets: {', '.join(faulty)}")
+    print(f"no faults in {', '.join(args.datasets)}")
+
+
 def _run(args: argparse.Namespace) -> None:
     from anchoropt.pipeline import run_main_job
 
-    run_main_job(args.suite, args.results, args.report, _overrides(args.overrides), space=args.space,
+    run_main_job(args.suite, args.results, args.report, parse_overrides(args.overrides), space=args.space,
                  search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus)
-
-
-def _overrides(items: list[str]) -> dict[str, str]:
-    """``key=value`` strings as a dict (values typed later by the config)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override '{item}' is not key=value")
-        out[key.strip()] = value
-    return out
 
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
@@ -157,6 +175,18 @@ def config_keys_help() -> str:
     return "config keys (key=value overrides or --config YAML), default, meaning:\n" + "\n".join(lines)
 
 
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """What search, benchmark and run show and where they log, shared by the three."""
+    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
+                   help="show Ray Tune's own output (--verbose: level 1, --verbose 2: more) instead of one "
+                        "progress bar per search or benchmark")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, print what would run and what is already done, then stop (nothing written)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db); "
+                        "TensorBoard files are always written under the folder's tensorboard/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchoropt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"anchoropt {__version__}")
@@ -169,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_anchors=4")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials")
+    p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials",
+                       epilog="anchoropt search show DIR: the state of a search folder (trials done, best trial, "
+                              "importances, best trials by HM), read only")
     p.add_argument("--space", help="search space YAML (e.g. search_spaces/anchors.yaml)")
     p.add_argument("--num-trials", type=int, help="total number of trials")
     p.add_argument("--out", help="search folder (trials table, best_config.yaml, plots, study)")
@@ -181,12 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=("none", "asha"),
                    help="asha: stop poor trials early on their per-epoch HM (default none)")
     _add_ray_args(p)
+    _add_output_args(p)
     p.add_argument("--storage", help="Optuna RDB URL (e.g. sqlite:///study.db); default a journal file in --out")
     p.add_argument("--enqueue", action="append", metavar="FILE",
                    help="YAML of space parameters (a mapping or a list of them) to run before the sampler's "
                         "draws, after trial 0 (the base config); repeatable")
     p.add_argument("--resume", metavar="DIR", help="resume the interrupted search in DIR")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune progress output")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides, e.g. dataset=dtd")
     p.set_defaults(func=_search)
 
@@ -201,8 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="record files or folders")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--baseline", help="method the others are tested against (default: the first)")
-    p.add_argument("--schedules", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),
+    p.add_argument("--schedule-methods", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),
                    help="methods compared in the one-stage vs two-stage section")
+    p.add_argument("--hm-convention", default="seed_averaged",
+                   help="per-dataset HM: seed_averaged (HM of the seed-averaged base and novel, as papers; "
+                        "default) or per_seed_mean (mean of the per-seed HMs)")
+    p.add_argument("--name", action="append", default=[], metavar="METHOD=NAME",
+                   help="display name of a method in tables.tex and figures (repeatable), e.g. coop=CoOp")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("data", help="datasets: create the offline toy-11 ones, list what a data root holds")
@@ -215,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("list", help="the standard and custom datasets, found or missing under a root")
     p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
     p.set_defaults(func=_data_list)
+    p = data.add_parser("check", help="check datasets completely: files present, decodable, classes complete, "
+                                      "counts per class, description coverage, few-shot pickles consistent")
+    p.add_argument("datasets", nargs="+", metavar="DATASET", help="standard or custom dataset names")
+    p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
+    p.add_argument("--descriptions", default="", help="CuPL JSON to check against (one dataset)")
+    p.add_argument("--descriptions-dir", default="", help="folder of the standard datasets' CuPL files")
+    p.add_argument("--n-descriptions", type=int, default=TrainConfig.n_descriptions,
+                   help=f"sentences each class needs (default {TrainConfig.n_descriptions}; SPEC: 5 for ImageNet)")
+    p.add_argument("--per-class", action="store_true", help="print the image count of every class in every split")
+    p.set_defaults(func=_data_check)
 
     p = sub.add_parser("run", help="main job: toy data, search both schedules, benchmark, report")
     p.add_argument("--suite", default=str(DEFAULT_SUITE), help="benchmark suite (default the toy-11 suite)")
@@ -231,8 +278,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_show_parser() -> argparse.ArgumentParser:
+    """``anchoropt search show DIR`` (its own parser: ``search`` takes key=value words as positionals)."""
+    p = argparse.ArgumentParser(prog="anchoropt search show",
+                                description="the state of a search folder from its ledger: trials done, best "
+                                            "trial, importances, best trials by HM; nothing is rewritten")
+    p.add_argument("dir", help="search folder (holds search.json)")
+    p.set_defaults(func=_search_show)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides are accepted anywhere after the subcommand,
+    before or after its options (argparse alone takes them only in one block)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_show_parser().parse_args(argv[2:]) if argv[:2] == ["search", "show"] else parse_args(argv)
     try:
         args.func(args)
     except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)

@@ -12,15 +12,19 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import yaml
+from anchoropt.errors import ConfigError
+from anchoropt.paths import absolute, is_checkpoint_path
+from anchoropt.yamlio import parse_yaml, read_yaml
 
 METHODS = ("zeroshot", "coop", "anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 
 
-class ConfigError(ValueError):
-    """Unknown key, value of the wrong type or outside its range."""
+#: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
+PATH_KEYS = ("data_root", "cache_dir", "descriptions", "descriptions_dir")
+#: old key -> its name now (record version 2)
+RENAMED = {"objective": "eval_split"}
 
 
 @dataclass
@@ -33,7 +37,7 @@ class TrainConfig:
     data_root: str = "data/toy11"
     shots: int = 16
     seed: int = 1
-    objective: str = "test"  # test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
+    eval_split: str = "test"  # test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
     # base2novel: train on base classes, score base and novel; cross_dataset: train on every class of
     # ``dataset`` (the source), score it and each of ``targets`` on all their classes (SPEC section 8)
     protocol: str = "base2novel"
@@ -45,6 +49,7 @@ class TrainConfig:
     backbone: str = "ToyCLIP"
     pretrained: str = "toy"
     quick_gelu: bool | None = None
+    preprocess: str = ""  # pretrained tag whose image preprocessing a checkpoint file gets; empty: the weights'
     device: str = "auto"
     # method
     method: str = "anchoropt"
@@ -84,7 +89,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
-                   "eos_index": ("correct", "reference"), "objective": ("test", "val"),
+                   "eos_index": ("correct", "reference"), "eval_split": ("test", "val"),
                    "protocol": PROTOCOLS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -101,8 +106,8 @@ class TrainConfig:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
-        if self.protocol == "cross_dataset" and self.objective != "test":
-            raise ConfigError("protocol=cross_dataset scores test images: objective must be test "
+        if self.protocol == "cross_dataset" and self.eval_split != "test":
+            raise ConfigError("protocol=cross_dataset scores test images: eval_split must be test "
                               "(tune on the source with protocol=base2novel)")
         if self.protocol == "base2novel" and self.targets:
             raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
@@ -120,7 +125,7 @@ class TrainConfig:
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Turn a YAML/CLI value into the field's type (``int``, ``float``, ``bool``, ``str``, optional)."""
     if isinstance(value, str):
-        value = yaml.safe_load(value) if value != "" else ""
+        value = parse_yaml(value, f"{key}={value}") if value != "" else ""
     allowed = [t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)]
     if value is None and type(None) in getattr(hint, "__args__", ()):
         return None
@@ -140,39 +145,47 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 def make_config(values: dict[str, Any] | None = None, source: str = "config") -> TrainConfig:
-    """Build a validated TrainConfig from a dict. Unknown keys raise ConfigError naming ``source``."""
+    """Build a validated TrainConfig from a dict, its path keys made absolute (anchoropt.paths: relative
+    to the working directory). Unknown keys raise ConfigError naming ``source``."""
     hints = get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)}
     values = values or {}
     unknown = sorted(set(values) - known)
     if unknown:
-        hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
+        hints = [f"{k} (renamed {RENAMED[k]})" if k in RENAMED else
+                 f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
                  for k in unknown]
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}")
-    return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    for key in PATH_KEYS:
+        if getattr(cfg, key):
+            setattr(cfg, key, absolute(getattr(cfg, key)))
+    if is_checkpoint_path(cfg.pretrained):
+        cfg.pretrained = absolute(cfg.pretrained)
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` as a dict of strings (typed later by :func:`make_config`); the one parser of
+    ``key=value`` for every command. Raises ConfigError naming an item without ``=`` or a key."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not key=value")
+        out[key.strip()] = value
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (optional) then overrides (``["lr=0.01", ...]`` or a dict), later wins."""
-    values: dict[str, Any] = {}
-    if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must be a mapping of key: value")
-        values.update(loaded)
-    if isinstance(overrides, dict):
-        values.update(overrides)
-    else:
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"override '{item}' is not key=value")
-            values[key.strip()] = value
+    """YAML file (optional) then overrides (``["lr=0.01", ...]`` or a dict), later wins.
+
+    Raises:
+        ConfigError: the file is missing or not a YAML mapping (one line naming it), an override is
+            not ``key=value``, or a key or value is invalid.
+    """
+    values: dict[str, Any] = dict(read_yaml(path, "config file")) if path else {}
+    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
     return make_config(values, source=str(path) if path else "overrides")
 
 
@@ -183,7 +196,7 @@ KEY_HELP = {
     "data_root": "folder of the datasets (CoOp layout)",
     "shots": "training images per class (few-shot K)",
     "seed": "seed of the few-shot draw and of training",
-    "objective": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
+    "eval_split": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
     "protocol": "base2novel: train on base classes, score base and novel; cross_dataset: train on all "
                 "classes of dataset, score it and each target",
     "targets": "cross_dataset: comma-separated target datasets",
@@ -193,6 +206,8 @@ KEY_HELP = {
     "backbone": "open_clip model name (ToyCLIP: the offline toy backbone)",
     "pretrained": "open_clip pretrained tag or checkpoint file",
     "quick_gelu": "QuickGELU activations (empty: as the checkpoint needs)",
+    "preprocess": "open_clip pretrained tag whose image preprocessing (mean/std, resize) a checkpoint file "
+                  "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
     "method": "zeroshot, coop or anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",

@@ -3,7 +3,7 @@
 The image encoder never trains, so a run (and every trial of a search) reads
 features instead of images: ``[N, D]`` for evaluation images and ``[N, V, D]``
 for training images, V fixed augmented views drawn once per image with a seed.
-The cache key covers the backbone's weights, the exact image list (paths, sizes, modification
+The cache key covers the backbone's weights and image preprocessing, the exact image list (paths, sizes, modification
 times: regenerated or replaced images get new features), the views and the seed, so it is shared
 by every run on the same (backbone, dataset, split, seed, shots).
 Files are written atomically under a file lock, so concurrent trials and benchmark cells
@@ -17,46 +17,24 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from PIL import Image, UnidentifiedImageError
 
 from anchoropt.backbone import Backbone
 from anchoropt.data.datasets import DataError, Datum
+from anchoropt.data.images import file_id, load_image
 from anchoropt.io import save_tensors
 
 BATCH = 128
 
 
-def load_image(path: str) -> Image.Image:
-    """Open an image as RGB (grey, palette, RGBA and CMYK are converted).
-
-    Raises:
-        DataError: missing or corrupt file, naming it.
-    """
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"corrupt image {path}: {err}") from None
-
-
 def cache_key(backbone: Backbone, items: list[Datum], views: int, seed: int, crop_scale: float, flip: bool) -> str:
-    """sha1 over backbone name/weights, image files, views (0 = test transform), seed and augmentation.
+    """sha1 over backbone name/weights/preprocessing, image files, views (0 = test transform), seed and augmentation.
 
     Raises:
         DataError: an image file is missing, naming it."""
-    payload = json.dumps([backbone.name, backbone.weights_id, [_file_id(d.impath) for d in items], views, seed,
+    payload = json.dumps([backbone.name, backbone.weights_id, backbone.preprocess_cfg,
+                          [file_id(d.impath) for d in items], views, seed,
                           crop_scale if views else None, flip if views else None])
     return hashlib.sha1(payload.encode()).hexdigest()
-
-
-def _file_id(path: str) -> str:
-    try:
-        stat = Path(path).stat()
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 @torch.no_grad()

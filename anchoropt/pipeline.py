@@ -1,9 +1,9 @@
 """The main job (``anchoropt run``): data, a search per AnchorOPT schedule, the benchmark, the report.
 
 1. Toy datasets named by the suite are created under its ``data_root`` if missing.
-2. For each schedule in the suite's ``schedules`` pair, a search (same space, same number of
-   trials: equal tuning budgets) on one dataset; the method then uses the search's
-   ``best_config.yaml``.
+2. For each schedule of the suite's ``schedule_methods``, a search (same space, same number of
+   trials: equal tuning budgets) on one dataset; the method then uses the search's best
+   configuration.
 3. Every (method, dataset, seed) cell runs as a Ray Tune trial (finished cells are skipped).
 4. The report (tables, tests, CD diagram, one-stage vs two-stage) is written.
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the benchmark module imports Ray: loaded only when the job runs
     import pandas as pd
 
-    from anchoropt.benchmark import Suite
+    from anchoropt.suite import Suite
 
 DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "benchmarks" / "toy11.yaml"
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "anchors.yaml"
@@ -35,31 +35,29 @@ def ensure_toy_data(suite: Suite) -> None:
 
 
 def search_schedules(suite: Suite, results: Path, space: Path, num_trials: int, dataset: str,
-                     objective: str, resources: dict[str, Any]) -> pd.DataFrame:
-    """Search each schedule of ``suite.schedules`` and point the method at its best config.
-
-    Returns the search histories (columns schedule, trial_number, hm) for the report.
-    """
+                     objective: str, resources: dict[str, Any]) -> tuple[Suite, pd.DataFrame | None]:
+    """Search each schedule of ``suite.schedule_methods``; returns the suite with each method tuned
+    by its search's best configuration (``suite`` itself is not changed) and the search histories
+    (columns schedule, trial_number, hm) for the report."""
     import pandas as pd
 
     from anchoropt.search.driver import run_search
+    from anchoropt.suite import Tuned, method_values
 
     histories = []
-    for method in suite.schedules or ():
-        spec = suite.methods[method]
-        schedule = spec.get("schedule", "two_stage")
+    for schedule, method in (suite.schedule_methods or {}).items():
         out = results / "searches" / schedule
-        base = {**suite.config, **suite.per_dataset.get(dataset, {}), **spec, "dataset": dataset}
+        base, _ = method_values(suite, method, dataset)
         if (out / "search.json").is_file():
             found = run_search(resume=out, **resources)
         else:
             found = run_search(space, out, num_trials, base=base, objective=objective, **resources)
         print(found.summary())
         if found.best_config is not None:
-            suite.methods[method] = {**spec, "config": str((out / "best_config.yaml").resolve())}
+            suite = suite.with_tuned(method, Tuned(found.best_config, f"search_{found.objective}"))
         histories.append(pd.DataFrame({"schedule": method, "trial_number": found.trials["trial"],
                                        "hm": found.trials["hm"]}))
-    return pd.concat(histories, ignore_index=True) if histories else None
+    return suite, pd.concat(histories, ignore_index=True) if histories else None
 
 
 def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "results/toy11",
@@ -77,8 +75,9 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
         search_dataset: dataset the searches tune on (default the suite's ``search_dataset``, else
             its first dataset).
     """
-    from anchoropt.benchmark import load_suite, run_benchmark
+    from anchoropt.benchmark import run_benchmark
     from anchoropt.report import load_records, write_report
+    from anchoropt.suite import load_suite
 
     suite = load_suite(suite_path, overrides)
     results = Path(results)
@@ -87,12 +86,18 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
                      max_concurrent=max_concurrent, address=address, num_cpus=num_cpus)
     histories = None
     if search_trials > 0:
-        histories = search_schedules(suite, results, Path(space), search_trials,
+        suite, histories = search_schedules(suite, results, Path(space), search_trials,
                                      search_dataset or suite.search_dataset or suite.datasets[0], objective,
                                      resources)
     counts = run_benchmark(suite, results / "cells", **resources)
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done")
     report = write_report(load_records(results / "cells"), report_dir, baseline=suite.baseline,
-                          schedules=suite.schedules, search_histories=histories)
+                          schedules=_schedule_pair(suite), search_histories=histories)
     print(f"report: {report}")
     return report
+
+
+def _schedule_pair(suite: Suite) -> tuple[str, str] | None:
+    """(one-stage method, two-stage method) for the report's schedule section."""
+    pairs = suite.schedule_methods
+    return (pairs["one_stage"], pairs["two_stage"]) if pairs else None

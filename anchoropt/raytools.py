@@ -1,35 +1,85 @@
-"""Starting or joining Ray, shared by search and benchmark."""
+"""Ray, the one place: starting or joining a cluster, trial resources, and the trainable wrapper that
+search and benchmark trials both run in."""
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import ray
 
+from anchoropt.errors import ConfigError
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0) -> None:
     """Join the cluster at ``address`` (e.g. ``auto``), else start a local Ray once per process.
 
     Usage statistics are off; the dashboard is not started locally. ``ANCHOROPT_MODEL_CONFIGS``
-    (extra open_clip model-config folders) is passed on to the workers.
+    (extra open_clip model-config folders) is passed on to the workers. Ray's own log lines
+    ("Started a local Ray instance", ...) show only with ``verbose`` >= 1.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
+    level = logging.INFO if verbose else logging.ERROR
     env = {k: os.environ[k] for k in ("RAY_USAGE_STATS_ENABLED", "ANCHOROPT_MODEL_CONFIGS") if k in os.environ}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False, logging_level=level)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False,
+                 logging_level=level)
 
 
-def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+@dataclass(frozen=True)
+class Resources:
+    """What one trial reserves: ``cpus`` (> 0) and ``gpus`` (>= 0; fractions share a GPU, 0.25: four
+    trials per GPU). Raises ConfigError naming the bad value."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self):
+        if not self.cpus > 0:
+            raise ConfigError(f"--cpus-per-trial must be > 0, got {self.cpus}")
+        if not self.gpus >= 0:
+            raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus}")
+
+    @property
+    def threads(self) -> int:
+        """torch threads of the trial: one per reserved CPU (more oversubscribe the cores and slow
+        small models many times)."""
+        return max(1, round(self.cpus))
+
+    def bundle(self) -> dict[str, float]:
+        return {"cpu": self.cpus, "gpu": self.gpus}
+
+
+def trainable(fn: Callable[..., Any], resources: Resources, **params: Any):
+    """``fn(config, **params)`` as a Ray Tune function trainable reserving ``resources``; in the
+    worker, torch runs with :attr:`Resources.threads` threads. ``params`` travel through Ray's object
+    store (``tune.with_parameters``)."""
+    from ray import tune
+
+    threads = resources.threads
+
+    def run(config: dict, **kwargs: Any) -> Any:
+        import torch
+
+        torch.set_num_threads(threads)
+        return fn(config, **kwargs)
+
+    run.__name__ = fn.__name__
+    return tune.with_resources(tune.with_parameters(run, **params), resources.bundle())
+
+
+def check_resources(resources: Resources) -> None:
     """A trial must fit on one node of the running Ray cluster, else Tune leaves it PENDING forever.
 
     Raises:
         ConfigError: one line: the request and the largest node's CPUs and GPUs.
     """
-    from anchoropt.config import ConfigError
-
+    cpus_per_trial, gpus_per_trial = resources.cpus, resources.gpus
     if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
         raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g}: above 1 a trial takes whole GPUs")
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]

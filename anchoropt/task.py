@@ -1,9 +1,9 @@
 """What a run trains and is scored on: class sets, cached image features, descriptions.
 
 Protocols (SPEC section 8):
-- ``objective="test"``: train on the base classes' few-shot images, score on the test
+- ``eval_split="test"``: train on the base classes' few-shot images, score on the test
   images of the base and of the novel classes (the papers' practice).
-- ``objective="val"``: leak-free; the base classes are split again into pseudo-base and
+- ``eval_split="val"``: leak-free; the base classes are split again into pseudo-base and
   pseudo-novel halves, training uses pseudo-base shots and scoring the few-shot val
   images of both halves. Novel classes are never seen.
 - ``protocol="cross_dataset"``: train on every class of the source dataset's few-shot
@@ -18,8 +18,9 @@ import torch
 
 from anchoropt.backbone import Backbone
 from anchoropt.config import TrainConfig
-from anchoropt.data import (CUPL_FILES, DataError, DatasetSplits, Datum, base_novel_labels, build_dataset, fewshot_splits,
+from anchoropt.data import (DataError, DatasetSplits, Datum, base_novel_labels, build_dataset, fewshot_splits,
                             load_descriptions, subsample)
+from anchoropt.data.descriptions import descriptions_path
 from anchoropt.features import encode_images
 
 
@@ -82,7 +83,7 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
     else:
         trained, novel = base_novel_labels([d.label for d in data.train])
         scored = data.test
-        if cfg.objective == "val":
+        if cfg.eval_split == "val":
             trained, novel = base_novel_labels(trained)
             scored = val
         evals = {"base": eval_set(data, scored, trained, True), "novel": eval_set(data, scored, novel, False)}
@@ -90,7 +91,8 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
     if not train_items:
         raise DataError(f"dataset '{cfg.dataset}': no training images for the trained classes")
     return Task(cfg.dataset, [names[i] for i in trained], features(train_items, cfg.train_views),
-                _labels(train_items), evals, _descriptions_path(cfg, data.descriptions))
+                _labels(train_items), evals, descriptions_path(cfg.dataset, cfg.descriptions, cfg.descriptions_dir,
+                                                               data.descriptions))
 
 
 def read_targets(cfg: TrainConfig) -> list[DatasetSplits]:
@@ -116,11 +118,3 @@ def task_descriptions(cfg: TrainConfig, task: Task) -> list[list[str]]:
 
 def _labels(items: list[Datum]) -> torch.Tensor:
     return torch.tensor([d.label for d in items], dtype=torch.long)
-
-
-def _descriptions_path(cfg: TrainConfig, shipped: Path | None) -> Path | None:
-    if cfg.descriptions:
-        return Path(cfg.descriptions).expanduser()
-    if cfg.descriptions_dir and cfg.dataset in CUPL_FILES:
-        return Path(cfg.descriptions_dir).expanduser() / CUPL_FILES[cfg.dataset]
-    return shipped

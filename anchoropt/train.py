@@ -16,29 +16,26 @@ import functools
 import hashlib
 import json
 import math
-import platform
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
-import open_clip
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-import anchoropt
 from anchoropt.backbone import Backbone, create_backbone
 from anchoropt.config import TrainConfig
 from anchoropt.data import build_dataset
+from anchoropt.data.check import check_run_images
 from anchoropt.io import save_json, save_tensors
 from anchoropt.metrics import harmonic_mean
 from anchoropt.prompts import AnchorOPTPrompt, AnchorPrompt, CoOpPrompt, clip_logits, kd_loss, stage1_loss
+from anchoropt.records import build_record
 from anchoropt.task import Task, build_task, read_targets, task_descriptions
 from anchoropt.text import ClassTokens, TextEncoder
 
@@ -301,9 +298,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str) -> Backbone:
+def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str = "") -> Backbone:
     """One frozen backbone per process, reused by every run in it (Ray actors run many trials)."""
-    return create_backbone(name, pretrained, quick_gelu, device)
+    return create_backbone(name, pretrained, quick_gelu, device, preprocess)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None,
@@ -318,7 +315,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
             the metrics of :meth:`Trainer.evaluate` (percent); used by search for per-epoch reports.
 
     Returns:
-        The record (docs/INTERFACES.md): config, seed, metrics in percent (base2novel:
+        The record (:func:`anchoropt.records.build_record`, docs/INTERFACES.md): config, seed, metrics in percent (base2novel:
         ``acc_base``, ``acc_novel``, ``hm``; cross_dataset: ``acc_<dataset>`` for the source and
         each target), wall time, versions.
 
@@ -329,7 +326,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     device = resolve_device(cfg.device)
     data = build_dataset(cfg.data_root, cfg.dataset)  # bad data fails before a large backbone loads
     targets = read_targets(cfg) if cfg.protocol == "cross_dataset" else None
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
+    check_run_images(cfg, data, targets)  # present and decodable, before the backbone is built
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     task = build_task(cfg, backbone, device, data, targets)
     seed_everything(cfg.seed)
     trainer = Trainer(cfg, backbone, task, device)
@@ -346,7 +344,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     if learner is not None:
         trainer.train_prompt(learner, anchor, on_epoch)
     metrics = trainer.evaluate(learner, anchor)
-    record = make_record(cfg, metrics, time.time() - start)
+    record = build_record(cfg, metrics, time.time() - start)
     if out_dir is not None:
         out_dir = Path(out_dir)
         save_tensors(learned_tensors(learner, anchor), out_dir / "prompts.pt")
@@ -372,18 +370,3 @@ def learned_tensors(learner, anchor: AnchorPrompt | None) -> dict[str, torch.Ten
     if anchor is not None:
         out["anchors"] = anchor.anchors.detach().cpu()
     return out
-
-
-def make_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float) -> dict:
-    """The result record of docs/INTERFACES.md: ``scored_on`` is the split scored (``test`` or the
-    leak-free ``val``); ``objective`` says what tuned the config (``untuned`` here; the benchmark
-    sets it from the search that produced the config)."""
-    return {
-        "record_version": 1, "method": cfg.method if cfg.method != "anchoropt" else f"anchoropt_{cfg.schedule}",
-        "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots, "protocol": cfg.protocol,
-        "objective": "untuned", "scored_on": cfg.objective, "backbone": cfg.backbone, "pretrained": cfg.pretrained,
-        "config": cfg.to_dict(), "metrics": metrics, "wall_time_s": round(wall_time_s, 3),
-        "versions": {"anchoropt": anchoropt.__version__, "torch": torch.__version__,
-                     "open_clip": open_clip.__version__, "python": platform.python_version()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }

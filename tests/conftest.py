@@ -8,9 +8,8 @@ os.environ["ANCHOROPT_MODEL_CONFIGS"] = str(Path(__file__).parent / "model_confi
 
 import anchoropt.backbone  # noqa: E402,F401  (registers the tests' model configs)
 
-from tests.helpers import make_split_dataset, write_descriptions  # noqa: E402
+from tests.helpers import TINY, make_split_dataset, write_descriptions  # noqa: E402,F401
 
-TINY = "TinyCLIP-test"
 EUROSAT_CLASSES = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road",
                    "Industrial Buildings", "Pasture Land"]
 
@@ -41,6 +40,14 @@ def tiny_cfg(eurosat_root, tmp_path):
         values.update(overrides)
         return load_config(overrides=values)
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the shared Ray must carry ``@pytest.mark.ray``, so ``-m "not ray"`` skips it."""
+    unmarked = [item.nodeid for item in items
+                if "ray_session" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None]
+    if unmarked:
+        raise pytest.UsageError(f"tests using ray_session without @pytest.mark.ray: {', '.join(unmarked)}")
 
 
 @pytest.fixture(scope="session")

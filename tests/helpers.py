@@ -5,8 +5,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
+TINY = "TinyCLIP-test"  # tests/model_configs/TinyCLIP-test.json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: a small space with a conditional parameter, shared by the space and driver tests
+TINY_SPACE = {"params": {
+    "n_anchors": {"type": "categorical", "choices": [1, 2]},
+    "lr": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True},
+    "schedule": {"type": "categorical", "choices": ["one_stage", "two_stage"]},
+    "period": {"type": "int", "low": 1, "high": 3, "when": {"schedule": "one_stage"}},
+    "kd_weight": {"type": "categorical", "choices": [0, 1]},
+}}
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
            "purple": (150, 40, 180), "orange": (240, 140, 20)}
 
@@ -35,6 +47,35 @@ def make_split_dataset(root: Path, folder: str, image_dir: str, split_file: str,
     return split
 
 
+_DASSL_MODULES = ("dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset")
+
+
+def write_dassl_pickle(path: Path, chosen: dict) -> Path:
+    """Pickle ``{"train"|"val": [(impath, label, classname)]}`` as Dassl's ``Datum`` records, as Dassl
+    writes ``split_fewshot/shot_K-seed_S.pkl`` (Dassl's module exists only while pickling)."""
+    import pickle
+    import sys
+    import types
+
+    mod = types.ModuleType("dassl.data.datasets.base_dataset")
+
+    class Datum:  # the fields of Dassl's Datum
+        def __init__(self, impath, label, domain, classname):
+            self._impath, self._label, self._domain, self._classname = impath, label, domain, classname
+    Datum.__module__, Datum.__qualname__ = "dassl.data.datasets.base_dataset", "Datum"
+    mod.Datum = Datum
+    sys.modules.update(dict.fromkeys(_DASSL_MODULES, mod))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump({part: [Datum(p, lab, 0, c) for p, lab, c in items] for part, items in chosen.items()},
+                        f, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        for name in _DASSL_MODULES:
+            del sys.modules[name]
+    return path
+
+
 def write_descriptions(path: Path, classnames: list[str], n: int = 10) -> Path:
     path.write_text(json.dumps({c: [f"A photo of {c}, sentence {i}." for i in range(n)] for c in classnames}))
     return path
@@ -59,4 +100,21 @@ def save_openai_style_jit(state_dict: dict, path: Path) -> Path:
             module = getattr(module, part)
         module.register_buffer(key.split(".")[-1], value.clone())
     torch.jit.save(torch.jit.script(root), str(path))
+    return path
+
+
+def write_suite(tmp_path: Path, data_root: Path, methods: dict | None = None, seeds=(1, 2), extra: dict | None = None,
+                name: str = "suite.yaml") -> Path:
+    """A small base-to-novel suite on the tiny EuroSAT of ``data_root`` (TinyCLIP, 2 epochs, CPU)."""
+    suite = {
+        "name": "tiny", "datasets": ["eurosat"], "seeds": list(seeds),
+        "config": {"data_root": str(data_root), "backbone": TINY, "pretrained": "none",
+                   "descriptions_dir": str(data_root), "cache_dir": str(tmp_path / "cache"), "shots": 4,
+                   "epochs": 2, "anchor_epochs": 2, "train_views": 1, "device": "cpu"},
+        "methods": methods or {"zeroshot": {"method": "zeroshot"}, "coop": {"method": "coop"},
+                               "two": {"method": "anchoropt", "schedule": "two_stage"}},
+        **(extra or {}),
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(suite))
     return path

@@ -9,69 +9,34 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from anchoropt.benchmark import load_suite, method_config, plan_cells, run_benchmark
-from anchoropt.config import ConfigError
-from tests.conftest import TINY
-
-
-def _suite(tmp_path, eurosat_root, methods=None, seeds=(1, 2), extra=None) -> Path:
-    suite = {
-        "name": "tiny", "datasets": ["eurosat"], "seeds": list(seeds),
-        "config": {"data_root": str(eurosat_root), "backbone": TINY, "pretrained": "none",
-                   "descriptions_dir": str(eurosat_root), "cache_dir": str(tmp_path / "cache"), "shots": 4,
-                   "epochs": 2, "anchor_epochs": 2, "train_views": 1, "device": "cpu"},
-        "methods": methods or {"zeroshot": {"method": "zeroshot"}, "coop": {"method": "coop"},
-                               "two": {"method": "anchoropt", "schedule": "two_stage"}},
-        **(extra or {}),
-    }
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    return path
+from anchoropt.benchmark import run_benchmark
+from anchoropt.suite import load_suite
+from tests.helpers import write_suite
 
 
 def _records(results: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results.rglob("seed*.json"))]
 
 
-def test_suite_errors_name_file_and_key(tmp_path, eurosat_root):
-    path = _suite(tmp_path, eurosat_root, extra={"baselin": "coop"})
-    with pytest.raises(ConfigError, match="suite.yaml: unknown suite key\\(s\\) baselin"):
-        load_suite(path)
-    path = _suite(tmp_path, eurosat_root, methods={"bad": {"method": "coop", "n_ctxx": 3}})
-    with pytest.raises(ConfigError, match="method 'bad'.*unknown key\\(s\\) n_ctxx"):
-        plan_cells(load_suite(path), tmp_path / "r")
-
-
-def test_tuned_config_file_is_read_per_dataset_and_scored_on_test(tmp_path, eurosat_root):
-    tuned = tmp_path / "searches" / "eurosat"
-    tuned.mkdir(parents=True)
-    (tuned / "best_config.yaml").write_text("n_anchors: 5\nlr: 0.01\nobjective: test\ndataset: other\n")
-    (tuned / "search.json").write_text('{"objective": "val"}')  # the search that wrote it
-    path = _suite(tmp_path, eurosat_root, methods={"tuned": {"config": "searches/{dataset}/best_config.yaml",
-                                                              "epochs": 3}})
-    values, tuning = method_config(load_suite(path), "tuned", "eurosat")
-    assert (values["n_anchors"], values["lr"], values["epochs"]) == (5, 0.01, 3)
-    assert values["dataset"] == "eurosat" and values["objective"] == "test" and tuning == "val"
-
-
+@pytest.mark.ray
 def test_benchmark_writes_one_record_per_cell_and_skips_finished(tmp_path, eurosat_root, ray_session):
-    suite = load_suite(_suite(tmp_path, eurosat_root))
+    suite = load_suite(write_suite(tmp_path, eurosat_root))
     results = tmp_path / "results"
     counts = run_benchmark(suite, results, cpus_per_trial=1, max_concurrent=2)
     assert counts == {"done": 6, "failed": 0, "skipped": 0}
     records = _records(results)
     assert sorted((r["method"], r["seed"]) for r in records) == sorted(
         (m, s) for m in ("zeroshot", "coop", "two") for s in (1, 2))
-    assert all(r["objective"] == "untuned" and r["scored_on"] == "test" for r in records)
+    assert all(r["tuning"] == "untuned" and r["eval_split"] == "test" and r["record_version"] == 2 for r in records)
     stamps = {p: p.stat().st_mtime_ns for p in results.rglob("seed*.json")}
     assert run_benchmark(suite, results) == {"done": 0, "failed": 0, "skipped": 6}
     assert stamps == {p: p.stat().st_mtime_ns for p in results.rglob("seed*.json")}
 
 
+@pytest.mark.ray
 def test_killed_benchmark_rerun_has_every_cell_exactly_once(tmp_path, eurosat_root):
-    path = _suite(tmp_path, eurosat_root, seeds=(1, 2, 3))
+    path = write_suite(tmp_path, eurosat_root, seeds=(1, 2, 3))
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "anchoropt.cli", "benchmark", str(path), "--results", str(results),
            "--max-concurrent", "1"]

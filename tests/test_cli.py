@@ -1,4 +1,5 @@
-"""The command line as a user meets it: fast help, version, data list, train keys, file modes."""
+"""The command line as a user meets it: fast help, version, data list, train keys, file modes,
+key=value overrides wherever they stand."""
 import json
 import os
 import stat
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from anchoropt import __version__
-from anchoropt.cli import build_parser, main
+from anchoropt.cli import build_parser, main, parse_args
 from anchoropt.config import KEY_HELP, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +110,40 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask):
     assert expected == 0o666 & ~umask
     for p in paths:
         assert stat.S_IMODE(p.stat().st_mode) == expected, p
+
+
+COMMANDS = {
+    "train": ["train", "--out", "o"],
+    "search": ["search", "--space", "s.yaml", "--num-trials", "1", "--out", "o"],
+    "benchmark": ["benchmark", "suite.yaml", "--results", "r"],
+    "run": ["run", "--results", "r"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_overrides_are_accepted_before_and_after_options(command):
+    """Issue 16, fault 4: `benchmark S --results R data_root=/x` was refused by argparse."""
+    first, *options = COMMANDS[command]
+    args = parse_args([first, *options, "data_root=/x", "--max-concurrent" if command != "train" else "--config",
+                       "1" if command != "train" else "c.yaml", "shots=4"])
+    assert args.overrides == ["data_root=/x", "shots=4"]
+    at = next(i for i, item in enumerate(options) if item.startswith("--"))  # after the positionals
+    assert parse_args([first, *options[:at], "lr=0.1", *options[at:]]).overrides == ["lr=0.1"]
+
+
+def test_override_after_option_reaches_the_suite(tmp_path, eurosat_root, capsys):
+    from tests.helpers import write_suite
+
+    suite = write_suite(tmp_path, eurosat_root)
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", str(suite), "--results", str(tmp_path / "r"), "n_ctxx=3"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "unknown key(s) n_ctxx (did you mean n_ctx?)" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["benchmark", "s.yaml", "--results", "r", "--resluts", "x"],
+                                  ["report", "r", "--out", "o", "lr=1"]])
+def test_unknown_arguments_still_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err

@@ -223,9 +223,9 @@ def _read_lines(path: Path, name: str) -> list[str]:
 def _read_imagenet(folder: Path) -> DatasetSplits:
     """CoOp's ImageNet: ``images/{train,val}/<wnid>/*`` and ``classnames.txt`` (``wnid name`` lines).
 
-    Labels follow the sorted wnids of ``classnames.txt`` (CoOp's sorted class folders, for a complete
-    tree) in both splits, so a class folder missing from one split cannot shift the other's labels;
-    test is the val folder (CoOp practice).
+    The classes are the sorted class folders of train (Dassl's rule; ``classnames.txt`` names them);
+    val's folders take the labels of the same wnids, so a class folder missing from val cannot shift
+    the others' labels. Test is the val folder (CoOp practice).
     """
     _require_dir(folder, "imagenet")
     names = {}
@@ -235,8 +235,7 @@ def _read_imagenet(folder: Path) -> DatasetSplits:
             raise DataError(f"dataset 'imagenet': {folder / 'classnames.txt'} line {i + 1} is '{line}', "
                             f"expected '<wnid> <class name>'")
         names[wnid] = cname.strip()
-    label_of = {wnid: label for label, wnid in enumerate(sorted(names))}
-    splits, sources = {}, {}
+    class_dirs, sources = {}, {}
     for part, sub in (("train", "train"), ("test", "val")):
         split_dir = sources[part] = _require_dir(folder / "images" / sub, "imagenet")
         entries = _listdir_nohidden(split_dir)
@@ -244,16 +243,24 @@ def _read_imagenet(folder: Path) -> DatasetSplits:
         if files:
             raise DataError(f"dataset 'imagenet': {part} folder {split_dir} holds {len(files)} files outside class "
                             f"folders (e.g. {files[0].name}): sort them into {split_dir}/<wnid>/ (CoOp layout)")
-        items = []
         for wnid_dir in entries:
             if wnid_dir.name not in names:
                 raise DataError(f"dataset 'imagenet': folder {wnid_dir} has no line in classnames.txt")
-            label = label_of[wnid_dir.name]
-            items += [Datum(str(p), label, names[wnid_dir.name]) for p in _listdir_nohidden(wnid_dir)]
-        splits[part] = items
+        class_dirs[part] = entries
+    wnids = [p.name for p in class_dirs["train"]]
+    if not wnids:
+        raise DataError(f"dataset 'imagenet': train split is empty ({sources['train']}); it defines the classes")
+    label_of = {wnid: label for label, wnid in enumerate(wnids)}
+    splits = {}
+    for part, entries in class_dirs.items():
+        for wnid_dir in entries:
+            if wnid_dir.name not in label_of:
+                raise DataError(f"dataset 'imagenet': folder {wnid_dir} is a class with no folder in "
+                                f"{sources['train']}")
+        splits[part] = [Datum(str(p), label_of[d.name], names[d.name]) for d in entries for p in _listdir_nohidden(d)]
     splits["val"], sources["val"] = splits["test"], sources["test"]
     return _finish("imagenet", splits, "a photo of a {}.", sources, folder / "images", folder,
-                   [names[w] for w in sorted(names)])
+                   [names[w] for w in wnids])
 
 
 def _listdir_nohidden(folder: Path) -> list[Path]:

@@ -33,6 +33,16 @@ def normalise_name(name: str) -> str:
     return " ".join(name.split())
 
 
+def descriptions_path(dataset: str, descriptions: str, descriptions_dir: str, shipped: Path | None) -> Path | None:
+    """The CuPL file of ``dataset``: ``descriptions`` if given, else ``descriptions_dir`` / its CuPL
+    name (standard datasets), else the file the dataset folder ships (``shipped``), else None."""
+    if descriptions:
+        return Path(descriptions).expanduser()
+    if descriptions_dir and dataset in CUPL_FILES:
+        return Path(descriptions_dir).expanduser() / CUPL_FILES[dataset]
+    return shipped
+
+
 def load_descriptions(path: str | Path, classnames: list[str], n_descriptions: int) -> list[list[str]]:
     """The first ``n_descriptions`` sentences of each class, by class index.
 
@@ -46,9 +56,23 @@ def load_descriptions(path: str | Path, classnames: list[str], n_descriptions: i
 
     Raises:
         DataError: missing/malformed file, a class with no entry or too few sentences,
-            or a repeated class name whose count differs from the file's.
+            or a repeated class name whose count differs from the file's (the first such class).
     """
-    path = Path(path)
+    out, faults = _assign(Path(path), classnames, n_descriptions)
+    if faults:
+        raise DataError(faults[0])
+    return out
+
+
+def description_faults(path: str | Path, classnames: list[str], n_descriptions: int) -> list[str]:
+    """Every class :func:`load_descriptions` would refuse, one line each (empty: full coverage).
+
+    Raises:
+        DataError: missing or malformed file."""
+    return _assign(Path(path), classnames, n_descriptions)[1]
+
+
+def _assign(path: Path, classnames: list[str], n_descriptions: int) -> tuple[list[list[str]], list[str]]:
     try:
         pairs = json.loads(path.read_text(), object_pairs_hook=list)
     except FileNotFoundError:
@@ -64,18 +88,21 @@ def load_descriptions(path: str | Path, classnames: list[str], n_descriptions: i
     for idx, name in enumerate(classnames):
         wanted[normalise_name(name)].append(idx)
     out: list[list[str]] = [[] for _ in classnames]
+    faults = []
     for key, indices in wanted.items():
         found = entries.get(key, [])
         if not found:
-            raise DataError(f"descriptions file {path} has no entry for class '{classnames[indices[0]]}' "
-                            f"(index {indices[0]})")
+            faults.append(f"descriptions file {path} has no entry for class '{classnames[indices[0]]}' "
+                          f"(index {indices[0]})")
+            continue
         if len(found) != len(indices):
-            raise DataError(f"descriptions file {path}: class name '{classnames[indices[0]]}' is used by "
-                            f"{len(indices)} classes (indices {indices}) but has {len(found)} entries; "
-                            f"give one entry per class")
+            faults.append(f"descriptions file {path}: class name '{classnames[indices[0]]}' is used by "
+                          f"{len(indices)} classes (indices {indices}) but has {len(found)} entries; "
+                          f"give one entry per class")
+            continue
         for idx, sentences in zip(indices, found):
             if len(sentences) < n_descriptions:
-                raise DataError(f"descriptions file {path}: class '{classnames[idx]}' has {len(sentences)} "
-                                f"sentences, fewer than n_descriptions={n_descriptions}")
+                faults.append(f"descriptions file {path}: class '{classnames[idx]}' has {len(sentences)} "
+                              f"sentences, fewer than n_descriptions={n_descriptions}")
             out[idx] = [str(s) for s in sentences[:n_descriptions]]
-    return out
+    return out, faults

@@ -43,8 +43,9 @@ def read_dassl_fewshot(path: Path, data: DatasetSplits) -> dict[str, list[Datum]
         ``{"train": [...], "val": [...]}`` with the current split's ``Datum`` objects.
 
     Raises:
-        DataError: unreadable file, a record of any other type than ``Datum``, or records that
-            are not in the current split or carry another label or class name (count and first one).
+        DataError: unreadable file, a record of any other type than ``Datum``, records that
+            are not in the current split or carry another label or class name (count and first one),
+            or a class of the dataset without images in the file's train (or non-empty val) list.
     """
     try:
         with open(path, "rb") as f:
@@ -75,6 +76,11 @@ def read_dassl_fewshot(path: Path, data: DatasetSplits) -> dict[str, list[Datum]
             raise DataError(f"few-shot file {path} does not match {data.sources.get(part, data.root)}: "
                             f"{len(stale)} of {len(stale) + len(items)} {part} items differ, first {stale[0]}; "
                             f"delete the file to draw new shots")
+        absent = sorted(set(range(len(data.classnames))) - {d.label for d in items})
+        if (items and absent) or (part == "train" and not items):
+            raise DataError(f"few-shot file {path} has no {part} image of {len(absent)} of {len(data.classnames)} "
+                            f"classes, e.g. '{data.classnames[absent[0]]}' (label {absent[0]}); delete the file to "
+                            f"draw new shots")
         out[part] = items
     return out
 

@@ -1,4 +1,8 @@
-"""The Markdown sections of report.md, one function per section (each writes its CSVs and figures)."""
+"""The Markdown sections of report.md, one function per section (each writes its CSVs and figures).
+
+A section is ``f(ctx) -> str``; ``writer.write_report`` lists them in order. Every ``—`` a
+section prints has its reason next to it (a note column or the line under the table).
+"""
 from __future__ import annotations
 
 import math
@@ -6,41 +10,62 @@ import math
 import pandas as pd
 
 from anchoropt.report.context import Context
-from anchoropt.report.figures import plot_cd, plot_history
+from anchoropt.report.figures import plot_cd, plot_history, plot_positions
+from anchoropt.report.positions import learned_positions
 from anchoropt.report.statistics import (
-    ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, average_ranks, averages, best_so_far,
-    compare_over_datasets, complete_datasets, critical_difference, friedman_test, holm, missing_cells,
-    nemenyi, ttests_over_seeds)
+    ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, HM_CONVENTIONS, average_ranks, averages, best_so_far,
+    compare_over_datasets, complete_datasets, critical_difference, friedman_test, missing_cells, nemenyi,
+    wilcoxon_details)
 from anchoropt.report.tables import METRIC_TITLES, MISSING, md_table, mean_std, num, pval
 
 
+def missing_rule(ctx: Context) -> str:
+    """The one missing-data rule every table, average and test applies (stated once, in the header)."""
+    return (f"**Missing data.** A run counts only when it has every metric of its protocol "
+            f"({', '.join(ctx.metrics)}); a run lacking one (null or absent) counts for none of them. "
+            f"A (method, dataset) cell needs such a run for every seed ({', '.join(map(str, ctx.seeds))}); "
+            f"otherwise it is shown as {MISSING}, never filled, listed under Missing cells, and left out "
+            "of every average and test involving its method. Anchor-prompt accuracy is optional and "
+            "follows the same rule within its own table.")
+
+
 def header(ctx: Context) -> str:
-    """Title and what the records are: methods, datasets, seeds, protocol, objective."""
+    """Title and what the records are: setting, methods, datasets, seeds, tuning, conventions."""
     def values(col: str, sub: pd.DataFrame) -> str:
         if col not in sub.columns:
             return "not recorded"
-        return ", ".join(sorted({str(v) for v in sub[col] if v is not None})) or "not recorded"
+        return ", ".join(sorted({str(v) for v in sub[col] if v is not None and not pd.isna(v)})) or "not recorded"
     protocol = (f"Protocol: {ctx.protocol}." if ctx.source is None else
                 f"Protocol: cross_dataset: trained on every class of **{ctx.source}** (the source), scored on all "
                 f"classes of the source and of {len(ctx.scored)} target datasets; averages and tests use the "
                 "targets only.")
+    setting = (f"Setting (the same for every record; records that differ are refused): shots "
+               f"{values('shots', ctx.df)}, backbone {values('backbone', ctx.df)}, pretrained "
+               f"{values('pretrained', ctx.df)}.")
     lines = ["# Significance report", "",
              f"{len(ctx.df)} result records: {len(ctx.methods)} methods, {len(ctx.datasets)} "
              f"datasets, seeds {', '.join(map(str, ctx.seeds))}. Accuracies and HM in percent; "
-             "cells are mean ± sample std (ddof=1) over seeds.", "",
-             protocol, "", "Tuning objective per method:", ""]
-    lines += [f"- {m}: {values('objective', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
+             "cells are mean ± sample std (ddof=1) over seeds.", "", protocol, "", setting, ""]
+    if ctx.protocol == "base2novel":
+        other = [c for c in HM_CONVENTIONS if c != ctx.hm_convention][0]
+        lines += [ctx.hm_note + f" The other convention, {HM_CONVENTIONS[other]}, is `{other}` "
+                  "(`anchoropt report --hm-convention`).", ""]
+    lines += [missing_rule(ctx), "", "Tuning per method (untuned, given file, or search scored on val / test):", ""]
+    lines += [f"- {m}: {values('tuning', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
     return "\n".join(lines)
 
 
 def per_dataset_section(ctx: Context) -> str:
     """Per-dataset mean ± std tables, one per metric, datasets as rows and methods as columns."""
     parts = ["## Per-dataset results", "",
-             f"{MISSING} marks a missing cell; `{MISSING} (n/N seeds)` a cell with values for "
+             f"{MISSING} marks a missing cell; `{MISSING} (n/N seeds)` a cell with complete runs for "
              "only n of the N seeds (not averaged; see Missing cells)."]
     for metric in ctx.metrics:
-        parts += ["", f"### {METRIC_TITLES[metric]} (%)", "",
-                  md_table(_display_table(ctx, metric))]
+        parts += ["", f"### {METRIC_TITLES[metric]} (%)", ""]
+        if metric == "hm":
+            parts += [ctx.hm_note + (" No ± : an HM of seed means has no seed spread."
+                                     if ctx.hm_convention == "seed_averaged" else ""), ""]
+        parts.append(md_table(_display_table(ctx, metric)))
     parts += ["", ctx.csv(ctx.cells, "per_dataset.csv")]
     return "\n".join(parts)
 
@@ -51,9 +76,35 @@ def _display_table(ctx: Context, metric: str) -> pd.DataFrame:
     for method in ctx.methods:
         cells = ctx.cells[ctx.cells["method"] == method].set_index("dataset")
         table[method] = [mean_std(cells.at[d, f"{metric}_mean"], cells.at[d, f"{metric}_std"],
-                                   cells.at[d, f"{metric}_n"], len(ctx.seeds))
+                                  cells.at[d, f"{metric}_n"], len(ctx.seeds))
                          for d in ctx.datasets]
     return table
+
+
+def anchor_section(ctx: Context) -> str:
+    """The anchor prompt's own accuracy next to its method's, per dataset (methods with anchors)."""
+    parts = ["## Anchor prompt vs method", ""]
+    if ctx.anchor_cells.empty:
+        return "\n".join(parts + ["No record has anchor-prompt accuracy (`metrics.acc_anchor_*`)."])
+    methods = list(dict.fromkeys(ctx.anchor_cells["method"]))
+    parts += ["Accuracy of each method's anchor prompt alone (the learned anchors, no soft tokens) next to "
+              f"the method's own, means over seeds ({MISSING}: missing cell); Δ = method − anchor prompt "
+              f"({ctx.label} points). {ctx.hm_note}".rstrip(), ""]
+    own = ctx.cells.set_index(["method", "dataset"])
+    anchor = ctx.anchor_cells.set_index(["method", "dataset"])
+    rows = []
+    for dataset in ctx.datasets:
+        for method in methods:
+            row = {"dataset": dataset, "method": method}
+            for metric in ctx.metrics:
+                title = METRIC_TITLES[metric] if metric != "acc" else "accuracy"
+                row[title] = num(own.at[(method, dataset), f"{metric}_mean"])
+                row[f"anchor {title}"] = num(anchor.at[(method, dataset), f"{metric}_mean"])
+            a, b = own.at[(method, dataset), f"{ctx.primary}_mean"], anchor.at[(method, dataset), f"{ctx.primary}_mean"]
+            row[f"Δ {ctx.label}"] = num(a - b)
+            rows.append(row)
+    parts += [md_table(pd.DataFrame(rows)), "", ctx.csv(ctx.anchor_cells, "anchor_prompt.csv")]
+    return "\n".join(parts)
 
 
 def averages_section(ctx: Context) -> str:
@@ -61,7 +112,7 @@ def averages_section(ctx: Context) -> str:
     common = [d for d in complete_datasets(ctx.cells, ctx.methods, ctx.metrics) if d in ctx.scored]
     what = ("Two all-dataset averages of HM: **HM of averaged base and novel** = "
             "2·B·N/(B+N) of the average base B and novel N accuracies (as papers report), and "
-            "**mean of per-dataset HM**." if ctx.source is None else
+            f"**mean of per-dataset HM**. {ctx.hm_note}" if ctx.source is None else
             f"Mean accuracy over the target datasets (the source, {ctx.source}, is left out).")
     parts = ["## Averages", "", what + " A method with a missing cell gets no average "
              f"({MISSING}) rather than one over fewer datasets."]
@@ -81,71 +132,80 @@ def averages_section(ctx: Context) -> str:
 
 def _averages_display(avg: pd.DataFrame) -> pd.DataFrame:
     complete = [f"{c}/{n}" for c, n in zip(avg["n_complete"], avg["n_datasets"])]
+    note = ["" if c == n else "missing cell(s): no average" for c, n in zip(avg["n_complete"], avg["n_datasets"])]
     if "hm_of_averages" not in avg.columns:
         return pd.DataFrame({"method": avg.index, "complete datasets": complete,
-                             "mean target accuracy": avg["acc"].map(num)})
+                             "mean target accuracy": avg["acc"].map(num), "note": note})
     return pd.DataFrame({"method": avg.index, "complete datasets": complete,
                          "base": avg["acc_base"].map(num), "novel": avg["acc_novel"].map(num),
                          "HM of averaged base and novel": avg["hm_of_averages"].map(num),
-                         "mean of per-dataset HM": avg["mean_hm"].map(num)})
+                         "mean of per-dataset HM": avg["mean_hm"].map(num), "note": note})
 
 
 def paired_section(ctx: Context) -> str:
     """Wilcoxon + Holm + bootstrap over datasets and t-tests over seeds, each method vs baseline."""
-    others = [m for m in ctx.methods if m != ctx.baseline]
     parts = [f"## Paired tests against {ctx.baseline}", ""]
-    if not others:
+    summary = ctx.comparisons
+    if summary.empty:
         return "\n".join(parts + ["Only one method: nothing to compare."])
-    summary = pd.DataFrame([compare_over_datasets(ctx.primary_matrix, m, ctx.baseline) for m in others])
-    summary["p_holm"] = holm(summary["p"])
-    parts += [f"Δ = method − baseline ({ctx.label} points). " + _pair_explanation(ctx, len(others)), "",
+    parts += [f"Δ = method − baseline ({ctx.label} points). " + _pair_explanation(ctx, len(summary)), "",
               md_table(_pair_display(ctx, summary, holm_column=True)), "",
               *_exclusion_notes(summary), ctx.csv(summary, "paired_wilcoxon.csv"), "",
-              "### Paired t-test over seeds per dataset", "",
-              f"`scipy.stats.ttest_rel` on per-seed {ctx.label}, pairs matched by seed, two-sided, "
-              f"no multiplicity correction. Δ = method − baseline ({ctx.label} points).", ""]
-    ttests = pd.concat([_ttests(ctx, m, ctx.baseline) for m in others])
+              "### Paired t-test over seeds per dataset", "", _ttest_explanation(ctx), ""]
+    ttests = ctx.baseline_ttests
     parts += [md_table(_ttest_display(ctx, ttests)), "", ctx.csv(ttests, "paired_ttest.csv")]
     return "\n".join(parts)
 
 
-def _ttests(ctx: Context, method: str, baseline: str) -> pd.DataFrame:
-    """``ttests_over_seeds`` on the primary metric of the scored datasets."""
-    return ttests_over_seeds(ctx.df, ctx.cells[ctx.cells["dataset"].isin(ctx.scored)], method, baseline, ctx.primary)
+def _ttest_explanation(ctx: Context) -> str:
+    return (f"`scipy.stats.ttest_rel` on each run's own {ctx.label}, pairs matched by seed, two-sided, "
+            f"no multiplicity correction. Δ = method − baseline ({ctx.label} points). A Δ that is the same "
+            "on every seed has zero variance: t would be infinite and p zero, which is no evidence, so the "
+            "row is flagged (`zero_variance` in the CSV) and shows no t or p.")
 
 
 def _pair_explanation(ctx: Context, holm_family: int) -> str:
-    text = (f"Over {'datasets' if ctx.source is None else 'target datasets'}, on seed-averaged {ctx.label}: "
-            "two-sided Wilcoxon signed-rank test "
-            "(`scipy.stats.wilcoxon`, zero differences discarded) and a "
-            f"{CONFIDENCE:.0%} bootstrap CI of the mean difference (`scipy.stats.bootstrap`, BCa, "
-            f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}). Only datasets where both "
-            "methods are complete are used.")
+    text = (f"Over {'datasets' if ctx.source is None else 'target datasets'}, on per-dataset {ctx.label}: "
+            f"{ctx.hm_note + ' ' if ctx.hm_note else ''}Wilcoxon signed-rank test, "
+            f"{wilcoxon_details()}; and a {CONFIDENCE:.0%} bootstrap CI of the mean difference "
+            f"(`scipy.stats.bootstrap`, BCa, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}). Only "
+            "datasets where both methods are complete are used.")
     if holm_family:
         text += (f" Wilcoxon p-values are Holm-corrected across the {holm_family} comparison(s)"
-                 f" (significant: p (Holm) < {ALPHA}).")
+                 f" (significant: p (Holm) < {ALPHA}); the smallest reachable Holm p is the smallest "
+                 f"reachable p times {holm_family}.")
     return text
 
 
 def _pair_display(ctx: Context, summary: pd.DataFrame, holm_column: bool) -> pd.DataFrame:
+    family = len(summary) if holm_column else 1
     table = pd.DataFrame({
         "method": summary["method"], "vs": summary["baseline"],
-        "datasets used": summary["n_datasets"], f"mean Δ {ctx.label}": summary["mean_diff"].map(num),
+        "datasets used": summary["n_datasets"], "nonzero Δ": summary["n_nonzero"],
+        f"mean Δ {ctx.label}": summary["mean_diff"].map(num),
         f"{CONFIDENCE:.0%} CI": [f"[{num(lo)}, {num(hi)}]"
                                  for lo, hi in zip(summary["ci_low"], summary["ci_high"])],
         "Wilcoxon W": summary["wilcoxon_W"].map(lambda w: num(w, 1)),
-        "p": summary["p"].map(pval)})
+        "p method": summary["p_method"].replace("", MISSING),
+        "p": summary["p"].map(pval), "smallest reachable p": summary["min_p"].map(pval)})
+    p_final = summary["p_holm"] if holm_column else summary["p"]
     if holm_column:
         table["p (Holm)"] = summary["p_holm"].map(pval)
-        table["significant"] = ["yes" if p < ALPHA else "no" if pd.notna(p) else MISSING
-                                for p in summary["p_holm"]]
+    table["significant"] = ["yes" if p < ALPHA else "no" if pd.notna(p) else MISSING for p in p_final]
+    table["note"] = [_pair_note(r, family) for r in summary.itertuples()]
     return table
+
+
+def _pair_note(r, family: int) -> str:
+    notes = [r.note] if r.note else []
+    if pd.notna(r.min_p) and min(1.0, r.min_p * family) >= ALPHA:
+        notes.append(f"p < {ALPHA} unreachable with {r.n_nonzero} nonzero Δ: 'not significant' is certain")
+    return "; ".join(notes)
 
 
 def _exclusion_notes(summary: pd.DataFrame) -> list[str]:
     notes = [f"- {r.method} vs {r.baseline}: {r.n_datasets} datasets used; excluded (missing "
-             f"cell): {r.excluded or 'none'}." + (f" {r.note}." if r.note else "")
-             for r in summary.itertuples()]
+             f"cell): {r.excluded or 'none'}." for r in summary.itertuples()]
     return notes + [""]
 
 
@@ -166,8 +226,8 @@ def friedman_section(ctx: Context) -> str:
             parts + [f"Needs three or more methods; the records have {len(ctx.methods)}."])
     hm = ctx.primary_matrix.dropna()
     excluded = sorted(set(ctx.scored) - set(hm.index))
-    parts.append(f"On seed-averaged {ctx.label} over the {len(hm)} datasets where all {len(ctx.methods)} "
-                 f"methods are complete; excluded: {', '.join(excluded) or 'none'}.")
+    parts.append(f"On per-dataset {ctx.label} over the {len(hm)} datasets where all {len(ctx.methods)} "
+                 f"methods are complete; excluded: {', '.join(excluded) or 'none'}. {ctx.hm_note}".rstrip())
     if len(hm) < 2:
         return "\n".join(parts + ["", "Fewer than two complete datasets: no test."])
     return "\n".join(parts + ["", *_friedman_parts(ctx, hm, excluded)])
@@ -177,22 +237,58 @@ def _friedman_parts(ctx: Context, hm: pd.DataFrame, excluded: list[str]) -> list
     """Friedman / Nemenyi results on the complete dataset x method HM table ``hm``."""
     (k, n), (stat, p) = (len(hm.columns), len(hm)), friedman_test(hm)
     ranks, cd, pvals = average_ranks(hm), critical_difference(k, n), nemenyi(hm)
+    all_tie = pd.isna(stat)
+    reason = ("every method ties on every dataset (all ranks equal): the tie-corrected Friedman statistic "
+              "is 0/0, so there is nothing to test" if all_tie else "")
     summary = pd.DataFrame([{"statistic": stat, "p": p, "k": k, "n_datasets": n,
-                             "critical_difference": cd, "excluded": ", ".join(excluded)}])
-    return [f"Friedman χ² = {num(stat, 3)}, p = {pval(p)} (`scipy.stats.friedmanchisquare`, "
-            f"tie-corrected), k = {k}, N = {n}. Nemenyi critical difference "
-            f"(α = {ALPHA}) = {cd:.3f} rank.", "", ctx.csv(summary, "friedman.csv"), "",
+                             "critical_difference": cd, "excluded": ", ".join(excluded), "note": reason}])
+    result = (f"Friedman χ² = {num(stat, 3)}, p = {pval(p)}" + (f" ({MISSING}: {reason})" if all_tie else "")
+              + f" (`scipy.stats.friedmanchisquare`, tie-corrected), k = {k}, N = {n}. Nemenyi critical "
+              f"difference (α = {ALPHA}) = {cd:.3f} rank.")
+    groups = _rank_groups(ranks, pvals)
+    return [result, "", ctx.csv(summary, "friedman.csv"), "",
             f"### Average ranks (1 = highest {ctx.label})", "",
-            md_table(pd.DataFrame({"method": ranks.index, "average rank": ranks.map(num)})), "",
+            "Ties get the average rank. Groups: methods joined by a bar in the CD diagram (every pair "
+            f"with Nemenyi p ≥ {ALPHA}).", "",
+            md_table(pd.DataFrame({"method": ranks.index, "average rank": ranks.map(num),
+                                   "not different from (Nemenyi)": [groups[m] for m in ranks.index]})), "",
             ctx.csv(ranks.rename_axis("method").reset_index(), "average_ranks.csv"), "",
             "### Nemenyi p-values (`scikit_posthocs.posthoc_nemenyi_friedman`)", "",
             md_table(pvals.map(pval).reset_index()), "",
             ctx.csv(pvals, "nemenyi.csv", index=True), "",
-            plot_cd(ranks, pvals, cd, ctx.out_dir / "cd_diagram.png", ctx.label)]
+            _cd_embed(ctx, ranks, pvals, cd)]
+
+
+def _cd_embed(ctx: Context, ranks: pd.Series, pvals: pd.DataFrame, cd: float) -> str:
+    """The CD diagram with display names (the ranks and groups of the tables above)."""
+    names = {m: ctx.name(m) for m in ranks.index}
+    return plot_cd(ranks.rename(index=names), pvals.rename(index=names, columns=names), cd,
+                   ctx.out_dir / "cd_diagram.png", ctx.label)
+
+
+def _rank_groups(ranks: pd.Series, pvals: pd.DataFrame) -> dict[str, str]:
+    return {m: ", ".join(o for o in ranks.index if o != m and pvals.at[m, o] >= ALPHA) or "none"
+            for m in ranks.index}
+
+
+def positions_section(ctx: Context) -> str:
+    """The learned position matrices W per dataset (the paper's Figure 4), from ``prompts.pt``."""
+    parts = ["## Learned positions (Figure 4)", ""]
+    positions = learned_positions(ctx.df)
+    if positions.empty:
+        return "\n".join(parts + ["No record has learned tensors with a position matrix next to it "
+                                  "(`<record>.prompts.pt`, or `prompts.pt` beside `record.json`)."])
+    shown = positions.assign(share=[s.round(4).tolist() for s in positions["share"]])
+    return "\n".join(parts + [
+        "Argmax position matrix W of each AnchorOPT run (row i = prompt position i, one-hot on the token "
+        "placed there; V = soft tokens, A = anchors), as the share of seeds placing each token at each "
+        "position.", "", plot_positions(positions, {m: ctx.name(m) for m in ctx.methods},
+                                        ctx.out_dir / "positions.png"),
+        "", ctx.csv(shown, "positions.csv")])
 
 
 def schedule_section(ctx: Context, schedules: tuple[str, str] | None,
-                      histories: pd.DataFrame | None) -> str:
+                     histories: pd.DataFrame | None) -> str:
     """Paired tests two-stage vs one-stage, and best HM against trials spent per schedule."""
     parts = ["## One-stage vs two-stage", ""]
     if schedules is None and histories is None:
@@ -206,13 +302,13 @@ def schedule_section(ctx: Context, schedules: tuple[str, str] | None,
 
 def _schedule_tests(ctx: Context, one_stage: str, two_stage: str) -> list[str]:
     summary = pd.DataFrame([compare_over_datasets(ctx.primary_matrix, two_stage, one_stage)])
-    ttests = _ttests(ctx, two_stage, one_stage)
+    ttests = ctx.ttests(two_stage, one_stage)
     return [f"One-stage: **{one_stage}**; two-stage: **{two_stage}**. "
             "Δ = two-stage − one-stage. " + _pair_explanation(ctx, holm_family=0)
             + " A single comparison: no correction.", "",
             md_table(_pair_display(ctx, summary, holm_column=False)), "",
             *_exclusion_notes(summary), ctx.csv(summary, "schedule_wilcoxon.csv"), "",
-            "### Paired t-test over seeds per dataset (two-stage vs one-stage)", "",
+            "### Paired t-test over seeds per dataset (two-stage vs one-stage)", "", _ttest_explanation(ctx), "",
             md_table(_ttest_display(ctx, ttests)), "", ctx.csv(ttests, "schedule_ttest.csv"), ""]
 
 
@@ -237,8 +333,7 @@ def missing_section(ctx: Context) -> str:
     total = len(ctx.methods) * len(ctx.datasets)
     parts = ["## Missing cells", "",
              f"{len(table)} of {total} (method, dataset) cells are missing or incomplete "
-             f"(expected seeds: {', '.join(map(str, ctx.seeds))}). They are shown as {MISSING}, "
-             "never filled, and each is left out of every test involving its method."]
+             f"(expected seeds: {', '.join(map(str, ctx.seeds))}), under the missing-data rule in the header."]
     if len(table):
         parts += ["", md_table(table)]
     parts += ["", ctx.csv(table, "missing_cells.csv")]

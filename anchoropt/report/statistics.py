@@ -8,11 +8,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import scipy
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from anchoropt.metrics import harmonic_mean
-from anchoropt.report.loading import KEY, METRICS
+from anchoropt.records import ANCHOR_METRICS, KEY, METRICS
 
 PRIMARY = {"base2novel": "hm", "cross_dataset": "acc"}  # the metric that is averaged and tested
 ALPHA = 0.05
@@ -20,17 +21,49 @@ CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 9999
 HISTORY_COLUMNS = ("schedule", "trial_number", "hm")
+# per-dataset HM of a (method, dataset) cell over its seeds; the first is what papers tabulate
+HM_CONVENTIONS = {
+    "seed_averaged": "HM of the seed-averaged base and novel accuracies (the papers' convention: "
+                     "CoOp, CoCoOp, MaPLe, AnchorOPT)",
+    "per_seed_mean": "mean over seeds of each run's HM (never above the papers' convention)",
+}
+DEFAULT_HM_CONVENTION = "seed_averaged"
+# a per-seed difference whose spread is below this (points) is rounding noise, not variance
+ZERO_VARIANCE_TOL = 1e-9
+WILCOXON_EXACT_MAX_N = 50  # scipy's own limit for the exact null distribution without ties
+WILCOXON_PERMUTATION_MAX_N = 13  # all 2^n sign flips with tied |differences| (scipy's "auto" limit)
 
 
-def cell_stats(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+def complete_runs(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """``df`` with every metric of ``metrics`` set to NaN in a run (row) that lacks any of them.
+
+    The one missing-metric rule of the report: a run counts only when it has every metric of its
+    protocol; a run with, say, ``acc_novel: null`` but an ``hm`` counts for none of them, so its
+    cell is incomplete in every table, average and test alike."""
+    out = df.copy()
+    cols = list(metrics)
+    out.loc[out[cols].isna().any(axis=1), cols] = math.nan
+    return out
+
+
+def cell_stats(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
+               hm_convention: str = DEFAULT_HM_CONVENTION) -> pd.DataFrame:
     """Seed statistics of every (method, dataset) cell of the full grid.
 
-    ``df``: records (columns method, dataset, seed and ``metrics``, in percent).
+    ``df``: records (columns method, dataset, seed and ``metrics``, in percent); runs lacking
+    one of ``metrics`` count for none (``complete_runs``).
     Returns one row per method x dataset (methods in order of appearance, datasets sorted) with
     n_records and, per metric, ``<metric>_n`` (seeds with a value), ``<metric>_mean`` and
     ``<metric>_std`` (sample std, ddof=1). Mean and std are NaN unless the cell has a value for
     every seed seen in ``df`` (nothing is averaged over a partial set of seeds).
+    ``hm_convention`` (``HM_CONVENTIONS``) sets ``hm_mean`` when ``metrics`` holds hm:
+    ``seed_averaged`` (default, as papers tabulate) = ``harmonic_mean(acc_base_mean,
+    acc_novel_mean)`` with ``hm_std`` NaN (an HM of means has no seed spread); ``per_seed_mean``
+    = mean and std of the runs' own HM. ValueError for an unknown convention.
     """
+    if hm_convention not in HM_CONVENTIONS:
+        raise ValueError(f"HM convention {hm_convention!r} unknown; expected one of {list(HM_CONVENTIONS)}")
+    df = complete_runs(df, metrics)
     methods = methods_in_order(df)
     datasets, seeds = sorted(df["dataset"].unique()), sorted(df["seed"].unique())
     grid = pd.MultiIndex.from_product([methods, datasets, seeds], names=KEY)
@@ -45,7 +78,31 @@ def cell_stats(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFra
         out[f"{metric}_n"] = counts[metric]
         out[f"{metric}_mean"] = means[metric].where(complete)
         out[f"{metric}_std"] = stds[metric].where(complete)
+    if "hm" in metrics and hm_convention == "seed_averaged":
+        out["hm_mean"] = [harmonic_mean(b, n) for b, n in zip(out["acc_base_mean"], out["acc_novel_mean"])]
+        out["hm_std"] = math.nan
     return out.reset_index()
+
+
+def anchor_cell_stats(df: pd.DataFrame, protocol: str = "base2novel",
+                      hm_convention: str = DEFAULT_HM_CONVENTION) -> pd.DataFrame:
+    """``cell_stats`` of the anchor prompt's accuracy under the same rules, for the methods with
+    an anchor prompt (a non-null ``acc_anchor_*`` in some record). Base-to-novel: records'
+    ``acc_anchor_base`` / ``acc_anchor_novel`` as columns acc_base_*, acc_novel_*, hm_* (a run's
+    anchor HM = ``harmonic_mean`` of its two); cross-dataset: ``acc_anchor`` as acc_*. Percent.
+    Empty when no record has them."""
+    names = ANCHOR_METRICS[protocol]
+    if not set(names) <= set(df.columns):
+        return pd.DataFrame()
+    methods = set(df.loc[df[list(names)].notna().any(axis=1), "method"])
+    if not methods:
+        return pd.DataFrame()
+    runs = df[df["method"].isin(methods)]
+    if protocol == "cross_dataset":
+        return cell_stats(runs.assign(acc=runs["acc_anchor"]), ("acc",))
+    runs = runs.assign(acc_base=runs["acc_anchor_base"], acc_novel=runs["acc_anchor_novel"],
+                       hm=[harmonic_mean(b, n) for b, n in zip(runs["acc_anchor_base"], runs["acc_anchor_novel"])])
+    return cell_stats(runs, METRICS, hm_convention)
 
 
 def methods_in_order(df: pd.DataFrame) -> list[str]:
@@ -102,17 +159,48 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def wilcoxon_test(diffs: Sequence[float]) -> tuple[float, float]:
-    """Two-sided Wilcoxon signed-rank test of paired differences (``scipy.stats.wilcoxon``,
-    zero differences discarded, exact p for small samples without ties).
-    Returns (W, p); (NaN, NaN) with no differences or when all are zero."""
+def wilcoxon_test(diffs: Sequence[float]) -> dict:
+    """Two-sided Wilcoxon signed-rank test of paired differences (``scipy.stats.wilcoxon``).
+
+    Zero differences are discarded before ranking (``zero_method="wilcox"``); n counts the
+    nonzero ones. The p-value is exact from the null distribution of W when the nonzero
+    ``|diffs|`` have no ties and n <= 50, exact over all 2^n sign flips
+    (``scipy.stats.PermutationMethod``) when they are tied and n <= 13, else the tie-corrected
+    normal approximation without continuity correction (scipy's own ``method="auto"`` rules,
+    made explicit so the report can name them).
+    Returns W, p, n_nonzero, p_method, and min_p: the smallest p reachable with these |diffs|
+    (all of one sign; n = 5 without ties: 2/2^5 = 0.0625). W, p and min_p are NaN with no
+    nonzero difference.
+    """
     d = np.asarray(diffs, dtype=float)
-    if d.size == 0 or np.all(d == 0):
-        return math.nan, math.nan
+    d = d[d != 0]
+    out = {"wilcoxon_W": math.nan, "p": math.nan, "n_nonzero": int(d.size), "p_method": "", "min_p": math.nan}
+    if d.size == 0:
+        return out
+    tied = np.unique(np.abs(d)).size < d.size
+    if not tied and d.size <= WILCOXON_EXACT_MAX_N:
+        method, name = "exact", "exact"
+    elif tied and d.size <= WILCOXON_PERMUTATION_MAX_N:
+        method, name = stats.PermutationMethod(n_resamples=np.inf), "exact (all sign flips; tied |Δ|)"
+    else:
+        method, name = "asymptotic", "normal approximation (tie-corrected)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = stats.wilcoxon(d)
-    return float(res.statistic), float(res.pvalue)
+        res = stats.wilcoxon(d, zero_method="wilcox", method=method)
+        best = stats.wilcoxon(np.abs(d), zero_method="wilcox", method=method)
+    return out | {"wilcoxon_W": float(res.statistic), "p": float(res.pvalue), "p_method": name,
+                  "min_p": float(best.pvalue)}
+
+
+def wilcoxon_details() -> str:
+    """How ``wilcoxon_test`` computes p, with the SciPy version, for report texts."""
+    return (f"`scipy.stats.wilcoxon` (SciPy {scipy.__version__}), two-sided, zero_method='wilcox' (zero "
+            "differences discarded before ranking; n counts the nonzero ones); p exact from the null "
+            f"distribution of W when the nonzero |Δ| have no ties and n ≤ {WILCOXON_EXACT_MAX_N}, exact over "
+            f"all 2^n sign flips when tied and n ≤ {WILCOXON_PERMUTATION_MAX_N}, else the tie-corrected normal "
+            "approximation without continuity correction. Smallest reachable p: the p with every Δ of one "
+            "sign (n = 5 without ties: 2/2^5 = 0.0625); where it is not below the threshold, "
+            "significance is out of reach at that n whatever the differences")
 
 
 def bootstrap_ci(diffs: Sequence[float], seed: int = BOOTSTRAP_SEED,
@@ -134,40 +222,53 @@ def bootstrap_ci(diffs: Sequence[float], seed: int = BOOTSTRAP_SEED,
 
 
 def compare_over_datasets(hm: pd.DataFrame, method: str, baseline: str) -> dict:
-    """Paired comparison of ``method`` vs ``baseline`` over datasets on seed-averaged HM.
+    """Paired comparison of ``method`` vs ``baseline`` over datasets on per-dataset HM.
 
     ``hm``: dataset x method table from ``metric_matrix`` (NaN = missing cell; such datasets
     are excluded and listed). Differences are method - baseline, in HM points (percent).
     Returns method, baseline, n_datasets, excluded (comma-separated), mean_diff, ci_low,
-    ci_high (``bootstrap_ci``), wilcoxon_W and p (``wilcoxon_test``), note (why no test).
+    ci_high (``bootstrap_ci``), the ``wilcoxon_test`` fields, and note (why a value is missing
+    or degenerate).
     """
     used = hm[[baseline, method]].dropna()
     diffs = (used[method] - used[baseline]).to_numpy()
-    w, p = wilcoxon_test(diffs)
+    test = wilcoxon_test(diffs)
     low, high = bootstrap_ci(diffs)
-    note = ("No complete dataset: no test" if len(diffs) == 0 else
-            "All differences zero: no test" if np.all(diffs == 0) else "")
+    note = ("no complete dataset: no test" if len(diffs) == 0 else
+            "all differences zero: no test" if np.all(diffs == 0) else
+            "one dataset: no CI" if len(diffs) == 1 else
+            "all differences equal: CI degenerate" if _constant(diffs) else "")
     return {"method": method, "baseline": baseline, "n_datasets": len(used),
             "excluded": ", ".join(sorted(set(hm.index) - set(used.index))),
             "mean_diff": float(diffs.mean()) if len(diffs) else math.nan,
-            "ci_low": low, "ci_high": high, "wilcoxon_W": w, "p": p, "note": note}
+            "ci_low": low, "ci_high": high, **test, "note": note}
+
+
+def _constant(d: np.ndarray) -> bool:
+    """All values equal up to float rounding (e.g. 80.3 - 79.8 vs 70.5 - 70.0)."""
+    return bool(np.ptp(d) <= ZERO_VARIANCE_TOL * max(1.0, float(np.max(np.abs(d)))))
 
 
 def ttests_over_seeds(df: pd.DataFrame, cells: pd.DataFrame, method: str,
-                      baseline: str, metric: str = "hm") -> pd.DataFrame:
+                      baseline: str, metric: str = "hm", metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """Per-dataset paired t-test over seeds of ``metric``, method vs baseline
-    (``scipy.stats.ttest_rel``, pairs matched by seed). ``df``: records; ``cells``: ``cell_stats(df)``.
-    One row per dataset: n_seeds, mean_diff (method - baseline, points), t, p, note. Datasets
-    where either cell is missing or incomplete get NaN and a note; no multiplicity correction."""
+    (``scipy.stats.ttest_rel``, pairs matched by seed, on each run's own value).
+    ``df``: records (the ``complete_runs`` rule over ``metrics`` applies); ``cells``: ``cell_stats(df)``.
+    One row per dataset: n_seeds, mean_diff (method - baseline, points), t, p, zero_variance,
+    note. A difference that is the same on every seed (spread below ``ZERO_VARIANCE_TOL``) has
+    zero variance: t would be infinite and p zero, which is no evidence, so t and p are NaN and
+    zero_variance is True. Datasets where either cell is missing or incomplete get NaN and a
+    note; no multiplicity correction."""
     hm = metric_matrix(cells, metric)
+    runs = complete_runs(df, metrics)
     rows = []
     for dataset in hm.index:
         row = {"method": method, "baseline": baseline, "dataset": dataset, "n_seeds": 0,
-               "mean_diff": math.nan, "t": math.nan, "p": math.nan, "note": ""}
+               "mean_diff": math.nan, "t": math.nan, "p": math.nan, "zero_variance": False, "note": ""}
         if hm.loc[dataset, [method, baseline]].isna().any():
             row["note"] = "excluded: missing or incomplete cell"
         else:
-            row.update(_seed_ttest(df, dataset, method, baseline, metric))
+            row.update(_seed_ttest(runs, dataset, method, baseline, metric))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -176,14 +277,19 @@ def _seed_ttest(df: pd.DataFrame, dataset: str, method: str, baseline: str, metr
     """ttest_rel of ``metric`` over the seeds of one dataset (method vs baseline)."""
     sub = df[df["dataset"] == dataset].pivot(index="seed", columns="method", values=metric)
     a, b = sub[method].to_numpy(), sub[baseline].to_numpy()
-    out = {"n_seeds": len(a), "mean_diff": float(np.mean(a - b))}
+    d = a - b
+    out = {"n_seeds": len(a), "mean_diff": float(np.mean(d))}
     if len(a) < 2:
         return out | {"note": "one seed: no test"}
+    if np.all(d == 0):
+        return out | {"note": "identical on every seed: no test"}
+    if _constant(d):
+        return out | {"zero_variance": True,
+                      "note": f"zero variance: Δ = {np.mean(d):+.2f} on every seed; t undefined, not evidence"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.ttest_rel(a, b)
-    note = "" if np.isfinite(res.pvalue) else "identical differences: no test"
-    return out | {"t": float(res.statistic), "p": float(res.pvalue), "note": note}
+    return out | {"t": float(res.statistic), "p": float(res.pvalue)}
 
 
 def average_ranks(hm: pd.DataFrame) -> pd.Series:
@@ -194,7 +300,10 @@ def average_ranks(hm: pd.DataFrame) -> pd.Series:
 
 def friedman_test(hm: pd.DataFrame) -> tuple[float, float]:
     """Friedman chi-square over datasets (rows, no NaN) and methods (columns, >= 3), with tie
-    correction (``scipy.stats.friedmanchisquare``). Returns (statistic, p)."""
+    correction (``scipy.stats.friedmanchisquare``). Returns (statistic, p); (NaN, NaN) when every
+    dataset ties all methods (the tie correction divides by zero: nothing to test)."""
+    if (hm.nunique(axis=1) == 1).all():
+        return math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.friedmanchisquare(*(hm[c].to_numpy() for c in hm.columns))
@@ -245,7 +354,8 @@ def missing_cells(cells: pd.DataFrame, df: pd.DataFrame, metrics: Sequence[str] 
 
     ``cells``: ``cell_stats(df)``; ``df``: records. Columns method, dataset, status ("absent":
     no record; "incomplete": some seeds or metric values missing), seeds_present,
-    seeds_missing, null_metrics (metrics null in some present record).
+    seeds_missing, null_metrics (metrics null in some present record), seeds_incomplete (seeds
+    whose run lacks a metric and so counts as missing, ``complete_runs``).
     """
     seeds = sorted(df["seed"].unique())
     incomplete = cells[[f"{m}_mean" for m in metrics]].isna().any(axis=1)
@@ -257,9 +367,11 @@ def missing_cells(cells: pd.DataFrame, df: pd.DataFrame, metrics: Sequence[str] 
                      "status": "absent" if recs.empty else "incomplete",
                      "seeds_present": " ".join(map(str, present)),
                      "seeds_missing": " ".join(str(s) for s in seeds if s not in present),
-                     "null_metrics": " ".join(m for m in metrics if recs[m].isna().any())})
+                     "null_metrics": " ".join(m for m in metrics if recs[m].isna().any()),
+                     "seeds_incomplete": " ".join(str(s) for s in sorted(recs.loc[recs[list(metrics)].isna()
+                                                                                    .any(axis=1), "seed"]))})
     return pd.DataFrame(rows, columns=["method", "dataset", "status", "seeds_present",
-                                       "seeds_missing", "null_metrics"])
+                                       "seeds_missing", "null_metrics", "seeds_incomplete"])
 
 
 def posthocs():

@@ -44,7 +44,7 @@ from anchoropt.search.ledger import (ResultsLog, check_study_matches, open_stora
                                      reconcile, repair_journal)
 from anchoropt.search.outputs import SearchResult, write_outputs
 from anchoropt.search.spec import SearchError, SearchSpec, make_sampler, new_spec, now
-from anchoropt.search.trial import METRIC, StudySearcher, run_trial
+from anchoropt.search.trial import METRIC, NUMBER_KEY, StudySearcher, run_trial
 
 
 def run_search(space: str | Path | dict | None = None, out: str | Path | None = None,
@@ -53,8 +53,8 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
                cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
                max_concurrent: int | None = None, address: str | None = None, storage: str | None = None,
                enqueue: list[str | Path] = (), resume: str | Path | None = None, num_cpus: int | None = None,
-               worker_setup: Callable[[], None] | None = None, verbose: int = 0,
-               print_summary: bool = False) -> SearchResult:
+               worker_setup: Callable[[], None] | None = None, verbose: int = 0, print_summary: bool = False,
+               mlflow: str | None = None, dry_run: bool = False) -> SearchResult | None:
     """Run (or resume) a search and write its outputs.
 
     Args:
@@ -81,6 +81,11 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
         resume: a search folder to resume; the other arguments but ``num_trials``, ``address``,
             ``num_cpus``, ``max_concurrent``, ``worker_setup`` and ``verbose`` come from it.
         worker_setup: picklable function run in the worker at the start of each trial.
+        verbose: 0: one progress bar (:mod:`anchoropt.progress`); 1, 2: Ray Tune's own output.
+        mlflow: MLflow tracking URI to log every trial to (TensorBoard files are always written
+            under ``out/tensorboard``, :mod:`anchoropt.tracking`).
+        dry_run: validate, print what the search would run (:func:`anchoropt.search.show.plan`)
+            and return None, writing nothing.
 
     Raises:
         SearchError / SpaceError / ConfigError: bad arguments, space, folder or storage, or a trial
@@ -94,6 +99,8 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
         if resume is not None:
             out_dir = Path(resume).expanduser().resolve()
             spec = _resumed_spec(out_dir, num_trials, max_concurrent, cpus_per_trial, gpus_per_trial)
+            if dry_run:
+                return _dry_run(spec, out_dir, resume=True)
         else:
             if space is None or out is None or num_trials is None:
                 raise SearchError("a new search needs a space, an output folder and a number of trials")
@@ -104,20 +111,21 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
                             scheduler=scheduler, cpus_per_trial=1.0 if cpus_per_trial is None else cpus_per_trial,
                             gpus_per_trial=gpus_per_trial or 0.0, max_concurrent=max_concurrent, storage=storage,
                             enqueue=enqueue)
-            _start_ray(spec, address, num_cpus)
+            if dry_run:
+                return _dry_run(spec, out_dir, resume=False)
+            _start_ray(spec, address, num_cpus, verbose)
             out_dir.mkdir(parents=True, exist_ok=True)
             spec.write(out_dir)
         study, storage_obj, notes = _open_study(spec, out_dir)
         rows = reconcile(study, storage_obj, out_dir, spec)
-        remaining = spec.num_trials - len(rows)
         run_index = len(spec.runs)
-        if remaining > 0:
-            _start_ray(spec, address, num_cpus)
+        if spec.num_trials > len(rows):
+            _start_ray(spec, address, num_cpus, verbose)
             spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
-                              "trials_asked": remaining, "sampler_seed": spec.sampler_seed(run_index),
+                              "trials_asked": spec.num_trials - len(rows), "sampler_seed": spec.sampler_seed(run_index),
                               "max_concurrent": spec.max_concurrent, **({"notes": notes} if notes else {})})
             spec.write(out_dir)
-            _tune(spec, out_dir, study, run_index, remaining, worker_setup=worker_setup, verbose=verbose)
+            _tune(spec, out_dir, study, run_index, rows, worker_setup=worker_setup, verbose=verbose, mlflow=mlflow)
             spec.runs[-1]["finished"] = now()
             spec.write(out_dir)
             rows = reconcile(study, storage_obj, out_dir, spec)
@@ -152,11 +160,19 @@ def _resumed_spec(out_dir: Path, num_trials: int | None, max_concurrent: int | N
     return spec
 
 
-def _start_ray(spec: SearchSpec, address: str | None, num_cpus: int | None) -> None:
-    from anchoropt.raytools import check_resources, ensure_ray
+def _dry_run(spec: SearchSpec, out_dir: Path, resume: bool) -> None:
+    from anchoropt.search.show import plan
 
-    ensure_ray(address=address, num_cpus=num_cpus)
-    check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
+    print(plan(spec, out_dir, resume))
+
+
+def _start_ray(spec: SearchSpec, address: str | None, num_cpus: int | None, verbose: int) -> None:
+    from anchoropt.progress import ray_output
+    from anchoropt.raytools import Resources, check_resources, ensure_ray
+
+    with ray_output(verbose):
+        ensure_ray(address=address, num_cpus=num_cpus, verbose=verbose)
+    check_resources(Resources(spec.cpus_per_trial, spec.gpus_per_trial))
 
 
 def _open_study(spec: SearchSpec, out_dir: Path):
@@ -185,9 +201,14 @@ def _open_study(spec: SearchSpec, out_dir: Path):
     return study, storage, notes
 
 
-def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, num_samples: int, *, worker_setup,
-          verbose: int) -> None:
+def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, rows: list[dict], *, worker_setup,
+          verbose: int, mlflow: str | None) -> None:
+    """Run the trials missing from ``rows`` (the finished ones) as one Tune run on the started Ray."""
     from ray.tune.search import ConcurrencyLimiter
+
+    from anchoropt.progress import TrialProgress, ray_output
+    from anchoropt.raytools import Resources, trainable
+    from anchoropt.tracking import tracking_callbacks, trial_namer
 
     study.sampler = make_sampler(spec.sampler, spec.sampler_seed(run_index), spec.sampler_options)
     searcher = StudySearcher(study, spec.search_space, spec.sampler_options.get("n_startup_trials", 0))
@@ -197,17 +218,23 @@ def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, num_samples: i
         from ray.tune.schedulers import ASHAScheduler
         sched = ASHAScheduler(time_attr="training_iteration", max_t=max(1, int(spec.max_epochs)),
                               grace_period=1, reduction_factor=2)
-    trainable = tune.with_parameters(run_trial, base=spec.base, cpus=spec.cpus_per_trial, worker_setup=worker_setup)
-    trainable = tune.with_resources(trainable, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
-                                    num_samples=num_samples, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"run-{run_index}", storage_path=str(out_dir / "ray"), verbose=verbose,
-            callbacks=[ResultsLog(out_dir / "results.jsonl", spec, run_index)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
-    grid = tuner.fit()
+    trial = trainable(run_trial, Resources(spec.cpus_per_trial, spec.gpus_per_trial), base=spec.base,
+                      worker_setup=worker_setup)
+    callbacks = [ResultsLog(out_dir / "results.jsonl", spec, run_index), *tracking_callbacks(out_dir, mlflow)]
+    if not verbose:
+        best = [r["hm"] for r in rows if r["status"] != "failed" and isinstance(r.get("hm"), (int, float))]
+        callbacks.append(TrialProgress(f"search {out_dir.name}", spec.num_trials, done=len(rows),
+                                       best=max(best) if best else None, metric=METRIC))
+    with ray_output(verbose):
+        tuner = tune.Tuner(
+            trial,
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
+                                        num_samples=spec.num_trials - len(rows), reuse_actors=True,
+                                        trial_name_creator=trial_namer(lambda c: f"trial-{c[NUMBER_KEY]:04d}")),
+            run_config=tune.RunConfig(
+                name=f"run-{run_index}", storage_path=str(out_dir / "ray"), verbose=verbose, callbacks=callbacks,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
+        grid = tuner.fit()
     if grid.num_errors and verbose:
         print(f"{grid.num_errors} trial(s) failed")

@@ -1,8 +1,9 @@
 """What a search shows: ``trials.csv`` / ``trials.parquet``, ``best_config.yaml``, ``importances.csv``,
-``history.png``, ``hm_vs_anchors.png`` and ``summary.json``, all (re)written from the ledger and study."""
+``importances.png``, ``history.png``, ``hm_vs_anchors.png`` and ``summary.json``, all (re)written from the ledger and study."""
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ class SearchResult:
             lines.append(f"best HM {self.best_hm:.2f} (trial {self.best_trial}): {params}")
             lines.append(f"best config: {self.out_dir / 'best_config.yaml'}")
         lines.append(f"sampler {self.sampler}; {self.reproducibility}")
-        lines += [f"note: {n}" for n in self.notes + ([self.importances_note] if self.importances_note else [])]
+        lines += [f"note: {n}" for n in self.notes]  # (why no importances: in summary.json)
         if self.n_done < self.num_trials:
             lines.append(f"incomplete: resume with  anchoropt search --resume {self.out_dir}")
         return "\n".join(lines)
@@ -73,19 +74,18 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
     table.to_csv(out_dir / "trials.csv", index=False)
     _parquet_safe(table).to_parquet(out_dir / "trials.parquet", index=False)
 
-    ok = table[table["status"].isin(["complete", "stopped"]) & table["hm"].notna()]
-    pool = ok[ok["status"] == "complete"] if (ok["status"] == "complete").any() else ok
+    best = best_row(table)
     best_trial = best_hm = best_cfg = None
     best_params: dict = {}
-    if len(pool):
-        best = pool.loc[pool["hm"].idxmax()]
+    if best is not None:
         best_trial, best_hm = int(best["trial"]), float(best["hm"])
         best_params = next(r["params"] for r in rows if r["trial"] == best_trial)
         # Scored on test by default: the search objective stays in the header and in search.json.
         best_cfg = {**make_config({**spec.base, **best_params}, source="best trial").to_dict(),
-                    "objective": "test"}
+                    "eval_split": "test"}
         _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best)
     importances, importances_note = _importances(study, out_dir)
+    _plot_importances(importances or {}, importances_note, out_dir / "importances.png", spec)
     _plot_history(table, out_dir / "history.png", spec)
     _plot_hm_vs_anchors(table, out_dir / "hm_vs_anchors.png", spec)
     n_failed = int((table["status"] == "failed").sum())
@@ -105,6 +105,14 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
                "scheduler": spec.scheduler, "runs": len(spec.runs), "notes": result.notes},
               out_dir / "summary.json")
     return result
+
+
+def best_row(table: pd.DataFrame) -> pd.Series | None:
+    """The best trial of a :func:`trials_table`: highest HM among completed trials (early-stopped
+    ones only when none completed); None when no trial has an HM."""
+    ok = table[table["status"].isin(["complete", "stopped"]) & table["hm"].notna()]
+    pool = ok[ok["status"] == "complete"] if (ok["status"] == "complete").any() else ok
+    return pool.loc[pool["hm"].idxmax()] if len(pool) else None
 
 
 def trials_table(rows: list[dict], spec: SearchSpec) -> pd.DataFrame:
@@ -175,6 +183,27 @@ def _importances(study, out_dir: Path) -> tuple[dict[str, float] | None, str | N
         return None, f"no parameter importances: Optuna's PED-ANOVA could not estimate them ({err})"
     pd.DataFrame({"param": list(result), "importance": list(result.values())}).to_csv(path, index=False)
     return result, None
+
+
+def _plot_importances(importances: dict[str, float], note: str | None, path: Path, spec: SearchSpec) -> None:
+    """Horizontal bars of ``importances.csv``, the most important parameter on top; ``note`` (why
+    there are none) instead of bars when there are none."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.45 * max(1, len(importances))))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    if not importances:
+        ax.text(0.5, 0.5, textwrap.fill(note or "no parameter importances", 50), ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_yticks([])
+    ax.set_xlabel("importance (Optuna PED-ANOVA, sums to 1)")
+    ax.set_title(f"parameter importances for HM, objective {spec.objective}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_history(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import yaml
-
 from anchoropt.config import ConfigError, TrainConfig, _coerce, make_config
+from anchoropt.yamlio import read_yaml
 
 TYPES = ("int", "float", "categorical", "fixed")
 SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "value", "when"}
 #: keys a space may not draw: they are set by the search itself
-RESERVED = {"objective": "the objective is chosen by `anchoropt search --objective`, not by the space",
+RESERVED = {"eval_split": "the split scored is the search's --objective, not drawn by the space",
             "cache_dir": "all trials share the search's cache_dir"}
 
 
@@ -115,13 +114,10 @@ class SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a space file. Raises SpaceError naming the file and key."""
-    path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpaceError(f"search space file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise SpaceError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raw = read_yaml(path, "search space file", mapping=False)
+    except ConfigError as err:
+        raise SpaceError(str(err)) from None
     return parse_space(raw, source=str(path))
 
 

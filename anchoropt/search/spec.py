@@ -15,15 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from anchoropt.config import ConfigError, TrainConfig, make_config
 from anchoropt.search.space import SearchSpace, SpaceError, load_space, parse_space
+from anchoropt.yamlio import read_yaml
 
 OBJECTIVES = ("val", "test")
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "bruteforce")
 SCHEDULERS = ("none", "asha")
-PATH_KEYS = ("data_root", "descriptions", "descriptions_dir", "cache_dir")
 VERSION = 1
 
 
@@ -140,7 +138,7 @@ def read_space(space) -> tuple[SearchSpace, dict, str]:
         return parse_space(space, "<space>"), space, "<space>"
     path = Path(space).expanduser()
     obj = load_space(path)
-    return obj, yaml.safe_load(path.read_text()), str(path.resolve())
+    return obj, read_yaml(path, mapping=False), str(path.resolve())
 
 
 def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | None, *, objective: str,
@@ -168,13 +166,8 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
     if values.get("protocol", "base2novel") != "base2novel":
         raise SearchError(f"search scores HM under protocol=base2novel, got protocol={values['protocol']}; "
                           "tune on the source dataset, then benchmark the best config cross-dataset")
-    values["objective"] = objective
-    cfg = make_config(values, source="base config")
-    for key in PATH_KEYS:  # trials run in Ray workers with another working directory
-        if getattr(cfg, key):
-            setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
-    if cfg.pretrained and (Path(cfg.pretrained).expanduser().is_file()):
-        cfg.pretrained = str(Path(cfg.pretrained).expanduser().resolve())
+    values["eval_split"] = objective
+    cfg = make_config(values, source="base config")  # path keys absolute: trials run in Ray workers elsewhere
     methods = space_obj.get("method").values() if space_obj.get("method") else [cfg.method]
     if "zeroshot" in methods:
         raise SpaceError(f"{space_obj.source}: method: zero-shot has no training epochs to search; "
@@ -294,11 +287,9 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
     """
     path = Path(path).expanduser()
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SearchError(f"enqueue file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise SearchError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raw = read_yaml(path, "enqueue file", mapping=False)
+    except ConfigError as err:
+        raise SearchError(str(err)) from None
     entries = raw if isinstance(raw, list) else [raw]
     out = []
     for i, entry in enumerate(entries, start=1):

@@ -35,8 +35,8 @@ def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
 REPORTED = ("hm", "acc_base", "acc_novel", "epoch", "epochs", "loss", "train_s", "report_s")
 
 
-def run_trial(config: dict, base: dict, cpus: float, worker_setup: Callable[[], None] | None = None) -> None:
-    """Ray Tune function trainable: one AnchorOPT training run, reported every epoch.
+def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None = None) -> None:
+    """One AnchorOPT training run, reported every epoch (run by :func:`anchoropt.raytools.trainable`).
 
     ``config`` holds the drawn parameters (keys starting with ``_`` are the search's own);
     each report carries ``hm``, ``acc_base``, ``acc_novel`` (percent), ``epoch`` (1-based),
@@ -46,14 +46,12 @@ def run_trial(config: dict, base: dict, cpus: float, worker_setup: Callable[[], 
     Raises:
         ValueError: the trainer's metrics lack ``hm``, ``acc_base`` or ``acc_novel`` (naming the key).
     """
-    import torch
     from ray import tune
 
     import anchoropt.train as training
 
     if worker_setup is not None:
         worker_setup()
-    torch.set_num_threads(max(1, int(round(cpus))))
     params = {k: v for k, v in config.items() if not k.startswith("_")}
     cfg = make_config({**base, **params}, source="search trial")
     start = time.time()  # in-trial time (train_s): features, Stage I, Stage II, evaluations

@@ -8,11 +8,18 @@ written in the CoOp layout of ``docs/INTERFACES.md``::
     ROOT/<name>/descriptions.json          CuPL format {classname: [sentence, ...]}
     ROOT/<name>/images/<class folder>/<split>_<i>.png   (64 x 64 RGB)
 
-Class ``label`` ids follow the order of the task's attribute product (first attribute major), so
-the base/novel split (first ceil(C/2) labels are base) gives novel classes that share attribute
-values with base classes only partly. In an image of class c, the attributes that define c are
-fixed; every other attribute is drawn uniformly as in pretraining (e.g. a "red circle" image may
-show 1-6 red circles of any pattern and size on any background).
+Every dataset is built so that LLM descriptions carry visual knowledge its class names convey to
+ToyCLIP only weakly, as on real fine-grained data (CuPL, AnchorOPT): a class fixes two attributes,
+a *named* one (in a word ToyCLIP knows, e.g. ``red``) and a *hidden* one. The name holds an invented
+word (``INVENTED_WORDS``: tokens ToyCLIP never saw in pretraining) and the hidden value next to a
+look-alike value, true value last (``red kaglux cross-star`` is a red star), so the zero-shot
+template reads the hidden attribute only weakly. The descriptions (``describe``) state both
+attributes in caption words, with some wrong and irrelevant sentences.
+
+Class ``label`` ids follow the product ``hidden values x named values`` (hidden major), so the
+base half (first ceil(C/2) labels) and the novel half hold mostly different hidden values. In an
+image of class c the attributes c fixes are fixed; every other attribute is drawn uniformly as in
+pretraining.
 
 ``make_toy11(root)`` writes all eleven; it is deterministic (same seed, same bytes) and skips a
 dataset already complete on disk.
@@ -31,210 +38,179 @@ from PIL import Image
 
 from anchoropt.toy import world
 
-TOY_VERSION = 2  # 2: lighting on every render; dataset images are photographed (world.photograph)
+TOY_VERSION = 3  # 3: invented class names hiding one attribute, noisy descriptions in caption words
 SPLIT_SIZES = {"train": 20, "val": 4, "test": 30}  # images per class
 
-# ---------------------------------------------------------------------------- attribute knowledge
-# Facts: sentences with "{x}" (the subject, e.g. "a red circle") and "{be}" (is/are).
-SHAPE_FACTS = {
-    "circle": ["{x} {be} perfectly round with no corners.", "{x} {be} shaped like a disc or a coin.",
-               "{x} {be} bounded by a single curved edge.", "{x} {be} round and has no straight sides.",
-               "{x} looks like a ring when drawn as an outline.", "{x} {be} equally wide in every direction."],
-    "square": ["{x} {be} a shape with four equal straight sides.", "{x} has four right-angled corners.",
-               "{x} {be} as wide as it is tall, like a box seen from the front.",
-               "{x} has straight horizontal and vertical edges.", "{x} {be} a regular four-sided polygon.",
-               "{x} looks like a tile or a block."],
-    "triangle": ["{x} has three straight sides and three corners.", "{x} points upwards with a flat base.",
-                 "{x} looks like a mountain peak or a wedge.", "{x} narrows to a sharp point at the top.",
-                 "{x} {be} the simplest polygon, with three edges.", "{x} has a wide bottom and a pointed top."],
-    "diamond": ["{x} stands on one of its corners, like a kite.", "{x} {be} taller than it is wide with pointed ends.",
-                "{x} has four slanted sides, a rhombus shape.", "{x} has corners at the top, bottom, left and right.",
-                "{x} looks like the diamond suit on a playing card.", "{x} {be} a four-sided shape tilted on its tip."],
-    "star": ["{x} has five sharp points.", "{x} has points radiating out from its centre.",
-             "{x} looks like a star drawn in the night sky.", "{x} alternates five outer tips and five inner corners.",
-             "{x} {be} spiky, with ten straight edges.", "{x} looks like a sheriff's badge or a gold star sticker."],
-    "cross": ["{x} {be} made of two bars crossing at right angles.", "{x} looks like a plus sign.",
-              "{x} has four equal arms pointing up, down, left and right.", "{x} has twelve corners.",
-              "{x} looks like the symbol of a first-aid kit.", "{x} {be} formed by a thick horizontal and vertical bar."],
-    "hexagon": ["{x} has six equal sides and six corners.", "{x} looks like a cell of a honeycomb.",
-                "{x} {be} almost round but made of straight edges.", "{x} has a flat top and a flat bottom.",
-                "{x} looks like a nut for a bolt.", "{x} {be} a regular six-sided polygon."],
-    "crescent": ["{x} {be} curved like the moon in its first quarter.", "{x} looks like a circle with a bite taken out.",
-                 "{x} has two pointed horns.", "{x} {be} a thin curved sliver.",
-                 "{x} looks like a new moon.", "{x} has one convex and one concave edge."],
-}
-COLOUR_FACTS = {
-    "red": ["{x} {be} bright red, like a ripe tomato.", "{x} has the colour of a fire truck.",
-            "{x} {be} coloured a strong, warm red.", "{x} {be} the red of a stop sign.",
-            "{x} shows a saturated red hue.", "{x} {be} as red as a strawberry."],
-    "orange": ["{x} {be} orange, like the fruit.", "{x} has the colour of a traffic cone.",
-               "{x} {be} a warm colour between red and yellow.", "{x} {be} the orange of a pumpkin.",
-               "{x} shows a bright orange hue.", "{x} {be} as orange as a carrot."],
-    "yellow": ["{x} {be} bright yellow, like a lemon.", "{x} has the colour of the sun.",
-               "{x} {be} a light, warm yellow.", "{x} {be} the yellow of a school bus.",
-               "{x} shows a golden yellow hue.", "{x} {be} as yellow as a banana."],
-    "green": ["{x} {be} green, like fresh grass.", "{x} has the colour of a leaf.",
-              "{x} {be} a medium green.", "{x} {be} the green of a traffic light that says go.",
-              "{x} shows a natural green hue.", "{x} {be} as green as a lime."],
-    "cyan": ["{x} {be} cyan, a light greenish blue.", "{x} has the colour of tropical water.",
-             "{x} {be} turquoise.", "{x} {be} the colour of a clear swimming pool.",
-             "{x} shows a bright aqua hue.", "{x} {be} between green and blue, leaning to light blue."],
-    "blue": ["{x} {be} deep blue.", "{x} has the colour of a sapphire.", "{x} {be} a strong royal blue.",
-             "{x} {be} the blue of a clear evening sky.", "{x} shows a saturated blue hue.",
-             "{x} {be} as blue as ink."],
-    "purple": ["{x} {be} purple, like a plum.", "{x} has the colour of violet flowers.",
-               "{x} {be} a mix of red and blue.", "{x} {be} the purple of grapes.",
-               "{x} shows a deep violet hue.", "{x} {be} as purple as lavender."],
-    "pink": ["{x} {be} pink, like candy floss.", "{x} has the colour of a flamingo.",
-             "{x} {be} a light reddish pink.", "{x} {be} the pink of bubble gum.",
-             "{x} shows a soft pink hue.", "{x} {be} as pink as a rose petal."],
-}
-PATTERN_FACTS = {
-    "solid": ["{x} {be} filled completely with one flat colour.", "{x} has no gaps or texture inside.",
-              "{x} has a uniform solid fill.", "{x} {be} painted in a single even colour.",
-              "{x} shows no background through its inside.", "{x} {be} a filled shape."],
-    "striped": ["{x} {be} filled with parallel stripes.", "{x} shows alternating bands of colour and background.",
-                "{x} has a striped fill, like a zebra.", "{x} {be} covered with evenly spaced lines.",
-                "{x} has stripes that may run across, up or diagonally.", "{x} {be} striped inside its outline."],
-    "dotted": ["{x} {be} filled with many small dots.", "{x} has a polka-dot pattern.",
-               "{x} shows a regular grid of spots.", "{x} {be} dotted inside its outline.",
-               "{x} {be} speckled with round points of colour.", "{x} has a spotted fill."],
-    "outlined": ["{x} {be} drawn only as an outline.", "{x} {be} hollow, showing the background inside.",
-                 "{x} has a thick border and an empty middle.", "{x} {be} not filled in.",
-                 "{x} {be} traced by a single coloured line.", "{x} {be} an empty contour."],
-    "checkered": ["{x} has a checkerboard pattern.", "{x} {be} filled with small alternating squares.",
-                  "{x} looks like a chessboard inside.", "{x} {be} chequered.",
-                  "{x} shows squares of colour alternating with the background.", "{x} has a checked fill."],
-    "crosshatched": ["{x} {be} filled with a grid of crossing lines.", "{x} has a crosshatch pattern.",
-                     "{x} looks like a net or a mesh inside.", "{x} {be} hatched with horizontal and vertical lines.",
-                     "{x} shows a lattice inside its outline.", "{x} has a fine grid fill."],
-}
-SIZE_FACTS = {
-    "small": ["{x} {be} small compared with the picture.", "{x} {be} tiny, with a lot of background around.",
-              "{x} {be} about a fifth of the image wide.", "{x} takes up little space in the image.",
-              "{x} {be} little and easy to overlook.", "{x} {be} the smallest size of object."],
-    "medium": ["{x} {be} of medium size.", "{x} {be} neither small nor large.",
-               "{x} {be} about a third of the image wide.", "{x} {be} medium-sized.",
-               "{x} takes up a moderate part of the image.", "{x} {be} of an ordinary size."],
-    "large": ["{x} {be} large compared with the picture.", "{x} {be} big and fills much of its area.",
-              "{x} {be} almost half the image wide.", "{x} takes up a lot of space in the image.",
-              "{x} {be} the biggest size of object.", "{x} {be} large and easy to see."],
-}
-BACKGROUND_FACTS = {
-    "black": ["{x} {be} on a plain black background.", "{x} {be} against a dark backdrop.",
-              "{x} {be} shown on black.", "{x} stands out from a black background."],
-    "white": ["{x} {be} on a plain white background.", "{x} {be} against a bright backdrop.",
-              "{x} {be} shown on white.", "{x} stands out from a white background."],
-    "gray": ["{x} {be} on a plain gray background.", "{x} {be} against a mid-grey backdrop.",
-             "{x} {be} shown on gray.", "{x} stands out from a neutral gray background."],
-    "noisy": ["{x} {be} on a noisy background.", "{x} {be} against a backdrop of random speckles.",
-              "{x} {be} shown on grainy static.", "{x} stands out from a noisy, speckled background."],
-    "grid": ["{x} {be} on a grid background.", "{x} {be} against a backdrop of ruled lines.",
-             "{x} {be} shown over a grid like graph paper.", "{x} stands out from a light grid background."],
-    "gradient": ["{x} {be} on a gradient background.", "{x} {be} against a backdrop shading from dark to light.",
-                 "{x} {be} shown on a smooth gradient.", "{x} stands out from a shaded gradient background."],
-}
-COUNT_FACTS_ONE = ["{x} {be} a single object.", "{x} {be} alone in the picture.", "{x} appears exactly once.",
-                   "{x} {be} the only object in the image.", "{x} {be} one lone item.",
-                   "{x} has no copies next to it."]
-COUNT_FACTS_MANY = ["{x} {be} exactly {n} identical objects.", "{x} {be} {n} copies of the same shape.",
-                    "{x} {be} a group of {n} items.", "{x} {be} {n} objects laid out in a grid.",
-                    "{x} {be} {n} things of the same colour and pattern.", "{x} {be} counted as {n}."]
-_POS_WORDS = {
-    "center": ("in the middle of the image", "centered both horizontally and vertically", "at the centre",
-               "equally far from all four edges", "right in the middle"),
-    "top": ("near the top edge, horizontally centered", "in the upper middle", "high in the image",
-            "above the centre", "close to the top border"),
-    "bottom": ("near the bottom edge, horizontally centered", "in the lower middle", "low in the image",
-               "below the centre", "close to the bottom border"),
-    "left": ("on the left side, vertically centered", "at the middle of the left edge", "to the left",
-             "left of the centre", "close to the left border"),
-    "right": ("on the right side, vertically centered", "at the middle of the right edge", "to the right",
-              "right of the centre", "close to the right border"),
-    "top left": ("in the upper left corner", "near the top and the left edge", "at the top left",
-                 "above and left of the centre", "close to the top left corner"),
-    "top right": ("in the upper right corner", "near the top and the right edge", "at the top right",
-                  "above and right of the centre", "close to the top right corner"),
-    "bottom left": ("in the lower left corner", "near the bottom and the left edge", "at the bottom left",
-                    "below and left of the centre", "close to the bottom left corner"),
-    "bottom right": ("in the lower right corner", "near the bottom and the right edge", "at the bottom right",
-                     "below and right of the centre", "close to the bottom right corner"),
-}
-POSITION_FACTS = {p: [f"The shape {w[0]}.", f"A single shape placed {w[1]}.", f"One object sitting {w[2]}.",
-                      f"A lone shape {w[3]}.", f"An object drawn {w[4]}."] for p, w in _POS_WORDS.items()}
-GENERIC_FACTS = ["A photo of {x}.", "A simple synthetic image of {x}.", "{x} drawn as a flat geometric figure.",
-                 "A small picture showing {x}.", "{x}, rendered in a toy world of shapes.",
-                 "A toy scene with {x}."]
+# ---------------------------------------------------------------------------- invented names
+# Invented words, one per class of toy-11, in TOY11 order. Each was drawn by a syllable generator
+# and kept only if none of its BPE tokens occurs in any caption ToyCLIP was pretrained on
+# (``world.caption_phrases``; checked by tests/test_toy_world.py), so ToyCLIP never saw it paired
+# with any image: its token embeddings are still at their random initialisation.
+INVENTED_WORDS = tuple((
+    "snoglush kudram guglum namam snifim zlegax zesom zlevrul plizen supliz ritram maglim visiz "
+    "kaglux soben rotux boplil tefal supam poglom krizlut vrebam snovriz zivil mugam vrepliz "
+    "dodit vruloz glusat brarash namoz snebrum bozez drufim naral zlozlush ponum dasom plesez "
+    "kuvrox kritrak soglol snunosh zovik fapel ledaz pofom zelosh galom rakosh snimik likren "
+    "bavuz bifox zozlal vasnum geplum sokom snazlom plososh dedrim soziz biruz kumun kukrish "
+    "drovan kutret nemim fepen vrizok gibrik bruvun zlavet brabet dropen zobut zletik pafim dufem "
+    "tubam favrez dusnim siplez plekrik butrax fadux zloglan vigaz funun rotran zluplom nisem "
+    "trerash plidam vroset bovik mebiz pasnul titrot pukrum fopesh satret replum ridrish snisnul "
+    "suzlul rusut gabresh krikriz kigot kraplok lobren volam zezun fezlik trenal snetel vraluk "
+    "puluz kagil sebrem zobem zupaz nogen snibroz trebrez polesh glodesh sneruk tredrin vudez "
+    "tafit breplum vrezesh davrat moren roviz platom snabosh lubraz pumat kedrem vratim snanim "
+    "droban kotrum krugul trulit fekek duzlam tosnak bivik dobrik pefek sukrez firet kinik zuvik "
+    "sopluz vrazen zlemol dorut gozlash falit faglez rinuk krifush gigam nutit susnaz vrumin "
+    "lutix kuzez glidut dradrel foput brizom vemiz dugish bitraz snelin divrim zlakuk plaloz "
+    "lezez pledrut zogish kodrush snesosh pokesh krazlon brefil trazal glikin budrim lodim dimush "
+    "ruplik tusil levrul drisoz vamal vrivrem snudrun masez peplish kroresh tukosh vuglush metral "
+    "vrusom ketresh krumun brobek drifel drezlom gunem glafiz brilul zlorash snatresh fugum "
+    "vobril vridez gukosh zitam sisnol vikril vovron snuvum tokul zlabex tadrin silol podez "
+    "plelum kofox plupek gliplol snutrul pezuk raploz mefoz kokre litex drutrom runil snapluk "
+    "bubriz dokash glisun rumun govrom fezesh pabrol guduz zofaz krilex gigosh snekruk "
+).split())
+
+
+# ---------------------------------------------------------------------------- descriptions
+# Sentences of the CuPL-style descriptions, per class (``describe``): informative ones state the
+# class's attributes in ToyCLIP's caption words; a few are wrong (the hidden attribute swapped for
+# another value, as an LLM's hallucination) or irrelevant (words ToyCLIP never saw). Fixed a priori
+# to resemble LLM output, not tuned on any method's result.
+N_INFORMATIVE, N_PARTIAL, N_WRONG, N_IRRELEVANT = 7, 1, 2, 2
+SENTENCES_PER_CLASS = N_INFORMATIVE + N_PARTIAL + N_WRONG + N_IRRELEVANT
+INFORMATIVE = ("{X} {be} {body}.", "{X} looks like {body}.", "A photo of {x} shows {body}.", "{X}: {body}.",
+               "{X} {be} usually drawn as {body}.", "In a picture, {x} {be} {body}.",
+               "You can recognise {x} as {body}.", "{X} always appears as {body}.",
+               "The typical look of {x} is {body}.", "Seen in a photo, {x} {be} {body}.")
+IRRELEVANT = ("{X} {be} popular with collectors.", "{X} was first catalogued in an old museum archive.",
+              "Many people keep {x} as a lucky charm.", "{X} {be} often mentioned in children's stories.",
+              "The name of {x} comes from an old northern dialect.", "{X} {be} easy to find in souvenir shops.",
+              "Some say {x} brings good fortune.", "{X} {be} a favourite topic of trivia quizzes.")
+
+
+def _body(attrs: Dict[str, object], rng: np.random.Generator) -> str:
+    """A noun phrase in caption words (``world`` synonyms) mentioning exactly ``attrs``."""
+    W = world
+    count = attrs.get("count")
+    plural = count is not None and count > 1
+    adjs = [W._choice(rng, table[attrs[a]]) for a, table in
+            (("size", W.SIZE_WORDS), ("colour", W.COLOUR_WORDS), ("pattern", W.PATTERN_ADJ)) if a in attrs]
+    if "shape" in attrs:
+        noun = W._choice(rng, W.SHAPE_WORDS[attrs["shape"]])
+        noun = W._plural(noun) if plural else noun
+    else:
+        noun = W._choice(rng, W.GENERIC_NOUNS[plural])
+    phrase = " ".join(adjs + [noun])
+    if plural:
+        phrase = f"{W.NUMBER_WORDS[count]} {phrase}"
+    elif count == 1 and "position" not in attrs:
+        phrase = f"one single {phrase}"
+    else:
+        phrase = _an(phrase)
+    if "position" in attrs:
+        phrase += " " + W._choice(rng, W.POSITION_PHRASES).format(attrs["position"])
+    if "background" in attrs:
+        phrase += " " + W._choice(rng, W.BACKGROUND_PHRASES[attrs["background"]])
+    return phrase
 
 
 # ---------------------------------------------------------------------------- dataset definitions
 @dataclass(frozen=True)
 class ToyClass:
-    """One class: its name, the world attributes it fixes, and how sentences refer to it."""
+    """One class: its name, the world attributes its images fix, the one attribute (``hidden``)
+    its name conveys only weakly, and the look-alike value (``distractor``) the name also holds."""
 
     name: str
     fixed: Dict[str, object]
-    subject: str  # noun phrase for descriptions, e.g. "a red circle"
-    plural: bool = False
+    hidden: str
+    distractor: object
+
+    @property
+    def subject(self) -> str:
+        """How descriptions refer to the class: its invented word, e.g. ``a snoglush`` (an LLM
+        shortens a long name so)."""
+        return _an(self.word)
+
+    @property
+    def word(self) -> str:
+        """The invented word of the name."""
+        return next(w for w in self.name.split() if w in INVENTED_WORDS)
 
 
 @dataclass(frozen=True)
 class ToyDataset:
-    """A toy task: folder name, CamelCase name (split file), template and classes (label order)."""
+    """A toy task: folder name, CamelCase name (split file), template and classes (label order).
+
+    Classes are the product ``hidden values x named values`` (hidden major), so the base half
+    (first ceil(C/2) labels) and the novel half hold different values of the hidden attribute."""
 
     name: str
     camel: str
     template: str
     classes: Tuple[ToyClass, ...]
-    fixed_all: Dict[str, object] = None  # attributes fixed for every image of the dataset
 
 
 def _an(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _count_phrase(n: int, noun_sing: str) -> str:
-    return f"{world.NUMBER_WORDS[n]} {noun_sing if n == 1 else world.PLURALS.get(noun_sing, noun_sing + 's')}"
+def _value_word(attr: str, value) -> str:
+    return world.NUMBER_WORDS[value] if attr == "count" else str(value)
+
+
+def _class_name(hidden: str, value, distractor, named: str, named_value, word: str) -> str:
+    """``word`` (invented), then the look-alike and the true hidden value joined by a hyphen
+    (``circle-star``: true value last), combined with the named attribute's value."""
+    part = f"{word} {_value_word(hidden, distractor)}-{_value_word(hidden, value)}"
+    if named == "colour":
+        return f"{named_value} {part}"
+    if named == "shape":
+        return f"{part} {named_value}"
+    if named == "background":
+        return f"{part} on {named_value}"
+    if named == "count":
+        return f"{world.NUMBER_WORDS[named_value]} {part} {'object' if named_value == 1 else 'objects'}"
+    raise KeyError(named)
+
+
+DISTRACTOR_SEED = 12  # draws each class's look-alike value (fixed, part of the world)
+# (folder, CamelCase, template, hidden attribute and values, named attribute and values, fixed)
+_SPECS = (
+    ("toy_shape", "ToyShape", "a photo of a {}.", ("shape", world.SHAPES), ("colour", ("red", "yellow", "blue")), {}),
+    ("toy_colour", "ToyColour", "a photo of {}.", ("colour", world.COLOURS), ("count", (1, 3, 5)), {}),
+    ("toy_pattern", "ToyPattern", "a photo of a {}.", ("pattern", world.PATTERNS),
+     ("background", ("black", "white", "grid")), {}),
+    ("toy_count", "ToyCount", "a photo of a {}.", ("count", world.COUNTS), ("colour", ("red", "green", "blue")), {}),
+    ("toy_background", "ToyBackground", "a photo of a {}.", ("background", world.BACKGROUNDS),
+     ("colour", ("red", "yellow", "blue")), {}),
+    ("toy_layout", "ToyLayout", "a photo of a {}.", ("position", world.POSITIONS),
+     ("colour", ("red", "green", "blue")), {"count": 1}),
+    ("toy_colour_shape", "ToyColourShape", "a photo of a {}.",
+     ("shape", ("circle", "square", "triangle", "diamond", "star", "crescent")),
+     ("colour", ("red", "yellow", "green", "blue", "pink")), {}),
+    ("toy_shape_pattern", "ToyShapePattern", "a photo of a {}.", ("pattern", world.PATTERNS),
+     ("shape", ("circle", "square", "star", "cross")), {}),
+    ("toy_count_shape", "ToyCountShape", "a photo of {}.",
+     ("shape", ("circle", "triangle", "diamond", "star", "hexagon")), ("count", (1, 2, 3, 4)), {}),
+    ("toy_colour_pattern", "ToyColourPattern", "a photo of a {}.", ("pattern", ("solid", "striped", "dotted", "outlined")),
+     ("colour", ("red", "yellow", "green", "cyan", "blue", "purple")), {}),
+    ("toy_size_shape", "ToySizeShape", "a photo of a {}.", ("size", world.SIZES),
+     ("shape", ("circle", "square", "triangle", "star", "cross", "crescent")), {}),
+)
 
 
 def _defs() -> List[ToyDataset]:
-    W = world
-    C = lambda name, fixed, subj, pl=False: ToyClass(name, fixed, subj, pl)  # noqa: E731
-    ds = [
-        ToyDataset("toy_shape", "ToyShape", "a photo of a {}.",
-                   tuple(C(s, {"shape": s}, _an(s)) for s in W.SHAPES)),
-        ToyDataset("toy_colour", "ToyColour", "a photo of a {} shape.",
-                   tuple(C(c, {"colour": c}, _an(c + " shape")) for c in W.COLOURS)),
-        ToyDataset("toy_pattern", "ToyPattern", "a photo of a {} shape.",
-                   tuple(C(p, {"pattern": p}, _an(p + " shape")) for p in W.PATTERNS)),
-        ToyDataset("toy_count", "ToyCount", "a photo of {}.",
-                   tuple(C(_count_phrase(n, "shape"), {"count": n}, _count_phrase(n, "shape"), n > 1)
-                         for n in W.COUNTS)),
-        ToyDataset("toy_background", "ToyBackground", "a photo of shapes on a {}.",
-                   tuple(C(f"{b} background", {"background": b}, f"shapes on a {b} background", True)
-                         for b in W.BACKGROUNDS)),
-        ToyDataset("toy_layout", "ToyLayout", "a photo of a shape in the {}.",
-                   tuple(C(p, {"position": p, "count": 1}, f"a shape in the {p}") for p in W.POSITIONS),
-                   {"count": 1}),
-        ToyDataset("toy_colour_shape", "ToyColourShape", "a photo of a {}.",
-                   tuple(C(f"{c} {s}", {"colour": c, "shape": s}, _an(f"{c} {s}"))
-                         for c, s in product(("red", "orange", "green", "blue", "pink"),
-                                             ("circle", "square", "triangle", "diamond", "star", "crescent")))),
-        ToyDataset("toy_shape_pattern", "ToyShapePattern", "a photo of a {}.",
-                   tuple(C(f"{p} {s}", {"pattern": p, "shape": s}, _an(f"{p} {s}"))
-                         for p, s in product(W.PATTERNS, ("square", "triangle", "cross", "hexagon")))),
-        ToyDataset("toy_count_shape", "ToyCountShape", "a photo of {}.",
-                   tuple(C(_count_phrase(n, s), {"count": n, "shape": s}, _count_phrase(n, s), n > 1)
-                         for n, s in product((1, 2, 3, 4), ("circle", "triangle", "diamond", "star", "hexagon")))),
-        ToyDataset("toy_colour_pattern", "ToyColourPattern", "a photo of a {} shape.",
-                   tuple(C(f"{c} {p}", {"colour": c, "pattern": p}, _an(f"{c} {p} shape"))
-                         for c, p in product(("red", "yellow", "green", "cyan", "blue", "purple"),
-                                             ("solid", "striped", "dotted", "outlined")))),
-        ToyDataset("toy_size_shape", "ToySizeShape", "a photo of a {}.",
-                   tuple(C(f"{z} {s}", {"size": z, "shape": s}, _an(f"{z} {s}"))
-                         for z, s in product(W.SIZES, ("circle", "square", "triangle", "star", "cross", "crescent")))),
-    ]
-    return ds
+    words = iter(INVENTED_WORDS)
+    rng = np.random.default_rng(DISTRACTOR_SEED)
+    out = []
+    for name, camel, template, (hidden, hvals), (named, nvals), fixed_all in _SPECS:
+        classes = []
+        for hv, nv in product(hvals, nvals):
+            others = [v for v in hvals if v != hv]
+            d = others[int(rng.integers(len(others)))]
+            classes.append(ToyClass(_class_name(hidden, hv, d, named, nv, next(words)),
+                                    {hidden: hv, named: nv, **fixed_all}, hidden, d))
+        out.append(ToyDataset(name, camel, template, tuple(classes)))
+    return out
 
 
 TOY11: Tuple[ToyDataset, ...] = tuple(_defs())
@@ -249,37 +225,38 @@ def get_toy_dataset(name: str) -> ToyDataset:
     raise KeyError(f"unknown toy dataset {name!r}; known: {TOY11_NAMES}")
 
 
-def describe(cls: ToyClass) -> List[str]:
-    """CuPL-style sentences (>= 10, deterministic) for a class, from the world's attribute facts."""
-    be = "are" if cls.plural else "is"
+def describe(cls: ToyClass, seed: int = 0) -> List[str]:
+    """CuPL-style description of a class: ``SENTENCES_PER_CLASS`` distinct sentences in a random order (deterministic in ``(seed, cls.name)``).
+
+    Informative sentences state every attribute the class fixes, in ToyCLIP's caption words
+    (so they carry the hidden attribute its invented name does not); the partial one only the
+    named attribute(s); wrong ones the hidden attribute swapped for another value; irrelevant ones
+    words ToyCLIP never saw.
+    """
+    rng = np.random.default_rng([seed, *cls.name.encode()])
+    be = "is"
     x = cls.subject
-    facts: List[str] = []
-    for attr, val in cls.fixed.items():
-        if attr == "shape":
-            facts += SHAPE_FACTS[val]
-        elif attr == "colour":
-            facts += COLOUR_FACTS[val]
-        elif attr == "pattern":
-            facts += PATTERN_FACTS[val]
-        elif attr == "size":
-            facts += SIZE_FACTS[val]
-        elif attr == "background":
-            facts += BACKGROUND_FACTS[val]
-        elif attr == "position":
-            facts += POSITION_FACTS[val]
-        elif attr == "count":
-            if attr == "count" and "position" in cls.fixed:
-                continue  # layout classes: count is a constant, not a class property
-            facts += COUNT_FACTS_ONE if val == 1 else [f.replace("{n}", world.NUMBER_WORDS[val]) for f in COUNT_FACTS_MANY]
-    facts += GENERIC_FACTS
-    out, seen = [], set()
-    for f in facts:
-        s = f.format(x=x, be=be)
-        s = s[0].upper() + s[1:]
-        if s not in seen:
-            seen.add(s)
-            out.append(s)
-    return out
+    hidden_values = [v for v in world.ATTRIBUTES[cls.hidden] if v != cls.fixed[cls.hidden]]
+    if cls.hidden == "size" and cls.fixed.get("count", 1) >= 5:
+        hidden_values = [v for v in hidden_values if v != "large"]
+    mentioned = {a: v for a, v in cls.fixed.items() if not (a == "count" and "position" in cls.fixed)}
+    named = {a: v for a, v in mentioned.items() if a != cls.hidden}
+
+    def wrong() -> Dict[str, object]:
+        return {**mentioned, cls.hidden: world._choice(rng, hidden_values)}
+
+    plan = ([(INFORMATIVE, lambda: mentioned)] * N_INFORMATIVE + [(INFORMATIVE, lambda: named)] * N_PARTIAL
+            + [(INFORMATIVE, wrong)] * N_WRONG + [(IRRELEVANT, None)] * N_IRRELEVANT)
+    out: List[str] = []
+    for templates, attrs in plan:
+        while True:
+            t = world._choice(rng, templates)
+            s = t.format(X=x, x=x, be=be, body=_body(attrs(), rng) if attrs else "")
+            s = s[0].upper() + s[1:]
+            if s not in out:
+                break
+        out.append(s)
+    return [out[i] for i in rng.permutation(len(out))]
 
 
 def _class_folder(name: str) -> str:
@@ -344,11 +321,12 @@ def write_dataset(root: Path, d: ToyDataset, seed: int = 0, ds_index: int = 0,
         split[sname] = items
     split_name = f"split_zhou_{d.camel}.json"
     (ddir / split_name).write_text(json.dumps(split))
-    (ddir / "descriptions.json").write_text(json.dumps({c.name: describe(c) for c in d.classes}, indent=1))
+    (ddir / "descriptions.json").write_text(json.dumps({c.name: describe(c, seed) for c in d.classes}, indent=1))
     meta = {"name": d.name, "split_file": split_name, "image_dir": "images", "template": d.template,
             "descriptions": "descriptions.json",
             "toy": {"version": TOY_VERSION, "seed": seed, "images_per_class": sizes,
-                    "classes": [{"name": c.name, "attributes": c.fixed} for c in d.classes]}}
+                    "classes": [{"name": c.name, "attributes": c.fixed, "hidden": c.hidden,
+                                 "distractor": c.distractor} for c in d.classes]}}
     (ddir / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: completion marker
     return ddir
 

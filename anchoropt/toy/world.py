@@ -385,6 +385,8 @@ BACKGROUND_PHRASES = {
 }
 POSITION_PHRASES = ["in the {}", "in the {}", "at the {}", "in the {} of the image"]
 GENERIC_NOUNS = (["shape", "shape", "object"], ["shapes", "shapes", "objects"])
+CAPTION_TEMPLATES = ("a photo of {}.", "a photo of {}.", "an image of {}.", "{}.", "a picture showing {}.",
+                     "a drawing of {}.", "there {be} {}.", "a rendering of {}.")
 
 
 def _plural(word: str) -> str:
@@ -448,11 +450,21 @@ def caption(scene: Scene, rng: np.random.Generator, p_drop: float = 0.3, always:
         parts.append(_choice(rng, BACKGROUND_PHRASES[scene.background]))
     body = " ".join(parts)
     be = "are" if plural else "is"
-    templates = [
-        "a photo of {}.", "a photo of {}.", "an image of {}.", "{}.", "a picture showing {}.",
-        "a drawing of {}.", "there " + be + " {}.", "a rendering of {}.",
-    ]
-    return _choice(rng, templates).format(body)
+    return _choice(rng, CAPTION_TEMPLATES).format(body, be=be)
+
+
+def caption_phrases() -> list:
+    """Every word and phrase a caption of :func:`caption` can contain (templates with an empty
+    body). The BPE tokens of these are all ToyCLIP's text tower saw in pretraining; a word made of
+    other tokens was never paired with any image (``anchoropt.toy.datasets`` names classes so)."""
+    shape_words = [w for ws in SHAPE_WORDS.values() for w in ws]
+    out = shape_words + [_plural(w) for w in shape_words]
+    for table in (COLOUR_WORDS, PATTERN_ADJ, PATTERN_WITH, SIZE_WORDS, BACKGROUND_PHRASES):
+        out += [w for ws in table.values() for w in ws]
+    out += [p.format(q) for p in POSITION_PHRASES for q in POSITIONS]
+    out += [w for ws in GENERIC_NOUNS for w in ws] + list(NUMBER_WORDS[1:]) + [str(c) for c in COUNTS[1:]]
+    out += ["a", "an", "one"] + [t.format("", be=be) for t in CAPTION_TEMPLATES for be in ("is", "are")]
+    return out
 
 
 # ----------------------------------------------------------------------------------- batches

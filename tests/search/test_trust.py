@@ -91,6 +91,8 @@ def test_tpe_startup_is_sized_to_the_budget_and_said(tiny_cfg, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # fault 2: NaN and metric-less trials FAIL, ASHA-stopped trials are PRUNED with intermediate values
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.ray
 def test_nan_and_metricless_trials_fail_and_are_never_best(ray_session, tiny_cfg, tmp_path):
     from anchoropt.search.driver import run_search
 
@@ -107,6 +109,7 @@ def test_nan_and_metricless_trials_fail_and_are_never_best(ray_session, tiny_cfg
     assert table["hm"].isna().sum() == 2
 
 
+@pytest.mark.ray
 def test_asha_stopped_trials_are_pruned_with_their_intermediate_values(ray_session, tiny_cfg, tmp_path):
     from anchoropt.search.driver import run_search
 
@@ -134,6 +137,7 @@ def _cli(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+@pytest.mark.ray
 def test_requests_the_cluster_cannot_meet_exit_2_before_launch(ray_session, tiny_cfg, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
     base = tmp_path / "base.yaml"
@@ -173,6 +177,8 @@ def test_resume_refuses_a_changed_resource_request(tiny_cfg, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # fault 4: torn or lost study storage; non-persistent storage refused
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.ray
 def test_torn_or_lost_study_is_recovered_from_the_ledger(ray_session, tiny_cfg, tmp_path):
     from anchoropt.search.driver import run_search
     from anchoropt.search.ledger import read_results
@@ -231,6 +237,8 @@ def test_bruteforce_on_a_continuous_space_fails_before_ray(tiny_cfg, tmp_path, m
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_bruteforce_stops_at_its_grid_and_constant_objective_has_no_importances(ray_session, tiny_cfg, tmp_path):
     from anchoropt.search.driver import run_search
 
@@ -256,6 +264,7 @@ def test_bruteforce_stops_at_its_grid_and_constant_objective_has_no_importances(
 # ------------------------------------------------------------------------------------------------
 # fault 8: the default config is trial 0; --enqueue adds known configurations
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.ray
 def test_default_config_is_trial_0_then_enqueued_files(ray_session, tiny_cfg, tmp_path):
     from anchoropt.cli import main
     from anchoropt.search.driver import run_search

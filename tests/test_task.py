@@ -9,13 +9,14 @@ import torch
 import yaml
 from scipy import stats
 
-from anchoropt.benchmark import load_suite, plan_cells, run_benchmark
+from anchoropt.benchmark import plan_cells, run_benchmark
 from anchoropt.config import ConfigError, load_config
 from anchoropt.data import DataError
 from anchoropt.prompts import clip_logits
 from anchoropt.report import load_records, write_report
 from anchoropt.search.driver import run_search
 from anchoropt.search.spec import SearchError
+from anchoropt.suite import load_suite
 from anchoropt.task import build_task
 from anchoropt.train import Trainer, build_learners, cached_backbone, train
 from tests.conftest import EUROSAT_CLASSES, TINY
@@ -73,8 +74,8 @@ def test_run_record_and_bad_input(xd_root, tmp_path):
         train(_cfg(xd_root, tmp_path, targets="dtd,eurosat"))
     with pytest.raises(DataError, match="oxford_pets"):
         train(_cfg(xd_root, tmp_path, targets="oxford_pets"))
-    with pytest.raises(ConfigError, match="objective must be test"):
-        _cfg(xd_root, tmp_path, objective="val")
+    with pytest.raises(ConfigError, match="eval_split must be test"):
+        _cfg(xd_root, tmp_path, eval_split="val")
     with pytest.raises(ConfigError, match="targets='dtd' needs protocol=cross_dataset"):
         _cfg(xd_root, tmp_path, protocol="base2novel")
     with pytest.raises(SearchError, match="protocol=base2novel"):
@@ -109,6 +110,7 @@ def test_suite_needs_a_source_outside_the_targets(xd_root, tmp_path):
     assert all(sorted(c.record_paths) == ["dtd", "eurosat"] and c.config["targets"] == "dtd" for c in cells)
 
 
+@pytest.mark.ray
 def test_benchmark_writes_a_record_per_scored_dataset_and_reports_targets(xd_root, tmp_path, ray_session):
     suite = load_suite(_suite(tmp_path, xd_root))
     results = tmp_path / "results"

@@ -1,4 +1,4 @@
-"""Search: declarative spaces, the Optuna + Ray Tune driver, resume after kill -9, failures, sharing."""
+"""Search driver: the Optuna + Ray Tune loop, resume after kill -9, failures, Stage I sharing."""
 import json
 import math
 import os
@@ -14,18 +14,10 @@ import pytest
 import yaml
 
 from anchoropt.cli import main
-from anchoropt.config import load_config, make_config
-from anchoropt.search.space import SpaceError, load_space, parse_space
+from anchoropt.config import load_config
+from anchoropt.search.space import SpaceError
+from tests.helpers import REPO_ROOT, TINY_SPACE
 
-ROOT = Path(__file__).resolve().parents[1]
-SPACES = ROOT / "search_spaces"
-TINY_SPACE = {"params": {
-    "n_anchors": {"type": "categorical", "choices": [1, 2]},
-    "lr": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True},
-    "schedule": {"type": "categorical", "choices": ["one_stage", "two_stage"]},
-    "period": {"type": "int", "low": 1, "high": 3, "when": {"schedule": "one_stage"}},
-    "kd_weight": {"type": "categorical", "choices": [0, 1]},
-}}
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -55,82 +47,6 @@ def _stage1_key(row: pd.Series, base: dict) -> tuple:
     return (row.get("n_anchors", base["n_anchors"]), row.get("anchor_lr", base["anchor_lr"]))
 
 
-# ------------------------------------------------------------------------------------------------
-# spaces
-# ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["anchors", "schedule", "full"])
-def test_shipped_spaces_give_valid_configs_and_respect_conditions(name):
-    space = load_space(SPACES / f"{name}.yaml")
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
-    seen_schedules = set()
-    for i in range(150):
-        trial = study.ask()
-        values = space.define_by_run(trial)
-        cfg = make_config(values, source=name)  # every draw is a valid TrainConfig
-        study.tell(trial, float(i % 7))
-        assert set(values) <= {p.name for p in space.params}
-        if "schedule" in values:
-            seen_schedules.add(values["schedule"])
-            assert ("period" in values) == (values["schedule"] == "one_stage")
-            if name in ("schedule", "full"):
-                assert ("anchor_epochs" in values) == (values["schedule"] == "two_stage")
-        if "n_anchors" in values:
-            assert 1 <= cfg.n_anchors <= 8
-        if "kd_weight" in values:
-            assert 0 <= cfg.kd_weight <= 1000
-    if name != "anchors":
-        assert seen_schedules == {"one_stage", "two_stage"}
-    full = load_space(SPACES / "full.yaml")
-    assert {"n_ctx", "n_anchors", "lr", "anchor_lr", "epochs", "anchor_epochs", "ce_weight", "kd_weight",
-            "kd_temperature", "mse_weight", "gumbel_tau", "schedule", "period"} <= set(full.names)
-
-
-def test_space_conditionals_under_tpe():
-    params = TINY_SPACE["params"]
-    space = parse_space({"params": {"period": params["period"], **params}})  # a condition may come first
-    assert space.names.index("period") > space.names.index("schedule")
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5), direction="maximize")
-    for i in range(30):
-        trial = study.ask()
-        values = space.define_by_run(trial)
-        make_config(values)
-        assert ("period" in values) == (values["schedule"] == "one_stage")
-        study.tell(trial, values["lr"] * (2 if values["schedule"] == "one_stage" else 1))
-
-
-@pytest.mark.parametrize("spec, key, words", [
-    ({"not_a_field": {"type": "int", "low": 1, "high": 2}}, "not_a_field", "unknown parameter"),
-    ({"n_anchors": {"type": "int", "low": 4, "high": 4}}, "n_anchors", "low"),
-    ({"lr": {"type": "float", "low": 0.1, "high": 0.01}}, "lr", "low"),
-    ({"lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "lr", "log"),
-    ({"kd_weight": {"type": "categorical", "choices": []}}, "kd_weight", "choices"),
-    ({"n_ctx": {"type": "uniform", "low": 1, "high": 4}}, "n_ctx", "unknown type"),
-    ({"n_ctx": {"type": "int", "low": 1.5, "high": 4}}, "n_ctx", "integer"),
-    ({"schedule": {"type": "categorical", "choices": ["one_stage", "three_stage"]}}, "schedule", "three_stage"),
-    ({"period": {"type": "int", "low": 1, "high": 4, "when": {"schedule": "one_stage"}}}, "period", "schedule"),
-    ({"objective": {"type": "categorical", "choices": ["val", "test"]}}, "objective", "--objective"),
-    ({"lr": {"type": "float", "low": 0.01, "hi": 0.1}}, "lr", "hi"),
-])
-def test_bad_space_files_name_file_and_key(tmp_path, spec, key, words):
-    path = tmp_path / "bad_space.yaml"
-    path.write_text(yaml.safe_dump({"params": {"n_anchors": {"type": "int", "low": 1, "high": 3}, **spec}}
-                                   if key != "n_anchors" else {"params": spec}))
-    with pytest.raises(SpaceError) as err:
-        load_space(path)
-    msg = str(err.value)
-    assert str(path) in msg and key in msg and words in msg, msg
-
-
-def test_bad_space_errors_on_the_command_line(tmp_path, capsys):
-    path = tmp_path / "space.yaml"
-    path.write_text("params:\n  lr: {type: float, low: 0, high: 0.1, log: true}\n")
-    with pytest.raises(SystemExit) as exit_:
-        main(["search", "--space", str(path), "--num-trials", "2", "--out", str(tmp_path / "s")])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert str(path) in err and "lr" in err and "log" in err
-
-
 def test_search_fails_fast_on_bad_input(tiny_cfg, tmp_path):
     from anchoropt.data import DataError
     from anchoropt.search.driver import run_search
@@ -150,6 +66,7 @@ def test_search_fails_fast_on_bad_input(tiny_cfg, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # searches (Ray)
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.ray
 def test_search_runs_and_writes_every_output(ray_session, tiny_cfg, tmp_path):
     from anchoropt.search.driver import run_search
 
@@ -176,7 +93,7 @@ def test_search_runs_and_writes_every_output(ray_session, tiny_cfg, tmp_path):
     text = (out / "best_config.yaml").read_text()
     assert "# objective: val" in text
     best = load_config(out / "best_config.yaml")
-    assert best.objective == "test" and best.cache_dir == base["cache_dir"]  # scored on test by default
+    assert best.eval_split == "test" and best.cache_dir == base["cache_dir"]  # scored on test by default
     assert best.n_anchors == result.best_config["n_anchors"]
     assert result.best_hm == pytest.approx(table["hm"].max())
     # one shared cache: features once, Stage I once per distinct Stage I configuration
@@ -193,6 +110,7 @@ def test_search_runs_and_writes_every_output(ray_session, tiny_cfg, tmp_path):
     assert (tmp_path / "train" / "record.json").is_file()
 
 
+@pytest.mark.ray
 def test_stage1_computed_once_for_trials_sharing_it(ray_session, tiny_cfg, tmp_path):
     from anchoropt.search.driver import run_search
 
@@ -209,6 +127,7 @@ def test_stage1_computed_once_for_trials_sharing_it(ray_session, tiny_cfg, tmp_p
     assert "# objective: test" in (tmp_path / "s" / "best_config.yaml").read_text()
 
 
+@pytest.mark.ray
 def test_failed_trials_are_recorded_and_the_search_goes_on(ray_session, tiny_cfg, tmp_path):
     from anchoropt.search.driver import run_search
 
@@ -231,6 +150,7 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(ray_session, tiny_cfg
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
 
 
+@pytest.mark.ray
 def test_killed_search_resumes_without_lost_or_repeated_trials(ray_session, tiny_cfg, tmp_path):
     from anchoropt.search.driver import run_search
     from anchoropt.search.ledger import read_results
@@ -244,7 +164,7 @@ def test_killed_search_resumes_without_lost_or_repeated_trials(ray_session, tiny
     cmd = [sys.executable, "-m", "anchoropt.cli", "search", "--space", str(space), "--num-trials", "6",
            "--out", str(out), "--config", str(base_yaml), "--max-concurrent", "1", "--address", address,
            "--verbose", "0", "--sampler", "random"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     try:
         while len(read_results(out)) < 2:

@@ -65,12 +65,12 @@ def test_load_records_reads_files_and_folders_recursively(tmp_path):
     df = report.load_records([tmp_path / "res", a, str(other)])  # a is also under res/: read once
     assert list(df["method"]) == ["anchor", "coop", "coop"]
     assert list(df["seed"]) == [1, 1, 2]
-    for col in ["method", "dataset", "seed", "acc_base", "acc_novel", "hm", "objective",
+    for col in ["method", "dataset", "seed", "acc_base", "acc_novel", "hm", "tuning",
                 "protocol"]:
         assert col in df.columns
     assert df.loc[1, "hm"] == pytest.approx(_hm(80.0, 60.0))
     assert math.isnan(df.loc[0, "hm"])  # null metric -> NaN, not dropped
-    assert df.loc[0, "objective"] == "test" and df.loc[0, "protocol"] == "base2novel"
+    assert df.loc[0, "tuning"] == "search_test" and df.loc[0, "protocol"] == "base2novel"  # a version-1 record
 
 
 @pytest.mark.parametrize("content", [
@@ -114,7 +114,11 @@ def test_cell_mean_and_sample_std_by_hand():
     cell = report.cell_stats(df).iloc[0]
     assert cell["hm_mean"] == pytest.approx(73.0)
     # sample std: deviations -3, -1, 4 -> (9 + 1 + 16) / (3 - 1) = 13
-    assert cell["hm_std"] == pytest.approx(math.sqrt(13.0))
+    assert cell["acc_base_std"] == pytest.approx(math.sqrt(13.0))
+    assert math.isnan(cell["hm_std"])  # papers' HM of seed means: no seed spread
+    per_seed = report.cell_stats(df, hm_convention="per_seed_mean").iloc[0]
+    assert per_seed["hm_mean"] == pytest.approx(73.0)
+    assert per_seed["hm_std"] == pytest.approx(math.sqrt(13.0))
 
 
 def test_two_averages_by_hand(tmp_path):
@@ -175,7 +179,7 @@ def test_all_zero_differences_give_no_test_and_say_so(tmp_path):
     text = report.write_report(df, tmp_path).read_text()
     row = pd.read_csv(tmp_path / "paired_wilcoxon.csv").iloc[0]
     assert math.isnan(row["p"]) and math.isnan(row["p_holm"])
-    assert "All differences zero: no test." in text
+    assert "all differences zero: no test" in _section(text, "## Paired tests against ")
 
 
 def test_holm_against_hand_computation():
@@ -291,8 +295,8 @@ def test_missing_cells_are_shown_counted_and_excluded(tmp_path):
     report.write_report(df, tmp_path)
     text = (tmp_path / "report.md").read_text()
     hm_table = text[text.index("### HM (%)"):]
-    assert "| d4 | 63.50 ± 0.71 | 64.50 ± 0.71 | — |" in hm_table
-    assert "| d3 | 62.50 ± 0.71 | — (1/2 seeds) | 64.50 ± 0.71 |" in hm_table
+    assert "| d4 | 63.50 | 64.50 | — |" in hm_table
+    assert "| d3 | 62.50 | — (1/2 seeds) | 64.50 |" in hm_table
     missing = _section(text, "## Missing cells")
     assert "2 of 12 (method, dataset) cells" in missing
     assert "| B | d3 | incomplete | 1 | 2 |" in missing
@@ -373,16 +377,15 @@ def test_latex_tables_booktabs_and_bold_best_per_column(tmp_path):
     df = _frame({"coop_x": {"d1": 80.0, "d2": 60.0}, "B": {"d1": 70.0, "d2": 65.0}})
     report.write_report(df, tmp_path)
     tex = (tmp_path / "tables.tex").read_text()
-    assert tex.count("\\begin{table}") == 3
-    for rule in ["\\toprule", "\\midrule", "\\bottomrule"]:
-        assert tex.count(rule) == 3
-    rows = [line for line in tex.splitlines() if line.startswith(("coop", "B &"))]
+    assert tex.count("\\begin{table*}") == 1 and "\\label{tab:base2novel}" in tex
+    for rule in ["\\toprule", "\\bottomrule"]:
+        assert tex.count(rule) == 3  # blocks: average, d1, d2
+    rows = [line for line in tex.splitlines() if line.startswith(("CoOp", "B &"))]
     assert len(rows) == 6
-    # base table (one seed, so no std): best d1 = coop_x, best d2 = B, best avg = coop_x (70 > 67.5)
-    assert rows[0] == "coop\\_x & \\textbf{80.00} & 60.00 & \\textbf{70.00} \\\\"
-    assert rows[1] == "B & 70.00 & \\textbf{65.00} & 67.50 \\\\"
-    # HM table: HM of avg = mean HM here (base = novel), best both coop_x
-    assert rows[4].endswith("& \\textbf{70.00} & \\textbf{70.00} \\\\")
+    # average block: base = novel = HM; best = coop_x (70 > 67.5); d1 best coop_x, d2 best B
+    assert rows[0] == "CoOp x & \\textbf{70.00} & \\textbf{70.00} & \\textbf{70.00} \\\\"
+    assert rows[1] == "B & 67.50 & 67.50 & 67.50 \\\\"
+    assert rows[2].startswith("CoOp x & \\textbf{80.00}") and rows[5].startswith("B & \\textbf{65.00}")
 
 
 def test_records_scored_on_different_splits_are_not_mixed(tmp_path):

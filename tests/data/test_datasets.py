@@ -1,8 +1,6 @@
 import json
 import os
 import pickle
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -10,10 +8,10 @@ from PIL import Image
 
 from anchoropt.data import (DataError, DatasetSplits, Datum, base_novel_labels, build_dataset, fewshot_splits, load_descriptions,
                             subsample)
-from anchoropt.data.datasets import SPLIT_DATASETS
+from anchoropt.data.datasets import SPLIT_DATASETS, read_dataset
 from anchoropt.data.fewshot import read_dassl_fewshot
-from anchoropt.features import load_image
-from tests.helpers import make_split_dataset, write_image
+from anchoropt.data.images import load_image
+from tests.helpers import make_split_dataset, write_dassl_pickle, write_image
 
 CLASSES = ["face", "leopard", "motorbike", "airplane", "accordion"]
 
@@ -86,43 +84,19 @@ def test_fewshot_sampling_is_seeded_and_per_class(tmp_path):
     assert len(fewshot_splits(data, 16, seed=1)[0]) == 30  # fewer than K: keep all
 
 
-def _fake_dassl_module(monkeypatch):
-    mod = types.ModuleType("dassl.data.datasets.base_dataset")
-
-    class Datum:  # the fields of Dassl's Datum
-        def __init__(self, impath, label, domain, classname):
-            self._impath, self._label, self._domain, self._classname = impath, label, domain, classname
-    Datum.__module__, Datum.__qualname__ = "dassl.data.datasets.base_dataset", "Datum"
-    mod.Datum = Datum
-    for name in ("dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"):
-        monkeypatch.setitem(sys.modules, name, mod)
-    return Datum
-
-
-def _write_dassl_pickle(path, chosen, monkeypatch):
-    """Pickle ``{"train"|"val": [(impath, label, classname)]}`` as Dassl's Datum records, as Dassl does."""
-    DasslDatum = _fake_dassl_module(monkeypatch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump({part: [DasslDatum(p, lab, 0, c) for p, lab, c in items] for part, items in chosen.items()},
-                    f, protocol=pickle.HIGHEST_PROTOCOL)
-    for name in ("dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"):
-        monkeypatch.delitem(sys.modules, name)
-
-
-def test_dassl_fewshot_pickle_is_reused_without_dassl(tmp_path, monkeypatch):
+def test_dassl_fewshot_pickle_is_reused_without_dassl(tmp_path):
     make_split_dataset(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", CLASSES, per_class=(6, 2, 1))
     chosen = {"train": [(f"/home/else/DATA/eurosat/2750/{c}/train_{i}.png", lab, c)
                         for lab, c in enumerate(CLASSES) for i in (5, 3)],
               "val": [(f"/home/else/DATA/eurosat/2750/{c}/val_0.png", lab, c) for lab, c in enumerate(CLASSES)]}
-    _write_dassl_pickle(tmp_path / "eurosat" / "split_fewshot" / "shot_2-seed_1.pkl", chosen, monkeypatch)
+    write_dassl_pickle(tmp_path / "eurosat" / "split_fewshot" / "shot_2-seed_1.pkl", chosen)
     train, val = fewshot_splits(build_dataset(tmp_path, "eurosat"), 2, seed=1)
     assert train[0].impath == str(tmp_path / "eurosat" / "2750" / "face" / "train_5.png")
     assert len(train) == 10 and len(val) == 5
 
 
 @pytest.mark.parametrize("name", ["oxford_pets", "stanford_cars"])
-def test_dassl_pickle_rerooted_under_a_root_holding_the_image_folder_name(tmp_path, monkeypatch, name):
+def test_dassl_pickle_rerooted_under_a_root_holding_the_image_folder_name(tmp_path, name):
     """Pets' image folder is ``images``; a data root ``.../images/D`` holds that name too. Cars has none."""
     spec = SPLIT_DATASETS[name]
     root = tmp_path / "images" / "D"
@@ -130,7 +104,7 @@ def test_dassl_pickle_rerooted_under_a_root_holding_the_image_folder_name(tmp_pa
     old = "/".join(p for p in ("/mnt/old/images/DATA", spec.folder, spec.image_dir) if p)
     chosen = {"train": [(f"{old}/{rel}", lab, c) for rel, lab, c in split["train"][::3]],
               "val": [(f"{old}/{rel}", lab, c) for rel, lab, c in split["val"]]}
-    _write_dassl_pickle(root / spec.folder / "split_fewshot" / "shot_1-seed_1.pkl", chosen, monkeypatch)
+    write_dassl_pickle(root / spec.folder / "split_fewshot" / "shot_1-seed_1.pkl", chosen)
     data = build_dataset(root, name)
     train, val = fewshot_splits(data, 1, seed=1)
     image_dir = root / spec.folder / spec.image_dir
@@ -138,7 +112,7 @@ def test_dassl_pickle_rerooted_under_a_root_holding_the_image_folder_name(tmp_pa
     assert all(os.path.isfile(d.impath) for d in train + val)
 
 
-def test_dassl_pickle_from_another_split_is_refused_in_one_line(tmp_path, monkeypatch):
+def test_dassl_pickle_from_another_split_is_refused_in_one_line(tmp_path):
     split = make_split_dataset(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", CLASSES, per_class=(3, 1, 1))
     old = "/home/else/DATA/eurosat/2750"
     chosen = {"train": [(f"{old}/{rel}", lab, c) for rel, lab, c in split["train"][::3]],
@@ -146,7 +120,7 @@ def test_dassl_pickle_from_another_split_is_refused_in_one_line(tmp_path, monkey
     pkl = tmp_path / "eurosat" / "split_fewshot" / "shot_1-seed_1.pkl"
     chosen["train"][1] = (chosen["train"][1][0], 4, "accordion")  # label and name changed since
     chosen["train"][2] = (f"{old}/motorbike/removed.png", 2, "motorbike")  # no longer in the split
-    _write_dassl_pickle(pkl, chosen, monkeypatch)
+    write_dassl_pickle(pkl, chosen)
     data = build_dataset(tmp_path, "eurosat")
     with pytest.raises(DataError) as err:
         fewshot_splits(data, 1, seed=1)
@@ -154,6 +128,10 @@ def test_dassl_pickle_from_another_split_is_refused_in_one_line(tmp_path, monkey
     assert "\n" not in msg and str(pkl) in msg and "split_zhou_EuroSAT.json" in msg
     assert "2 of 5 train items differ" in msg and "label 4 'accordion' there, 1 'leopard'" in msg
     assert "delete the file" in msg
+    chosen["train"] = [e for e in chosen["train"][:1]]  # in the split, but only class 'face'
+    write_dassl_pickle(pkl, chosen)
+    with pytest.raises(DataError, match=r"has no train image of 4 of 5 classes, e.g. 'leopard' \(label 1\); delete"):
+        fewshot_splits(data, 1, seed=1)
 
 
 class _Evil:
@@ -267,6 +245,15 @@ def test_imagenet_class_folder_missing_from_val_keeps_labels_and_is_refused(tmp_
     (folder / "images" / "val" / "n01").rmdir()
     with pytest.raises(DataError, match="test split has no image of 1 of 3 classes: 'class n01' \\(label 0\\)"):
         build_dataset(tmp_path, "imagenet")
+    assert sorted({d.label for d in read_dataset(tmp_path, "imagenet").test}) == [1, 2]  # n02, n03 as in train
+
+
+def test_imagenet_subset_tree_with_the_full_classnames_file(tmp_path):
+    """As in Dassl, the classes are train's folders; classnames.txt may name more."""
+    folder = _imagenet(tmp_path, wnids=("n01", "n03"))
+    (folder / "classnames.txt").write_text("n01 tench\nn02 goldfish\nn03 shark\n")
+    data = build_dataset(tmp_path, "imagenet")
+    assert data.classnames == ["tench", "shark"] and [d.label for d in data.test] == [0, 0, 1, 1]
 
 
 def test_corrupt_and_non_rgb_images(tmp_path):

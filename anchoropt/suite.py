@@ -1,0 +1,153 @@
+"""Benchmark suites (YAML, see ``benchmarks/``): parsing, and each method's configuration, the one place.
+
+A suite names a protocol, datasets, seeds, a shared ``config`` of TrainConfig keys,
+``per_dataset`` overrides and named ``methods``; a method is TrainConfig keys and/or
+``config: <file>``, e.g. a search's ``best_config.yaml`` (``{dataset}`` in the path is replaced
+per cell; a relative path is relative to the suite file). ``schedule_methods`` names the two
+methods compared in the one-stage vs two-stage section and tuned by ``anchoropt run``::
+
+    schedule_methods: {one_stage: coop_anchoropt_one_stage, two_stage: coop_anchoropt_two_stage}
+
+Protocols (SPEC section 8): ``base2novel`` (a cell is method, dataset, seed) and
+``cross_dataset`` (a cell is method, seed: train on ``source``, score it and each of ``datasets``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anchoropt.config import PROTOCOLS, SCHEDULES, make_config
+from anchoropt.errors import ConfigError
+from anchoropt.paths import absolute, relative_to_file
+from anchoropt.yamlio import read_yaml
+
+SUITE_KEYS = {"name", "protocol", "source", "datasets", "seeds", "config", "per_dataset", "methods", "baseline",
+              "schedule_methods", "search_dataset"}
+RENAMED_KEYS = {"schedules": "schedule_methods: {one_stage: <method>, two_stage: <method>}"}
+#: keys of a method's config file that the cell sets itself (where, which seed, which split)
+CELL_KEYS = ("dataset", "seed", "data_root", "cache_dir", "device", "eval_split",
+             "objective")  # objective: eval_split in the best configs of version-1 searches
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A method configuration found by a search: its TrainConfig values and what tuned them
+    (``search_val`` / ``search_test``: the split the search scored)."""
+
+    values: dict[str, Any]
+    tuning: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed suite file. ``methods`` maps a method name to its spec (TrainConfig keys, optionally
+    ``config: <file>``); ``tuned`` maps a method to the search result that replaces its file."""
+
+    name: str
+    path: Path
+    datasets: list[str]  # under cross_dataset: the targets
+    seeds: list[int]
+    config: dict[str, Any]
+    methods: dict[str, dict[str, Any]]
+    per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: str = "base2novel"
+    source: str | None = None  # cross_dataset: the dataset trained on
+    baseline: str | None = None
+    schedule_methods: dict[str, str] | None = None  # schedule -> method name
+    search_dataset: str | None = None  # where ``anchoropt run`` tunes the schedules
+    tuned: dict[str, Tuned] = field(default_factory=dict)
+
+    @property
+    def trained_datasets(self) -> list[str]:
+        """The datasets a cell trains on (the source alone under cross_dataset)."""
+        return [self.source] if self.protocol == "cross_dataset" else list(self.datasets)
+
+    def with_tuned(self, method: str, tuned: Tuned) -> Suite:
+        """A copy of the suite whose ``method`` uses ``tuned`` (the suite itself is not changed)."""
+        return dataclasses.replace(self, tuned={**self.tuned, method: tuned})
+
+
+def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
+    """Read a suite YAML; ``overrides`` (TrainConfig keys) replace the shared ``config``.
+
+    Raises:
+        ConfigError: one line naming the file: not found or not valid YAML, an unknown or renamed
+            top-level key, an invalid TrainConfig key, missing methods/datasets/seeds, unknown
+            protocol, a cross-dataset suite without ``source`` (or with the source among its
+            targets), a baseline or schedule method that is not one of the suite's methods.
+    """
+    path = Path(absolute(path))
+    raw = read_yaml(path, "suite file")
+    for old, new in RENAMED_KEYS.items():
+        if old in raw:
+            raise ConfigError(f"{path}: suite key '{old}' is now {new}")
+    unknown = sorted(set(raw) - SUITE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown suite key(s) {', '.join(unknown)}")
+    for key in ("datasets", "seeds", "methods"):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: '{key}' is missing or empty")
+    protocol, source = raw.get("protocol", "base2novel"), raw.get("source")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{path}: unknown protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
+    if protocol == "cross_dataset" and (not source or source in raw["datasets"]):
+        raise ConfigError(f"{path}: protocol cross_dataset needs 'source: <dataset>', not among the target datasets")
+    if protocol == "base2novel" and source:
+        raise ConfigError(f"{path}: 'source' applies to protocol cross_dataset only")
+    shared = {**(raw.get("config") or {}), **(overrides or {})}
+    make_config(shared, source=f"{path} config")
+    methods = {name: dict(spec or {}) for name, spec in raw["methods"].items()}
+    schedule_methods = _schedule_methods(raw.get("schedule_methods"), path)
+    for name in [raw.get("baseline"), *(schedule_methods or {}).values()]:
+        if name is not None and name not in methods:
+            raise ConfigError(f"{path}: '{name}' is not one of the suite's methods")
+    return Suite(raw.get("name", path.stem), path, list(raw["datasets"]), [int(s) for s in raw["seeds"]],
+                 shared, methods, raw.get("per_dataset") or {}, protocol, source, raw.get("baseline"),
+                 schedule_methods, raw.get("search_dataset"))
+
+
+def _schedule_methods(value: Any, path: Path) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != set(SCHEDULES):
+        raise ConfigError(f"{path}: schedule_methods must map {' and '.join(SCHEDULES)} to method names, "
+                          f"got {value!r}")
+    return {schedule: str(value[schedule]) for schedule in SCHEDULES}
+
+
+def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, Any], str]:
+    """TrainConfig values of one method on one dataset, and what tuned them; the one merge of a
+    method's configuration (``benchmark``, ``run`` and its searches all use it).
+
+    Order (later wins): suite ``config``, its ``per_dataset`` entry, the method's tuned values
+    (``suite.tuned``) or else its ``config:`` file (without the keys a cell sets itself,
+    :data:`CELL_KEYS`), the method's own keys. Tuning: ``untuned``, ``given`` (a file that is no
+    search's), or ``search_<split>`` read from the ``search.json`` next to a search's best config.
+
+    Raises:
+        ConfigError: the method's config file is missing or not a YAML mapping (naming the suite).
+    """
+    spec = dict(suite.methods[method])
+    values: dict[str, Any] = {**suite.config, **suite.per_dataset.get(dataset, {})}
+    file = spec.pop("config", None)
+    tuning = "untuned"
+    if method in suite.tuned:
+        tuned, tuning = suite.tuned[method].values, suite.tuned[method].tuning
+    elif file is not None:
+        file = Path(relative_to_file(str(file).format(dataset=dataset), suite.path))
+        if not file.is_file():
+            raise ConfigError(f"{suite.path}: method '{method}' config file not found: {file}")
+        tuned = read_yaml(file, "config file")
+        search = file.parent / "search.json"  # present when the file is a search's best config
+        tuning = f"search_{json.loads(search.read_text())['objective']}" if search.is_file() else "given"
+    else:
+        tuned = {}
+    values.update({k: v for k, v in tuned.items() if k not in CELL_KEYS})
+    values.update(spec)
+    values.update(dataset=dataset, protocol=suite.protocol)
+    if suite.protocol == "cross_dataset":
+        values["targets"] = ",".join(suite.datasets)
+    return values, tuning

@@ -1,0 +1,135 @@
+"""Suites: parsing, one-line errors, each method's configuration merged in one place."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+
+from anchoropt.benchmark import plan_cells
+from anchoropt.config import ConfigError, make_config
+from anchoropt.suite import Tuned, load_suite, method_values
+from tests.helpers import write_suite
+
+
+def test_suite_errors_name_file_and_key(tmp_path, eurosat_root):
+    path = write_suite(tmp_path, eurosat_root, extra={"baselin": "coop"})
+    with pytest.raises(ConfigError, match="suite.yaml: unknown suite key\\(s\\) baselin"):
+        load_suite(path)
+    path = write_suite(tmp_path, eurosat_root, methods={"bad": {"method": "coop", "n_ctxx": 3}})
+    with pytest.raises(ConfigError, match="method 'bad'.*unknown key\\(s\\) n_ctxx"):
+        plan_cells(load_suite(path), tmp_path / "r")
+    path = write_suite(tmp_path, eurosat_root, extra={"schedules": ["coop", "two"]})
+    with pytest.raises(ConfigError, match="'schedules' is now schedule_methods"):
+        load_suite(path)
+
+
+def test_tuned_config_file_is_read_per_dataset_and_scored_on_test(tmp_path, eurosat_root):
+    tuned = tmp_path / "searches" / "eurosat"
+    tuned.mkdir(parents=True)
+    (tuned / "best_config.yaml").write_text("n_anchors: 5\nlr: 0.01\nobjective: test\ndataset: other\n")
+    (tuned / "search.json").write_text('{"objective": "val"}')  # the search that wrote it
+    path = write_suite(tmp_path, eurosat_root, methods={"tuned": {"config": "searches/{dataset}/best_config.yaml",
+                                                                   "epochs": 3}})
+    values, tuning = method_values(load_suite(path), "tuned", "eurosat")
+    assert (values["n_anchors"], values["lr"], values["epochs"]) == (5, 0.01, 3)
+    assert values["dataset"] == "eurosat" and tuning == "search_val"
+    (cell,) = [c for c in plan_cells(load_suite(path), tmp_path / "r") if c.seed == 1]
+    assert cell.config["eval_split"] == "test" and cell.config["n_anchors"] == 5
+
+
+def test_tuned_values_replace_the_file_without_changing_the_suite(tmp_path, eurosat_root):
+    suite = load_suite(write_suite(tmp_path, eurosat_root))
+    tuned = suite.with_tuned("two", Tuned({"n_anchors": 3, "dataset": "other"}, "search_val"))
+    assert method_values(tuned, "two", "eurosat") == ({**method_values(suite, "two", "eurosat")[0], "n_anchors": 3},
+                                                      "search_val")
+    assert suite.tuned == {} and method_values(suite, "two", "eurosat")[1] == "untuned"
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 16, faults 1 and 2 (YAML errors, a method's config file under `run`) and duplicate keys (#18.8)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, words", [
+    ("name: s\ndatasets: [eurosat\nseeds: [1]\n", "line 3"),   # unclosed flow sequence
+    ("name: s\n  datasets: x\n", "line 2"),                    # bad indentation
+    ("methods:\n  coop: {method: coop}\n  coop: {method: anchoropt}\n", "duplicate key 'coop'"),
+])
+def test_broken_suite_is_one_line_exit_2_on_every_command(tmp_path, capsys, text, words):
+    from anchoropt.cli import main
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    for argv in (["benchmark", str(path), "--results", str(tmp_path / "r")],
+                 ["run", "--suite", str(path), "--results", str(tmp_path / "r"), "--report", str(tmp_path / "p")],
+                 ["search", "--space", str(path), "--num-trials", "1", "--out", str(tmp_path / "s")],
+                 ["train", "--config", str(path)]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2, argv
+        assert len(err.splitlines()) == 1 and str(path) in err and words in err, (argv, err)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+def test_duplicate_keys_are_refused_in_every_yaml_reader(tmp_path):
+    from anchoropt.config import load_config
+    from anchoropt.search.space import load_space
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("params:\n  lr: {type: float, low: 0.001, high: 0.01}\n  lr: {type: float, low: 5, high: 1}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'lr'"):
+        load_space(path)
+    path.write_text("lr: 0.01\nepochs: 2\nlr: 0.1\n")
+    with pytest.raises(ConfigError, match="dup.yaml: .*line 3.*duplicate key 'lr' \\(first at line 1\\)"):
+        load_config(path)
+
+
+def test_run_searches_with_the_method_config_file_merged(tmp_path, eurosat_root, monkeypatch):
+    """`run` builds each search's base as `benchmark` builds the cells: the method's `config:` file
+    merged, not passed on as an unknown key `config`."""
+    import anchoropt.search.driver as driver
+    from anchoropt import benchmark, pipeline
+
+    (tmp_path / "tuned.yaml").write_text("n_anchors: 3\nlr: 0.005\n")
+    path = write_suite(tmp_path, eurosat_root, methods={
+        "one": {"method": "anchoropt", "schedule": "one_stage", "config": "tuned.yaml"},
+        "two": {"method": "anchoropt", "schedule": "two_stage", "config": "tuned.yaml"}},
+        extra={"schedule_methods": {"one_stage": "one", "two_stage": "two"}})
+    bases = []
+
+    def fake_search(space, out, num_trials, base, **kw):  # the base a real search would validate
+        bases.append(make_config(base, source="base config"))
+        return SimpleNamespace(summary=lambda: "", best_config=None, trials=pd.DataFrame({"trial": [], "hm": []}))
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "run_search", fake_search)
+    monkeypatch.setattr(benchmark, "run_benchmark", stop)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_main_job(path, tmp_path / "res", tmp_path / "rep", search_trials=1, space=tmp_path / "s.yaml")
+    assert {b.schedule: (b.n_anchors, b.lr) for b in bases} == {"one_stage": (3, 0.005), "two_stage": (3, 0.005)}
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 16, fault 3: relative paths in a suite are resolved before Ray workers see them
+# ------------------------------------------------------------------------------------------------
+def test_relative_paths_in_a_suite_reach_the_cells_absolute(tmp_path, eurosat_root, monkeypatch):
+    import torch
+
+    from anchoropt.backbone import create_backbone
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(create_backbone("TinyCLIP-test", "").model.state_dict(), tmp_path / "tiny_copy.pt")
+    suite_dir = tmp_path / "suites"
+    suite_dir.mkdir()
+    path = write_suite(suite_dir, eurosat_root, name="s.yaml")
+    raw = yaml.safe_load(path.read_text())
+    raw["config"].update(pretrained="tiny_copy.pt", cache_dir="cache", data_root=str(eurosat_root))
+    path.write_text(yaml.safe_dump(raw))
+    cells = plan_cells(load_suite(path), "r")
+    for cell in cells:
+        assert cell.config["pretrained"] == str(tmp_path / "tiny_copy.pt")  # as `anchoropt train` reads it
+        assert cell.config["cache_dir"] == str(tmp_path / "cache")
+    monkeypatch.chdir(suite_dir)  # a Ray worker runs in another folder
+    assert Path(cells[0].config["pretrained"]).is_file()
