@@ -84,13 +84,17 @@ def _search_show(args: argparse.Namespace) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
-    from anchoropt.benchmark import run_benchmark
-    from anchoropt.suite import load_suite
+    from anchoropt.benchmark import describe_plan, run_benchmark
+    from anchoropt.suite import load_suite, select
 
-    suite = load_suite(args.suite, parse_overrides(args.overrides))
+    suite = select(load_suite(args.suite, parse_overrides(args.overrides)), datasets=args.datasets,
+                   seeds=args.seeds, methods=args.methods)
+    if args.dry_run:
+        print(describe_plan(suite, args.results))
+        return
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial or 1.0,
                            gpus_per_trial=args.gpus_per_trial or 0.0, max_concurrent=args.max_concurrent,
-                           address=args.address, num_cpus=args.num_cpus)
+                           address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, mlflow=args.mlflow)
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done; "
           f"records under {args.results}")
     if counts["failed"]:
@@ -149,10 +153,23 @@ def _data_check(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from anchoropt.pipeline import run_main_job
 
-    run_main_job(args.suite, args.results, args.report, parse_overrides(args.overrides), space=args.space,
+    report = args.report or str(Path(args.results) / "report")
+    run_main_job(args.suite, args.results, report, parse_overrides(args.overrides), space=args.space,
                  search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
-                 max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus)
+                 max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
+                 verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
@@ -225,7 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="run every (method, dataset, seed) cell of a suite as Ray Tune trials")
     p.add_argument("suite", help="suite YAML (e.g. benchmarks/toy11.yaml)")
     p.add_argument("--results", required=True, help="folder of the cell records (finished cells are skipped)")
+    p.add_argument("--datasets", type=_names, help="only these of the suite's datasets (comma-separated; "
+                                                  "cross_dataset: targets)")
+    p.add_argument("--seeds", type=_seeds, help="only these of the suite's seeds (comma-separated)")
+    p.add_argument("--methods", type=_names, help="only these of the suite's methods (comma-separated)")
     _add_ray_args(p)
+    _add_output_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="shared config overrides, e.g. data_root=/data")
     p.set_defaults(func=_benchmark)
 
@@ -266,12 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="main job: toy data, search both schedules, benchmark, report")
     p.add_argument("--suite", default=str(DEFAULT_SUITE), help="benchmark suite (default the toy-11 suite)")
     p.add_argument("--results", default="results/toy11", help="searches and cell records (default results/toy11)")
-    p.add_argument("--report", default="reports/toy11", help="report folder (default reports/toy11)")
+    p.add_argument("--report", help="report folder (default RESULTS/report: untracked; the committed example "
+                                    "reports/toy11 is made with --report reports/toy11)")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
     p.add_argument("--search-trials", type=int, default=8, help="trials per schedule (0: no search)")
     p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
     _add_ray_args(p)
+    _add_output_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="shared config overrides, e.g. data_root=/data backbone=ViT-B-16 pretrained=openai")
     p.set_defaults(func=_run)

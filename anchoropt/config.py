@@ -1,8 +1,12 @@
 """Typed run configuration: one flat dataclass, YAML files plus ``key=value`` overrides.
 
-Defaults are the reference CoOp/AnchorOPT settings of SPEC sections 2 to 6; the
-``data_root``/``backbone`` defaults point at the embedded toy world so that
-``anchoropt train`` runs offline.
+Every default is marked in :class:`TrainConfig`: ``[reference]`` values are the authors'
+CoOp+AnchorOPT base-to-novel settings (scripts/coop/anchoropt_*.sh on configs/trainers/CoOp/
+vit_b16.yaml, the Stage I table of docs/AnchorOPT.md); ``[project]`` values are this project's
+choices, each listed with the option that restores the reference in docs/SPEC.md section 9.
+Per-dataset reference values live in the suites (``benchmarks/base2new_11.yaml``,
+``benchmarks/cross_dataset_11.yaml``). The ``data_root``/``backbone`` defaults point at the
+embedded toy world so that ``anchoropt train`` runs offline.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from anchoropt.yamlio import parse_yaml, read_yaml
 METHODS = ("zeroshot", "coop", "anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
+ONE_STAGE_BUDGETS = ("equal_prompt_updates", "equal_total_steps")
 
 
 #: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
@@ -29,68 +34,78 @@ RENAMED = {"objective": "eval_split"}
 
 @dataclass
 class TrainConfig:
-    """One training run: (dataset, seed, method settings). Learning rates in SGD units, epochs counted
-    over the few-shot training set (Stage II) or over the base classes (Stage I)."""
+    """One training run: (dataset, seed, method settings). Learning rates in SGD units; an epoch of
+    either stage is one pass of image batches over the few-shot training set (Stage I: one step
+    per batch, each over every training class, as the reference).
+
+    ``[reference]`` marks a default taken from the authors' code, ``[project]`` one of this
+    project's choices (docs/SPEC.md section 9 lists them with the option that restores the
+    reference)."""
 
     # data
-    dataset: str = "toy_shape"
-    data_root: str = "data/toy11"
-    shots: int = 16
-    seed: int = 1
-    eval_split: str = "test"  # test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
+    dataset: str = "toy_shape"  # [project] offline toy world
+    data_root: str = "data/toy11"  # [project]
+    shots: int = 16  # [reference]
+    seed: int = 1  # [reference] seeds 1-3 (the scripts loop over 1-5)
+    eval_split: str = "test"  # [reference] test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
     # base2novel: train on base classes, score base and novel; cross_dataset: train on every class of
     # ``dataset`` (the source), score it and each of ``targets`` on all their classes (SPEC section 8)
     protocol: str = "base2novel"
     targets: str = ""  # cross_dataset: comma-separated target datasets under data_root
     descriptions: str = ""  # CuPL JSON; empty: the dataset's own, else descriptions_dir/<CuPL name>
     descriptions_dir: str = ""
-    n_descriptions: int = 10
+    n_descriptions: int = 10  # [reference] MAX_TEMPLATE_LENGTH 10 (5 for ImageNet, set in the suites)
     # backbone
-    backbone: str = "ToyCLIP"
-    pretrained: str = "toy"
+    backbone: str = "ToyCLIP"  # [project] reference: ViT-B-16 with pretrained=openai (the suites)
+    pretrained: str = "toy"  # [project]
     quick_gelu: bool | None = None
     preprocess: str = ""  # pretrained tag whose image preprocessing a checkpoint file gets; empty: the weights'
     device: str = "auto"
     # method
     method: str = "anchoropt"
-    schedule: str = "two_stage"
-    n_ctx: int = 4
-    n_anchors: int = 1
-    gumbel_tau: float = 1.0
-    kd_temperature: float = 1.0
-    ce_weight: float = 100.0
-    kd_weight: float = 1.0
-    mse_weight: float = 1000.0
-    position_eval: str = "argmax"
-    eos_index: str = "correct"  # correct | reference (reads N positions early, as the reference code)
-    truncate: bool = True
+    schedule: str = "two_stage"  # [reference] the paper's main schedule
+    n_ctx: int = 4  # [reference] soft tokens M (per dataset 4 to 8 in the suites)
+    ctx_init: str = ""  # [reference] CoOp's CTX_INIT: "" random N(0, 0.02); a phrase sets the soft tokens
+    # to its token embeddings and n_ctx to its BPE token count (the reference counts words)
+    n_anchors: int = 1  # [reference] ANCHOR_LEN
+    gumbel_tau: float = 1.0  # [reference] GUMBEL_TEMP
+    kd_temperature: float = 1.0  # [reference] KD_TEMPERATURE (per dataset in the suites)
+    ce_weight: float = 100.0  # [reference] PROMPT_CE_WEIGHT (per dataset in the suites)
+    kd_weight: float = 1000.0  # [reference] KD_WEIGHT (per dataset in the suites)
+    mse_weight: float = 1000.0  # [reference] ANCHOR_MSE_WEIGHT of the Stage I table (100 on Stanford Cars)
+    position_eval: str = "argmax"  # [project] reference: sample (a fresh W per test batch of 100 images)
+    eos_index: str = "correct"  # [project] reference: the Stage II prompt reads n_anchors positions early
+    truncate: bool = True  # [project] cut at EOS (exact); false runs all 77 positions as the reference
     # Stage II (and CoOp) optimisation, SPEC section 5
-    lr: float = 0.002
-    epochs: int = 10
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    # Stage I optimisation
-    anchor_lr: float = 0.002
-    anchor_epochs: int = 20
-    anchor_batch_size: int = 32
-    # one-stage schedule: steps of each phase before switching (anchors, then prompt)
-    period: int = 1
+    lr: float = 0.002  # [reference]
+    epochs: int = 100  # [reference] base-to-novel script (per dataset 20 to 100 in the suites)
+    batch_size: int = 32  # [reference]
+    momentum: float = 0.9  # [reference]
+    weight_decay: float = 5e-4  # [reference]
+    warmup_epochs: int = 1  # [reference]
+    warmup_lr: float = 1e-5  # [reference]
+    # Stage I optimisation: each epoch is floor(training images / anchor_batch_size) steps, each over
+    # every training class (the reference's pretraining loop over image batches)
+    anchor_lr: float = 0.002  # [reference]
+    anchor_epochs: int = 20  # [reference] pretraining script (per dataset 10 to 100 in the suites)
+    anchor_batch_size: int = 32  # [reference] the pretraining loader's batch, which sets Stage I's steps
+    # one-stage schedule (no reference: the paper publishes no period): steps of each phase before
+    # switching (anchors first), and what one-stage spends its steps on (SPEC section 6)
+    period: int = 1  # [project]
+    one_stage_budget: str = "equal_prompt_updates"  # [project] or equal_total_steps
     # features
-    train_views: int = 4  # precomputed augmented views per training image
+    train_views: int = 4  # [project] precomputed augmented views per image; reference: fresh crops each step
     # Augmentation. Defaults suit the embedded toy world, whose count and position classes a
     # strong crop or a flip would relabel; CoOp's reference is crop_scale 0.08 with flip.
-    crop_scale: float = 0.8  # smallest area fraction of the random resized crop (Dassl INPUT.RRCROP_SCALE)
-    flip: bool = False  # random horizontal flip
+    crop_scale: float = 0.8  # [project] smallest area fraction of the random resized crop (Dassl INPUT.RRCROP_SCALE)
+    flip: bool = False  # [project] random horizontal flip
     cache_dir: str = "~/.cache/anchoropt"
 
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
                    "eos_index": ("correct", "reference"), "eval_split": ("test", "val"),
-                   "protocol": PROTOCOLS}
+                   "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -211,7 +226,8 @@ KEY_HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "method": "zeroshot, coop or anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
-    "n_ctx": "soft prompt tokens M",
+    "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
+    "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",
     "n_anchors": "anchor tokens N",
     "gumbel_tau": "Gumbel-softmax temperature of the position matrix W (unitless)",
     "kd_temperature": "KD temperature T (unitless)",
@@ -219,19 +235,20 @@ KEY_HELP = {
     "kd_weight": "weight of the Stage II KD loss (unitless)",
     "mse_weight": "weight of the Stage I MSE loss (unitless)",
     "position_eval": "W at evaluation: argmax (noise-free) or sample (reference, random)",
-    "eos_index": "correct, or reference (reads N positions early, as the reference code)",
+    "eos_index": "correct, or reference (the Stage II prompt reads N positions early, as the reference code)",
     "truncate": "cut text sequences after the last EOS (exact, faster)",
     "lr": "Stage II (and CoOp) SGD learning rate (per step, cosine-decayed)",
-    "epochs": "Stage II epochs over the few-shot training set",
+    "epochs": "Stage II (CoOp, one-stage) epochs over the few-shot training set",
     "batch_size": "Stage II images per step",
     "momentum": "SGD momentum",
     "weight_decay": "SGD weight decay (L2 coefficient)",
     "warmup_epochs": "epochs at constant warmup_lr before the cosine schedule",
     "warmup_lr": "learning rate of the warm-up epochs",
     "anchor_lr": "Stage I SGD learning rate",
-    "anchor_epochs": "Stage I epochs over the base classes",
-    "anchor_batch_size": "Stage I classes per step",
+    "anchor_epochs": "Stage I epochs over the few-shot training set",
+    "anchor_batch_size": "images per Stage I batch: floor(images / it) Stage I steps per epoch, each over every class",
     "period": "one_stage: optimiser steps of each phase before switching",
+    "one_stage_budget": "one_stage: equal_prompt_updates (as two-stage's Stage II) or equal_total_steps",
     "train_views": "precomputed augmented views per training image",
     "crop_scale": "smallest area fraction of the random resized crop (0-1]",
     "flip": "random horizontal flip of training images",

@@ -9,12 +9,18 @@ Rules:
   workers (which run in other folders) and stored search bases see the same file.
 - A file that a YAML file names as a companion (a suite method's ``config: tuned.yaml``) is
   relative to the folder of the file that names it.
+- The default suites and search spaces live once, in the repository's ``benchmarks/`` and
+  ``search_spaces/``; an install ships them as package data ``anchoropt.suites`` and
+  ``anchoropt.spaces`` (setup.py). :func:`shipped` finds them either way.
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
+#: package-data name -> the repository folder it is built from (setup.py)
+SHIPPED = {"suites": "benchmarks", "spaces": "search_spaces"}
 #: ``pretrained`` values that are not files (backbone.create_backbone)
 PRETRAINED_WORDS = ("", "none", "toy")
 
@@ -38,3 +44,13 @@ def is_checkpoint_path(pretrained: str) -> bool:
         return False
     return Path(pretrained).expanduser().is_file() or bool(Path(pretrained).suffix) or "/" in pretrained \
         or pretrained.startswith("~")
+
+
+def shipped(kind: str, name: str) -> Path:
+    """A default file shipped with anchoropt: ``kind`` ``suites`` (e.g. ``toy11.yaml``) or ``spaces``
+    (e.g. ``anchors.yaml``). In a source checkout (PYTHONPATH or editable install) the repository's
+    own folder, else the installed package data (``importlib.resources``)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / SHIPPED[kind]).is_dir():
+        return checkout / SHIPPED[kind] / name
+    return Path(str(importlib.resources.files(f"anchoropt.{kind}").joinpath(name)))

@@ -14,13 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anchoropt.paths import shipped
+
 if TYPE_CHECKING:  # the benchmark module imports Ray: loaded only when the job runs
     import pandas as pd
 
     from anchoropt.suite import Suite
 
-DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "benchmarks" / "toy11.yaml"
-DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "anchors.yaml"
+DEFAULT_SUITE = shipped("suites", "toy11.yaml")
+DEFAULT_SPACE = shipped("spaces", "anchors.yaml")
 
 
 def ensure_toy_data(suite: Suite) -> None:
@@ -52,6 +54,8 @@ def search_schedules(suite: Suite, results: Path, space: Path, num_trials: int, 
             found = run_search(resume=out, **resources)
         else:
             found = run_search(space, out, num_trials, base=base, objective=objective, **resources)
+        if found is None:  # a dry run: the plan is printed
+            continue
         print(found.summary())
         if found.best_config is not None:
             suite = suite.with_tuned(method, Tuned(found.best_config, f"search_{found.objective}"))
@@ -61,11 +65,12 @@ def search_schedules(suite: Suite, results: Path, space: Path, num_trials: int, 
 
 
 def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "results/toy11",
-                 report_dir: str | Path = "reports/toy11", overrides: dict[str, Any] | None = None,
+                 report_dir: str | Path = "results/toy11/report", overrides: dict[str, Any] | None = None,
                  space: str | Path = DEFAULT_SPACE, search_trials: int = 8, search_dataset: str | None = None,
                  objective: str = "val", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                  max_concurrent: int | None = None, address: str | None = None,
-                 num_cpus: int | None = None) -> Path:
+                 num_cpus: int | None = None, verbose: int = 0, mlflow: str | None = None,
+                 dry_run: bool = False) -> Path | None:
     """Run the four steps above; returns the path of ``report.md``.
 
     Args:
@@ -74,21 +79,32 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
         search_trials: trials per schedule; 0 skips the searches (methods keep their suite config).
         search_dataset: dataset the searches tune on (default the suite's ``search_dataset``, else
             its first dataset).
+        verbose, mlflow: what the searches and the benchmark show and log to (``run_search``).
+        dry_run: print what each search and the benchmark would run (cells of searched methods
+            get the search's best configuration then) and return None; nothing is written.
     """
-    from anchoropt.benchmark import run_benchmark
+    from anchoropt.benchmark import describe_plan, run_benchmark
     from anchoropt.report import load_records, write_report
     from anchoropt.suite import load_suite
 
     suite = load_suite(suite_path, overrides)
     results = Path(results)
-    ensure_toy_data(suite)
+    if not dry_run:
+        ensure_toy_data(suite)
     resources = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                     max_concurrent=max_concurrent, address=address, num_cpus=num_cpus)
+                     max_concurrent=max_concurrent, address=address, num_cpus=num_cpus, verbose=verbose,
+                     mlflow=mlflow)
     histories = None
     if search_trials > 0:
         suite, histories = search_schedules(suite, results, Path(space), search_trials,
                                      search_dataset or suite.search_dataset or suite.datasets[0], objective,
-                                     resources)
+                                     {**resources, "dry_run": dry_run} if dry_run else resources)
+    if dry_run:
+        print(describe_plan(suite, results / "cells"))
+        if search_trials > 0 and suite.schedule_methods:
+            print(f"(cells of {', '.join(suite.schedule_methods.values())} train with their search's best "
+                  "configuration once the search has run)")
+        return None
     counts = run_benchmark(suite, results / "cells", **resources)
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done")
     report = write_report(load_records(results / "cells"), report_dir, baseline=suite.baseline,

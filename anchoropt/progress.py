@@ -35,12 +35,14 @@ class TrialProgress(tune.Callback):
             (a resume), ``best`` the best ``metric`` among those.
         metric: result key shown as best so far (maximised), e.g. ``hm`` (percent).
         label: names a trial in the one line written when it fails (default: Ray's trial name).
+        error_key: a result key whose presence marks a trial that ended normally as failed (a
+            benchmark cell reports its own fault so, rather than failing the Ray trial).
     """
 
-    def __init__(self, desc: str, total: int, *, done: int = 0, best: float | None = None, metric: str = "hm",
-                 unit: str = "trials", label: Callable[[object], str] | None = None):
+    def __init__(self, desc: str, total: int, *, done: int = 0, best: float | None = None, metric: str | None = "hm",
+                 unit: str = "trials", label: Callable[[object], str] | None = None, error_key: str | None = None):
         self.desc, self.total, self.done, self.best, self.metric, self.unit = desc, total, done, best, metric, unit
-        self.label = label or str
+        self.label, self.error_key = label or str, error_key
         self.failed = 0
         self.bar: tqdm | None = None
 
@@ -66,7 +68,10 @@ class TrialProgress(tune.Callback):
         self._bar().refresh()  # a long trial reports every epoch: keep elapsed and ETA moving
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        value = (trial.last_result or {}).get(self.metric)
+        if self.error_key and self.error_key in (trial.last_result or {}):
+            self.on_trial_error(iteration, trials, trial)
+            return
+        value = (trial.last_result or {}).get(self.metric) if self.metric else None
         if isinstance(value, (int, float)) and math.isfinite(value):
             self.best = value if self.best is None else max(self.best, value)
         self._bar().update(1)

@@ -70,6 +70,31 @@ class Suite:
         return dataclasses.replace(self, tuned={**self.tuned, method: tuned})
 
 
+def select(suite: Suite, datasets: list[str] | None = None, seeds: list[int] | None = None,
+           methods: list[str] | None = None) -> Suite:
+    """A copy of the suite restricted to some of its datasets (the targets under cross_dataset),
+    seeds and methods (``None``: all); ``benchmark --datasets/--seeds/--methods``.
+
+    Raises:
+        ConfigError: a name or seed that is not the suite's (one line naming the flag and the choices).
+    """
+    def check(flag: str, asked: list, known: list) -> list:
+        unknown = [v for v in asked if v not in known]
+        if unknown:
+            raise ConfigError(f"{flag}: {', '.join(map(str, unknown))} not in the suite {suite.path} "
+                              f"(expected some of {', '.join(map(str, known))})")
+        return [v for v in known if v in asked]  # the suite's order
+
+    if datasets is not None:
+        suite = dataclasses.replace(suite, datasets=check("--datasets", datasets, suite.datasets))
+    if seeds is not None:
+        suite = dataclasses.replace(suite, seeds=check("--seeds", seeds, suite.seeds))
+    if methods is not None:
+        kept = check("--methods", methods, list(suite.methods))
+        suite = dataclasses.replace(suite, methods={m: suite.methods[m] for m in kept})
+    return suite
+
+
 def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
     """Read a suite YAML; ``overrides`` (TrainConfig keys) replace the shared ``config``.
 
@@ -118,6 +143,16 @@ def _schedule_methods(value: Any, path: Path) -> dict[str, str] | None:
     return {schedule: str(value[schedule]) for schedule in SCHEDULES}
 
 
+def _searched_keys(search: dict) -> set[str] | None:
+    """The TrainConfig keys a search set (its space's parameters, ``search.json``); None when the
+    file records no space."""
+    space = search.get("space")
+    if not isinstance(space, dict):
+        return None
+    params = space.get("params", space)
+    return set(params) if isinstance(params, dict) else None
+
+
 def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, Any], str]:
     """TrainConfig values of one method on one dataset, and what tuned them; the one merge of a
     method's configuration (``benchmark``, ``run`` and its searches all use it).
@@ -126,13 +161,20 @@ def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
     (``suite.tuned``) or else its ``config:`` file (without the keys a cell sets itself,
     :data:`CELL_KEYS`), the method's own keys. Tuning: ``untuned``, ``given`` (a file that is no
     search's), or ``search_<split>`` read from the ``search.json`` next to a search's best config.
+    A search's best config sets only what the search was searched over (the parameters of the
+    space in its ``search.json``), so a quick search's shots, epochs or backbone never replace the
+    suite's; the method's ``config_keys: [key, ...]`` (or ``all``) lets the file set more.
 
     Raises:
-        ConfigError: the method's config file is missing or not a YAML mapping (naming the suite).
+        ConfigError: the method's config file is missing or not a YAML mapping, or its
+            ``config_keys`` is neither a list of keys nor ``all`` (naming the suite).
     """
     spec = dict(suite.methods[method])
     values: dict[str, Any] = {**suite.config, **suite.per_dataset.get(dataset, {})}
     file = spec.pop("config", None)
+    extra = spec.pop("config_keys", [])
+    if extra != "all" and (not isinstance(extra, list) or not all(isinstance(k, str) for k in extra)):
+        raise ConfigError(f"{suite.path}: method '{method}' config_keys must be a list of keys or 'all', got {extra!r}")
     tuning = "untuned"
     if method in suite.tuned:
         tuned, tuning = suite.tuned[method].values, suite.tuned[method].tuning
@@ -142,7 +184,13 @@ def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
             raise ConfigError(f"{suite.path}: method '{method}' config file not found: {file}")
         tuned = read_yaml(file, "config file")
         search = file.parent / "search.json"  # present when the file is a search's best config
-        tuning = f"search_{json.loads(search.read_text())['objective']}" if search.is_file() else "given"
+        tuning = "given"
+        if search.is_file():
+            info = json.loads(search.read_text())
+            tuning = f"search_{info['objective']}"
+            searched = _searched_keys(info)
+            if searched is not None and extra != "all":
+                tuned = {k: v for k, v in tuned.items() if k in searched or k in extra}
     else:
         tuned = {}
     values.update({k: v for k, v in tuned.items() if k not in CELL_KEYS})

@@ -56,6 +56,17 @@ class TextEncoder(nn.Module):
         return x @ self.text_projection
 
 
+def prompt_classname(name: str) -> str:
+    """A class name as every prompt writes it: underscores become spaces (CoOp, Dassl and the
+    reference all prompt with ``name.replace("_", " ")``)."""
+    return name.replace("_", " ")
+
+
+def token_count(tokenizer, text: str) -> int:
+    """Tokens ``text`` takes in CLIP's context: its BPE tokens plus SOS and EOS (uncut)."""
+    return len(tokenizer.encode(text)) + 2
+
+
 @dataclass
 class ClassTokens:
     """Fixed token embeddings of one prompt pattern for a set of classes.
@@ -78,7 +89,8 @@ class ClassTokens:
     @torch.no_grad()
     def build(cls, classnames: list[str], n_block: int, rest: str, tokenizer, embedding: nn.Embedding,
               truncate: bool = True) -> "ClassTokens":
-        """Tokenise ``"X"*k + rest.format(name)`` per class once.
+        """Tokenise ``"X"*k + rest.format(name)`` per class once, the name as :func:`prompt_classname`
+        writes it.
 
         Args:
             classnames: C class names, in label order.
@@ -88,16 +100,18 @@ class ClassTokens:
             truncate: cut to the longest EOS + 1 (exact, SPEC section 2).
 
         Raises:
-            ValueError: a prompt does not fit the tokenizer's context, naming the class.
+            ValueError: a prompt needs more tokens than the tokenizer's context (SOS and EOS
+                included; exactly the context length fits), naming the class.
         """
         placeholder = " ".join(["X"] * n_block)
-        tokens = tokenizer([f"{placeholder} {rest.format(name)}".strip() for name in classnames])
-        tokens = tokens.to(embedding.weight.device)
+        texts = [f"{placeholder} {rest.format(prompt_classname(name))}".strip() for name in classnames]
+        context = tokenizer.context_length
+        for name, text in zip(classnames, texts):
+            if token_count(tokenizer, text) > context:
+                raise ValueError(f"prompt for class '{name}' does not fit CLIP's {context}-token context "
+                                 f"(needs {token_count(tokenizer, text)} tokens)")
+        tokens = tokenizer(texts).to(embedding.weight.device)
         eos_index = tokens.argmax(dim=-1)
-        overflow = (eos_index == tokens.shape[1] - 1).nonzero()
-        if len(overflow):
-            raise ValueError(f"prompt for class '{classnames[int(overflow[0])]}' does not fit CLIP's "
-                             f"{tokens.shape[1]}-token context")
         length = int(eos_index.max()) + 1 if truncate else tokens.shape[1]
         emb = embedding(tokens[:, :length]).float()
         return cls(emb[:, :1], emb[:, 1 + n_block:], eos_index, n_block)

@@ -118,3 +118,14 @@ def write_suite(tmp_path: Path, data_root: Path, methods: dict | None = None, se
     path = tmp_path / name
     path.write_text(yaml.safe_dump(suite))
     return path
+
+
+def load_script(relpath: str):
+    """A script of the repository (``benchmarks/...``, not part of the package) imported as a module."""
+    import importlib.util
+
+    path = REPO_ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -60,3 +60,23 @@ def test_killed_benchmark_rerun_has_every_cell_exactly_once(tmp_path, eurosat_ro
     assert all(p.read_bytes() == b for p, b in first.items())  # finished cells were not rerun
     for leftover in set(Path(tempfile.gettempdir()).glob("anchoropt-ray-*")) - ray_dirs:
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def test_cell_writes_learned_tensors_that_the_report_draws(tmp_path, eurosat_root):
+    import torch
+
+    from anchoropt.benchmark import plan_cells, prompts_path, run_cell
+    from anchoropt.report import load_records, write_report
+
+    suite = load_suite(write_suite(tmp_path, eurosat_root, seeds=(1,),
+                                   methods={"two": {"method": "anchoropt", "schedule": "two_stage", "n_ctx": 2,
+                                                    "n_anchors": 3}}))
+    results = tmp_path / "results"
+    (cell,) = plan_cells(suite, results)
+    run_cell(cell)
+    assert prompts_path(cell) == results / "two" / "eurosat" / "seed1.prompts.pt"
+    assert torch.load(prompts_path(cell), weights_only=True)["position"].shape == (5, 5)  # M + N = 2 + 3
+    assert not list(results.rglob("record.json"))  # train's own outputs stay outside RESULTS
+    write_report(load_records(results), tmp_path / "report")
+    positions = (tmp_path / "report" / "positions.csv").read_text().splitlines()
+    assert len(positions) == 2 and positions[1].startswith("two,eurosat,1,1,2,")

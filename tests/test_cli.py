@@ -147,3 +147,35 @@ def test_unknown_arguments_still_refused(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)
     assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_main_job_report_goes_under_the_results_folder_by_default(monkeypatch, tmp_path):
+    import anchoropt.pipeline
+
+    calls = []
+    monkeypatch.setattr(anchoropt.pipeline, "run_main_job", lambda *a, **kw: calls.append(a))
+    main(["run", "--results", str(tmp_path / "res")])
+    main(["run", "--results", str(tmp_path / "res"), "--report", str(tmp_path / "rep")])
+    assert [Path(c[2]) for c in calls] == [tmp_path / "res" / "report", tmp_path / "rep"]
+    assert not any(str(c[2]).startswith("reports") for c in calls)  # the committed example stays untouched
+
+
+def test_run_dry_run_lists_both_searches_and_every_cell_and_writes_nothing(tmp_path, eurosat_root, capsys):
+    import yaml
+
+    from tests.helpers import write_suite
+
+    suite = write_suite(tmp_path, eurosat_root, methods={"coop": {"method": "coop"},
+                                                         "one": {"method": "anchoropt", "schedule": "one_stage"},
+                                                         "two": {"method": "anchoropt", "schedule": "two_stage"}},
+                        extra={"schedule_methods": {"one_stage": "one", "two_stage": "two"}})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"params": {"n_anchors": {"type": "int", "low": 1, "high": 3}}}))
+    results = tmp_path / "results"
+    main(["run", "--suite", str(suite), "--results", str(results), "--space", str(space), "--search-trials", "3",
+          "--dry-run"])
+    out = capsys.readouterr().out
+    assert out.count("would run 3 trial(s)") == 2 and "searches/one_stage" in out and "searches/two_stage" in out
+    assert "dry run: benchmark tiny" in out and "6 cells, 0 done, 6 to run" in out
+    assert sum(ln.strip().startswith("to run") for ln in out.splitlines()) == 6
+    assert not results.exists()

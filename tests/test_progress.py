@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.ray
 SPACE = {"params": {"n_anchors": {"type": "categorical", "choices": [1, 2]},
                     "lr": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True}}}
 EPOCHS = 2
@@ -73,14 +74,19 @@ def _scalars(event_file: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def _run_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    scalars = {}
+    for f in folder.glob("events.out.tfevents.*"):
+        scalars.update(_scalars(f))
+    return scalars
+
+
 def test_tensorboard_gets_per_epoch_metrics_under_the_search_folder(searched):
     out, _, _ = searched
     runs = sorted(p.name for p in (out / "tensorboard").iterdir())
     assert runs == ["trial-0000", "trial-0001"]
     for run in runs:
-        scalars = {}
-        for f in (out / "tensorboard" / run).glob("events.out.tfevents.*"):
-            scalars.update(_scalars(f))
+        scalars = _run_scalars(out / "tensorboard" / run)
         assert [step for step, _ in scalars["ray/tune/hm"]] == list(range(1, EPOCHS + 1))
         assert "ray/tune/acc_novel" in scalars and "ray/tune/loss" in scalars
 
@@ -142,3 +148,37 @@ def test_search_dry_run_lists_what_would_run_and_writes_nothing(searched, tmp_pa
     assert "would run 4 trial(s)" in stdout
     assert "n_anchors: one of 1, 2" in stdout and "lr: float 0.001..0.05 log" in stdout
     assert not (tmp_path / "new").exists()
+
+
+def test_benchmark_filters_dry_run_bar_and_trackers(tmp_path, eurosat_root, ray_session, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import write_suite
+
+    suite = str(write_suite(tmp_path, eurosat_root, methods={"zeroshot": {"method": "zeroshot"},
+                                                             "coop": {"method": "coop"}}, seeds=(1, 2)))
+    results, uri = tmp_path / "results", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, stdout, _ = _main(capsys, "benchmark", suite, "--results", str(results), "--dry-run")
+    assert code == 0 and "4 cells, 0 done, 4 to run" in stdout
+    assert sum(ln.strip().startswith("to run") for ln in stdout.splitlines()) == 4
+    assert not results.exists()
+
+    code, stdout, stderr = _main(capsys, "benchmark", suite, "--results", str(results), "--methods", "coop",
+                                 "--seeds", "1", "--mlflow", uri)
+    assert code == 0, stderr
+    assert [p.relative_to(results).as_posix() for p in results.rglob("seed*.json")] == ["coop/eurosat/seed1.json"]
+    text = stdout + stderr
+    assert len([ln for ln in text.split("\n") if ln.strip()]) <= 3, text  # plan line, bar, counts
+    assert "1/1 cells" in stderr and "[" in stderr and "<" in stderr
+    for noise in RAY_NOISE:
+        assert noise not in text, noise
+    scalars = _run_scalars(results / "tensorboard" / "coop.eurosat.seed1")
+    assert [step for step, _ in scalars["ray/tune/hm"]][:2] == [1, 2]  # per epoch (then the final scores)
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert [r.info.run_name for r in runs] == ["coop.eurosat.seed1"]
+
+    code, stdout, _ = _main(capsys, "benchmark", suite, "--results", str(results), "--dry-run")
+    assert "4 cells, 1 done, 3 to run" in stdout and "done    coop / eurosat / seed 1" in stdout
+    code, _, stderr = _main(capsys, "benchmark", suite, "--results", str(results), "--datasets", "dtd")
+    assert code == 2 and "--datasets: dtd not in the suite" in stderr

@@ -1,4 +1,5 @@
 """Suites: parsing, one-line errors, each method's configuration merged in one place."""
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ import yaml
 from anchoropt.benchmark import plan_cells
 from anchoropt.config import ConfigError, make_config
 from anchoropt.suite import Tuned, load_suite, method_values
-from tests.helpers import write_suite
+from tests.helpers import TINY, write_suite
 
 
 def test_suite_errors_name_file_and_key(tmp_path, eurosat_root):
@@ -36,6 +37,35 @@ def test_tuned_config_file_is_read_per_dataset_and_scored_on_test(tmp_path, euro
     assert values["dataset"] == "eurosat" and tuning == "search_val"
     (cell,) = [c for c in plan_cells(load_suite(path), tmp_path / "r") if c.seed == 1]
     assert cell.config["eval_split"] == "test" and cell.config["n_anchors"] == 5
+
+
+def test_quick_search_config_sets_only_what_was_searched(tmp_path, eurosat_root):
+    # a quick search's best config (1 shot, 1 epoch, RN50) searched over method, n_anchors and lr: the
+    # suite's shots 4 / epochs 2 / TinyCLIP stay; only the searched keys come from the file
+    quick = tmp_path / "quick"
+    quick.mkdir()
+    (quick / "best_config.yaml").write_text("n_anchors: 6\nlr: 0.02\nshots: 1\nepochs: 1\nbackbone: RN50\n"
+                                            "method: anchoropt\n")
+    (quick / "search.json").write_text(json.dumps({"objective": "val", "space": {"params": {
+        "method": "anchoropt", "n_anchors": {"type": "int", "low": 1, "high": 8},
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-1}}}}))
+    path = write_suite(tmp_path, eurosat_root, methods={"q": {"config": "quick/best_config.yaml"},
+                                                        "q_epochs": {"config": "quick/best_config.yaml",
+                                                                     "config_keys": ["epochs"]},
+                                                        "q_all": {"config": "quick/best_config.yaml",
+                                                                  "config_keys": "all"}})
+    suite = load_suite(path)
+    values, tuning = method_values(suite, "q", "eurosat")
+    assert (values["n_anchors"], values["lr"], values["method"]) == (6, 0.02, "anchoropt") and tuning == "search_val"
+    assert (values["shots"], values["epochs"], values["backbone"]) == (4, 2, TINY)  # the suite's, not the file's
+    assert method_values(suite, "q_epochs", "eurosat")[0]["epochs"] == 1
+    assert method_values(suite, "q_epochs", "eurosat")[0]["shots"] == 4
+    assert method_values(suite, "q_all", "eurosat")[0]["shots"] == 1
+    assert {c.config["shots"] for c in plan_cells(suite, tmp_path / "r") if c.method == "q"} == {4}
+    bad = write_suite(tmp_path, eurosat_root, methods={"b": {"config": "quick/best_config.yaml", "config_keys": 3}},
+                      name="bad.yaml")
+    with pytest.raises(ConfigError, match="method 'b' config_keys must be a list of keys or 'all'"):
+        method_values(load_suite(bad), "b", "eurosat")
 
 
 def test_tuned_values_replace_the_file_without_changing_the_suite(tmp_path, eurosat_root):

@@ -18,7 +18,8 @@ from anchoropt.search.driver import run_search
 from anchoropt.search.spec import SearchError
 from anchoropt.suite import load_suite
 from anchoropt.task import build_task
-from anchoropt.train import Trainer, build_learners, cached_backbone, train
+from anchoropt.methods import AnchorOPT
+from anchoropt.train import Trainer, cached_backbone, train
 from tests.conftest import EUROSAT_CLASSES, TINY
 from tests.helpers import make_split_dataset, write_descriptions
 
@@ -44,15 +45,16 @@ def _cfg(root, tmp_path, **overrides):
 
 def test_trains_on_all_source_classes_and_scores_targets_with_the_ensemble(xd_root, tmp_path):
     cfg = _cfg(xd_root, tmp_path)
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu")
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
     task = build_task(cfg, backbone)
     assert task.classnames == EUROSAT_CLASSES and sorted(set(task.train_labels.tolist())) == list(range(6))
     assert list(task.evals) == ["eurosat", "dtd"]
     assert (task.evals["eurosat"].seen, task.evals["dtd"].seen) == (True, False)
     assert task.evals["dtd"].classnames == DTD_CLASSES and task.evals["dtd"].template == "{} texture."
     trainer = Trainer(cfg, backbone, task, torch.device("cpu"))
-    learner, anchor = build_learners(cfg, trainer.width, 0, torch.device("cpu"))
-    metrics = trainer.evaluate(learner, anchor)
+    method = AnchorOPT(trainer)
+    learner, anchor = method.prompt, method.anchor
+    metrics = trainer.evaluate(method)
     assert "hm" not in metrics and "acc_base" not in metrics
     for name, ensemble in (("eurosat", False), ("dtd", True)):
         ev = task.evals[name]

@@ -7,9 +7,12 @@ import torch.nn.functional as F
 
 from anchoropt.cli import main
 from anchoropt.config import ConfigError, load_config
-from anchoropt.prompts import AnchorOPTPrompt, AnchorPrompt, clip_logits, kd_loss
+from anchoropt.engine import NonFiniteLoss, Trainer, lr_at, stream_generator
+from anchoropt.methods import AnchorOPT
+from anchoropt.prompts import AnchorOPTPrompt, clip_logits, kd_loss, normal_init
+from anchoropt.schedules import two_stage
 from anchoropt.task import build_task
-from anchoropt.train import NonFiniteLoss, Stepper, Trainer, build_learners, cached_backbone, lr_at, train
+from anchoropt.train import cached_backbone, train
 from tests.conftest import TINY
 from tests.helpers import make_split_dataset
 
@@ -17,40 +20,50 @@ SHARED_CUPL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cupl"
 
 
 def _trainer(cfg):
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu")
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
     return Trainer(cfg, backbone, build_task(cfg, backbone), torch.device("cpu"))
+
+
+def _prompt(n_ctx: int, n_anchors: int, width: int, **kw) -> AnchorOPTPrompt:
+    n = n_ctx + n_anchors
+    return AnchorOPTPrompt(normal_init(n_ctx, width, stream_generator(0, "ctx")),
+                           torch.randn(n, n, generator=stream_generator(0, "p")), stream_generator(0, "g"), **kw)
 
 
 def test_stage1_loss_decreases(tiny_cfg):
     cfg = tiny_cfg(anchor_epochs=8, anchor_lr=1e-4, warmup_epochs=0, n_anchors=3, momentum=0.0)
     trainer = _trainer(cfg)
+    method = AnchorOPT(trainer)
     losses = []
-    torch.manual_seed(0)
-    anchor = AnchorPrompt(cfg.n_anchors, trainer.width)
-    stepper = Stepper.sgd([anchor.anchors], cfg.anchor_lr, cfg)
-    trainer.run_loop("stage1", cfg.anchor_epochs, trainer.class_batches, trainer.anchor_step_fn(anchor, stepper),
-                     [stepper], lambda e, info: losses.append(info["loss"]))
+    trainer.run_loop("stage1", cfg.anchor_epochs, lambda epoch: [method.anchor_step], [method.anchor_stepper],
+                     lambda e, info: losses.append(info["loss"]))
     assert len(losses) == 8 and all(b < a for a, b in zip(losses, losses[1:]))
     assert losses[-1] < 0.8 * losses[0]
 
 
+def _spy_stage1(trainer, calls):
+    original = trainer.run_loop
+    trainer.run_loop = lambda phase, *a, **k: calls.append(phase) or original(phase, *a, **k)
+
+
 def test_stage1_is_computed_once_per_config(tiny_cfg):
-    cfg = tiny_cfg()
-    first = _trainer(cfg).train_anchors()
+    first = AnchorOPT(_trainer(tiny_cfg()))
+    first.fit_anchors()
     calls = []
-    trainer = _trainer(tiny_cfg(lr=0.01, kd_weight=5.0))  # Stage II settings differ, Stage I the same
-    trainer.run_loop = lambda *a, **k: calls.append(a)
-    second = trainer.train_anchors()
-    assert calls == [] and torch.equal(first.anchors, second.anchors)
+    trainer = _trainer(tiny_cfg(lr=0.01, kd_weight=5.0, n_ctx=6))  # Stage II settings differ, Stage I the same
+    _spy_stage1(trainer, calls)
+    second = AnchorOPT(trainer)
+    second.fit_anchors()
+    assert calls == [] and torch.equal(first.anchor.anchors, second.anchor.anchors)
     trainer = _trainer(tiny_cfg(n_anchors=2))
-    trainer.run_loop = lambda *a, **k: calls.append(a)
-    trainer.train_anchors()
-    assert len(calls) == 1
+    _spy_stage1(trainer, calls)
+    AnchorOPT(trainer).fit_anchors()
+    assert calls == ["stage1"]
 
 
 def test_position_matrix_rows_one_hot_and_learns(tiny_backbone, tiny_cfg):
     trainer = _trainer(tiny_cfg(n_ctx=3, n_anchors=2))
-    learner = AnchorOPTPrompt(3, 2, trainer.width)
+    learner = _prompt(3, 2, trainer.width)
     learner.train()
     w = learner.position_matrix()
     assert w.shape == (5, 5) and torch.equal(w.sum(-1), torch.ones(5)) and set(w.unique().tolist()) == {0.0, 1.0}
@@ -67,27 +80,27 @@ def test_position_matrix_rows_one_hot_and_learns(tiny_backbone, tiny_cfg):
 
 def test_stage2_changes_soft_tokens_and_positions_not_anchors(tiny_cfg):
     cfg = tiny_cfg(lr=0.5, warmup_epochs=0, epochs=3)
-    trainer = _trainer(cfg)
-    learner, anchor = build_learners(cfg, trainer.width, 0, torch.device("cpu"))
-    before = [t.detach().clone() for t in (learner.ctx, learner.position, anchor.anchors)]
-    trainer.train_prompt(learner, anchor)
-    assert not torch.equal(before[0], learner.ctx) and not torch.equal(before[1], learner.position)
-    assert torch.equal(before[2], anchor.anchors)
+    method = AnchorOPT(_trainer(cfg))
+    method.fit_anchors()
+    before = [t.detach().clone() for t in (method.prompt.ctx, method.prompt.position, method.anchor.anchors)]
+    method.train()
+    two_stage(method)
+    assert not torch.equal(before[0], method.prompt.ctx) and not torch.equal(before[1], method.prompt.position)
+    assert torch.equal(before[2], method.anchor.anchors)
 
 
 def test_inference_rule_base_prompt_novel_ensemble(tiny_cfg):
     cfg = tiny_cfg()
     trainer = _trainer(cfg)
-    learner, anchor = build_learners(cfg, trainer.width, 0, torch.device("cpu"))
-    learner.eval()
-    metrics = trainer.evaluate(learner, anchor)
+    method = AnchorOPT(trainer)
+    metrics = trainer.evaluate(method)
     for split in ("base", "novel"):
         ev = trainer.task.evals[split]
         with torch.no_grad():
-            prompt = clip_logits(ev.features, learner(trainer.encoder, trainer.tokens(ev.classnames, learner.n_block,
-                                 learner.rest), anchor.anchors), trainer.logit_scale)
-            anch = clip_logits(ev.features, anchor(trainer.encoder, trainer.tokens(ev.classnames, cfg.n_anchors,
-                               anchor.rest)), trainer.logit_scale)
+            prompt = clip_logits(ev.features, method.prompt(trainer.encoder, trainer.tokens(
+                ev.classnames, method.prompt.n_block, method.prompt.rest), method.anchor.anchors), trainer.logit_scale)
+            anch = clip_logits(ev.features, method.anchor(trainer.encoder, trainer.tokens(
+                ev.classnames, cfg.n_anchors, method.anchor.rest)), trainer.logit_scale)
         logits = prompt if split == "base" else (prompt + anch) / 2
         assert metrics[f"acc_{split}"] == pytest.approx(100 * (logits.argmax(-1) == ev.labels).float().mean().item())
         assert metrics[f"acc_anchor_{split}"] == pytest.approx(100 * (anch.argmax(-1) == ev.labels).float().mean().item())
@@ -105,21 +118,11 @@ def test_kd_loss_reference_scaling():
 
 
 def test_eval_position_sampling_is_random_argmax_is_not():
-    learner = AnchorOPTPrompt(4, 4, 8, position_eval="sample")
+    learner = _prompt(4, 4, 8, position_eval="sample")
     learner.eval()
     assert any(not torch.equal(learner.position_matrix(), learner.position_matrix()) for _ in range(20))
     learner.position_eval = "argmax"
     assert torch.equal(learner.position_matrix(), learner.position_matrix())
-
-
-def test_reference_eos_reads_n_anchors_early(tiny_cfg):
-    cfg = tiny_cfg(eos_index="reference", n_anchors=2)
-    trainer = _trainer(cfg)
-    assert trainer._eos_shift() == 2
-    _, anchor = build_learners(cfg, trainer.width, trainer._eos_shift(), torch.device("cpu"))
-    tokens = trainer.tokens(["forest"], 2, anchor.rest)
-    seq = tokens.assemble(anchor.anchors)
-    assert torch.allclose(anchor(trainer.encoder, tokens), trainer.encoder(seq, tokens.eos_index - 2))
 
 
 @pytest.mark.parametrize("method, schedule", [("coop", "two_stage"), ("anchoropt", "two_stage"),

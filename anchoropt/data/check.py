@@ -20,14 +20,10 @@ from pathlib import Path
 from filelock import FileLock
 
 from anchoropt.config import TrainConfig
-from anchoropt.data.datasets import DataError, DatasetSplits, Datum, dataset_faults, read_dataset
+from anchoropt.data.datasets import EXAMPLES, DataError, DatasetSplits, Datum, dataset_faults, read_dataset
 from anchoropt.data.descriptions import description_faults, descriptions_path
 from anchoropt.data.fewshot import fewshot_splits, read_dassl_fewshot
 from anchoropt.data.images import file_id, undecodable
-
-# How many example paths or classes a line names.
-_FIRST = 3
-
 
 @dataclass
 class CheckResult:
@@ -60,10 +56,10 @@ def check_dataset(root: str | Path, name: str, descriptions: str = "", descripti
         out.lines.append(_counts_line(part, items, counts[part], data.classnames))
         broken = [(p, why) for p, why in undecodable(items, f"decoding {name} {part}") if why != "not found"]
         if broken:
-            first = ", ".join(f"{p} ({why})" for p, why in broken[:_FIRST])
+            first = ", ".join(f"{p} ({why})" for p, why in broken[:EXAMPLES])
             out.faults.append(f"dataset '{name}': {part}: {len(broken)}/{len(items)} images cannot be decoded "
                               f"(first: {first})")
-    width = max(len(c) for c in data.classnames)
+    width = max((len(c) for c in data.classnames), default=0)
     out.per_class = [f"{c:<{width}}  " + "  ".join(f"{part} {counts[part][i]:>5}" for part in splits)
                      for i, c in enumerate(data.classnames)]
     out.lines.append(_descriptions_line(data, descriptions, descriptions_dir, n_descriptions, out.faults))
@@ -140,6 +136,6 @@ def check_run_images(cfg: TrainConfig, data: DatasetSplits, targets: list[Datase
 def _decode_or_raise(items: list[Datum], names: str, dataset: str) -> None:
     broken = undecodable(items, f"checking {names} images (present, decodable)")
     if broken:
-        first = ", ".join(f"{p} ({why})" for p, why in broken[:_FIRST])
+        first = ", ".join(f"{p} ({why})" for p, why in broken[:EXAMPLES])
         raise DataError(f"dataset '{names}': {len(broken)} of the {len(items)} images this run reads cannot be "
                         f"decoded (first: {first}); `anchoropt data check {dataset}` checks every split")

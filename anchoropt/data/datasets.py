@@ -150,12 +150,12 @@ def _finish(name: str, splits: dict[str, list[Datum]], template: str, sources: d
             image_dir: Path, root: Path, classnames: list[str] | None = None) -> DatasetSplits:
     """Check labels against the classes (``classnames``, else those of the train split: Dassl's rule)."""
     if classnames is None:
-        classnames = _classnames(name, splits["train"], sources["train"])
+        classnames = _classnames(name, splits, sources["train"])
     for part, items in splits.items():
         for i, d in enumerate(items):
             if not 0 <= d.label < len(classnames):
-                raise DataError(f"dataset '{name}': {sources[part]} {part}[{i}] label {d.label} out of range "
-                                f"0..{len(classnames) - 1}")
+                raise DataError(f"dataset '{name}': {sources[part]} {part}[{i}] label {d.label} ('{d.classname}') "
+                                f"out of range 0..{len(classnames) - 1}: the classes are the train split's")
             if d.classname != classnames[d.label]:
                 raise DataError(f"dataset '{name}': {sources[part]} {part}[{i}] names label {d.label} "
                                 f"'{d.classname}', the train split '{classnames[d.label]}'")
@@ -163,8 +163,8 @@ def _finish(name: str, splits: dict[str, list[Datum]], template: str, sources: d
                          root=Path(root), image_dir=Path(image_dir), sources=sources)
 
 
-# How many example classes / paths a fault names.
-_FIRST = 3
+#: How many example classes or paths a fault line names.
+EXAMPLES = 3
 
 
 def dataset_faults(data: DatasetSplits) -> list[str]:
@@ -179,20 +179,22 @@ def dataset_faults(data: DatasetSplits) -> list[str]:
             continue
         absent = sorted(set(range(len(data.classnames))) - {d.label for d in items})
         if absent:
-            named = ", ".join(f"'{data.classnames[i]}' (label {i})" for i in absent[:_FIRST])
-            more = f" and {len(absent) - _FIRST} more" if len(absent) > _FIRST else ""
+            named = ", ".join(f"'{data.classnames[i]}' (label {i})" for i in absent[:EXAMPLES])
+            more = f" and {len(absent) - EXAMPLES} more" if len(absent) > EXAMPLES else ""
             faults.append(f"dataset '{data.name}': {part} split has no image of {len(absent)} of "
                           f"{len(data.classnames)} classes: {named}{more} ({where})")
     missing = {part: [d.impath for d in items if not os.path.isfile(d.impath)]
                for part, items in data.splits().items()}
-    counts = [f"{part}: {len(paths)}/{len(data.splits()[part])} missing (first: {', '.join(paths[:_FIRST])})"
+    counts = [f"{part}: {len(paths)}/{len(data.splits()[part])} missing (first: {', '.join(paths[:EXAMPLES])})"
               for part, paths in missing.items() if paths]
     if counts:
         faults.append(f"dataset '{data.name}': image files not found under {data.image_dir}: {', '.join(counts)}")
     return faults
 
 
-def _classnames(name: str, train: list[Datum], source: Path) -> list[str]:
+def _classnames(name: str, splits: dict[str, list[Datum]], source: Path) -> list[str]:
+    """Names of labels 0..C-1 of the train split; a gap in its labels is named from any split."""
+    train = splits["train"]
     if not train:
         raise DataError(f"dataset '{name}': train split is empty ({source}); it defines the classes")
     by_label: dict[int, str] = {}
@@ -203,7 +205,9 @@ def _classnames(name: str, train: list[Datum], source: Path) -> list[str]:
     labels = sorted(by_label)
     if labels != list(range(len(labels))):
         missing = sorted(set(range(max(labels) + 1)) - set(labels))
-        raise DataError(f"dataset '{name}': {source} train split has no image of label(s) {missing[:5]}")
+        known = {d.label: d.classname for items in splits.values() for d in items}
+        named = ", ".join(f"'{known.get(i, '?')}' (label {i})" for i in missing[:EXAMPLES])
+        raise DataError(f"dataset '{name}': train split has no image of class {named} ({source})")
     return [by_label[i] for i in labels]
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 from anchoropt.report.statistics import ALPHA, posthocs
 
 # a crossbar joining methods of equal average rank would have zero length: draw it this wide
-MIN_BAR = 0.12  # rank units
+MIN_BAR = 0.3  # rank units
 
 
 def cd_figure(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, label: str):

@@ -157,16 +157,17 @@ def paired_section(ctx: Context) -> str:
     return "\n".join(parts)
 
 
-def _ttest_explanation(ctx: Context) -> str:
+def _ttest_explanation(ctx: Context, delta: str = "method − baseline") -> str:
     return (f"`scipy.stats.ttest_rel` on each run's own {ctx.label}, pairs matched by seed, two-sided, "
-            f"no multiplicity correction. Δ = method − baseline ({ctx.label} points). A Δ that is the same "
+            f"no multiplicity correction. Δ = {delta} ({ctx.label} points). A Δ that is the same "
             "on every seed has zero variance: t would be infinite and p zero, which is no evidence, so the "
             "row is flagged (`zero_variance` in the CSV) and shows no t or p.")
 
 
 def _pair_explanation(ctx: Context, holm_family: int) -> str:
-    text = (f"Over {'datasets' if ctx.source is None else 'target datasets'}, on per-dataset {ctx.label}: "
-            f"{ctx.hm_note + ' ' if ctx.hm_note else ''}Wilcoxon signed-rank test, "
+    convention = f" ({HM_CONVENTIONS[ctx.hm_convention]})" if ctx.protocol == "base2novel" else ""
+    text = (f"Over {'datasets' if ctx.source is None else 'target datasets'}, on per-dataset {ctx.label}"
+            f"{convention}: Wilcoxon signed-rank test, "
             f"{wilcoxon_details()}; and a {CONFIDENCE:.0%} bootstrap CI of the mean difference "
             f"(`scipy.stats.bootstrap`, BCa, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}). Only "
             "datasets where both methods are complete are used.")
@@ -308,13 +309,15 @@ def _schedule_tests(ctx: Context, one_stage: str, two_stage: str) -> list[str]:
             + " A single comparison: no correction.", "",
             md_table(_pair_display(ctx, summary, holm_column=False)), "",
             *_exclusion_notes(summary), ctx.csv(summary, "schedule_wilcoxon.csv"), "",
-            "### Paired t-test over seeds per dataset (two-stage vs one-stage)", "", _ttest_explanation(ctx), "",
+            "### Paired t-test over seeds per dataset (two-stage vs one-stage)", "",
+            _ttest_explanation(ctx, "two-stage − one-stage"), "",
             md_table(_ttest_display(ctx, ttests)), "", ctx.csv(ttests, "schedule_ttest.csv"), ""]
 
 
 def _history_parts(ctx: Context, histories: pd.DataFrame) -> list[str]:
     best = best_so_far(histories)
     return ["### Best HM against trials spent", "",
+            f"Failed or pruned trials count as spent; {MISSING}: no trial of that schedule has an HM yet.", "",
             md_table(_history_display(best)), "", ctx.csv(best, "search_history.csv"), "",
             plot_history(best, ctx.out_dir / "search_history.png")]
 

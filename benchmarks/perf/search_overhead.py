@@ -116,7 +116,8 @@ def main() -> None:
         configs = [make_config({**base, **{k: v for k, v in row.items() if k in SPACE["params"]},
                                 "cache_dir": str(work / "cache_seq")}) for row in table.to_dict("records")]
         t = time.time()
-        cached_backbone(configs[0].backbone, configs[0].pretrained, configs[0].quick_gelu, "cpu")
+        first = configs[0]
+        cached_backbone(first.backbone, first.pretrained, first.quick_gelu, "cpu", first.preprocess)
         backbone_load = time.time() - t
         seq_times = []
         t = time.time()

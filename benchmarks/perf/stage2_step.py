@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from anchoropt.backbone import create_backbone
-from anchoropt.prompts import AnchorOPTPrompt, clip_logits
+from anchoropt.engine import stream_generator
+from anchoropt.prompts import AnchorOPTPrompt, clip_logits, normal_init
 from anchoropt.text import ClassTokens, TextEncoder
 
 
@@ -21,7 +22,8 @@ def seconds_per_step(backbone, names: list[str], truncate: bool, steps: int, bat
     """Median wall seconds of one Stage II step, and the sequence length the transformer ran."""
     width = backbone.model.token_embedding.weight.shape[1]
     encoder = TextEncoder(backbone.model)
-    learner = AnchorOPTPrompt(4, 1, width)
+    learner = AnchorOPTPrompt(normal_init(4, width, stream_generator(0, "soft_tokens")), torch.randn(5, 5),
+                              stream_generator(0, "gumbel"))
     anchors = torch.randn(1, width) * 0.02
     tokens = ClassTokens.build(names, learner.n_block, learner.rest, backbone.tokenizer,
                                backbone.model.token_embedding, truncate)

@@ -39,11 +39,14 @@ from PIL import Image
 import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
 from anchoropt.config import load_config
 from anchoropt.data import base_novel_labels, build_dataset, fewshot_splits, subsample
-from anchoropt.features import load_image
+from anchoropt.data.images import load_image
+from anchoropt.engine import Stepper, Trainer, seed_everything, steps_per_epoch
+from anchoropt.methods import AnchorOPT
 from anchoropt.prompts import AnchorPrompt, clip_logits, kd_loss, stage1_loss
+from anchoropt.schedules import two_stage
 from anchoropt.task import build_task
 from anchoropt.text import ClassTokens
-from anchoropt.train import Stepper, Trainer, build_learners, cached_backbone, seed_everything
+from anchoropt.train import cached_backbone
 
 
 def make_dataset(root: Path, classes: int, shots: int, size: int) -> None:
@@ -76,7 +79,8 @@ def reference_trial(cfg, backbone, device) -> dict:
     seed_everything(cfg.seed)
     # The task (cached features) serves the final evaluation only; training below re-encodes images.
     trainer = Trainer(cfg, backbone, build_task(cfg, backbone, device), device)
-    learner, anchor = build_learners(cfg, trainer.width, 0, device)
+    method = AnchorOPT(trainer)
+    learner, anchor = method.prompt, method.anchor
     full = {}
 
     def tokens(names, n_block, rest):  # 77-token sequences, tokenised per call
@@ -88,9 +92,9 @@ def reference_trial(cfg, backbone, device) -> dict:
     targets = trainer.description_targets()
     for epoch in range(cfg.anchor_epochs):
         stepper.set_epoch(epoch, cfg.anchor_epochs, cfg)
-        for idx in trainer.class_batches(epoch):
-            pred = anchor(trainer.encoder, tokens([classnames[i] for i in idx], cfg.n_anchors, AnchorPrompt.rest))
-            stepper.step(stage1_loss(pred, targets[idx], cfg.mse_weight), trainer.scaler)
+        for _ in range(steps_per_epoch(len(items), cfg.anchor_batch_size)):  # one step per image batch, all classes
+            pred = anchor(trainer.encoder, tokens(classnames, cfg.n_anchors, AnchorPrompt.rest))
+            stepper.step(stage1_loss(pred, targets, cfg.mse_weight), trainer.scaler)
     full["stage1_s"] = time.perf_counter() - start
 
     prompt = Stepper.sgd(list(learner.parameters()), cfg.lr, cfg)
@@ -101,7 +105,7 @@ def reference_trial(cfg, backbone, device) -> dict:
         prompt.set_epoch(epoch, cfg.epochs, cfg)
         t0 = time.perf_counter()
         order = torch.randperm(len(items))
-        for start_i in range(0, len(items), cfg.batch_size):
+        for start_i in range(0, steps_per_epoch(len(items), cfg.batch_size) * cfg.batch_size, cfg.batch_size):
             idx = order[start_i:start_i + cfg.batch_size]
             images = torch.stack([augment(load_image(items[i].impath)) for i in idx]).to(device)
             with torch.no_grad():
@@ -118,7 +122,7 @@ def reference_trial(cfg, backbone, device) -> dict:
         epoch_times.append(time.perf_counter() - t0)
     full["epoch_s"] = float(np.median(epoch_times))
     full["images"] = len(items)
-    full.update(trainer.evaluate(learner, anchor))
+    full.update(trainer.evaluate(method))
     return full
 
 
@@ -130,12 +134,12 @@ def project_trial(cfg, backbone, device) -> dict:
     out["features_s"] = time.perf_counter() - t0
     seed_everything(cfg.seed)
     trainer = Trainer(cfg, backbone, task, device)
-    learner, _ = build_learners(cfg, trainer.width, 0, device)
+    method = AnchorOPT(trainer)
     t0 = time.perf_counter()
-    anchor = trainer.train_anchors()
+    method.fit_anchors()
     out["stage1_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    trainer.train_anchors()
+    AnchorOPT(trainer).fit_anchors()
     out["stage1_shared_s"] = time.perf_counter() - t0
     epoch_times = []
     last = [time.perf_counter()]
@@ -144,15 +148,16 @@ def project_trial(cfg, backbone, device) -> dict:
         now = time.perf_counter()
         epoch_times.append(now - last[0])
         last[0] = now
-    trainer.train_prompt(learner, anchor, on_epoch)
+    method.train()
+    two_stage(method, on_epoch)
     out["epoch_s"] = float(np.median(epoch_times))
     out["images"] = len(task.train_labels)
-    out["text_share"] = text_transformer_share(trainer, learner, anchor, out["epoch_s"])
-    out.update(trainer.evaluate(learner, anchor))
+    out["text_share"] = text_transformer_share(trainer, method.prompt, out["epoch_s"])
+    out.update(trainer.evaluate(method))
     return out
 
 
-def text_transformer_share(trainer, learner, anchor, epoch_s: float) -> float:
+def text_transformer_share(trainer, learner, epoch_s: float) -> float:
     """Time of the bare text transformer forward + backward on one epoch's prompts, over the epoch time."""
     tokens = trainer.tokens(trainer.task.classnames, learner.n_block, learner.rest)
     steps = sum(1 for _ in trainer.image_batches(0))
@@ -174,7 +179,7 @@ def run_one(kind: str, args) -> dict:
         descriptions=args.descriptions, cache_dir=args.cache_dir, shots=args.shots, epochs=args.epochs,
         anchor_epochs=args.anchor_epochs, device=args.device, train_views=args.views, warmup_epochs=0))
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device))
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = (reference_trial if kind == "reference" else project_trial)(cfg, backbone, device)

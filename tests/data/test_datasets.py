@@ -165,7 +165,8 @@ def test_label_out_of_range(tmp_path):
     split = make_split_dataset(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", CLASSES, per_class=(1, 1, 1))
     split["test"][2][1] = 9
     (tmp_path / "eurosat" / "split_zhou_EuroSAT.json").write_text(json.dumps(split))
-    with pytest.raises(DataError, match=r"test\[2\] label 9 out of range 0..4"):
+    with pytest.raises(DataError, match=r"test\[2\] label 9 \('motorbike'\) out of range 0..4: the classes are "
+                                        r"the train split's"):
         build_dataset(tmp_path, "eurosat")
     split["test"][2][1] = 3
     (tmp_path / "eurosat" / "split_zhou_EuroSAT.json").write_text(json.dumps(split))
@@ -207,6 +208,9 @@ def test_empty_splits_named_by_dataset_split_and_file(tmp_path):
         build_dataset(tmp_path, "ucf101")
     path.write_text(json.dumps({**split, "train": []}))
     with pytest.raises(DataError, match=f"dataset 'ucf101': train split is empty \\({path}\\)"):
+        build_dataset(tmp_path, "ucf101")
+    path.write_text(json.dumps({**split, "train": [e for e in split["train"] if e[1] != 2]}))
+    with pytest.raises(DataError, match=f"train split has no image of class 'motorbike' \\(label 2\\) \\({path}\\)"):
         build_dataset(tmp_path, "ucf101")
 
 

@@ -298,20 +298,30 @@ def test_tables_tex_has_display_names_label_and_significance_marks(tmp_path):
     assert row["d1"].startswith("CoOp+AnchorOPT (one-stage) & \\textbf{69.00} & \\textbf{69.00} & \\textbf{69.00}")
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None,
-                    reason="no LaTeX engine (pdflatex) on PATH: apt-get install texlive-latex-base "
-                           "texlive-latex-recommended to compile tables.tex")
-@pytest.mark.parametrize("columns", ["onecolumn", "twocolumn"])
-def test_tables_tex_compiles_and_fits_the_page(tmp_path, columns):
+def _paper_scale_frame(protocol):
+    """Five methods (long display names), eleven datasets, three seeds: a full paper table."""
     methods = ["coop", "coop_anchoropt_one_stage", "coop_anchoropt_two_stage", "anchoropt_two_stage", "zeroshot"]
     datasets = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
                 "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
     rng = np.random.default_rng(0)
-    df = _frame([(m, d, s, *rng.uniform(50, 95, 2)) for m in methods for d in datasets for s in (1, 2, 3)])
-    report.write_report(df, tmp_path)
+    if protocol == "base2novel":
+        return _frame([(m, d, s, *rng.uniform(50, 95, 2)) for m in methods for d in datasets for s in (1, 2, 3)])
+    return pd.DataFrame([{"method": m, "dataset": d, "seed": s, "acc": rng.uniform(30, 90), "protocol": protocol,
+                          "role": "source" if d == "imagenet" else "target"}
+                         for m in methods for d in datasets for s in (1, 2, 3)])
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None,
+                    reason="no LaTeX engine (pdflatex) on PATH: apt-get install texlive-latex-base "
+                           "texlive-latex-recommended to compile tables.tex")
+@pytest.mark.parametrize("columns", ["onecolumn", "twocolumn"])
+@pytest.mark.parametrize("protocol", ["base2novel", "cross_dataset"])
+def test_tables_tex_compiles_and_fits_the_page(tmp_path, columns, protocol):
+    report.write_report(_paper_scale_frame(protocol), tmp_path)
+    label = "tab:base2novel" if protocol == "base2novel" else "tab:cross_dataset"
     (tmp_path / "paper.tex").write_text(
         f"\\documentclass[{columns}]{{article}}\n{report.latex.PREAMBLE}\n\\begin{{document}}\n"
-        "\\input{tables.tex}\nSee Table~\\ref{tab:base2novel}.\n\\end{document}\n")
+        f"\\input{{tables.tex}}\nSee Table~\\ref{{{label}}}.\n\\end{{document}}\n")
     for _ in range(2):  # the second pass resolves \ref
         run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=120)

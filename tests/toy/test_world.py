@@ -9,6 +9,7 @@ from PIL import Image
 from anchoropt.toy import world
 from anchoropt.toy.datasets import TOY11_NAMES, make_toy11, write_dataset, get_toy_dataset
 from anchoropt.backbone import TOY_CHECKPOINT
+from tests.helpers import load_script
 
 SMALL = {"train": 2, "val": 1, "test": 2}
 
@@ -118,7 +119,7 @@ COLOUR_BASE_BOUND = 25.0
 
 def test_zeroshot_colour_base_well_above_chance(tmp_path):
     from anchoropt.config import make_config
-    from anchoropt.toy.figures import chance
+    chance = load_script("benchmarks/scripts/toy_figures.py").chance
     from anchoropt.train import train
 
     d = get_toy_dataset("toy_colour")
@@ -129,26 +130,6 @@ def test_zeroshot_colour_base_well_above_chance(tmp_path):
                            cache_dir=str(tmp_path / "cache")))
     metrics = train(cfg)["metrics"]
     assert metrics["acc_base"] > COLOUR_BASE_BOUND, metrics
-
-
-def test_figures_table_reports_means_chance_and_zeroshot_summary(tmp_path):
-    import pandas as pd
-
-    from anchoropt.toy.figures import figures_table
-
-    d = get_toy_dataset("toy_colour")
-    write_dataset(tmp_path, d, seed=0, ds_index=TOY11_NAMES.index("toy_colour"),
-                  sizes={"train": 1, "val": 1, "test": 1})
-    rows = [("zeroshot_clip", 1, 99.0, 50.0), ("zeroshot_clip", 2, 99.0, 50.0),
-            ("coop", 1, 80.0, 40.0), ("coop", 2, 90.0, 30.0),
-            ("coop_anchoropt_two_stage", 1, 70.0, 60.0), ("coop_anchoropt_two_stage", 2, 70.0, 60.0)]
-    df = pd.DataFrame([{"method": m, "dataset": "toy_colour", "seed": s, "acc_base": b, "acc_novel": n,
-                        "hm": 2 * b * n / (b + n)} for m, s, b, n in rows])
-    table = figures_table(df, str(tmp_path))
-    row = next(line for line in table.splitlines() if line.startswith("| toy_colour"))
-    # CoOp: base mean 85, novel mean 35, HM = mean over seeds of per-seed HM
-    assert row.split(" | ")[1:] == ["24", "8.3 / 8.3", "99.0 / 50.0", "85.0 / 35.0 / 49.2", "70.0 / 60.0 / 64.6 |"]
-    assert "twice chance on base and novel: 1 of 1" in table and "98 % on base or novel: toy_colour" in table
 
 
 def test_invented_words_were_never_seen_by_toyclip():
@@ -193,7 +174,7 @@ def test_class_names_hide_an_attribute_the_descriptions_state():
 
 def test_description_ensemble_beats_the_template_on_novel(tmp_path):
     """toy_layout: measured 67.7 vs 41.3 % on novel (30 test images per class, README table)."""
-    from anchoropt.toy.figures import description_table
+    description_table = load_script("benchmarks/scripts/toy_figures.py").description_table
 
     idx = TOY11_NAMES.index("toy_layout")
     write_dataset(tmp_path, get_toy_dataset("toy_layout"), seed=0, ds_index=idx,

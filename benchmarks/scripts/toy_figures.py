@@ -3,8 +3,8 @@ template, and zero-shot, CoOp and CoOp+AnchorOPT two-stage against chance.
 
 Usage::
 
-    python -m anchoropt.toy.figures --root data/toy11 --results results/toy11_defaults
-    python -m anchoropt.toy.figures --root data/toy11 --descriptions-only
+    python benchmarks/scripts/toy_figures.py --root data/toy11 --results results/toy11_defaults
+    python benchmarks/scripts/toy_figures.py --root data/toy11 --descriptions-only
 
 Creates toy-11 under ``--root`` if missing and prints the description-vs-template table
 (:func:`description_table`, no training). Unless ``--descriptions-only``, it then runs the ``zeroshot_clip``, ``coop`` and
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -53,9 +54,10 @@ def description_table(root: str, datasets=None, cache_dir: str = "~/.cache/ancho
     from anchoropt.data import load_descriptions
     from anchoropt.task import build_task
     from anchoropt.toy.datasets import SENTENCES_PER_CLASS, TOY11_NAMES
-    from anchoropt.train import cached_backbone, clip_logits
+    from anchoropt.prompts import clip_logits
+    from anchoropt.train import cached_backbone
 
-    backbone = cached_backbone("ToyCLIP", "toy", None, "cpu")
+    backbone = cached_backbone("ToyCLIP", "toy", None, "cpu", "")
     model, tok = backbone.model, backbone.tokenizer
     datasets = list(datasets or TOY11_NAMES)
     head = ["dataset", "C", "chance b / n", "template b / n", "descriptions b / n", "novel gain"]
@@ -132,9 +134,9 @@ def figures_table(records: pd.DataFrame, root: str, methods=tuple(METHODS)) -> s
 
 def main(argv=None) -> None:
     from anchoropt.benchmark import run_benchmark
+    from anchoropt.pipeline import ensure_toy_data
+    from anchoropt.records import load_records
     from anchoropt.suite import load_suite
-    from anchoropt.pipeline import DEFAULT_SUITE, ensure_toy_data
-    from anchoropt.report import load_records
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="data/toy11", help="toy-11 data root (created if missing)")
@@ -145,7 +147,7 @@ def main(argv=None) -> None:
     parser.add_argument("--descriptions-only", action="store_true",
                         help="print only the description-vs-template table (no training)")
     args = parser.parse_args(argv)
-    suite = load_suite(DEFAULT_SUITE, {"data_root": args.root})
+    suite = load_suite(Path(__file__).resolve().parent.parent / "toy11.yaml", {"data_root": args.root})
     methods = ["zeroshot_clip"] + [m for m in args.methods if m != "zeroshot_clip"]
     suite = dataclasses.replace(suite, methods={m: suite.methods[m] for m in methods})
     ensure_toy_data(suite)
