@@ -6,6 +6,7 @@ Only the subcommand that runs imports what it needs: ``--help``, argument errors
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -27,11 +28,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _train(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
+    from anchoropt.io import check_output_dir
     from anchoropt.train import train
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.dataset / \
         f"{cfg.method}-{cfg.schedule}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_output_dir(out, "--out")
 
     def scores(m: dict) -> str:
         if cfg.protocol == "base2novel":
@@ -104,6 +107,9 @@ def _benchmark(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from anchoropt.report import load_records, write_report
 
+    from anchoropt.io import check_output_dir
+
+    check_output_dir(args.out, "--out")
     path = write_report(load_records(args.results), args.out, baseline=args.baseline,
                         schedules=tuple(args.schedule_methods) if args.schedule_methods else None,
                         hm_convention=args.hm_convention, display_names=parse_overrides(args.name))
@@ -161,6 +167,19 @@ def _run(args: argparse.Namespace) -> None:
                  verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
 
 
+def _number(kind: type, low: float, strict: bool = False):
+    """An argparse type: ``kind`` at least ``low`` (above it when ``strict``), finite."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {low:g}")
+        return value
+    return parse
+
+
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -174,12 +193,12 @@ def _seeds(text: str) -> list[int]:
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
     """Resources of Ray Tune trials, shared by search, benchmark and run."""
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs of one trial (default 1)")
-    p.add_argument("--gpus-per-trial", type=float,
+    p.add_argument("--cpus-per-trial", type=_number(float, 0, strict=True), help="CPUs of one trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=_number(float, 0),
                    help="GPUs of one trial, fractions allowed (0.25: four trials per GPU; default 0)")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--max-concurrent", type=_number(int, 1), help="at most this many trials at once")
     p.add_argument("--address", help="join this Ray cluster (e.g. auto or ip:6379); default: a local Ray")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=_number(int, 1), help="CPUs of the local Ray (default: all)")
 
 
 def config_keys_help() -> str:
@@ -194,8 +213,8 @@ def config_keys_help() -> str:
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     """What search, benchmark and run show and where they log, shared by the three."""
-    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
-                   help="show Ray Tune's own output (--verbose: level 1, --verbose 2: more) instead of one "
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="show Ray Tune's own output (-v: its trial tables and logs, -vv: more) instead of one "
                         "progress bar per search or benchmark")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print what would run and what is already done, then stop (nothing written)")
@@ -220,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="anchoropt search show DIR: the state of a search folder (trials done, best trial, "
                               "importances, best trials by HM), read only")
     p.add_argument("--space", help="search space YAML (e.g. search_spaces/anchors.yaml)")
-    p.add_argument("--num-trials", type=int, help="total number of trials")
+    p.add_argument("--num-trials", type=_number(int, 1), help="total number of trials")
     p.add_argument("--out", help="search folder (trials table, best_config.yaml, plots, study)")
     p.add_argument("--config", help="base configuration YAML (TrainConfig keys); the space updates it")
     p.add_argument("--objective", choices=("val", "test"),
@@ -291,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="report folder (default RESULTS/report: untracked; the committed example "
                                     "reports/toy11 is made with --report reports/toy11)")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
-    p.add_argument("--search-trials", type=int, default=8, help="trials per schedule (0: no search)")
+    p.add_argument("--search-trials", type=_number(int, 0), default=8, help="trials per schedule (0: no search)")
     p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
     _add_ray_args(p)
@@ -300,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared config overrides, e.g. data_root=/data backbone=ViT-B-16 pretrained=openai")
     p.set_defaults(func=_run)
     return parser
+
+
+def _resumable(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves that the next run continues from."""
+    if args.command == "search":
+        folder = args.resume or args.out
+        return f"finished trials are kept: resume with `anchoropt search --resume {folder}`"
+    if args.command in ("benchmark", "run"):
+        return f"finished trials and cells under {args.results} are kept: run the same command again to continue"
+    return "nothing of the interrupted run was kept"
 
 
 def build_show_parser() -> argparse.ArgumentParser:
@@ -335,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"anchoropt: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"anchoropt: interrupted; {_resumable(args)}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

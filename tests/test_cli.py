@@ -179,3 +179,14 @@ def test_run_dry_run_lists_both_searches_and_every_cell_and_writes_nothing(tmp_p
     assert "dry run: benchmark tiny" in out and "6 cells, 0 done, 6 to run" in out
     assert sum(ln.strip().startswith("to run") for ln in out.splitlines()) == 6
     assert not results.exists()
+
+
+@pytest.mark.parametrize("command", ["search", "benchmark", "run"])
+def test_verbose_flag_counts_and_leaves_overrides_alone(command):
+    from anchoropt.cli import parse_args
+
+    head = [command, "suite.yaml", "--results", "r"] if command == "benchmark" else [command]
+    assert parse_args(head).verbose == 0  # default: the progress bar
+    args = parse_args([*head, "--verbose", "epochs=1"])
+    assert args.verbose == 1 and args.overrides == ["epochs=1"]
+    assert parse_args([*head, "-vv", "--mlflow", "sqlite:///m.db"]).verbose == 2

@@ -150,14 +150,16 @@ def test_search_dry_run_lists_what_would_run_and_writes_nothing(searched, tmp_pa
     assert not (tmp_path / "new").exists()
 
 
-def test_benchmark_filters_dry_run_bar_and_trackers(tmp_path, eurosat_root, ray_session, capsys):
+def test_benchmark_filters_dry_run_bar_and_trackers(tmp_path, eurosat_root, ray_session, capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from tests.helpers import write_suite
 
     suite = str(write_suite(tmp_path, eurosat_root, methods={"zeroshot": {"method": "zeroshot"},
                                                              "coop": {"method": "coop"}}, seeds=(1, 2)))
-    results, uri = tmp_path / "results", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # MLflow's file store here (the search test uses its sqlite store); MLflow 3 wants it allowed
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    results, uri = tmp_path / "results", (tmp_path / "mlruns").as_uri()
     code, stdout, _ = _main(capsys, "benchmark", suite, "--results", str(results), "--dry-run")
     assert code == 0 and "4 cells, 0 done, 4 to run" in stdout
     assert sum(ln.strip().startswith("to run") for ln in stdout.splitlines()) == 4
@@ -177,6 +179,8 @@ def test_benchmark_filters_dry_run_bar_and_trackers(tmp_path, eurosat_root, ray_
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert [r.info.run_name for r in runs] == ["coop.eurosat.seed1"]
+    assert len(client.get_metric_history(runs[0].info.run_id, "hm")) >= 2  # per epoch
+    assert (tmp_path / "mlruns" / runs[0].info.experiment_id / runs[0].info.run_id).is_dir()
 
     code, stdout, _ = _main(capsys, "benchmark", suite, "--results", str(results), "--dry-run")
     assert "4 cells, 1 done, 3 to run" in stdout and "done    coop / eurosat / seed 1" in stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,11 @@ def _pickles_line(data: DatasetSplits, faults: list[str]) -> str:
     pickles = sorted((data.root / "split_fewshot").glob("shot_*-seed_*.pkl"))
     bad = 0
     for path in pickles:
+        shots = re.match(r"shot_(\d+)-seed_", path.name)
         try:
-            read_dassl_fewshot(path, data)
+            if shots is None:
+                raise DataError(f"few-shot file {path}: name is not shot_<K>-seed_<S>.pkl")
+            read_dassl_fewshot(path, data, int(shots.group(1)))
         except DataError as err:
             faults.append(str(err))
             bad += 1

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import pickle
 import random
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from anchoropt.data.datasets import DataError, DatasetSplits, Datum
@@ -31,21 +32,24 @@ class _DatumUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only Dassl Datum records are allowed")
 
 
-def read_dassl_fewshot(path: Path, data: DatasetSplits) -> dict[str, list[Datum]]:
+def read_dassl_fewshot(path: Path, data: DatasetSplits, shots: int) -> dict[str, list[Datum]]:
     """Read Dassl's ``{"train": [Datum], "val": [Datum]}`` few-shot pickle, checked against ``data``.
 
     Image paths in the file are absolute on the machine that wrote it. Each is matched to the
     current split by its longest tail that is an image path of that split (relative to the image
     folder), so the folder names of the old or new data root do not matter; the stored label and
-    class name must equal the current split's.
+    class name must equal the current split's, and each class must have as many images as Dassl
+    draws from it: ``min(shots, n)`` in train, ``min(shots, 4, n)`` in val (n: the class's images
+    in the split). Dassl's ImageNet files hold no val list.
 
     Returns:
-        ``{"train": [...], "val": [...]}`` with the current split's ``Datum`` objects.
+        ``{"train": [...], "val": [...]}`` with the current split's ``Datum`` objects (``val``
+        absent when the file holds none).
 
     Raises:
         DataError: unreadable file, a record of any other type than ``Datum``, records that
             are not in the current split or carry another label or class name (count and first one),
-            or a class of the dataset without images in the file's train (or non-empty val) list.
+            or a class with another number of images than Dassl draws (the first such class).
     """
     try:
         with open(path, "rb") as f:
@@ -56,6 +60,8 @@ def read_dassl_fewshot(path: Path, data: DatasetSplits) -> dict[str, list[Datum]
         raise DataError(f"few-shot file {path} does not hold a {{'train': [...], 'val': [...]}} dict")
     out = {}
     for part in ("train", "val"):
+        if part == "val" and not raw.get("val"):
+            continue
         prefix = len(str(data.image_dir).rstrip("/")) + 1  # readers join image paths under image_dir
         current = {d.impath[prefix:]: d for d in getattr(data, part)}
         items, stale = [], []
@@ -76,11 +82,15 @@ def read_dassl_fewshot(path: Path, data: DatasetSplits) -> dict[str, list[Datum]
             raise DataError(f"few-shot file {path} does not match {data.sources.get(part, data.root)}: "
                             f"{len(stale)} of {len(stale) + len(items)} {part} items differ, first {stale[0]}; "
                             f"delete the file to draw new shots")
-        absent = sorted(set(range(len(data.classnames))) - {d.label for d in items})
-        if (items and absent) or (part == "train" and not items):
-            raise DataError(f"few-shot file {path} has no {part} image of {len(absent)} of {len(data.classnames)} "
-                            f"classes, e.g. '{data.classnames[absent[0]]}' (label {absent[0]}); delete the file to "
-                            f"draw new shots")
+        want = Counter(d.label for d in getattr(data, part))
+        have = Counter(d.label for d in items)
+        cap = shots if part == "train" else min(shots, 4)
+        wrong = [c for c in range(len(data.classnames)) if have[c] != min(cap, want[c])]
+        if wrong:
+            c = wrong[0]
+            raise DataError(f"few-shot file {path} has {have[c]} {part} images of class '{data.classnames[c]}' "
+                            f"(label {c}), Dassl draws {min(cap, want[c])} for {shots} shots ({len(wrong)} classes "
+                            f"differ); delete the file to draw new shots")
         out[part] = items
     return out
 
@@ -106,10 +116,23 @@ def sample_fewshot(items: list[Datum], shots: int, rng: random.Random) -> list[D
     return out
 
 
+def shots_shortfall(data: DatasetSplits, shots: int) -> str | None:
+    """A one-line warning when some class has fewer than ``shots`` training images, else None
+    (those classes keep all their images: the run is not K-shot on them)."""
+    counts = Counter(d.label for d in data.train)
+    short = sorted(label for label in range(len(data.classnames)) if counts.get(label, 0) < shots)
+    if shots <= 0 or not short:
+        return None
+    smallest = min(counts.get(label, 0) for label in short)
+    return (f"shots={shots} but {len(short)} of {len(data.classnames)} classes of {data.name} have fewer training "
+            f"images (fewest: {smallest}, class '{data.classnames[short[0]]}'); they keep all they have")
+
+
 def fewshot_splits(data: DatasetSplits, shots: int, seed: int) -> tuple[list[Datum], list[Datum]]:
     """(train, val) few-shot lists: K per class from train, min(K, 4) per class from val.
 
-    Uses ``<dataset>/split_fewshot/shot_{K}-seed_{seed}.pkl`` when present. ``shots <= 0``
+    Uses ``<dataset>/split_fewshot/shot_{K}-seed_{seed}.pkl`` when present (its val list if it
+    holds one, else the val images drawn as without the file). ``shots <= 0``
     means all training images.
 
     Raises:
@@ -117,13 +140,17 @@ def fewshot_splits(data: DatasetSplits, shots: int, seed: int) -> tuple[list[Dat
     """
     if shots <= 0:
         return list(data.train), list(data.val)
-    cached = data.root / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
-    if cached.is_file():
-        found = read_dassl_fewshot(cached, data)
-        return found["train"], found.get("val", [])
+    shortfall = shots_shortfall(data, shots)
+    if shortfall:
+        warnings.warn(shortfall, stacklevel=2)
     rng = random.Random(seed)  # one stream for train then val, as Dassl draws them
     train = sample_fewshot(data.train, shots, rng)
-    return train, sample_fewshot(data.val, min(shots, 4), rng)
+    val = sample_fewshot(data.val, min(shots, 4), rng)
+    cached = data.root / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
+    if cached.is_file():
+        found = read_dassl_fewshot(cached, data, shots)
+        return found["train"], found.get("val", val)  # Dassl's ImageNet files hold no val: drawn as without one
+    return train, val
 
 
 def base_novel_labels(labels: list[int]) -> tuple[list[int], list[int]]:

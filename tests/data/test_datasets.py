@@ -88,11 +88,12 @@ def test_dassl_fewshot_pickle_is_reused_without_dassl(tmp_path):
     make_split_dataset(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", CLASSES, per_class=(6, 2, 1))
     chosen = {"train": [(f"/home/else/DATA/eurosat/2750/{c}/train_{i}.png", lab, c)
                         for lab, c in enumerate(CLASSES) for i in (5, 3)],
-              "val": [(f"/home/else/DATA/eurosat/2750/{c}/val_0.png", lab, c) for lab, c in enumerate(CLASSES)]}
+              "val": [(f"/home/else/DATA/eurosat/2750/{c}/val_{i}.png", lab, c)
+                      for lab, c in enumerate(CLASSES) for i in (1, 0)]}
     write_dassl_pickle(tmp_path / "eurosat" / "split_fewshot" / "shot_2-seed_1.pkl", chosen)
     train, val = fewshot_splits(build_dataset(tmp_path, "eurosat"), 2, seed=1)
     assert train[0].impath == str(tmp_path / "eurosat" / "2750" / "face" / "train_5.png")
-    assert len(train) == 10 and len(val) == 5
+    assert len(train) == 10 and len(val) == 10
 
 
 @pytest.mark.parametrize("name", ["oxford_pets", "stanford_cars"])
@@ -130,8 +131,25 @@ def test_dassl_pickle_from_another_split_is_refused_in_one_line(tmp_path):
     assert "delete the file" in msg
     chosen["train"] = [e for e in chosen["train"][:1]]  # in the split, but only class 'face'
     write_dassl_pickle(pkl, chosen)
-    with pytest.raises(DataError, match=r"has no train image of 4 of 5 classes, e.g. 'leopard' \(label 1\); delete"):
+    with pytest.raises(DataError, match=r"has 0 train images of class 'leopard' \(label 1\), Dassl draws 1 for 1 "
+                                        r"shots \(4 classes differ\); delete"):
         fewshot_splits(data, 1, seed=1)
+    write_dassl_pickle(pkl, {"train": [(f"{old}/{rel}", lab, c) for rel, lab, c in split["train"]]})  # all 3 a class
+    with pytest.raises(DataError, match=r"has 3 train images of class 'face' \(label 0\), Dassl draws 1 for 1 shots"):
+        fewshot_splits(data, 1, seed=1)
+
+
+def test_dassl_pickle_without_val_list_draws_val_as_without_the_file(tmp_path):
+    """Dassl's ImageNet few-shot files hold only ``train``."""
+    split = make_split_dataset(tmp_path, "eurosat", "2750", "split_zhou_EuroSAT.json", CLASSES, per_class=(3, 5, 1))
+    data = build_dataset(tmp_path, "eurosat")
+    _, drawn_val = fewshot_splits(data, 2, seed=1)
+    chosen = [(f"/x/eurosat/2750/{rel}", lab, c) for rel, lab, c in split["train"]
+              if rel.endswith(("_0.png", "_2.png"))]
+    write_dassl_pickle(tmp_path / "eurosat" / "split_fewshot" / "shot_2-seed_1.pkl", {"train": chosen})
+    train, val = fewshot_splits(data, 2, seed=1)
+    assert [d.impath.rsplit("/", 2)[-2:] for d in train] == [p.rsplit("/", 2)[-2:] for p, _, _ in chosen]
+    assert val == drawn_val and len(val) == 10
 
 
 class _Evil:
@@ -144,7 +162,7 @@ def test_restricted_unpickler_refuses_other_types(tmp_path):
     path = tmp_path / "shot_1-seed_1.pkl"
     path.write_bytes(pickle.dumps({"train": [_Evil()]}))
     with pytest.raises(DataError, match="refusing to load .*system"):
-        read_dassl_fewshot(path, DatasetSplits("x", [], [], [], [], image_dir=tmp_path))
+        read_dassl_fewshot(path, DatasetSplits("x", [], [], [], [], image_dir=tmp_path), 1)
 
 
 def test_missing_folder_and_malformed_split(tmp_path):
