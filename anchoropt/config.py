@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -23,7 +25,12 @@ from anchoropt.yamlio import parse_yaml, read_yaml
 METHODS = ("zeroshot", "coop", "anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 ONE_STAGE_BUDGETS = ("equal_prompt_updates", "equal_total_steps")
+# Ablation switches of AnchorOPT (issue 12); the first value of each is the method itself.
+ANCHOR_SOURCES = ("stage1", "random", "word")
+POSITION_MATRICES = ("learned", "identity", "permutation")
+NOVEL_RULES = ("ensemble", "prompt")
 
 
 #: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
@@ -100,12 +107,18 @@ class TrainConfig:
     crop_scale: float = 0.8  # [project] smallest area fraction of the random resized crop (Dassl INPUT.RRCROP_SCALE)
     flip: bool = False  # [project] random horizontal flip
     cache_dir: str = "~/.cache/anchoropt"
+    # Ablations: each replaces exactly one part of AnchorOPT (the defaults are the method).
+    anchor_source: str = "stage1"  # [reference] or random (Stage I's N(0, 0.02) init, untrained) or word
+    anchor_word: str = "shape"  # [project] anchor_source=word: its N BPE token embeddings (ATPrompt-style)
+    position_matrix: str = "learned"  # [reference] or identity (soft tokens, then anchors) or permutation
+    novel_rule: str = "ensemble"  # [reference] unseen classes (prompt + anchor logits) / 2, or prompt alone
 
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
                    "eos_index": ("correct", "reference"), "eval_split": ("test", "val"),
-                   "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS}
+                   "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS,
+                   "anchor_source": ANCHOR_SOURCES, "position_matrix": POSITION_MATRICES, "novel_rule": NOVEL_RULES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -117,13 +130,21 @@ class TrainConfig:
             "period": self.period >= 1, "train_views": self.train_views >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
             "n_descriptions": self.n_descriptions >= 1,
+            "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
+            **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
+                                                        "weight_decay")},
         }
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"invalid value device={self.device!r}: expected auto, cpu, cuda, cuda:<index> or mps")
         if self.protocol == "cross_dataset" and self.eval_split != "test":
             raise ConfigError("protocol=cross_dataset scores test images: eval_split must be test "
                               "(tune on the source with protocol=base2novel)")
+        if self.anchor_source != "stage1" and self.schedule == "one_stage":
+            raise ConfigError(f"anchor_source={self.anchor_source} keeps the anchors fixed: it needs "
+                              "schedule=two_stage (one_stage trains them)")
         if self.protocol == "base2novel" and self.targets:
             raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
         return self
@@ -151,6 +172,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         except ValueError:
             pass
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # a record holding Infinity/NaN is not JSON
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if target is str and isinstance(value, (int, float)):
         return str(value)
@@ -161,7 +184,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def make_config(values: dict[str, Any] | None = None, source: str = "config") -> TrainConfig:
     """Build a validated TrainConfig from a dict, its path keys made absolute (anchoropt.paths: relative
-    to the working directory). Unknown keys raise ConfigError naming ``source``."""
+    to the working directory). An unknown key, a value of the wrong type or out of its range raises
+    ConfigError naming ``source`` and the key."""
     hints = get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)}
     values = values or {}
@@ -171,7 +195,10 @@ def make_config(values: dict[str, Any] | None = None, source: str = "config") ->
                  f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
                  for k in unknown]
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}")
-    cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    try:
+        cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     for key in PATH_KEYS:
         if getattr(cfg, key):
             setattr(cfg, key, absolute(getattr(cfg, key)))
@@ -253,4 +280,10 @@ KEY_HELP = {
     "crop_scale": "smallest area fraction of the random resized crop (0-1]",
     "flip": "random horizontal flip of training images",
     "cache_dir": "folder of cached image features and Stage I results",
+    "anchor_source": "ablation: stage1 (anchors fitted to descriptions), random (Stage I's N(0, 0.02) "
+                     "init, never trained) or word (anchor_word's token embeddings, fixed; ATPrompt-style)",
+    "anchor_word": "anchor_source=word: word(s) whose BPE tokens (exactly n_anchors) are the anchors",
+    "position_matrix": "ablation: learned W (Gumbel), identity (soft tokens then anchors) or permutation "
+                       "(a fixed random W drawn from the seed)",
+    "novel_rule": "ablation: unseen classes scored by ensemble ((prompt + anchor logits) / 2) or prompt alone",
 }

@@ -1,4 +1,5 @@
-"""Atomic writes: a reader (or a killed writer) never sees a half-written file.
+"""Atomic writes (a reader, or a killed writer, never sees a half-written file) and output-location
+checks made before any work starts.
 
 Files get the mode an ordinary ``open(path, "w")`` would give (``0o666`` less the umask), so that
 records, prompts and configs can be shared on a group cluster: ``mkstemp`` alone creates ``0o600``.
@@ -10,6 +11,29 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+class OutputError(ValueError):
+    """An output location that cannot be written: a file where a folder is needed, or no write access."""
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """Check that ``path`` is, or can be created as, a writable folder; returns it (user-expanded).
+
+    Called before a command trains anything, so a bad ``--out``/``--results``/``cache_dir`` costs no work.
+
+    Raises:
+        OutputError: one line naming ``what`` (the flag or key), the path and the fault.
+    """
+    path = Path(path).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing == path and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a folder")
+    if not existing.is_dir():
+        raise OutputError(f"{what} {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: no write permission in {existing}")
+    return path
 
 
 def _umask() -> int:
@@ -52,6 +76,11 @@ def save_tensors(obj: Any, path: str | Path) -> Path:
 def write_text(text: str, path: str | Path) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def save_json(obj: Any, path: str | Path) -> Path:

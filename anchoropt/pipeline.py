@@ -84,11 +84,13 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
             get the search's best configuration then) and return None; nothing is written.
     """
     from anchoropt.benchmark import describe_plan, run_benchmark
+    from anchoropt.io import check_output_dir
     from anchoropt.report import load_records, write_report
     from anchoropt.suite import load_suite
 
     suite = load_suite(suite_path, overrides)
-    results = Path(results)
+    results = check_output_dir(results, "--results")
+    check_output_dir(report_dir, "--report")
     if not dry_run:
         ensure_toy_data(suite)
     resources = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,

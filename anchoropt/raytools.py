@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
 
 from anchoropt.errors import ConfigError
+
+CONNECT_TIMEOUT_S = 5.0  # a TCP connect to a live GCS takes milliseconds, even across a data centre
+
+
+class RayConnectError(ConfigError):
+    """The Ray cluster named by ``--address`` cannot be joined; the message names the address and the fix."""
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Open (and close) a TCP connection to ``host:port`` within ``timeout_s``.
+
+    Ray itself retries an unreachable address for minutes; this fails in seconds.
+
+    Raises:
+        RayConnectError: not ``host:port``, or nothing answers there.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise RayConnectError(f"--address {address!r} is not host:port (e.g. 10.0.0.1:6379) or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise RayConnectError(f"no Ray cluster reachable at {address} ({reason}): start one with "
+                              f"`ray start --head --port={port}` on {host}, or pass the address `ray status` "
+                              "prints there") from None
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0) -> None:
@@ -18,17 +45,37 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
     Usage statistics are off; the dashboard is not started locally. ``ANCHOROPT_MODEL_CONFIGS``
     (extra open_clip model-config folders) is passed on to the workers. Ray's own log lines
     ("Started a local Ray instance", ...) show only with ``verbose`` >= 1.
+
+    Raises:
+        RayConnectError: ``address`` is unreachable (within :data:`CONNECT_TIMEOUT_S`), or the
+            cluster refuses this process (e.g. token authentication without the token).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ctrl-C must stop the driver (KeyboardInterrupt out of Tuner.fit), not end the Tune run
+    # "gracefully" and return as if every trial had been run
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.ERROR
     env = {k: os.environ[k] for k in ("RAY_USAGE_STATS_ENABLED", "ANCHOROPT_MODEL_CONFIGS") if k in os.environ}
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False, logging_level=level)
-    else:
+    if not address:
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False,
                  logging_level=level)
+        return
+    if address != "auto" and not address.startswith("ray://"):
+        check_reachable(address)
+    try:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False, logging_level=level)
+    except ConnectionError as err:
+        cause = str(err.__cause__ or err)
+        if "AuthToken" in cause or "Unauthenticated" in cause:
+            fix = ("the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+                   "(or RAY_AUTH_TOKEN_PATH) to its token (`ray get-auth-token` on the head node)")
+        elif address == "auto":
+            fix = "no running cluster was found on this machine: start one with `ray start --head` or pass --address host:port"
+        else:
+            fix = "check that it is a Ray head node of the same Ray version"
+        raise RayConnectError(f"cannot join the Ray cluster at {address}: {fix}") from None
 
 
 @dataclass(frozen=True)
@@ -71,3 +118,21 @@ def trainable(fn: Callable[..., Any], resources: Resources, **params: Any):
 
     run.__name__ = fn.__name__
     return tune.with_resources(tune.with_parameters(run, **params), resources.bundle())
+
+
+def check_resources(resources: Resources) -> None:
+    """A trial must fit on one node of the running Ray cluster, else Tune leaves it PENDING forever.
+
+    Raises:
+        ConfigError: one line: the request and the largest node's CPUs and GPUs.
+    """
+    cpus_per_trial, gpus_per_trial = resources.cpus, resources.gpus
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g}: above 1 a trial takes whole GPUs")
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus_per_trial and r.get("GPU", 0) >= gpus_per_trial for r in nodes):
+        return
+    cpus, gpus = max((r.get("CPU", 0), r.get("GPU", 0)) for r in nodes) if nodes else (0, 0)
+    raise ConfigError(f"a trial asks for {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU, but the largest of the "
+                      f"Ray cluster's {len(nodes)} node(s) has {cpus:g} CPU and {gpus:g} GPU: lower --cpus-per-trial "
+                      f"/ --gpus-per-trial or join a larger cluster with --address")

@@ -24,8 +24,21 @@ from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, relative_to_file
 from anchoropt.yamlio import read_yaml
 
-SUITE_KEYS = {"name", "protocol", "source", "datasets", "seeds", "config", "per_dataset", "methods", "baseline",
-              "schedule_methods", "search_dataset"}
+_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True}
+_NAME = {"type": ["string", "null"], "minLength": 1}
+#: JSON Schema of a suite file (types and counts of its values); TrainConfig keys are checked by make_config
+SUITE_SCHEMA = {
+    "type": "object", "required": ["datasets", "seeds", "methods"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1}, "protocol": {"type": "string"}, "source": _NAME,
+        "datasets": _NAMES, "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "uniqueItems": True},
+        "config": {"type": ["object", "null"]},
+        "per_dataset": {"type": ["object", "null"], "additionalProperties": {"type": ["object", "null"]}},
+        "methods": {"type": "object", "minProperties": 1, "additionalProperties": {"type": ["object", "null"]}},
+        "baseline": _NAME, "schedule_methods": {"type": ["object", "null"]}, "search_dataset": _NAME,
+    },
+}
+SUITE_KEYS = set(SUITE_SCHEMA["properties"])
 RENAMED_KEYS = {"schedules": "schedule_methods: {one_stage: <method>, two_stage: <method>}"}
 #: keys of a method's config file that the cell sets itself (where, which seed, which split)
 CELL_KEYS = ("dataset", "seed", "data_root", "cache_dir", "device", "eval_split",
@@ -112,9 +125,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     unknown = sorted(set(raw) - SUITE_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown suite key(s) {', '.join(unknown)}")
-    for key in ("datasets", "seeds", "methods"):
-        if not raw.get(key):
-            raise ConfigError(f"{path}: '{key}' is missing or empty")
+    check_schema(raw, SUITE_SCHEMA, path)
     protocol, source = raw.get("protocol", "base2novel"), raw.get("source")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: unknown protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
@@ -122,6 +133,11 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
         raise ConfigError(f"{path}: protocol cross_dataset needs 'source: <dataset>', not among the target datasets")
     if protocol == "base2novel" and source:
         raise ConfigError(f"{path}: 'source' applies to protocol cross_dataset only")
+    for name in raw.get("per_dataset") or {}:
+        if name not in [*raw["datasets"], source]:
+            raise ConfigError(f"{path}: per_dataset entry '{name}' is not one of the suite's datasets")
+    if raw.get("search_dataset") not in (None, *raw["datasets"]):
+        raise ConfigError(f"{path}: search_dataset '{raw['search_dataset']}' is not one of the suite's datasets")
     shared = {**(raw.get("config") or {}), **(overrides or {})}
     make_config(shared, source=f"{path} config")
     methods = {name: dict(spec or {}) for name, spec in raw["methods"].items()}
@@ -132,6 +148,17 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     return Suite(raw.get("name", path.stem), path, list(raw["datasets"]), [int(s) for s in raw["seeds"]],
                  shared, methods, raw.get("per_dataset") or {}, protocol, source, raw.get("baseline"),
                  schedule_methods, raw.get("search_dataset"))
+
+
+def check_schema(raw: Any, schema: dict, path: str | Path) -> None:
+    """Validate ``raw`` against a JSON Schema (``jsonschema``); raises ConfigError naming the file,
+    the key path and the most relevant fault (``suite.yaml: seeds: 1 is not of type 'array'``)."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(raw))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "top level"
+        raise ConfigError(f"{path}: {where}: {error.message}")
 
 
 def _schedule_methods(value: Any, path: Path) -> dict[str, str] | None:

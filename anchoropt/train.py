@@ -14,11 +14,11 @@ from typing import Callable
 import torch
 
 from anchoropt.backbone import Backbone, create_backbone
-from anchoropt.config import TrainConfig
+from anchoropt.config import ConfigError, TrainConfig
 from anchoropt.data import build_dataset
 from anchoropt.data.check import check_run_images
 from anchoropt.engine import NonFiniteLoss, Trainer, seed_everything
-from anchoropt.io import save_json, save_tensors
+from anchoropt.io import check_output_dir, save_json, save_tensors
 from anchoropt.methods import Method, build_method
 from anchoropt.records import build_record
 from anchoropt.task import build_task, read_targets
@@ -27,15 +27,32 @@ __all__ = ["NonFiniteLoss", "Trainer", "cached_backbone", "resolve_device", "tra
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
+    """``auto`` picks CUDA when available, else CPU.
+
+    Raises:
+        ConfigError: ``cuda``/``mps`` asked for on a machine or torch build without it.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but no GPU is visible"
+        raise ConfigError(f"device={name} but torch {torch.__version__} is {build}: use device=cpu or device=auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but only {torch.cuda.device_count()} GPU(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name} but MPS is not available here: use device=cpu or device=auto")
+    return device
+
+
+def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str = "") -> Backbone:
+    """One frozen backbone per process, reused by every run in it (Ray actors run many trials)."""
+    return _cached_backbone(name, pretrained, quick_gelu, device, preprocess)
 
 
 @functools.lru_cache(maxsize=2)
-def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str) -> Backbone:
-    """One frozen backbone per process, reused by every run in it (Ray actors run many trials)."""
+def _cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str) -> Backbone:
+    # every argument positional, so calls with and without the default share one entry
     return create_backbone(name, pretrained, quick_gelu, device, preprocess)
 
 
@@ -69,6 +86,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
         DataError, BackboneError, NonFiniteLoss: with a one-line message naming the cause.
     """
     start = time.time()
+    check_output_dir(cfg.cache_dir, "cache_dir")
     device = resolve_device(cfg.device)
     data = build_dataset(cfg.data_root, cfg.dataset)  # bad data fails before a large backbone loads
     targets = read_targets(cfg) if cfg.protocol == "cross_dataset" else None

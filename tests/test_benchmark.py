@@ -12,7 +12,7 @@ import pytest
 
 from anchoropt.benchmark import run_benchmark
 from anchoropt.suite import load_suite
-from tests.helpers import write_suite
+from tests.helpers import TINY, write_suite
 
 
 def _records(results: Path) -> list[dict]:
@@ -60,6 +60,138 @@ def test_killed_benchmark_rerun_has_every_cell_exactly_once(tmp_path, eurosat_ro
     assert all(p.read_bytes() == b for p, b in first.items())  # finished cells were not rerun
     for leftover in set(Path(tempfile.gettempdir()).glob("anchoropt-ray-*")) - ray_dirs:
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _cli(*args, timeout=600, **popen):
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    return subprocess.run([sys.executable, "-m", "anchoropt.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=timeout, **popen)
+
+
+def _one_line_error(done, *fragments):
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("anchoropt: error:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.ray
+def test_cells_are_keyed_by_config_and_data_and_broken_records_rerun(tmp_path, eurosat_root, ray_session):
+    data_root = tmp_path / "data"
+    shutil.copytree(eurosat_root, data_root)
+    methods = {"zs": {"method": "zeroshot"}}
+    suite_path = write_suite(tmp_path, eurosat_root, methods=methods, seeds=(1,),
+                        extra={"config": {"data_root": str(data_root), "backbone": TINY, "pretrained": "none",
+                                          "descriptions_dir": str(eurosat_root), "cache_dir": str(tmp_path / "c"),
+                                          "shots": 4, "epochs": 5, "device": "cpu"}})
+    results = tmp_path / "results"
+    assert run_benchmark(load_suite(suite_path), results)["done"] == 1
+    record = results / "zs" / "eurosat" / "seed1.json"
+    # another resolved config: refused with one line naming the record and the change
+    with pytest.raises(ValueError, match=r"1 record\(s\).*seed1.json: epochs 5 -> 7.*another --results"):
+        run_benchmark(load_suite(suite_path, {"epochs": "7"}), results)
+    # device and cache location say where, not what: still the same cell
+    assert run_benchmark(load_suite(suite_path, {"cache_dir": str(tmp_path / "c2")}), results)["skipped"] == 1
+    # the same cell on changed data (a class renamed in the split file) is refused too
+    split = data_root / "eurosat" / "split_zhou_EuroSAT.json"
+    original = split.read_text()
+    split.write_text(original.replace('"Forest"', '"Woodland"'))
+    with pytest.raises(ValueError, match="dataset eurosat has other files or classes"):
+        run_benchmark(load_suite(suite_path), results)
+    split.write_text(original)
+    # the CLI says the same in one line, exit 2
+    _one_line_error(_cli("benchmark", suite_path, "epochs=7", "--results", results), "epochs 5 -> 7")
+    # a truncated or empty record is not a result: the cell is re-run, saying so
+    for broken in (record.read_bytes()[:40], b""):
+        record.write_bytes(broken)
+        assert run_benchmark(load_suite(suite_path), results) == {"done": 1, "failed": 0, "skipped": 0}
+        assert json.loads(record.read_text())["cell_identity"]["config"]["epochs"] == 5
+
+
+def test_second_benchmark_on_a_locked_results_folder_is_refused(tmp_path, eurosat_root):
+    path = write_suite(tmp_path, eurosat_root, methods={"zs": {"method": "zeroshot"}}, seeds=(1,))
+    results = tmp_path / "results"
+    results.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"lock = FileLock({str(results / '.benchmark.lock')!r}); lock.acquire(); print('held', flush=True); "
+                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        _one_line_error(_cli("benchmark", path, "--results", results, timeout=120), "in use by another benchmark")
+        assert not list(results.rglob("seed*.json"))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_output_locations_are_checked_before_any_work(tmp_path, eurosat_root):
+    path = write_suite(tmp_path, eurosat_root, methods={"zs": {"method": "zeroshot"}}, seeds=(1,))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    runs = [_cli("benchmark", path, "--results", a_file, timeout=120),
+            _cli("benchmark", path, f"cache_dir={a_file}", "--results", tmp_path / "r", timeout=120),
+            _cli("benchmark", path, "--results", a_file / "sub", timeout=120)]
+    _one_line_error(runs[0], "--results", "is a file")
+    _one_line_error(runs[1], "cache_dir", str(a_file))
+    _one_line_error(runs[2], "is a file")
+    assert not any("Ray instance" in done.stderr for done in runs)  # refused before Ray started
+    assert not list(tmp_path.rglob("seed*.json"))
+
+
+def test_unreachable_ray_address_fails_fast_with_one_line(tmp_path, eurosat_root):
+    path = write_suite(tmp_path, eurosat_root, methods={"zs": {"method": "zeroshot"}}, seeds=(1,))
+    done = _cli("benchmark", path, "--results", tmp_path / "r", "--address", "127.0.0.1:1", timeout=120)  # Ray: minutes
+    _one_line_error(done, "127.0.0.1:1", "ray start --head")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _trial_actor_pids() -> list[int]:
+    """PIDs of this test session's Ray Tune trial actors (process title ``ray::ImplicitFunc...``,
+    descendants of this process: never another session's)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not (proc.name.isdigit() and b"ImplicitFunc" in (proc / "cmdline").read_bytes()):
+                continue
+            pid = int(proc.name)
+            while pid > 1 and pid != os.getpid():
+                pid = _parent(pid)
+            if pid == os.getpid():
+                pids.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+@pytest.mark.ray
+def test_cell_whose_actor_dies_is_rerun_not_failed(tmp_path, eurosat_root, ray_session):
+    import threading
+
+    path = write_suite(tmp_path, eurosat_root, methods={"coop": {"method": "coop", "epochs": 40}}, seeds=(1,))
+    results = tmp_path / "results"
+    killed = []
+
+    def kill_the_trial_actor():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            pids = _trial_actor_pids()
+            if pids:
+                time.sleep(3)  # the cell is training
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_trial_actor)
+    killer.start()
+    counts = run_benchmark(load_suite(path), results)
+    killer.join()
+    assert killed, "the trial's actor was never seen"
+    assert counts == {"done": 1, "failed": 0, "skipped": 0}
+    assert len(_records(results)) == 1
 
 
 def test_cell_writes_learned_tensors_that_the_report_draws(tmp_path, eurosat_root):

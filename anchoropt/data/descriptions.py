@@ -26,6 +26,11 @@ CUPL_FILES = {
 }
 
 
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs in file order (repeated names kept); a JSON array
+    stays a plain list, so the two are told apart."""
+
+
 def normalise_name(name: str) -> str:
     """Lower case, ``_``/``-``/``/`` as spaces, other punctuation dropped, spaces collapsed."""
     name = re.sub(r"[_\-/]", " ", name.lower())
@@ -74,12 +79,19 @@ def description_faults(path: str | Path, classnames: list[str], n_descriptions: 
 
 def _assign(path: Path, classnames: list[str], n_descriptions: int) -> tuple[list[list[str]], list[str]]:
     try:
-        pairs = json.loads(path.read_text(), object_pairs_hook=list)
+        pairs = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_Pairs)
     except FileNotFoundError:
         raise DataError(f"descriptions file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"descriptions file {path} is a folder") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"descriptions file {path} is not UTF-8 text (byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise DataError(f"descriptions file {path} is not valid JSON: {err}") from None
-    if not isinstance(pairs, list) or not all(isinstance(v, list) for _, v in pairs):
+    if not isinstance(pairs, _Pairs):
+        raise DataError(f"descriptions file {path} must be a JSON object of class name -> sentences, "
+                        f"not a {type(pairs).__name__}")
+    if not all(isinstance(v, list) and all(isinstance(s, str) for s in v) for _, v in pairs):
         raise DataError(f"descriptions file {path} must map class names to lists of sentences")
     entries: dict[str, list[list[str]]] = defaultdict(list)
     for name, sentences in pairs:

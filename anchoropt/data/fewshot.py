@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -115,6 +116,18 @@ def sample_fewshot(items: list[Datum], shots: int, rng: random.Random) -> list[D
     return out
 
 
+def shots_shortfall(data: DatasetSplits, shots: int) -> str | None:
+    """A one-line warning when some class has fewer than ``shots`` training images, else None
+    (those classes keep all their images: the run is not K-shot on them)."""
+    counts = Counter(d.label for d in data.train)
+    short = sorted(label for label in range(len(data.classnames)) if counts.get(label, 0) < shots)
+    if shots <= 0 or not short:
+        return None
+    smallest = min(counts.get(label, 0) for label in short)
+    return (f"shots={shots} but {len(short)} of {len(data.classnames)} classes of {data.name} have fewer training "
+            f"images (fewest: {smallest}, class '{data.classnames[short[0]]}'); they keep all they have")
+
+
 def fewshot_splits(data: DatasetSplits, shots: int, seed: int) -> tuple[list[Datum], list[Datum]]:
     """(train, val) few-shot lists: K per class from train, min(K, 4) per class from val.
 
@@ -127,6 +140,9 @@ def fewshot_splits(data: DatasetSplits, shots: int, seed: int) -> tuple[list[Dat
     """
     if shots <= 0:
         return list(data.train), list(data.val)
+    shortfall = shots_shortfall(data, shots)
+    if shortfall:
+        warnings.warn(shortfall, stacklevel=2)
     rng = random.Random(seed)  # one stream for train then val, as Dassl draws them
     train = sample_fewshot(data.train, shots, rng)
     val = sample_fewshot(data.val, min(shots, 4), rng)
