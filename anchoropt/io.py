@@ -78,6 +78,11 @@ def write_text(text: str, path: str | Path) -> Path:
     return _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def save_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return write_text(json.dumps(obj, indent=2) + "\n", path)
