@@ -310,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="report folder (default RESULTS/report: untracked; the committed example "
                                     "reports/toy11 is made with --report reports/toy11)")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
-    p.add_argument("--search-trials", type=_number(int, 0), default=12,
-                   help="trials per schedule and dataset: a search each, equal budgets (default 12; 0: no search)")
+    p.add_argument("--search-trials", type=_number(int, 0), default=8,
+                   help="trials per schedule and dataset: a search each, equal budgets (default 8; 0: no search)")
     p.add_argument("--scheduler", choices=("none", "asha"), default="asha",
                    help="the searches' scheduler (default asha: poor trials stop after few epochs)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")

@@ -96,7 +96,7 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
 
 def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "results/toy11",
                  report_dir: str | Path = "results/toy11/report", overrides: dict[str, Any] | None = None,
-                 space: str | Path = DEFAULT_SPACE, search_trials: int = 12, scheduler: str = "asha",
+                 space: str | Path = DEFAULT_SPACE, search_trials: int = 8, scheduler: str = "asha",
                  objective: str = "val", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                  max_concurrent: int | None = None, address: str | None = None,
                  num_cpus: int | None = None, verbose: int = 0, mlflow: str | None = None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from anchoropt.report.context import Context
-from anchoropt.report.figures import _figure
+from anchoropt.report.figures import _figure, plot_history
 from anchoropt.report.statistics import best_so_far, compare_over_datasets, holm
 from anchoropt.report.tables import md_table, num, pval
 
@@ -156,7 +156,8 @@ def _budget_section(ctx: Context, tuning: Tuning, curves: pd.DataFrame) -> str:
         md_table(budget.assign(trial_seconds=budget["trial_seconds"].map(lambda v: f"{v:.0f}"))), "",
         "Best HM so far minus the defaults' HM (trial 0), mean over datasets, against trials spent: "
         + ", ".join(f"{s} +{num(v)} after all trials" for s, v in last.items()) + ".", "",
-        _plot_gain(mean, ctx.out_dir / "search_best_so_far.png"), "", ctx.csv(curves, "search_best_so_far.csv")])
+        plot_history(mean.rename(columns={"gain": "best_hm"}), ctx.out_dir / "search_best_so_far.png",
+                     ylabel="best HM so far − defaults' HM (points)", xlabel="trials spent (per dataset)"), "", ctx.csv(curves, "search_best_so_far.csv")])
 
 
 def _gain_section(ctx: Context, gains: pd.DataFrame) -> str:
@@ -209,15 +210,3 @@ def _plot_hm_vs_anchors(trials: pd.DataFrame, path) -> str:
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     return f"![HM against the number of anchors]({path.name})"
-
-
-def _plot_gain(mean: pd.DataFrame, path) -> str:
-    fig, ax = _figure((6.0, 4.0))
-    for schedule, g in mean.groupby("schedule"):
-        ax.step(g["trials_spent"], g["gain"], where="post", label=str(schedule))
-    ax.set_xlabel("trials spent (per dataset)")
-    ax.set_ylabel("best HM so far − defaults' HM (points)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    return f"![Best HM so far against trials spent]({path.name})"
