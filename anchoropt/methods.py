@@ -187,6 +187,7 @@ class AnchorOPT(Method):
         with FileLock(str(path) + ".lock"):
             if path.is_file():
                 self.anchor.anchors.data.copy_(torch.load(path, weights_only=True)["anchors"])
+                t.stage1_descriptions()  # the record counts cut descriptions as if Stage I ran
                 return
             t.run_loop("stage1", cfg.anchor_epochs, lambda epoch: [self.anchor_step] * steps,
                        [self.anchor_stepper])
