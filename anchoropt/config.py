@@ -83,6 +83,7 @@ class TrainConfig:
     position_eval: str = "argmax"  # [project] reference: sample (a fresh W per test batch of 100 images)
     eos_index: str = "correct"  # [project] reference: the Stage II prompt reads n_anchors positions early
     truncate: bool = True  # [project] cut at EOS (exact); false runs all 77 positions as the reference
+    share_prefix: bool = True  # [project] encode SOS + the shared learned block once per step (exact)
     # Stage II (and CoOp) optimisation, SPEC section 5
     lr: float = 0.002  # [reference]
     epochs: int = 100  # [reference] base-to-novel script (per dataset 20 to 100 in the suites)
@@ -264,6 +265,8 @@ KEY_HELP = {
     "position_eval": "W at evaluation: argmax (noise-free) or sample (reference, random)",
     "eos_index": "correct, or reference (the Stage II prompt reads N positions early, as the reference code)",
     "truncate": "cut text sequences after the last EOS (exact, faster)",
+    "share_prefix": "encode SOS and the learned block, the same for every class, once per step instead of "
+                    "once per class (exact up to float rounding, faster; false: every class's full prompt)",
     "lr": "Stage II (and CoOp) SGD learning rate (per step, cosine-decayed)",
     "epochs": "Stage II (CoOp, one-stage) epochs over the few-shot training set",
     "batch_size": "Stage II images per step",

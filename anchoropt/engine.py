@@ -100,7 +100,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, backbone: Backbone, task: Task, device: torch.device):
         self.cfg, self.backbone, self.task, self.device = cfg, backbone, task, device
         clip = backbone.model
-        self.encoder = TextEncoder(clip).to(device)
+        self.encoder = TextEncoder(clip, cfg.share_prefix).to(device)
         self.logit_scale = clip.logit_scale.detach()
         self.width = clip.token_embedding.weight.shape[1]
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")

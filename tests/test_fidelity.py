@@ -104,7 +104,7 @@ def test_reference_eos_shifts_stage2_prompt_only(tiny_cfg):
         tokens = trainer.tokens(names, ref.prompt.n_block, ref.prompt.rest)
         w = torch.eye(ref.prompt.n_block)
         block = w @ torch.cat([ref.prompt.ctx, ref.anchor.anchors])
-        early = trainer.encoder(tokens.assemble(block), tokens.eos_index - 2)
+        early = trainer.encoder.encode(tokens, block, tokens.eos_index - 2)
         assert torch.allclose(ref.prompt(trainer.encoder, tokens, ref.anchor.anchors, w), early)
         assert not torch.allclose(correct.prompt(trainer.encoder, tokens, correct.anchor.anchors, w), early)
 
