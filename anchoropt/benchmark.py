@@ -33,7 +33,7 @@ import anchoropt
 from anchoropt.config import make_config
 from anchoropt.errors import ConfigError
 from anchoropt.io import check_output_dir
-from anchoropt.raytools import Resources, ensure_ray, trainable
+from anchoropt.raytools import Resources, check_resources, ensure_ray, trainable
 from anchoropt.suite import Suite, method_values
 
 #: config keys that say where a run reads or writes, not what it computes (the data itself is
@@ -276,7 +276,8 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
     Raises:
         BenchmarkError: another process holds the results folder, or records there were made with
             another config, code or data version (one line naming a record and what changed).
-        OutputError, DataError, ConfigError, RayConnectError: one line, before any training.
+        OutputError, DataError, ConfigError, RayConnectError: one line, before any training (ConfigError
+            also for a trial resource request no node of the Ray cluster meets).
     """
     from filelock import FileLock, Timeout
 
@@ -319,6 +320,7 @@ def _run_trials(suite: Suite, results: Path, todo: list[Cell], total: int, resou
                                        label=lambda t: cell_name(t.config["cell"]), error_key="cell_error"))
     with ray_output(verbose), tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage:  # records: the state
         ensure_ray(address, num_cpus, verbose=verbose)
+        check_resources(resources)
         tuner = tune.Tuner(
             trainable(_cell_trial, resources),
             param_space={"cell": tune.grid_search([vars(c) for c in todo])},

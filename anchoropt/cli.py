@@ -55,12 +55,19 @@ def _search(args: argparse.Namespace) -> None:
     from anchoropt.search.spec import SearchError
 
     common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
-                  max_concurrent=args.max_concurrent, verbose=args.verbose, print_summary=True, mlflow=args.mlflow,
+                  max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+                  gpus_per_trial=args.gpus_per_trial, verbose=args.verbose, print_summary=True, mlflow=args.mlflow,
                   dry_run=args.dry_run)
     if args.resume:
-        if args.space or args.out or args.config or args.overrides:
-            raise SearchError("--resume DIR takes the space, base config and options stored in DIR; "
-                              "only --num-trials, --max-concurrent, --address, --num-cpus may be given")
+        given = [flag for flag, value in (("--space", args.space), ("--out", args.out), ("--config", args.config),
+                                          ("--objective", args.objective), ("--sampler", args.sampler),
+                                          ("--seed", args.seed), ("--scheduler", args.scheduler),
+                                          ("--storage", args.storage), ("--enqueue", args.enqueue),
+                                          ("key=value", args.overrides)) if value not in (None, [])]
+        if given:
+            raise SearchError(f"--resume DIR takes the space, base config and options stored in DIR, not "
+                              f"{', '.join(given)}; only --num-trials, --max-concurrent, --address, "
+                              f"--num-cpus may be given")
         _search_outcome(run_search(resume=args.resume, **common))
         return
     missing = [flag for flag, value in (("--space", args.space), ("--num-trials", args.num_trials),
@@ -68,9 +75,9 @@ def _search(args: argparse.Namespace) -> None:
     if missing:
         raise SearchError(f"a new search needs {', '.join(missing)} (or --resume DIR)")
     base = load_config(args.config, args.overrides)
-    _search_outcome(run_search(args.space, args.out, base=base, objective=args.objective, sampler=args.sampler,
-                               seed=args.seed, scheduler=args.scheduler, cpus_per_trial=args.cpus_per_trial,
-                               gpus_per_trial=args.gpus_per_trial, storage=args.storage, **common))
+    _search_outcome(run_search(args.space, args.out, base=base, objective=args.objective or "val",
+                               sampler=args.sampler or "tpe", seed=args.seed or 0, scheduler=args.scheduler or "none",
+                               storage=args.storage, enqueue=args.enqueue or (), **common))
 
 
 def _search_outcome(result) -> None:
@@ -102,8 +109,8 @@ def _benchmark(args: argparse.Namespace) -> None:
     if args.dry_run:
         print(describe_plan(suite, args.results))
         return
-    counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial,
-                           gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+    counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial or 1.0,
+                           gpus_per_trial=args.gpus_per_trial or 0.0, max_concurrent=args.max_concurrent,
                            address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, mlflow=args.mlflow)
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done; "
           f"records under {args.results}")
@@ -168,8 +175,8 @@ def _run(args: argparse.Namespace) -> None:
 
     report = args.report or str(Path(args.results) / "report")
     run_main_job(args.suite, args.results, report, parse_overrides(args.overrides), space=args.space,
-                 search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
-                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                 search_trials=args.search_trials, scheduler=args.scheduler, objective=args.objective,
+                 cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
                  verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
 
@@ -200,9 +207,8 @@ def _seeds(text: str) -> list[int]:
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
     """Resources of Ray Tune trials, shared by search, benchmark and run."""
-    p.add_argument("--cpus-per-trial", type=_number(float, 0, strict=True), default=1.0,
-                   help="CPUs of one trial (default 1)")
-    p.add_argument("--gpus-per-trial", type=_number(float, 0), default=0.0,
+    p.add_argument("--cpus-per-trial", type=_number(float, 0, strict=True), help="CPUs of one trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=_number(float, 0),
                    help="GPUs of one trial, fractions allowed (0.25: four trials per GPU; default 0)")
     p.add_argument("--max-concurrent", type=_number(int, 1), help="at most this many trials at once")
     p.add_argument("--address", help="join this Ray cluster (e.g. auto or ip:6379); default: a local Ray")
@@ -250,16 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-trials", type=_number(int, 1), help="total number of trials")
     p.add_argument("--out", help="search folder (trials table, best_config.yaml, plots, study)")
     p.add_argument("--config", help="base configuration YAML (TrainConfig keys); the space updates it")
-    p.add_argument("--objective", choices=("val", "test"), default="val",
+    p.add_argument("--objective", choices=("val", "test"),
                    help="val: leak-free pseudo base/novel split (default); test: base/novel test images")
-    p.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe (default), random, cmaes, qmc, gp, "
-                                                    "bruteforce")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--scheduler", choices=("none", "asha"), default="none",
-                   help="asha: stop poor trials early on their per-epoch HM")
+    p.add_argument("--sampler", help="Optuna sampler: tpe (default), random, cmaes, qmc, gp, bruteforce")
+    p.add_argument("--seed", type=int, help="sampler seed (default 0; reproducible only with --max-concurrent 1)")
+    p.add_argument("--scheduler", choices=("none", "asha"),
+                   help="asha: stop poor trials early on their per-epoch HM (default none)")
     _add_ray_args(p)
     _add_output_args(p)
     p.add_argument("--storage", help="Optuna RDB URL (e.g. sqlite:///study.db); default a journal file in --out")
+    p.add_argument("--enqueue", action="append", metavar="FILE",
+                   help="YAML of space parameters (a mapping or a list of them) to run before the sampler's "
+                        "draws, after trial 0 (the base config); repeatable")
     p.add_argument("--resume", metavar="DIR", help="resume the interrupted search in DIR")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides, e.g. dataset=dtd")
     p.set_defaults(func=_search)
@@ -316,8 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="report folder (default RESULTS/report: untracked; the committed example "
                                     "reports/toy11 is made with --report reports/toy11)")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
-    p.add_argument("--search-trials", type=_number(int, 0), default=8, help="trials per schedule (0: no search)")
-    p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")
+    p.add_argument("--search-trials", type=_number(int, 0), default=8,
+                   help="trials per schedule and dataset: a search each, equal budgets (default 8; 0: no search)")
+    p.add_argument("--scheduler", choices=("none", "asha"), default="asha",
+                   help="the searches' scheduler (default asha: poor trials stop after few epochs)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
     _add_ray_args(p)
     _add_output_args(p)

@@ -27,6 +27,10 @@ PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 ONE_STAGE_BUDGETS = ("equal_prompt_updates", "equal_total_steps")
+# Ablation switches of AnchorOPT (issue 12); the first value of each is the method itself.
+ANCHOR_SOURCES = ("stage1", "random", "word")
+POSITION_MATRICES = ("learned", "identity", "permutation")
+NOVEL_RULES = ("ensemble", "prompt")
 
 
 #: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
@@ -79,6 +83,7 @@ class TrainConfig:
     position_eval: str = "argmax"  # [project] reference: sample (a fresh W per test batch of 100 images)
     eos_index: str = "correct"  # [project] reference: the Stage II prompt reads n_anchors positions early
     truncate: bool = True  # [project] cut at EOS (exact); false runs all 77 positions as the reference
+    share_prefix: bool = True  # [project] encode SOS + the shared learned block once per step (exact)
     # Stage II (and CoOp) optimisation, SPEC section 5
     lr: float = 0.002  # [reference]
     epochs: int = 100  # [reference] base-to-novel script (per dataset 20 to 100 in the suites)
@@ -103,12 +108,18 @@ class TrainConfig:
     crop_scale: float = 0.8  # [project] smallest area fraction of the random resized crop (Dassl INPUT.RRCROP_SCALE)
     flip: bool = False  # [project] random horizontal flip
     cache_dir: str = "~/.cache/anchoropt"
+    # Ablations: each replaces exactly one part of AnchorOPT (the defaults are the method).
+    anchor_source: str = "stage1"  # [reference] or random (Stage I's N(0, 0.02) init, untrained) or word
+    anchor_word: str = "shape"  # [project] anchor_source=word: its N BPE token embeddings (ATPrompt-style)
+    position_matrix: str = "learned"  # [reference] or identity (soft tokens, then anchors) or permutation
+    novel_rule: str = "ensemble"  # [reference] unseen classes (prompt + anchor logits) / 2, or prompt alone
 
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
                    "eos_index": ("correct", "reference"), "eval_split": ("test", "val"),
-                   "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS}
+                   "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS,
+                   "anchor_source": ANCHOR_SOURCES, "position_matrix": POSITION_MATRICES, "novel_rule": NOVEL_RULES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -132,6 +143,9 @@ class TrainConfig:
         if self.protocol == "cross_dataset" and self.eval_split != "test":
             raise ConfigError("protocol=cross_dataset scores test images: eval_split must be test "
                               "(tune on the source with protocol=base2novel)")
+        if self.anchor_source != "stage1" and self.schedule == "one_stage":
+            raise ConfigError(f"anchor_source={self.anchor_source} keeps the anchors fixed: it needs "
+                              "schedule=two_stage (one_stage trains them)")
         if self.protocol == "base2novel" and self.targets:
             raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
         return self
@@ -251,6 +265,8 @@ KEY_HELP = {
     "position_eval": "W at evaluation: argmax (noise-free) or sample (reference, random)",
     "eos_index": "correct, or reference (the Stage II prompt reads N positions early, as the reference code)",
     "truncate": "cut text sequences after the last EOS (exact, faster)",
+    "share_prefix": "encode SOS and the learned block, the same for every class, once per step instead of "
+                    "once per class (exact up to float rounding, faster; false: every class's full prompt)",
     "lr": "Stage II (and CoOp) SGD learning rate (per step, cosine-decayed)",
     "epochs": "Stage II (CoOp, one-stage) epochs over the few-shot training set",
     "batch_size": "Stage II images per step",
@@ -267,4 +283,10 @@ KEY_HELP = {
     "crop_scale": "smallest area fraction of the random resized crop (0-1]",
     "flip": "random horizontal flip of training images",
     "cache_dir": "folder of cached image features and Stage I results",
+    "anchor_source": "ablation: stage1 (anchors fitted to descriptions), random (Stage I's N(0, 0.02) "
+                     "init, never trained) or word (anchor_word's token embeddings, fixed; ATPrompt-style)",
+    "anchor_word": "anchor_source=word: word(s) whose BPE tokens (exactly n_anchors) are the anchors",
+    "position_matrix": "ablation: learned W (Gumbel), identity (soft tokens then anchors) or permutation "
+                       "(a fixed random W drawn from the seed)",
+    "novel_rule": "ablation: unseen classes scored by ensemble ((prompt + anchor logits) / 2) or prompt alone",
 }

@@ -100,7 +100,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, backbone: Backbone, task: Task, device: torch.device):
         self.cfg, self.backbone, self.task, self.device = cfg, backbone, task, device
         clip = backbone.model
-        self.encoder = TextEncoder(clip).to(device)
+        self.encoder = TextEncoder(clip, cfg.share_prefix).to(device)
         self.logit_scale = clip.logit_scale.detach()
         self.width = clip.token_embedding.weight.shape[1]
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -155,20 +155,26 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(epoch, {"phase": phase, "loss": total / max(count, 1)})
 
-    def description_targets(self) -> torch.Tensor:
-        """L2-normalised description features ``[C, n_desc, D]`` of the training classes.
-
-        Descriptions longer than the context are cut to it (EOS kept); how many were cut is
-        printed and kept in :attr:`descriptions_cut` (the record's ``training`` entry)."""
+    def stage1_descriptions(self) -> list[list[str]]:
+        """``n_descriptions`` sentences per training class (Stage I targets). Those longer than the
+        context are cut to it when encoded (EOS kept); how many is printed and kept in
+        :attr:`descriptions_cut` (the record's ``training`` entry), also when Stage I is cached."""
         sentences = task_descriptions(self.cfg, self.task)
-        flat = [s for per_class in sentences for s in per_class]
         tokenizer = self.backbone.tokenizer
-        self.descriptions_cut = sum(token_count(tokenizer, s) > tokenizer.context_length for s in flat)
+        total = sum(len(per_class) for per_class in sentences)
+        self.descriptions_cut = sum(token_count(tokenizer, s) > tokenizer.context_length
+                                    for per_class in sentences for s in per_class)
         if self.descriptions_cut:
-            print(f"{self.task.dataset}: {self.descriptions_cut} of {len(flat)} descriptions are longer than "
+            print(f"{self.task.dataset}: {self.descriptions_cut} of {total} descriptions are longer than "
                   f"{tokenizer.context_length} tokens and were cut")
+        return sentences
+
+    def description_targets(self) -> torch.Tensor:
+        """L2-normalised description features ``[C, n_desc, D]`` of the training classes."""
+        sentences = self.stage1_descriptions()
+        flat = [s for per_class in sentences for s in per_class]
         with torch.no_grad(), self.autocast():
-            tokens = tokenizer(flat).to(self.device)
+            tokens = self.backbone.tokenizer(flat).to(self.device)
             feats = torch.cat([self.backbone.model.encode_text(t) for t in tokens.split(256)]).float()
         return F.normalize(feats, dim=-1).view(len(sentences), self.cfg.n_descriptions, -1)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import nn
 
+from anchoropt.config import ConfigError
 from anchoropt.engine import EpochCallback, Stepper, Trainer, steps_per_epoch, stream_generator
 from anchoropt.io import save_tensors
 from anchoropt.prompts import (AnchorOPTPrompt, AnchorPrompt, CoOpPrompt, clip_logits, gumbel_hard, kd_loss,
@@ -143,9 +144,12 @@ class AnchorOPT(Method):
         position = torch.randn(n_block, n_block, generator=stream_generator(cfg.seed, "positions"))
         self.prompt = AnchorOPTPrompt(ctx, position, stream_generator(cfg.seed, "gumbel"), cfg.gumbel_tau,
                                       cfg.position_eval, eos_shift).to(trainer.device)
-        self.anchor = AnchorPrompt(normal_init(cfg.n_anchors, trainer.width,
-                                               stream_generator(cfg.seed, "anchors"))).to(trainer.device)
-        self.prompt_stepper = Stepper.sgd(list(self.prompt.parameters()), cfg.lr, cfg)
+        self.anchor = AnchorPrompt(anchor_init(trainer)).to(trainer.device)
+        self.fixed_position = fixed_position_matrix(cfg, n_block)  # None: W learned
+        if self.fixed_position is not None:
+            self.fixed_position = self.fixed_position.to(trainer.device)
+        trainable = [self.prompt.ctx] + ([self.prompt.position] if self.fixed_position is None else [])
+        self.prompt_stepper = Stepper.sgd(trainable, cfg.lr, cfg)
         self.anchor_stepper = Stepper.sgd([self.anchor.anchors], cfg.anchor_lr, cfg)
         self.stage1_updates = 0  # Stage I updates, also when the result came from the cache
         self._targets: torch.Tensor | None = None
@@ -175,12 +179,15 @@ class AnchorOPT(Method):
         """Stage I to completion: ``anchor_epochs`` x ``steps_per_epoch`` steps; reuses a cached
         result of the same Stage I configuration (concurrent trials compute it once)."""
         t, cfg = self.trainer, self.cfg
+        if cfg.anchor_source != "stage1":  # ablation: the anchors stay as anchor_init made them
+            return
         steps = self.stage1_steps_per_epoch()
         self.stage1_updates = cfg.anchor_epochs * steps
         path = stage1_cache_path(t, steps)
         with FileLock(str(path) + ".lock"):
             if path.is_file():
                 self.anchor.anchors.data.copy_(torch.load(path, weights_only=True)["anchors"])
+                t.stage1_descriptions()  # the record counts cut descriptions as if Stage I ran
                 return
             t.run_loop("stage1", cfg.anchor_epochs, lambda epoch: [self.anchor_step] * steps,
                        [self.anchor_stepper])
@@ -199,6 +206,7 @@ class AnchorOPT(Method):
     def text(self, classnames: list[str], position: torch.Tensor | None = None) -> torch.Tensor:
         t = self.trainer
         tokens = t.tokens(classnames, self.prompt.n_block, self.prompt.rest)
+        position = self.fixed_position if position is None else position
         return self.prompt(t.encoder, tokens, self.anchor.anchors, position).float()
 
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
@@ -229,25 +237,57 @@ class AnchorOPT(Method):
         feats = ev.features.to(t.device)
         anchor_text = self.anchor(t.encoder, t.tokens(ev.classnames, self.cfg.n_anchors, AnchorPrompt.rest)).float()
         anchor_logits = clip_logits(feats, anchor_text, t.logit_scale)
-        if self.prompt.position_eval == "sample":
+        if self.prompt.position_eval == "sample" and self.fixed_position is None:
             gen = stream_generator(self.cfg.seed, "eval_positions")
             logits = torch.cat([clip_logits(chunk, self.text(ev.classnames, gumbel_hard(
                 self.prompt.position, self.prompt.gumbel_tau, gen)), t.logit_scale)
                 for chunk in feats.split(REFERENCE_TEST_BATCH)])
         else:
             logits = clip_logits(feats, self.text(ev.classnames), t.logit_scale)
-        if not ev.seen:
+        if not ev.seen and self.cfg.novel_rule == "ensemble":
             logits = (logits + anchor_logits) / 2
         return {"acc": logits, "acc_anchor": anchor_logits}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {k: v.detach().cpu() for k, v in self.prompt.state_dict().items()}
+        if self.fixed_position is not None:  # the W that ran (its argmax is itself)
+            out["position"] = self.fixed_position.cpu()
         out["anchors"] = self.anchor.anchors.detach().cpu()
         return out
 
     def updates(self) -> dict[str, int]:
         anchors = self.anchor_stepper.updates if self.cfg.schedule == "one_stage" else self.stage1_updates
         return {"anchors": anchors, "prompt": self.prompt_stepper.updates}
+
+
+def anchor_init(trainer: Trainer) -> torch.Tensor:
+    """Anchors ``[N, d]`` before Stage I: N(0, 0.02) from the run's ``anchors`` stream (Stage I starts
+    there; ``anchor_source=random`` keeps them), or with ``anchor_source=word`` the token embeddings
+    of ``anchor_word`` (ATPrompt's fixed attribute word, Li et al. 2025).
+
+    Raises:
+        ConfigError: ``anchor_word`` has a number of BPE tokens other than ``n_anchors``.
+    """
+    cfg = trainer.cfg
+    if cfg.anchor_source != "word":
+        return normal_init(cfg.n_anchors, trainer.width, stream_generator(cfg.seed, "anchors"))
+    backbone = trainer.backbone
+    n = len(backbone.tokenizer.encode(cfg.anchor_word))
+    if n != cfg.n_anchors:
+        raise ConfigError(f"anchor_word={cfg.anchor_word!r} has {n} BPE tokens but n_anchors={cfg.n_anchors}: "
+                          "give one token per anchor")
+    return phrase_init(cfg.anchor_word, backbone.tokenizer, backbone.model.token_embedding)
+
+
+def fixed_position_matrix(cfg, n_block: int) -> torch.Tensor | None:
+    """The fixed ``W [M+N, M+N]`` of a ``position_matrix`` ablation: ``identity`` (soft tokens, then
+    anchors) or ``permutation`` (rows of the identity in a random order drawn from the run's
+    ``fixed_positions`` stream); None when W is learned."""
+    if cfg.position_matrix == "identity":
+        return torch.eye(n_block)
+    if cfg.position_matrix == "permutation":
+        return torch.eye(n_block)[torch.randperm(n_block, generator=stream_generator(cfg.seed, "fixed_positions"))]
+    return None
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT)}

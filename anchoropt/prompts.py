@@ -52,7 +52,7 @@ class CoOpPrompt(nn.Module):
 
     def forward(self, encoder: TextEncoder, tokens: ClassTokens) -> torch.Tensor:
         """Returns text features ``[C, D]`` for the C classes of ``tokens``."""
-        return encoder(tokens.assemble(self.ctx), tokens.eos_index)
+        return encoder.encode(tokens, self.ctx)
 
 
 class AnchorPrompt(nn.Module):
@@ -72,7 +72,7 @@ class AnchorPrompt(nn.Module):
 
     def forward(self, encoder: TextEncoder, tokens: ClassTokens) -> torch.Tensor:
         """Returns text features ``[C, D]``."""
-        return encoder(tokens.assemble(self.anchors), tokens.eos_index)
+        return encoder.encode(tokens, self.anchors)
 
 
 def gumbel_hard(logits: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
@@ -143,7 +143,7 @@ class AnchorOPTPrompt(nn.Module):
         ``position``: a given ``W`` instead of :meth:`position_matrix`."""
         position = self.position_matrix() if position is None else position
         block = position @ torch.cat([self.ctx, anchors.detach()], dim=0)
-        return encoder(tokens.assemble(block), tokens.eos_index - self.eos_shift)
+        return encoder.encode(tokens, block, tokens.eos_index - self.eos_shift)
 
 
 def kd_loss(logits_prompt: torch.Tensor, logits_anchor: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -120,6 +120,24 @@ def trainable(fn: Callable[..., Any], resources: Resources, **params: Any):
     return tune.with_resources(tune.with_parameters(run, **params), resources.bundle())
 
 
+def check_resources(resources: Resources) -> None:
+    """A trial must fit on one node of the running Ray cluster, else Tune leaves it PENDING forever.
+
+    Raises:
+        ConfigError: one line: the request and the largest node's CPUs and GPUs.
+    """
+    cpus_per_trial, gpus_per_trial = resources.cpus, resources.gpus
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g}: above 1 a trial takes whole GPUs")
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus_per_trial and r.get("GPU", 0) >= gpus_per_trial for r in nodes):
+        return
+    cpus, gpus = max((r.get("CPU", 0), r.get("GPU", 0)) for r in nodes) if nodes else (0, 0)
+    raise ConfigError(f"a trial asks for {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU, but the largest of the "
+                      f"Ray cluster's {len(nodes)} node(s) has {cpus:g} CPU and {gpus:g} GPU: lower --cpus-per-trial "
+                      f"/ --gpus-per-trial or join a larger cluster with --address")
+
+
 def is_infrastructure_error(err: BaseException | None) -> bool:
     """Whether a trial's error is the cluster's fault (its actor, worker or node died, an object was
     lost), not its code's: such a trial is re-run, never recorded as failed. An exception raised by

@@ -9,12 +9,23 @@ Truncation: CLIP's text mask is causal, so the EOS output depends only on the
 positions up to EOS. Cutting every sequence to the longest EOS position + 1,
 with the positional embedding and the mask sliced to match, gives the same
 features and runs the transformer on far fewer positions.
+
+Prefix sharing: every learner here puts one learned block, the same for all classes, right
+after SOS, so positions ``0..k`` hold the same embeddings in every class's sequence, and under
+the causal mask their hidden states do not depend on what follows. :meth:`TextEncoder.encode`
+runs those positions once (batch 1) and only the class-specific rest per class, its attention
+reading the prefix's keys and values; forward and backward equal the per-class path up to float
+rounding, and a step costs about ``suffix / (prefix + suffix)`` of the per-class transformer work.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 
@@ -23,10 +34,13 @@ class TextEncoder(nn.Module):
 
     Args:
         clip: an ``open_clip.CLIP`` model (weights are shared, not copied).
+        share_prefix: encode a block shared by all classes once per call (:meth:`encode`);
+            used only where :func:`supports_prefix_sharing` holds for ``clip``.
     """
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: nn.Module, share_prefix: bool = True):
         super().__init__()
+        self.share_prefix = share_prefix and supports_prefix_sharing(clip)
         self.token_embedding = clip.token_embedding
         self.positional_embedding = clip.positional_embedding
         self.transformer = clip.transformer
@@ -49,11 +63,103 @@ class TextEncoder(nn.Module):
         cast = self.transformer.get_cast_dtype()
         x = embeds.to(cast) + self.positional_embedding[:length].to(cast)
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
-        x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eos_index]
+        return self._read(x, eos_index)
+
+    def encode(self, tokens: "ClassTokens", block: torch.Tensor, eos_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features ``[C, embed_dim]`` of ``tokens`` with the learned ``block`` put in.
+
+        Args:
+            tokens: the class set's fixed embeddings; block: ``[k, d]`` (shared by all classes:
+                its prefix is encoded once when :attr:`share_prefix`) or ``[C, k, d]``.
+            eos_index: ``[C]`` positions to read (default ``tokens.eos_index``); may point
+                into the prefix (``eos_index: reference``).
+        """
+        eos_index = tokens.eos_index if eos_index is None else eos_index
+        if block.dim() == 2 and self.share_prefix:
+            return self.forward_shared(torch.cat([tokens.prefix[0], block.to(tokens.prefix.dtype)]),
+                                       tokens.suffix, eos_index)
+        return self(tokens.assemble(block), eos_index)
+
+    def forward_shared(self, prefix: torch.Tensor, suffix: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
+        """Encode ``C`` sequences ``prefix + suffix[c]`` running ``prefix`` once.
+
+        Args:
+            prefix: ``[P, d]`` embeddings common to every sequence (SOS and the shared block).
+            suffix: ``[C, S, d]`` the rest of each sequence, ``P + S <= context_length``.
+            eos_index: ``[C]`` long, positions (in the whole sequence) to read.
+
+        Returns:
+            ``[C, embed_dim]`` text features, equal to ``forward(cat(prefix, suffix))``.
+        """
+        n_prefix, length = prefix.shape[0], prefix.shape[0] + suffix.shape[1]
+        cast = self.transformer.get_cast_dtype()
+        pos = self.positional_embedding[:length].to(cast)
+        p = (prefix.to(cast) + pos[:n_prefix]).unsqueeze(0)
+        s = suffix.to(cast) + pos[n_prefix:]
+        mask = self.attn_mask[:length, :length]
+        for block in self.transformer.resblocks:
+            p, s = shared_prefix_block(block, p, s, mask)
+        return self._read(torch.cat([p.expand(s.shape[0], -1, -1), s], dim=1), eos_index)
+
+    def _read(self, x: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
+        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eos_index])
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
+
+
+def supports_prefix_sharing(clip: nn.Module) -> bool:
+    """Whether :func:`shared_prefix_block` reproduces ``clip``'s text transformer: batch-first
+    open_clip ``ResidualAttentionBlock`` layers (no cross-attention) with plain multi-head
+    attention (packed in-projection, no bias_kv, no dropout), a causal mask, no checkpointing."""
+    transformer, mask = clip.transformer, getattr(clip, "attn_mask", None)
+    if mask is None or not transformer.batch_first or transformer.grad_checkpointing:
+        return False
+    causal = torch.full_like(mask, float("-inf")).triu(1)
+    if not torch.equal(mask, causal):
+        return False
+    for block in transformer.resblocks:
+        attn = getattr(block, "attn", None)
+        if (type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv")
+                or not isinstance(attn, nn.MultiheadAttention) or not attn.batch_first
+                or attn.in_proj_weight is None or attn.bias_k is not None or attn.add_zero_attn or attn.dropout):
+            return False
+    return True
+
+
+def shared_prefix_block(block: ResidualAttentionBlock, prefix: torch.Tensor, suffix: torch.Tensor,
+                        mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One open_clip ``ResidualAttentionBlock`` on ``C`` sequences sharing a prefix.
+
+    The prefix's queries attend to the prefix (causal); each suffix's queries to the prefix's
+    keys/values and its own (causal), exactly the rows of the full sequence (open_clip
+    transformer.py: ``x + ls_1(attn(ln_1 x))``, then ``x + ls_2(mlp(ln_2 x))``).
+
+    Args:
+        prefix: ``[1, P, d]``; suffix: ``[C, S, d]``; mask: ``[P+S, P+S]`` additive causal mask.
+
+    Returns:
+        ``(prefix, suffix)`` after the block, same shapes.
+    """
+    attn, n_prefix, n_class = block.attn, prefix.shape[1], suffix.shape[0]
+
+    def qkv(x):
+        q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        return [t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v)]  # [B, H, L, hd]
+
+    def out(heads):
+        return block.ls_1(attn.out_proj(heads.transpose(1, 2).flatten(2)))
+
+    qp, kp, vp = qkv(prefix)
+    qs, ks, vs = qkv(suffix)
+    mask = mask.to(qp.dtype)
+    attn_p = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask[:n_prefix, :n_prefix])
+    keys = torch.cat([kp.expand(n_class, -1, -1, -1), ks], dim=2)
+    values = torch.cat([vp.expand(n_class, -1, -1, -1), vs], dim=2)
+    attn_s = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask[n_prefix:])
+    prefix, suffix = prefix + out(attn_p), suffix + out(attn_s)
+    return (prefix + block.ls_2(block.mlp(block.ln_2(prefix))),
+            suffix + block.ls_2(block.mlp(block.ln_2(suffix))))
 
 
 def prompt_classname(name: str) -> str:

@@ -45,9 +45,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=2)
-def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str) -> Backbone:
+def cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str = "") -> Backbone:
     """One frozen backbone per process, reused by every run in it (Ray actors run many trials)."""
+    return _cached_backbone(name, pretrained, quick_gelu, device, preprocess)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device: str, preprocess: str) -> Backbone:
+    # every argument positional, so calls with and without the default share one entry
     return create_backbone(name, pretrained, quick_gelu, device, preprocess)
 
 

@@ -22,10 +22,12 @@ QUALIFIERS = {"one_stage": "one-stage", "two_stage": "two-stage", "alternating":
 
 
 def num(x: float, digits: int = 2) -> str:
+    """``x`` to ``digits`` decimals, or ``MISSING`` for None / NaN."""
     return MISSING if x is None or pd.isna(x) else f"{x:.{digits}f}"
 
 
 def pval(p: float) -> str:
+    """A p-value to four decimals (``<0.0001`` below), or ``MISSING`` for None / NaN."""
     if p is None or pd.isna(p):
         return MISSING
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
@@ -40,6 +42,8 @@ def md_table(table: pd.DataFrame) -> str:
 
 
 def mean_std(mean: float, std: float, n: int, n_expected: int) -> str:
+    """A cell as ``mean ± std`` (``mean`` alone when std is NaN); a missing cell ``MISSING``, or
+    ``MISSING (n/N seeds)`` when only ``n`` of the ``n_expected`` seeds have complete runs."""
     if pd.isna(mean):
         return MISSING if n == 0 else f"{MISSING} ({n}/{n_expected} seeds)"
     return num(mean) if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"

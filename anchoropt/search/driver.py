@@ -12,11 +12,16 @@ One search lives in one folder ``DIR``:
 - ``results.jsonl``: one line per finished trial, appended and fsync'ed by the driver the moment
   Tune reports the trial complete or failed. It is the record of what is done: a killed search
   (Ctrl-C, ``kill -9``) resumes with :func:`run_search` ``(resume=DIR)`` and runs only the trials
-  missing from it; trials that were in flight are re-run with the same parameters;
+  missing from it; trials that were in flight are re-run with the same parameters. A study
+  storage lost or damaged by a kill is rebuilt from it (trial numbers kept);
 - ``ray/run-K/``: Ray Tune's own experiment folders;
 - outputs: ``trials.csv`` / ``trials.parquet``, ``best_config.yaml`` (only TrainConfig keys:
   ``anchoropt train --config DIR/best_config.yaml`` accepts it), ``importances.csv``,
   ``history.png``, ``hm_vs_anchors.png``, ``summary.json``.
+
+Trial 0 is the base configuration itself (when it lies in the space), then any ``enqueue``
+files' configurations, then the sampler's draws: a search cannot end below not searching on its
+own objective.
 
 Every trial runs :func:`anchoropt.train.train` with the base configuration updated by the drawn
 parameters and reports ``hm``, ``acc_base``, ``acc_novel`` (percent) after every epoch through
@@ -35,40 +40,47 @@ from typing import Callable
 from ray import tune
 
 from anchoropt.config import TrainConfig
-from anchoropt.search.ledger import ResultsLog, lost_trials, open_storage, reconcile
+from anchoropt.search.ledger import (ResultsLog, check_study_matches, lost_trials, open_storage, read_results,
+                                     rebuild_study, reconcile, repair_journal)
 from anchoropt.search.outputs import SearchResult, write_outputs
 from anchoropt.search.spec import SearchError, SearchSpec, make_sampler, new_spec, now
-from anchoropt.search.trial import METRIC, NUMBER_KEY, SpaceFn, run_trial
+from anchoropt.search.trial import METRIC, NUMBER_KEY, StudySearcher, run_trial
 
-INFRA_RETRIES = 3  # runs re-queuing trials lost to dead actors or nodes, after the first
+
+INFRA_RETRIES = 3  # runs re-queuing trials lost with their actor or node, after the first
 
 
 def run_search(space: str | Path | dict | None = None, out: str | Path | None = None,
                num_trials: int | None = None, base: TrainConfig | dict | None = None, *,
                objective: str = "val", sampler: str = "tpe", seed: int = 0, scheduler: str = "none",
-               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
-               address: str | None = None, storage: str | None = None, resume: str | Path | None = None,
-               num_cpus: int | None = None, worker_setup: Callable[[], None] | None = None,
-               verbose: int = 0, print_summary: bool = False, mlflow: str | None = None,
-               dry_run: bool = False) -> SearchResult | None:
+               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
+               max_concurrent: int | None = None, address: str | None = None, storage: str | None = None,
+               enqueue: list[str | Path] = (), resume: str | Path | None = None, num_cpus: int | None = None,
+               worker_setup: Callable[[], None] | None = None, verbose: int = 0, print_summary: bool = False,
+               mlflow: str | None = None, dry_run: bool = False) -> SearchResult | None:
     """Run (or resume) a search and write its outputs.
 
     Args:
         space: YAML file (or the equivalent mapping) of the parameters to search; it is stored in
             ``out/search.json`` so that a resume does not depend on the file.
         out: the search folder (must not hold a search already: resume it instead).
-        num_trials: total number of trials (on resume: optionally raise the total).
+        num_trials: total number of trials (on resume: optionally raise the total); bruteforce
+            runs at most its grid's size.
         base: base configuration (TrainConfig or dict of its keys); the drawn parameters update it.
         objective: ``val`` (leak-free pseudo base/novel split, SPEC section 8) or ``test``.
         sampler: Optuna sampler name (``tpe``, ``random``, ``cmaes``, ``qmc``, ``gp``, ``bruteforce``),
-            seeded with ``seed``.
-        scheduler: ``none`` or ``asha`` (early stopping on the per-epoch ``hm``).
-        cpus_per_trial, gpus_per_trial: Ray resources of one trial (fractions allowed).
+            seeded with ``seed``; TPE and GP start with ``spec.startup_trials(num_trials)`` random trials.
+        scheduler: ``none`` or ``asha`` (early stopping on the per-epoch ``hm``; stopped trials are
+            PRUNED in the study).
+        cpus_per_trial, gpus_per_trial: Ray resources of one trial (fractions allowed; default 1 CPU,
+            0 GPU); checked against the cluster before any trial starts. A resume keeps the
+            search's own and refuses different ones.
         max_concurrent: at most this many trials at once (default: as resources allow).
         address: join this Ray cluster; else a local Ray with ``num_cpus`` CPUs is started
             (an already initialised Ray in this process is used as is).
-        storage: Optuna RDB URL (``sqlite:///...``, ``postgresql://...``); default a journal file
-            ``out/study.journal``.
+        storage: Optuna RDB URL (``sqlite:///...``, ``postgresql://...``; not an in-memory one);
+            default a journal file ``out/study.journal``.
+        enqueue: YAML files of configurations to run first (after the base configuration).
         resume: a search folder to resume; the other arguments but ``num_trials``, ``address``,
             ``num_cpus``, ``max_concurrent``, ``worker_setup`` and ``verbose`` come from it.
         worker_setup: picklable function run in the worker at the start of each trial.
@@ -79,82 +91,83 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
             and return None, writing nothing.
 
     Raises:
-        SearchError / SpaceError / ConfigError: bad arguments, space or folder.
+        SearchError / SpaceError / ConfigError: bad arguments, space, folder or storage, or a trial
+            resource request no node of the cluster meets (all before any trial starts).
     """
-    started = time.time()
-    if resume is not None:
-        out_dir = Path(resume).expanduser().resolve()
-        spec = SearchSpec.read(out_dir)
-        if num_trials is not None:
-            if num_trials < spec.num_trials:
-                raise SearchError(f"--num-trials {num_trials} is below the search's {spec.num_trials}")
-            spec.num_trials = num_trials
-        if max_concurrent is not None:
-            spec.max_concurrent = max_concurrent
-        if dry_run:
-            return _dry_run(spec, out_dir, resume=True)
-    else:
-        if space is None or out is None or num_trials is None:
-            raise SearchError("a new search needs a space, an output folder and a number of trials")
-        out_dir = Path(out).expanduser().resolve()
-        if (out_dir / "search.json").is_file():
-            raise SearchError(f"{out_dir} already holds a search: resume it with --resume {out_dir}")
-        spec = new_spec(space, out_dir, num_trials, base, objective=objective, sampler=sampler, seed=seed,
-                        scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                        max_concurrent=max_concurrent, storage=storage)
-        if dry_run:
-            return _dry_run(spec, out_dir, resume=False)
     import ray
 
-    from anchoropt.progress import ray_output
-    from anchoropt.raytools import ensure_ray
-
+    started = time.time()
     started_ray = not ray.is_initialized()  # a Ray already initialised in this process is used as is
-    with ray_output(verbose):  # joined before the folder is made: a cluster that refuses us leaves nothing
-        ensure_ray(address=address, num_cpus=num_cpus, verbose=verbose)
     try:
-        if resume is None:
+        if resume is not None:
+            out_dir = Path(resume).expanduser().resolve()
+            spec = _resumed_spec(out_dir, num_trials, max_concurrent, cpus_per_trial, gpus_per_trial)
+            if dry_run:
+                return _dry_run(spec, out_dir, resume=True)
+        else:
+            if space is None or out is None or num_trials is None:
+                raise SearchError("a new search needs a space, an output folder and a number of trials")
+            out_dir = Path(out).expanduser().resolve()
+            if (out_dir / "search.json").is_file():
+                raise SearchError(f"{out_dir} already holds a search: resume it with --resume {out_dir}")
+            spec = new_spec(space, out_dir, num_trials, base, objective=objective, sampler=sampler, seed=seed,
+                            scheduler=scheduler, cpus_per_trial=1.0 if cpus_per_trial is None else cpus_per_trial,
+                            gpus_per_trial=gpus_per_trial or 0.0, max_concurrent=max_concurrent, storage=storage,
+                            enqueue=enqueue)
+            if dry_run:
+                return _dry_run(spec, out_dir, resume=False)
+            _start_ray(spec, address, num_cpus, verbose)
             out_dir.mkdir(parents=True, exist_ok=True)
             spec.write(out_dir)
-        return _run(spec, out_dir, started, worker_setup=worker_setup, verbose=verbose, print_summary=print_summary,
-                    mlflow=mlflow)
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-
-def _run(spec: SearchSpec, out_dir: Path, started: float, *, worker_setup, verbose, print_summary,
-         mlflow) -> SearchResult:
-    """Run the trials the search still misses, then write its outputs."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage_obj = open_storage(spec, out_dir)
-    study = optuna.create_study(storage=storage_obj, study_name=spec.study_name, direction="maximize",
-                                load_if_exists=True)
-    rows = reconcile(study, storage_obj, out_dir, spec)
-    for _ in range(1 + INFRA_RETRIES):  # a run that lost trials to dead actors or nodes is followed by one re-running them
-        remaining = spec.num_trials - len(rows)
-        if remaining <= 0:
-            break
-        run_index = len(spec.runs)
-        spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
-                          "trials_asked": remaining, "sampler_seed": spec.sampler_seed(run_index)})
-        spec.write(out_dir)
-        _tune(spec, out_dir, storage_obj, run_index, rows, worker_setup=worker_setup, verbose=verbose, mlflow=mlflow)
-        spec.runs[-1]["finished"] = now()
-        spec.write(out_dir)
-        study = optuna.load_study(study_name=spec.study_name, storage=storage_obj)
+        study, storage_obj, notes = _open_study(spec, out_dir)
         rows = reconcile(study, storage_obj, out_dir, spec)
-        lost = lost_trials(out_dir)
-        if lost and len(rows) < spec.num_trials:
-            print(f"{len(lost)} trial(s) lost with their actor or node (not failures): re-running "
-                  f"{', '.join(str(n) for n in sorted(lost))} with the same parameters")
+        for _ in range(1 + INFRA_RETRIES):  # the runs after the first re-run trials lost with their actor or node
+            if spec.num_trials <= len(rows):
+                break
+            run_index = len(spec.runs)
+            _start_ray(spec, address, num_cpus, verbose)
+            spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
+                              "trials_asked": spec.num_trials - len(rows), "sampler_seed": spec.sampler_seed(run_index),
+                              "max_concurrent": spec.max_concurrent, **({"notes": notes} if notes else {})})
+            notes = []
+            spec.write(out_dir)
+            _tune(spec, out_dir, study, run_index, rows, worker_setup=worker_setup, verbose=verbose, mlflow=mlflow)
+            spec.runs[-1]["finished"] = now()
+            spec.write(out_dir)
+            rows = reconcile(study, storage_obj, out_dir, spec)
+            lost = lost_trials(out_dir)
+            if lost and len(rows) < spec.num_trials:
+                print(f"{len(lost)} trial(s) lost with their actor or node (not failures): re-running "
+                      f"{', '.join(str(n) for n in sorted(lost))} with the same parameters")
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
     result = write_outputs(out_dir, spec=spec, study=study, rows=rows)
     result.wall_time_s = time.time() - started
     if print_summary:
         print(result.summary())
     return result
+
+
+def _resumed_spec(out_dir: Path, num_trials: int | None, max_concurrent: int | None, cpus_per_trial: float | None,
+                  gpus_per_trial: float | None) -> SearchSpec:
+    """The stored spec, with the few options a resume may change (a changed request is refused)."""
+    spec = SearchSpec.read(out_dir)
+    for flag, given, stored in (("--cpus-per-trial", cpus_per_trial, spec.cpus_per_trial),
+                                ("--gpus-per-trial", gpus_per_trial, spec.gpus_per_trial)):
+        if given is not None and float(given) != float(stored):
+            raise SearchError(f"{flag} {given:g} differs from the {stored:g} the search in {out_dir} was started "
+                              f"with: a resumed search keeps its resource request (start a new search instead)")
+    if num_trials is not None:
+        if num_trials < spec.num_trials:
+            raise SearchError(f"--num-trials {num_trials} is below the search's {spec.num_trials}")
+        if spec.grid_size is not None and num_trials > spec.grid_size:
+            raise SearchError(f"--num-trials {num_trials}: the bruteforce grid of {out_dir} has only "
+                              f"{spec.grid_size} points")
+        spec.num_trials = num_trials
+    if max_concurrent is not None:
+        spec.max_concurrent = max_concurrent
+    return spec
 
 
 def _dry_run(spec: SearchSpec, out_dir: Path, resume: bool) -> None:
@@ -163,19 +176,52 @@ def _dry_run(spec: SearchSpec, out_dir: Path, resume: bool) -> None:
     print(plan(spec, out_dir, resume))
 
 
-def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, rows: list[dict], *,
-          worker_setup, verbose: int, mlflow: str | None) -> None:
-    """Run the trials missing from ``rows`` (the finished ones) as one Tune run (Ray is up: :func:`run_search`)."""
+def _start_ray(spec: SearchSpec, address: str | None, num_cpus: int | None, verbose: int) -> None:
+    from anchoropt.progress import ray_output
+    from anchoropt.raytools import Resources, check_resources, ensure_ray
+
+    with ray_output(verbose):
+        ensure_ray(address=address, num_cpus=num_cpus, verbose=verbose)
+    check_resources(Resources(spec.cpus_per_trial, spec.gpus_per_trial))
+
+
+def _open_study(spec: SearchSpec, out_dir: Path):
+    """The search's study, repaired or rebuilt from the ledger when a kill or a lost file left it
+    unreadable or empty; the enqueued configurations are put in a new study before any draw.
+    Returns (study, storage, notes on what was repaired)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    notes = [] if spec.storage else [n for n in [repair_journal(out_dir / "study.journal")] if n]
+    storage = open_storage(spec, out_dir)
+    where = spec.storage or str(out_dir / "study.journal")
+    try:
+        study = optuna.create_study(storage=storage, study_name=spec.study_name, direction="maximize",
+                                    load_if_exists=True)
+    except (ValueError, RuntimeError) as err:
+        raise SearchError(f"{where}: the study cannot be read ({err})") from None
+    rows = read_results(out_dir)
+    if not study.trials:
+        if rows:
+            notes.append(rebuild_study(study, rows, spec))
+        else:
+            for entry in spec.enqueued:
+                study.enqueue_trial(entry["params"], user_attrs={"origin": entry["origin"]})
+    check_study_matches(study, rows, where)
+    return study, storage, notes
+
+
+def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, rows: list[dict], *, worker_setup,
+          verbose: int, mlflow: str | None) -> None:
+    """Run the trials missing from ``rows`` (the finished ones) as one Tune run on the started Ray."""
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from anchoropt.progress import TrialProgress, ray_output
     from anchoropt.raytools import Resources, trainable
     from anchoropt.tracking import tracking_callbacks, trial_namer
 
-    searcher = OptunaSearch(space=SpaceFn(spec.search_space), metric=METRIC, mode="max",
-                            sampler=make_sampler(spec.sampler, spec.sampler_seed(run_index)),
-                            study_name=spec.study_name, storage=storage)
+    study.sampler = make_sampler(spec.sampler, spec.sampler_seed(run_index), spec.sampler_options)
+    searcher = StudySearcher(study, spec.search_space, spec.sampler_options.get("n_startup_trials", 0))
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent) if spec.max_concurrent else searcher
     sched = None
     if spec.scheduler == "asha":
@@ -200,5 +246,5 @@ def _tune(spec: SearchSpec, out_dir: Path, storage, run_index: int, rows: list[d
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         grid = tuner.fit()
-        if grid.num_errors and verbose:
-            print(f"{grid.num_errors} trial(s) failed")
+    if grid.num_errors and verbose:
+        print(f"{grid.num_errors} trial(s) failed")

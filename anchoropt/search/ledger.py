@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ray import tune
 
-from anchoropt.search.spec import SearchSpec, now
-from anchoropt.search.trial import METRIC, NUMBER_KEY
+from anchoropt.search.spec import SearchError, SearchSpec, check_persistent, now
+from anchoropt.search.trial import NUMBER_KEY, ORIGIN_KEY, outcome
 
 FINISHED = ("complete", "stopped", "failed")
 LOST = "lost"  # the trial's actor or node died: not a result; re-queued with the same parameters
@@ -25,10 +25,15 @@ STALE_LOCK_S = 5
 
 
 def open_storage(spec: SearchSpec, out_dir: Path):
-    """The Optuna storage of a search: its RDB URL, else the journal file ``out_dir/study.journal``."""
+    """The Optuna storage of a search: its RDB URL, else the journal file ``out_dir/study.journal``.
+
+    Raises:
+        SearchError: a storage that keeps the study in memory only (not resumable).
+    """
     import optuna
 
     if spec.storage:
+        check_persistent(spec.storage)
         return optuna.storages.RDBStorage(spec.storage)
     journal = optuna.storages.journal
     path = str(out_dir / "study.journal")
@@ -36,6 +41,84 @@ def open_storage(spec: SearchSpec, out_dir: Path):
     # a lock older than a few seconds is stale (Optuna's default waits 30 s before breaking it)
     lock = journal.JournalFileSymlinkLock(path, grace_period=STALE_LOCK_S)
     return optuna.storages.JournalStorage(journal.JournalFileBackend(path, lock_obj=lock))
+
+
+def repair_journal(path: Path) -> str | None:
+    """Make a journal file readable again after a kill; returns what was done, in words, or None.
+
+    A record cut by a kill (no final newline) is moved to ``<journal>.torn``; otherwise Optuna
+    would append the next record to it and every later read would fail. A journal damaged
+    anywhere else is moved aside whole to ``<journal>.damaged`` (the study is then rebuilt from
+    the ledger by :func:`rebuild_study`).
+    """
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    body, torn = data[:cut], data[cut:]
+    for number, line in enumerate(body.splitlines(), start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            aside = path.with_name(path.name + ".damaged")
+            os.replace(path, aside)
+            return f"{path}: record {number} unreadable: journal moved to {aside.name}"
+    if not torn:
+        return None
+    with open(path.with_name(path.name + ".torn"), "ab") as fh:
+        fh.write(torn + b"\n")
+    from anchoropt.io import write_bytes
+    write_bytes(body, path)
+    return f"{path}: cut a record torn by a kill ({len(torn)} bytes, kept in {path.name}.torn)"
+
+
+def rebuild_study(study, rows: list[dict], spec: SearchSpec) -> str:
+    """Refill an empty study from the ledger, trial numbers kept: a completed trial is told its
+    HM, a stopped one its last HM as PRUNED, a failed one FAIL; a number missing from the ledger
+    (in flight when the storage was lost) becomes a FAIL marked ``lost``. Enqueued configurations
+    that never ran are enqueued again. Returns what was done, in words."""
+    from optuna.trial import TrialState
+
+    by_number = {r["trial"]: r for r in rows}
+    space = spec.search_space
+    for number in range(max(by_number) + 1):
+        row = by_number.get(number)
+        if row is not None:
+            study.enqueue_trial(row["params"], user_attrs={"origin": row.get("origin") or "rebuilt"})
+        trial = study.ask()
+        space.define_by_run(trial)
+        trial.set_user_attr("rebuilt_from_ledger", True)
+        if row is None:
+            trial.set_user_attr("lost", True)
+            study.tell(trial, state=TrialState.FAIL)
+        elif row["status"] == "complete" and _finite(row.get("hm")):
+            study.tell(trial, row["hm"], state=TrialState.COMPLETE)
+        elif row["status"] == "stopped" and _finite(row.get("hm")):
+            trial.report(row["hm"], int(row.get("epochs_done") or 0))
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+    ran = {r.get("origin") for r in rows}
+    for entry in spec.enqueued:
+        if entry["origin"] not in ran:
+            study.enqueue_trial(entry["params"], user_attrs={"origin": entry["origin"]})
+    return f"study storage lost or unreadable: rebuilt {len(rows)} trials from results.jsonl"
+
+
+def check_study_matches(study, rows: list[dict], where: str) -> None:
+    """The study must hold every trial the ledger records (it is written first, at each draw).
+
+    Raises:
+        SearchError: one line naming the storage, its trial count and the ledger's last trial.
+    """
+    if rows and len(study.trials) <= rows[-1]["trial"]:
+        raise SearchError(f"{where} holds {len(study.trials)} trials but results.jsonl records trial "
+                          f"{rows[-1]['trial']}: it is not this search's study; move it away and resume to "
+                          f"rebuild the study from results.jsonl")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -105,8 +188,7 @@ def reconcile(study, storage, out_dir: Path, spec: SearchSpec) -> list[dict]:
                 append_row(out_dir / "results.jsonl", {"trial": t.number, "status": REQUEUED, "finished": now()})
         elif t.state == TrialState.RUNNING:
             if row is not None:
-                ok = row["status"] != "failed" and _num(row.get("hm")) is not None and math.isfinite(row["hm"])
-                if ok:
+                if row["status"] == "complete" and _finite(row.get("hm")):
                     study.tell(t.number, row["hm"], state=TrialState.COMPLETE)
                 else:
                     study.tell(t.number, state=TrialState.FAIL)
@@ -157,22 +239,16 @@ class ResultsLog(tune.Callback):
         config = dict(trial.config)
         params = {k: v for k, v in config.items() if not k.startswith("_")}
         last = dict(trial.last_result or {})
-        epochs = params.get("epochs", self.spec.base["epochs"])
-        if status is not None:
-            pass
-        elif error is not None:
-            status = "failed"
-        elif METRIC not in last:
-            status, error = "failed", "the trial reported no metrics"
-        else:
-            status = "stopped" if self.spec.scheduler == "asha" and last.get("epoch", 0) < epochs else "complete"
+        if status is None:
+            status, reason = outcome(last, error is not None)
+            error = error or reason
         end = time.time()
         start = self.starts.get(trial.trial_id, end)
         row = {"trial": config.get(NUMBER_KEY), "tune_trial_id": trial.trial_id, "run": self.run_index,
                "status": status, "hm": _num(last.get("hm")) if status in ("complete", "stopped") else None,
                "acc_base": _num(last.get("acc_base")) if status in ("complete", "stopped") else None,
                "acc_novel": _num(last.get("acc_novel")) if status in ("complete", "stopped") else None,
-               "epochs_done": last.get("epoch"), "error": error,
+               "epochs_done": last.get("epoch"), "error": error, "origin": config.get(ORIGIN_KEY),
                "wall_time_s": round(end - start, 3), "started_at": round(start, 3), "finished_at": round(end, 3),
                "train_s": _round(last.get("train_s")), "report_s": _round(last.get("report_s")),
                "objective": self.spec.objective, "params": params, "finished": now()}

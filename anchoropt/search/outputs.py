@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,10 @@ class SearchResult:
     trials: pd.DataFrame = field(repr=False)
     wall_time_s: float = 0.0
     n_stopped: int = 0  # stopped early by the ASHA scheduler
+    sampler: str = ""  # as it ran (TPE's random start-up stated against the budget)
+    reproducibility: str = ""
+    importances_note: str | None = None  # why no importances were written
+    notes: list[str] = field(default_factory=list)
 
     @property
     def n_done(self) -> int:
@@ -49,6 +54,8 @@ class SearchResult:
             params = "  ".join(f"{k}={_fmt(v)}" for k, v in self.best_params.items())
             lines.append(f"best HM {self.best_hm:.2f} (trial {self.best_trial}): {params}")
             lines.append(f"best config: {self.out_dir / 'best_config.yaml'}")
+        lines.append(f"sampler {self.sampler}; {self.reproducibility}")
+        lines += [f"note: {n}" for n in self.notes]  # (why no importances: in summary.json)
         if self.n_done < self.num_trials:
             lines.append(f"incomplete: resume with  anchoropt search --resume {self.out_dir}")
         return "\n".join(lines)
@@ -77,20 +84,25 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
         best_cfg = {**make_config({**spec.base, **best_params}, source="best trial").to_dict(),
                     "eval_split": "test"}
         _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best, done=len(table))
-    importances = _importances(study, out_dir, spec)
-    _plot_importances(importances, out_dir / "importances.png", spec)
+    importances, importances_note = _importances(study, out_dir)
+    _plot_importances(importances or {}, importances_note, out_dir / "importances.png", spec)
     _plot_history(table, out_dir / "history.png", spec)
     _plot_hm_vs_anchors(table, out_dir / "hm_vs_anchors.png", spec)
     n_failed = int((table["status"] == "failed").sum())
     result = SearchResult(out_dir=out_dir, objective=spec.objective, num_trials=spec.num_trials,
                           n_complete=len(table) - n_failed, n_failed=n_failed, best_trial=best_trial,
                           best_hm=best_hm, best_params=best_params, best_config=best_cfg, trials=table,
-                          n_stopped=int((table["status"] == "stopped").sum()))
+                          n_stopped=int((table["status"] == "stopped").sum()), sampler=spec.sampler_description,
+                          reproducibility=spec.reproducibility, importances_note=importances_note,
+                          notes=spec.notes + [n for run in spec.runs for n in run.get("notes", [])])
     from anchoropt.io import save_json
     save_json({"objective": spec.objective, "num_trials": spec.num_trials, "done": result.n_done,
-               "complete": result.n_complete, "failed": n_failed, "best_trial": best_trial, "best_hm": best_hm,
-               "best_params": best_params, "importances": importances, "sampler": spec.sampler,
-               "seed": spec.seed, "scheduler": spec.scheduler, "runs": len(spec.runs)},
+               "complete": result.n_complete, "stopped": result.n_stopped, "failed": n_failed,
+               "best_trial": best_trial, "best_hm": best_hm, "best_params": best_params,
+               "importances": importances, "importances_note": importances_note, "sampler": spec.sampler,
+               "sampler_options": spec.sampler_options, "sampler_as_run": spec.sampler_description,
+               "seed": spec.seed, "max_concurrent": spec.max_concurrent, "reproducibility": spec.reproducibility,
+               "scheduler": spec.scheduler, "runs": len(spec.runs), "notes": result.notes},
               out_dir / "summary.json")
     return result
 
@@ -106,8 +118,8 @@ def best_row(table: pd.DataFrame) -> pd.Series | None:
 def trials_table(rows: list[dict], spec: SearchSpec) -> pd.DataFrame:
     """One row per finished trial: trial, status, metrics, error, times, objective, then the parameters."""
     names = spec.search_space.names
-    cols = ["trial", "status", "hm", "acc_base", "acc_novel", "epochs_done", "error", "wall_time_s", "train_s",
-            "report_s", "objective", "run", "tune_trial_id"]
+    cols = ["trial", "status", "hm", "acc_base", "acc_novel", "epochs_done", "error", "origin", "wall_time_s",
+            "train_s", "report_s", "objective", "run", "tune_trial_id"]
     records = []
     for r in rows:
         rec = {c: r.get(c) for c in cols}
@@ -136,39 +148,48 @@ def _write_best_config(path: Path, cfg: dict, spec: SearchSpec, trial: int, row,
     header = [f"# Best configuration of the search {path.parent}",
               f"# objective: {spec.objective} ({how}, SPEC section 8)",
               f"# trial {trial}: HM {row['hm']:.2f} (base {_fmt(row['acc_base'])}, novel {_fmt(row['acc_novel'])}),"
-              f" sampler {spec.sampler} seed {spec.seed}, {done} of {spec.num_trials} trials done"
-              + ("" if done >= spec.num_trials else f" (unfinished: anchoropt search --resume {path.parent})"),
+              f" {done} of {spec.num_trials} trials done"
+              + ("" if done >= spec.num_trials else f" (unfinished: anchoropt search --resume {path.parent})")
+              + f", origin {row.get('origin') or 'unknown'}",
+              f"# sampler {spec.sampler_description}",
+              f"# reproducibility: {spec.reproducibility}",
               "# Use: anchoropt train --config best_config.yaml  (scores on the test images)"]
     from anchoropt.io import write_text
     text = "\n".join(header) + "\n" + yaml.safe_dump(cfg, sort_keys=False)
     write_text(text, path)
 
 
-def _importances(study, out_dir: Path, spec: SearchSpec) -> dict[str, float]:
-    """Importances (Optuna's PED-ANOVA) of the parameters over the completed
-    trials; an empty table when fewer than two trials completed or nothing can be estimated."""
+def _importances(study, out_dir: Path) -> tuple[dict[str, float] | None, str | None]:
+    """Importances (Optuna's PED-ANOVA) of the parameters over the completed trials, written to
+    ``importances.csv``; or (None, why) with no file when they cannot be estimated: fewer than two
+    completed trials, or an objective that never varied (every share would be a made-up equal one)."""
     import optuna
     from optuna.trial import TrialState
 
-    result: dict[str, float] = {}
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if len(complete) >= 2:
-        # PED-ANOVA: Optuna's fANOVA default would pull in scikit-learn for this one table
-        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-        try:
-            with warnings.catch_warnings():  # few trials: PED-ANOVA warns that its quantiles coincide
-                warnings.simplefilter("ignore")
-                result = {k: float(v) for k, v in
-                          optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
-        except (RuntimeError, ValueError, ZeroDivisionError):
-            result = {}
-    pd.DataFrame({"param": list(result), "importance": list(result.values())}).to_csv(
-        out_dir / "importances.csv", index=False)
-    return result
+    path = out_dir / "importances.csv"
+    path.unlink(missing_ok=True)  # never leave an earlier run's table beside a reason for none
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if len(values) < 2:
+        return None, f"no parameter importances: {len(values)} completed trial(s), at least 2 needed"
+    if max(values) - min(values) < 1e-9:
+        return None, (f"no parameter importances: the objective never varied (HM {values[0]:.2f} in all "
+                      f"{len(values)} completed trials)")
+    # PED-ANOVA: Optuna's fANOVA default would pull in scikit-learn for this one table
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    try:
+        with warnings.catch_warnings():  # few trials: PED-ANOVA warns that its quantiles coincide
+            warnings.simplefilter("ignore")
+            result = {k: float(v) for k, v in
+                      optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+    except (RuntimeError, ValueError, ZeroDivisionError) as err:
+        return None, f"no parameter importances: Optuna's PED-ANOVA could not estimate them ({err})"
+    pd.DataFrame({"param": list(result), "importance": list(result.values())}).to_csv(path, index=False)
+    return result, None
 
 
-def _plot_importances(importances: dict[str, float], path: Path, spec: SearchSpec) -> None:
-    """Horizontal bars of ``importances.csv``, the most important parameter on top."""
+def _plot_importances(importances: dict[str, float], note: str | None, path: Path, spec: SearchSpec) -> None:
+    """Horizontal bars of ``importances.csv``, the most important parameter on top; ``note`` (why
+    there are none) instead of bars when there are none."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -177,8 +198,8 @@ def _plot_importances(importances: dict[str, float], path: Path, spec: SearchSpe
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="C0")
     if not importances:
-        ax.text(0.5, 0.5, "not estimable: fewer than two completed trials\nor no variation in HM",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, textwrap.fill(note or "no parameter importances", 50), ha="center", va="center",
+                transform=ax.transAxes)
         ax.set_yticks([])
     ax.set_xlabel("importance (Optuna PED-ANOVA, sums to 1)")
     ax.set_title(f"parameter importances for HM, objective {spec.objective}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,6 +52,10 @@ class SearchSpec:
     study_name: str
     max_epochs: int
     created: str
+    sampler_options: dict[str, Any] = field(default_factory=dict)  # e.g. TPE's n_startup_trials
+    grid_size: int | None = None  # bruteforce: points of the space's grid
+    enqueued: list[dict] = field(default_factory=list)  # {"origin", "params"}: run before any draw
+    notes: list[str] = field(default_factory=list)  # what the search changed or could not do, in words
     version: int = VERSION
     runs: list[dict] = field(default_factory=list)
 
@@ -61,6 +66,25 @@ class SearchSpec:
     def sampler_seed(self, run_index: int) -> int:
         """Each run (first and each resume) draws from its own seeded stream."""
         return self.seed + 1000 * run_index
+
+    @property
+    def reproducibility(self) -> str:
+        """Whether the seed pins the search's result, in one sentence."""
+        if self.max_concurrent == 1:
+            return f"seed {self.seed}, one trial at a time: a rerun draws the same trials"
+        return (f"not reproducible from seed {self.seed}: with {self.max_concurrent or 'several'} trials at once, "
+                f"the order in which trials finish (timing) changes what the sampler has seen before each draw "
+                f"(and which trials a scheduler stops); only max_concurrent=1 reproduces a search")
+
+    @property
+    def sampler_description(self) -> str:
+        """The sampler as it ran: ``tpe`` with its random start-up, stated against the budget."""
+        k = self.sampler_options.get("n_startup_trials")
+        if k is None:
+            return self.sampler
+        if k >= self.num_trials:
+            return f"{self.sampler}: all {self.num_trials} trials random (start-up of {k} trials)"
+        return f"{self.sampler}: first {k} of {self.num_trials} trials random start-up, then model-guided"
 
     @classmethod
     def read(cls, out_dir: Path) -> SearchSpec:
@@ -76,19 +100,29 @@ class SearchSpec:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     def write(self, out_dir: Path) -> None:
+        """``search.json``: the fields, plus the sampler as it runs and the reproducibility caveat in words."""
         from anchoropt.io import save_json
-        save_json(dataclasses.asdict(self), Path(out_dir) / "search.json")
+        save_json({**dataclasses.asdict(self), "sampler_as_run": self.sampler_description,
+                   "reproducibility": self.reproducibility}, Path(out_dir) / "search.json")
 
 
-def make_sampler(name: str, seed: int):
-    """A seeded Optuna sampler by name (OptunaSearch ignores its own seed when given a sampler)."""
+def startup_trials(num_trials: int) -> int:
+    """Random start-up trials of a model-based sampler (TPE, GP) for a budget of ``num_trials``:
+    Optuna's default 10, but at most a quarter of the budget (at least 1), so that a small budget
+    still gets model-guided draws."""
+    return min(10, max(1, num_trials // 4))
+
+
+def make_sampler(name: str, seed: int, options: dict[str, Any] | None = None):
+    """A seeded Optuna sampler by name; ``options`` are its keyword arguments (``n_startup_trials``)."""
     import optuna
     import optuna.samplers as s
 
-    makers = {"tpe": lambda: s.TPESampler(seed=seed), "random": lambda: s.RandomSampler(seed=seed),
+    kw = dict(options or {})
+    makers = {"tpe": lambda: s.TPESampler(seed=seed, **kw), "random": lambda: s.RandomSampler(seed=seed),
               "cmaes": lambda: s.CmaEsSampler(seed=seed, warn_independent_sampling=False),
               "qmc": lambda: s.QMCSampler(seed=seed, warn_independent_sampling=False),
-              "gp": lambda: s.GPSampler(seed=seed), "bruteforce": lambda: s.BruteForceSampler(seed=seed)}
+              "gp": lambda: s.GPSampler(seed=seed, **kw), "bruteforce": lambda: s.BruteForceSampler(seed=seed)}
     if name not in makers:
         raise SearchError(f"unknown sampler '{name}' (expected one of {', '.join(SAMPLERS)})")
     with warnings.catch_warnings():
@@ -109,7 +143,7 @@ def read_space(space) -> tuple[SearchSpace, dict, str]:
 
 def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | None, *, objective: str,
              sampler: str, seed: int, scheduler: str, cpus_per_trial: float, gpus_per_trial: float,
-             max_concurrent: int | None, storage: str | None) -> SearchSpec:
+             max_concurrent: int | None, storage: str | None, enqueue: list[str | Path] = ()) -> SearchSpec:
     """Validate a new search's request (no Ray, no files written).
 
     Raises:
@@ -145,15 +179,139 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
     if storage:
         if "://" not in storage:
             raise SearchError(f"storage must be an RDB URL such as sqlite:///path.db, got {storage!r}")
+        check_persistent(storage)
         if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////") and ":memory:" not in storage:
             # absolute, so that a resume from another folder finds it
             storage = "sqlite:///" + str(Path(storage[len("sqlite:///"):]).expanduser().resolve())
+    notes, grid = [], None
+    if sampler == "bruteforce":
+        grid = grid_size(space_obj)
+        if num_trials > grid:
+            notes.append(f"bruteforce: the space's grid has {grid} points: {grid} trials instead of {num_trials}")
+            num_trials = grid
+    default, why = default_params(space_obj, cfg.to_dict(), on_grid=sampler == "bruteforce")
+    enqueued = [] if default is None else [{"origin": "default config", "params": default}]
+    if why:
+        notes.append(why)
+    for file in enqueue:
+        enqueued += read_enqueue(file, space_obj, cfg.to_dict())
     digest = hashlib.sha1(str(out_dir).encode()).hexdigest()[:8]
     return SearchSpec(space=space_raw, space_source=space_source, base=cfg.to_dict(), num_trials=num_trials,
                       objective=objective, sampler=sampler, seed=seed, scheduler=scheduler,
                       cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
                       storage=storage, study_name=f"anchoropt-{out_dir.name}-{digest}",
-                      max_epochs=space_obj.max_value("epochs", cfg.epochs), created=now())
+                      max_epochs=space_obj.max_value("epochs", cfg.epochs), created=now(),
+                      sampler_options={"n_startup_trials": startup_trials(num_trials)} if sampler in ("tpe", "gp")
+                      else {}, grid_size=grid, enqueued=enqueued, notes=notes)
+
+
+def check_persistent(url: str) -> None:
+    """Refuse an Optuna storage URL whose study dies with the process (a search must be resumable)."""
+    if url.startswith("sqlite") and (":memory:" in url or "mode=memory" in url or url.rstrip("/") == "sqlite:"):
+        raise SearchError(f"storage {url} keeps the study in memory only: a search must survive a kill to be "
+                          f"resumed; give a file (sqlite:///path.db) or leave --storage out (a journal file)")
+
+
+def grid_values(p) -> list | None:
+    """Every value a parameter takes on a grid (bruteforce), or None for a continuous one."""
+    if p.type in ("categorical", "fixed"):
+        return p.values()
+    if p.type == "int":
+        return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
+    if p.step is None:
+        return None
+    n = int(math.floor((p.high - p.low) / p.step + 1e-9))
+    return [p.low + i * p.step for i in range(n + 1)]
+
+
+def grid_size(space: SearchSpace) -> int:
+    """Points of a finite space (conditional parameters counted only where drawn).
+
+    Raises:
+        SearchError: a continuous parameter (float without ``step``), named with the space file.
+    """
+    for p in space.params:
+        if grid_values(p) is None:
+            raise SearchError(f"{space.source}: {p.name}: sampler bruteforce needs a finite grid, but {p.name} is "
+                              f"a float from {p.low} to {p.high} without step (add step, or use choices)")
+    referenced = {name for p in space.params for name in p.when}
+
+    def count(i: int, drawn: dict) -> int:
+        if i == len(space.params):
+            return 1
+        p = space.params[i]
+        if not p.active(drawn):
+            return count(i + 1, drawn)
+        values = grid_values(p)
+        if p.name in referenced:
+            return sum(count(i + 1, {**drawn, p.name: v}) for v in values)
+        return len(values) * count(i + 1, drawn)
+    return count(0, {})
+
+
+def _inside(p, value: Any, on_grid: bool = False) -> bool:
+    if p.type == "fixed":
+        return value == p.value
+    if p.type == "categorical":
+        return value in p.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not p.low <= value <= p.high:
+        return False
+    if p.type == "int" or p.step is not None:
+        step = p.step or 1
+        return abs((value - p.low) / step - round((value - p.low) / step)) < 1e-9
+    return not on_grid
+
+
+def default_params(space: SearchSpace, base: dict, on_grid: bool = False) -> tuple[dict | None, str | None]:
+    """The base configuration's values of the space's parameters (the trial "no search" would run),
+    or None and why, when one lies outside the space."""
+    drawn: dict[str, Any] = {}
+    for p in space.params:
+        if not p.active(drawn):
+            continue
+        value = p.value if p.type == "fixed" else base[p.name]
+        if not _inside(p, value, on_grid):
+            return None, (f"the default config is not enqueued: its {p.name}={value!r} lies outside the space "
+                          f"({space.source})")
+        drawn[p.name] = value
+    return drawn, None
+
+
+def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]:
+    """Configurations to run before any draw: a YAML mapping of space parameters (or a list of
+    them); parameters left out are drawn by the sampler.
+
+    Raises:
+        SearchError: file missing or not YAML, a key that is not a parameter of the space, or a value
+            outside it (one line naming the file, entry and key).
+    """
+    path = Path(path).expanduser()
+    try:
+        raw = read_yaml(path, "enqueue file", mapping=False)
+    except ConfigError as err:
+        raise SearchError(str(err)) from None
+    entries = raw if isinstance(raw, list) else [raw]
+    out = []
+    for i, entry in enumerate(entries, start=1):
+        where = f"{path} entry {i}" if isinstance(raw, list) else str(path)
+        if not isinstance(entry, dict) or not entry:
+            raise SearchError(f"{where}: expected a mapping of search-space parameters, got {entry!r}")
+        params = {}
+        for key, value in entry.items():
+            p = space.get(key)
+            if p is None:
+                raise SearchError(f"{where}: {key} is not a parameter of the space {space.source} "
+                                  f"(its parameters: {', '.join(space.names)})")
+            try:
+                value = getattr(make_config({**base, key: value}, source=where), key)  # typed as the field
+            except ConfigError as err:
+                raise SearchError(str(err)) from None
+            if not _inside(p, value):
+                raise SearchError(f"{where}: {key}={value!r} lies outside the space {space.source}")
+            params[key] = value
+        out.append({"origin": f"enqueued from {path.name}" + (f" #{i}" if isinstance(raw, list) else ""),
+                    "params": params})
+    return out
 
 
 def _check_space_against_base(space: SearchSpace, cfg: TrainConfig) -> None:

@@ -1,22 +1,50 @@
-"""The trial side of a search: what runs in a Ray worker, and how Optuna's draw reaches it."""
+"""The trial side of a search: what runs in a Ray worker, and how Optuna's draw reaches it and its
+outcome returns (:class:`StudySearcher`, Optuna's public ask/tell interface)."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
+
+from ray.tune.search import Searcher
 
 from anchoropt.config import make_config
 from anchoropt.search.space import SearchSpace
 
 METRIC = "hm"
 NUMBER_KEY = "_optuna_trial"  # config key carrying the Optuna trial number into the trial
+ORIGIN_KEY = "_origin"  # config key: who chose the parameters (enqueued, sampler start-up, sampler)
+
+
+def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
+    """A finished trial's status (``complete``, ``stopped`` early by the scheduler, ``failed``) and,
+    when it failed without an exception of its own, why. ``result`` is the trial's last report."""
+    if error:
+        return "failed", None
+    if not result or METRIC not in result:
+        keys = ", ".join(sorted(k for k in (result or {}) if k in REPORTED)) or "nothing"
+        return "failed", f"the trial's last report has no '{METRIC}' (it reported {keys})"
+    value = result[METRIC]
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "failed", f"non-finite {METRIC} {value!r} at epoch {result.get('epoch')}"
+    if result.get("epoch", 0) < result.get("epochs", 0):
+        return "stopped", None
+    return "complete", None
+
+
+REPORTED = ("hm", "acc_base", "acc_novel", "epoch", "epochs", "loss", "train_s", "report_s")
 
 
 def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None = None) -> None:
     """One AnchorOPT training run, reported every epoch (run by :func:`anchoropt.raytools.trainable`).
 
     ``config`` holds the drawn parameters (keys starting with ``_`` are the search's own);
-    each report carries ``hm``, ``acc_base``, ``acc_novel`` (percent), ``epoch``, ``loss``,
-    ``train_s`` (seconds since the trial started) and ``report_s`` (seconds inside ``tune.report``).
+    each report carries ``hm``, ``acc_base``, ``acc_novel`` (percent), ``epoch`` (1-based),
+    ``epochs`` (planned), ``loss``, ``train_s`` (seconds since the trial started) and
+    ``report_s`` (seconds inside ``tune.report``).
+
+    Raises:
+        ValueError: the trainer's metrics lack ``hm``, ``acc_base`` or ``acc_novel`` (naming the key).
     """
     from ray import tune
 
@@ -30,28 +58,94 @@ def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None 
     reported: list[dict] = []
     in_report = [0.0]  # seconds spent inside ray.tune.report (Ray's share of the in-trial time)
 
+    def metrics_of(m: dict, epoch: int, loss: float) -> dict:
+        missing = [k for k in ("hm", "acc_base", "acc_novel") if k not in m]
+        if missing:
+            raise ValueError(f"the trainer's epoch-{epoch} metrics have no '{missing[0]}' "
+                             f"(they hold {', '.join(sorted(m)) or 'nothing'})")
+        return {"hm": m["hm"], "acc_base": m["acc_base"], "acc_novel": m["acc_novel"], "epoch": epoch,
+                "epochs": cfg.epochs, "loss": loss, "train_s": time.time() - start, "report_s": in_report[0]}
+
     def report(m: dict) -> None:
         now = time.time()
-        metrics = {"hm": m["hm"], "acc_base": m["acc_base"], "acc_novel": m["acc_novel"], "epoch": m["epoch"],
-                   "loss": m["loss"], "train_s": now - start, "report_s": in_report[0]}
+        metrics = metrics_of(m, m.get("epoch", len(reported) + 1), m.get("loss", float("nan")))
         reported.append(metrics)
         tune.report(metrics)
         in_report[0] += time.time() - now
 
     record = training.train(cfg, report=report)
     if not reported:  # no epochs (e.g. epochs=0): report the final evaluation once
-        m = record["metrics"]
-        tune.report({"hm": m["hm"], "acc_base": m["acc_base"], "acc_novel": m["acc_novel"], "epoch": 0,
-                     "loss": float("nan"), "train_s": time.time() - start})
+        tune.report(metrics_of(record["metrics"], cfg.epochs, float("nan")))
 
 
-class SpaceFn:
-    """Picklable define-by-run function: the space's values plus the Optuna trial number."""
+class StudySearcher(Searcher):
+    """Ray Tune searcher over an Optuna study, through Optuna's public ask/tell interface.
 
-    def __init__(self, space: SearchSpace):
-        self.space = space
+    Each trial's per-epoch ``hm`` is reported to Optuna as an intermediate value (step = epoch);
+    a trial is told COMPLETE with its final ``hm``, PRUNED when the scheduler stopped it early
+    (Optuna then keeps its last intermediate value), and FAIL when it raised, reported no ``hm``
+    or a non-finite one (so it can never be the study's best).
+    """
 
-    def __call__(self, trial) -> dict[str, Any]:
+    def __init__(self, study, space: SearchSpace, n_startup_trials: int = 0):
+        super().__init__(metric=METRIC, mode="max")
+        self.study, self.space, self.n_startup_trials = study, space, n_startup_trials
+        self.trials: dict[str, Any] = {}
+        self.last_step: dict[str, int] = {}
+        self.grid_used_up = False
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        from optuna.trial import TrialState
+
+        if self.grid_used_up:
+            return Searcher.FINISHED
+        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        trial = self.study.ask()
         values = self.space.define_by_run(trial)
-        values[NUMBER_KEY] = trial.number
-        return values
+        self.trials[trial_id] = trial
+        attrs = trial.user_attrs
+        if "origin" in attrs:
+            origin = attrs["origin"]
+        elif "retry_of" in attrs:
+            origin = f"retry of trial {attrs['retry_of']}"
+        elif done < self.n_startup_trials:
+            origin = f"{self.study.sampler.__class__.__name__} random start-up"
+        else:
+            origin = self.study.sampler.__class__.__name__
+        return {**values, NUMBER_KEY: trial.number, ORIGIN_KEY: origin}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from optuna.trial import TrialState
+
+        trial = self.trials.get(trial_id)
+        if trial is None:
+            return
+        status, _ = outcome(result, error)
+        if status != "failed":
+            self._report(trial_id, result)  # the last epoch (Tune does not pass it to on_trial_result)
+        state = {"complete": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(status, TrialState.FAIL)
+        try:
+            self.study.tell(trial, result[METRIC] if status == "complete" else None, state=state)
+        except RuntimeError as err:
+            # BruteForceSampler.after_trial calls Study.stop() once its grid is used up, which raises outside
+            # Study.optimize; tell has stored the trial already (in a finally)
+            if "Study.stop" not in str(err):
+                raise
+            self.grid_used_up = True
+        self.trials.pop(trial_id)
+        self.last_step.pop(trial_id, None)
+
+    def _report(self, trial_id: str, result: dict | None) -> None:
+        trial = self.trials.get(trial_id)
+        value, step = (result or {}).get(METRIC), (result or {}).get("epoch")
+        if trial is None or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                not isinstance(step, int) or step <= self.last_step.get(trial_id, -1):
+            return
+        trial.report(float(value), step)
+        self.last_step[trial_id] = step
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing: the study and the ledger are the search's state (a resume never restores Tune's)."""

@@ -136,6 +136,7 @@ def main(argv=None) -> None:
     from anchoropt.benchmark import run_benchmark
     from anchoropt.pipeline import ensure_toy_data
     from anchoropt.records import load_records
+    from anchoropt.config import parse_overrides
     from anchoropt.suite import load_suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -146,8 +147,12 @@ def main(argv=None) -> None:
                         help="suite methods to run and tabulate (zeroshot_clip always)")
     parser.add_argument("--descriptions-only", action="store_true",
                         help="print only the description-vs-template table (no training)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="TrainConfig keys replacing the suite's shared config "
+                             "(CoOp's reference: n_ctx=16 epochs=200)")
     args = parser.parse_args(argv)
-    suite = load_suite(Path(__file__).resolve().parent.parent / "toy11.yaml", {"data_root": args.root})
+    suite = load_suite(Path(__file__).resolve().parent.parent / "toy11.yaml",
+                       {"data_root": args.root, **parse_overrides(args.overrides)})
     methods = ["zeroshot_clip"] + [m for m in args.methods if m != "zeroshot_clip"]
     suite = dataclasses.replace(suite, methods={m: suite.methods[m] for m in methods})
     ensure_toy_data(suite)

@@ -106,16 +106,16 @@ def test_run_refuses_to_resume_a_search_made_for_another_request(tiny_cfg, tmp_p
     out.mkdir()
     new_spec(space, out, 4, base, objective="val", sampler="tpe", seed=0, scheduler="none", cpus_per_trial=1,
              gpus_per_trial=0, max_concurrent=None, storage=None).write(out)
-    assert _same_search(out, space, 4, base, "val") == 4
-    assert _same_search(out, space, 6, base, "val") == 6  # a larger budget extends the search, saying so
+    assert _same_search(out, space, 4, base, "val", "none") == 4
+    assert _same_search(out, space, 6, base, "val", "none") == 6  # a larger budget extends the search, saying so
     with pytest.raises(SearchError, match="4 trials -> 2"):
-        _same_search(out, space, 2, base, "val")
+        _same_search(out, space, 2, base, "val", "none")
     with pytest.raises(SearchError, match="epochs 2 -> 3"):
-        _same_search(out, space, 4, {**base, "epochs": 3}, "val")
+        _same_search(out, space, 4, {**base, "epochs": 3}, "val", "none")
     with pytest.raises(SearchError, match="objective 'val' -> 'test'"):
-        _same_search(out, space, 4, base, "test")
+        _same_search(out, space, 4, base, "test", "none")
     wider = tmp_path / "wider.yaml"
     wider.write_text(yaml.safe_dump({"params": {**COOP_SPACE["params"], "n_ctx": {"type": "int", "low": 2,
                                                                                     "high": 8}}}))
     with pytest.raises(SearchError, match="space .*other parameters or ranges"):
-        _same_search(out, wider, 4, base, "val")
+        _same_search(out, wider, 4, base, "val", "none")
