@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace) -> None:
 
     report = args.report or str(Path(args.results) / "report")
     run_main_job(args.suite, args.results, report, parse_overrides(args.overrides), space=args.space,
-                 search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
+                 search_trials=args.search_trials, scheduler=args.scheduler, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
                  verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
@@ -310,8 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="report folder (default RESULTS/report: untracked; the committed example "
                                     "reports/toy11 is made with --report reports/toy11)")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
-    p.add_argument("--search-trials", type=_number(int, 0), default=8, help="trials per schedule (0: no search)")
-    p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")
+    p.add_argument("--search-trials", type=_number(int, 0), default=8,
+                   help="trials per schedule and dataset: a search each, equal budgets (default 8; 0: no search)")
+    p.add_argument("--scheduler", choices=("none", "asha"), default="asha",
+                   help="the searches' scheduler (default asha: poor trials stop after few epochs)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
     _add_ray_args(p)
     _add_output_args(p)

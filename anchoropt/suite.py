@@ -145,6 +145,10 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     for name in [raw.get("baseline"), *(schedule_methods or {}).values()]:
         if name is not None and name not in methods:
             raise ConfigError(f"{path}: '{name}' is not one of the suite's methods")
+    for schedule, name in (schedule_methods or {}).items():
+        if methods[name].get("schedule", schedule) != schedule:
+            raise ConfigError(f"{path}: schedule_methods {schedule}: method '{name}' has schedule "
+                              f"{methods[name]['schedule']}")
     return Suite(raw.get("name", path.stem), path, list(raw["datasets"]), [int(s) for s in raw["seeds"]],
                  shared, methods, raw.get("per_dataset") or {}, protocol, source, raw.get("baseline"),
                  schedule_methods, raw.get("search_dataset"))

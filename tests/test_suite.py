@@ -23,6 +23,9 @@ def test_suite_errors_name_file_and_key(tmp_path, eurosat_root):
     path = write_suite(tmp_path, eurosat_root, extra={"schedules": ["coop", "two"]})
     with pytest.raises(ConfigError, match="'schedules' is now schedule_methods"):
         load_suite(path)
+    path = write_suite(tmp_path, eurosat_root, extra={"schedule_methods": {"one_stage": "two", "two_stage": "coop"}})
+    with pytest.raises(ConfigError, match="schedule_methods one_stage: method 'two' has schedule two_stage"):
+        load_suite(path)
 
 
 def test_tuned_config_file_is_read_per_dataset_and_scored_on_test(tmp_path, eurosat_root):
