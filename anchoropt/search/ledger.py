@@ -130,34 +130,31 @@ def append_row(path: Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def read_results(out_dir: str | Path) -> list[dict]:
-    """Finished trials of a search folder, one per Optuna trial number (the last line wins)."""
+def _ledger_rows(out_dir: str | Path) -> list[dict]:
+    """Every readable line of ``results.jsonl`` that names a trial, in file order."""
     path = Path(out_dir) / "results.jsonl"
-    rows: dict[int, dict] = {}
+    rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by kill -9
                 continue
-            if row.get("trial") is not None and row.get("status") in FINISHED:
-                rows[int(row["trial"])] = row
+            if isinstance(row, dict) and row.get("trial") is not None:
+                rows.append(row)
+    return rows
+
+
+def read_results(out_dir: str | Path) -> list[dict]:
+    """Finished trials of a search folder, one per Optuna trial number (the last line wins)."""
+    rows = {int(r["trial"]): r for r in _ledger_rows(out_dir) if r.get("status") in FINISHED}
     return [rows[k] for k in sorted(rows)]
 
 
 def lost_trials(out_dir: str | Path) -> dict[int, str]:
     """Trials lost to infrastructure failures that hold no result: trial number -> the last ledger
     status of it, ``lost`` (to re-queue) or ``requeued`` (its parameters are queued again)."""
-    path = Path(out_dir) / "results.jsonl"
-    found: dict[int, str] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("status") in (LOST, REQUEUED) and row.get("trial") is not None:
-                found[int(row["trial"])] = row["status"]
+    found = {int(r["trial"]): r["status"] for r in _ledger_rows(out_dir) if r.get("status") in (LOST, REQUEUED)}
     finished = {r["trial"] for r in read_results(out_dir)}
     return {n: status for n, status in found.items() if n not in finished}
 
