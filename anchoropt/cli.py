@@ -68,16 +68,30 @@ def _search(args: argparse.Namespace) -> None:
             raise SearchError(f"--resume DIR takes the space, base config and options stored in DIR, not "
                               f"{', '.join(given)}; only --num-trials, --max-concurrent, --address, "
                               f"--num-cpus may be given")
-        run_search(resume=args.resume, **common)
+        _search_outcome(run_search(resume=args.resume, **common))
         return
     missing = [flag for flag, value in (("--space", args.space), ("--num-trials", args.num_trials),
                                         ("--out", args.out)) if value is None]
     if missing:
         raise SearchError(f"a new search needs {', '.join(missing)} (or --resume DIR)")
     base = load_config(args.config, args.overrides)
-    run_search(args.space, args.out, base=base, objective=args.objective or "val", sampler=args.sampler or "tpe",
-               seed=args.seed or 0, scheduler=args.scheduler or "none", storage=args.storage,
-               enqueue=args.enqueue or (), **common)
+    _search_outcome(run_search(args.space, args.out, base=base, objective=args.objective or "val",
+                               sampler=args.sampler or "tpe", seed=args.seed or 0, scheduler=args.scheduler or "none",
+                               storage=args.storage, enqueue=args.enqueue or (), **common))
+
+
+def _search_outcome(result) -> None:
+    """Exit 1 when the search has no completed trial, or did not reach its budget."""
+    if result is None:  # a dry run
+        return
+    if result.n_complete == 0:
+        print(f"anchoropt: error: no trial of the search completed ({result.n_failed} failed): "
+              f"see {result.out_dir / 'trials.csv'}", file=sys.stderr)
+        sys.exit(1)
+    if result.n_done < result.num_trials:
+        print(f"anchoropt: error: {result.n_done} of {result.num_trials} trials done: "
+              f"resume with anchoropt search --resume {result.out_dir}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _search_show(args: argparse.Namespace) -> None:
@@ -161,7 +175,7 @@ def _run(args: argparse.Namespace) -> None:
 
     report = args.report or str(Path(args.results) / "report")
     run_main_job(args.suite, args.results, report, parse_overrides(args.overrides), space=args.space,
-                 search_trials=args.search_trials, search_dataset=args.search_dataset, objective=args.objective,
+                 search_trials=args.search_trials, scheduler=args.scheduler, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
                  verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
@@ -310,8 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="report folder (default RESULTS/report: untracked; the committed example "
                                     "reports/toy11 is made with --report reports/toy11)")
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space of both schedules")
-    p.add_argument("--search-trials", type=_number(int, 0), default=8, help="trials per schedule (0: no search)")
-    p.add_argument("--search-dataset", help="dataset the searches tune on (default: the suite's search_dataset or first)")
+    p.add_argument("--search-trials", type=_number(int, 0), default=8,
+                   help="trials per schedule and dataset: a search each, equal budgets (default 8; 0: no search)")
+    p.add_argument("--scheduler", choices=("none", "asha"), default="asha",
+                   help="the searches' scheduler (default asha: poor trials stop after few epochs)")
     p.add_argument("--objective", choices=("val", "test"), default="val", help="search objective (default val)")
     _add_ray_args(p)
     _add_output_args(p)

@@ -13,6 +13,25 @@ from pathlib import Path
 from typing import Any
 
 
+def read_text(path: str | Path, what: str, error: type[Exception] = ValueError) -> str:
+    """The UTF-8 text of a user's input file (``what``: ``suite file``, ``descriptions file``, ...).
+
+    Raises:
+        error: one line naming the file: not found, a folder, not UTF-8 (the byte), unreadable.
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder, not a file") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {path} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise error(f"{what} {path} cannot be read: {err.strerror}") from None
+
+
 class OutputError(ValueError):
     """An output location that cannot be written: a file where a folder is needed, or no write access."""
 

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from anchoropt.errors import ConfigError
+from anchoropt.io import read_text
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -62,17 +63,7 @@ def read_yaml(path: str | Path, what: str = "YAML file", mapping: bool = True) -
             (with line and column), a duplicate key, or (``mapping``) not a mapping.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {path} is a folder, not a file") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    except OSError as err:
-        raise ConfigError(f"{what} {path} cannot be read: {err.strerror}") from None
-    data = parse_yaml(text, str(path))
+    data = parse_yaml(read_text(path, what, ConfigError), str(path))
     if mapping:
         data = {} if data is None else data
         if not isinstance(data, dict):

@@ -1,6 +1,7 @@
 """The main job (`anchoropt run`), end to end on a tiny suite: searches, benchmark, report, resume."""
 import json
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -20,23 +21,32 @@ def test_run_main_job_searches_benchmarks_reports_and_resumes(tmp_path, eurosat_
     space.write_text(yaml.safe_dump({"params": {k: TINY_SPACE["params"][k] for k in ("n_anchors", "lr")}}))
     results, report_dir = tmp_path / "results", tmp_path / "report"
 
-    report = run_main_job(suite, results, report_dir, space=space, search_trials=1, objective="test",
+    report = run_main_job(suite, results, report_dir, space=space, search_trials=2, objective="test",
                           max_concurrent=2)
     assert report == report_dir / "report.md" and report.is_file()
     text = report.read_text()
-    for method in ("coop", "one", "two"):
+    for method in ("coop", "one", "two", "one_tuned", "two_tuned"):
         assert f"- {method}:" in text
+    for section in ("## Anchor count and learning rates: a search per dataset", "## Equal tuning budgets",
+                    "## Does tuning help? Tuned vs reference defaults", "## The three answers, as measured",
+                    "Main job wall time"):
+        assert section in text
     records = {p.parent.parent.name: json.loads(p.read_text()) for p in (results / "cells").rglob("seed1.json")}
-    assert set(records) == {"coop", "one", "two"}
+    assert set(records) == {"coop", "one", "two", "one_tuned", "two_tuned"}
     for method, schedule in (("one", "one_stage"), ("two", "two_stage")):
-        best = yaml.safe_load((results / "searches" / schedule / "best_config.yaml").read_text())
-        assert records[method]["tuning"] == "search_test" and records[method]["eval_split"] == "test"
-        assert records[method]["config"]["n_anchors"] == best["n_anchors"]
-        assert records[method]["config"]["schedule"] == schedule
+        search = results / "searches" / schedule / "eurosat"  # a search per (schedule, dataset)
+        best = yaml.safe_load((search / "best_config.yaml").read_text())
+        tuned = records[f"{method}_tuned"]
+        assert tuned["tuning"] == "search_test" and tuned["eval_split"] == "test"
+        assert tuned["config"]["n_anchors"] == best["n_anchors"] and tuned["config"]["schedule"] == schedule
+        assert records[method]["tuning"] == "untuned"  # the reference defaults stay in the benchmark
+        assert json.loads((search / "search.json").read_text())["scheduler"] == "asha"
+        assert pd.read_csv(search / "trials.csv").loc[0, "origin"] == "default config"
     assert records["coop"]["tuning"] == "untuned"
     assert suite.read_text() == before  # the suite file is read, never rewritten
+    assert (report_dir / "search_best_so_far.png").is_file() and (report_dir / "tuned_vs_defaults.csv").is_file()
 
     capsys.readouterr()
-    run_main_job(suite, results, report_dir, space=space, search_trials=1, objective="test")
+    run_main_job(suite, results, report_dir, space=space, search_trials=2, objective="test")
     out = capsys.readouterr().out
-    assert "3 cells, 3 done, 0 to go" in out and "1/1 trials done" in out
+    assert "5 cells, 5 done, 0 to go" in out and "2/2 trials done" in out

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from anchoropt.data.datasets import DataError
+from anchoropt.io import read_text
 
 # CuPL file of each standard dataset (as distributed with the reference code).
 CUPL_FILES = {
@@ -78,14 +79,9 @@ def description_faults(path: str | Path, classnames: list[str], n_descriptions: 
 
 
 def _assign(path: Path, classnames: list[str], n_descriptions: int) -> tuple[list[list[str]], list[str]]:
+    text = read_text(path, "descriptions file", DataError)
     try:
-        pairs = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_Pairs)
-    except FileNotFoundError:
-        raise DataError(f"descriptions file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"descriptions file {path} is a folder") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"descriptions file {path} is not UTF-8 text (byte {err.start})") from None
+        pairs = json.loads(text, object_pairs_hook=_Pairs)
     except json.JSONDecodeError as err:
         raise DataError(f"descriptions file {path} is not valid JSON: {err}") from None
     if not isinstance(pairs, _Pairs):

@@ -73,13 +73,14 @@ def _figure(size: tuple[float, float]):
     return fig, fig.add_subplot()
 
 
-def plot_history(best: pd.DataFrame, path: Path) -> str:
-    """Step plot of best HM against trials spent, one line per schedule; markdown embed."""
+def plot_history(best: pd.DataFrame, path: Path, ylabel: str = "best HM so far (%)",
+                 xlabel: str = "trials spent") -> str:
+    """Step plot of ``best_hm`` against ``trials_spent``, one line per schedule; markdown embed."""
     fig, ax = _figure((6.0, 4.0))
     for schedule, group in best.groupby("schedule", sort=False):
         ax.step(group["trials_spent"], group["best_hm"], where="post", label=str(schedule))
-    ax.set_xlabel("trials spent")
-    ax.set_ylabel("best HM so far (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=150, bbox_inches="tight")

@@ -12,13 +12,14 @@ from anchoropt.report import sections
 from anchoropt.report.context import check_methods, make_context
 from anchoropt.report.latex import latex_tables
 from anchoropt.report.statistics import DEFAULT_HM_CONVENTION, best_so_far
+from anchoropt.report.tuning import Tuning, tuning_sections
 
 
 def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = None,
                  search_histories: pd.DataFrame | None = None,
                  schedules: tuple[str, str] | None = None,
                  hm_convention: str = DEFAULT_HM_CONVENTION,
-                 display_names: Mapping[str, str] | None = None) -> Path:
+                 display_names: Mapping[str, str] | None = None, tuning: Tuning | None = None) -> Path:
     """Write report.md, report.html (the same, one self-contained page with the figures inlined),
     tables.tex, CSV tables and PNG figures into ``out_dir`` (created).
 
@@ -28,7 +29,8 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
     the others are tested against (default: the first method in ``df``). ``schedules``:
     (one_stage_method, two_stage_method) for the one-stage vs two-stage section.
     ``search_histories``: columns schedule, trial_number, hm (see ``best_so_far``).
-    ``hm_convention``: per-dataset HM, ``seed_averaged`` (papers) or ``per_seed_mean``
+    ``tuning``: the main job's per-dataset searches (:mod:`anchoropt.report.tuning`), adding its
+    sections before the missing-cells one. ``hm_convention``: per-dataset HM, ``seed_averaged`` (papers) or ``per_seed_mean``
     (``statistics.HM_CONVENTIONS``). ``display_names``: method -> name printed in tables.tex and
     figures (default ``tables.display_name``). Returns the path of report.md.
     Raises ValueError for an empty ``df``, missing columns, duplicated (method, dataset, seed),
@@ -44,7 +46,7 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
     parts = [sections.header(ctx), sections.per_dataset_section(ctx), sections.anchor_section(ctx),
              sections.averages_section(ctx), sections.paired_section(ctx), sections.friedman_section(ctx),
              sections.schedule_section(ctx, schedules, search_histories), sections.positions_section(ctx),
-             sections.missing_section(ctx)]
+             *(tuning_sections(ctx, tuning) if tuning is not None else []), sections.missing_section(ctx)]
     (ctx.out_dir / "tables.tex").write_text(latex_tables(ctx), encoding="utf-8")
     text = "\n\n".join(parts) + "\n"
     (ctx.out_dir / "report.html").write_text(html_page(text, ctx.out_dir), encoding="utf-8")

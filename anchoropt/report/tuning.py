@@ -1,0 +1,212 @@
+"""The main job's tuning sections: a search per dataset, equal budgets per schedule, tuned vs defaults.
+
+:class:`Tuning` holds what ``anchoropt run`` read from its search folders; :func:`tuning_sections`
+turns it (with the benchmark's records, :class:`~anchoropt.report.context.Context`) into four
+report sections: best configuration per dataset with HM against anchor count and pooled
+importances; best-so-far curves under equal budgets; tuned vs untuned reference defaults per
+schedule; and the closing answers with the job's wall time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from anchoropt.report.context import Context
+from anchoropt.report.figures import _figure, plot_history
+from anchoropt.report.statistics import best_so_far, compare_over_datasets, holm
+from anchoropt.report.tables import md_table, num, pval
+
+PARAMS = ("n_anchors", "lr", "anchor_lr")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The searches of a main job.
+
+    ``trials``: one row per finished trial of every search (columns schedule, dataset, trial,
+    status, hm (val or test HM of the search objective, percent), origin, wall_time_s and the
+    searched parameters). ``searches``: one row per search (schedule, dataset, num_trials,
+    sampler, importances_note). ``importances``: schedule, dataset, param, importance (Optuna
+    PED-ANOVA; searches where they were estimable only). ``tuned`` / ``untuned``: schedule ->
+    method name in the records. ``objective``, ``scheduler``: of every search.
+    ``wall_time_s``: the job's wall time up to the report.
+    """
+
+    trials: pd.DataFrame
+    searches: pd.DataFrame
+    importances: pd.DataFrame
+    tuned: dict[str, str]
+    untuned: dict[str, str]
+    objective: str
+    scheduler: str
+    wall_time_s: float | None = None
+
+
+def tuning_sections(ctx: Context, tuning: Tuning) -> list[str]:
+    """The four sections (markdown), writing their CSVs and figures into ``ctx.out_dir``."""
+    best = best_per_search(tuning.trials)
+    curves = gain_curves(tuning.trials)
+    gains = tuned_vs_untuned(ctx, tuning)
+    one, two = tuning.tuned["one_stage"], tuning.tuned["two_stage"]
+    schedule_test = compare_over_datasets(ctx.primary_matrix, two, one)
+    return [_search_section(ctx, tuning, best), _budget_section(ctx, tuning, curves),
+            _gain_section(ctx, gains), _answers(ctx, tuning, best, schedule_test, gains)]
+
+
+def best_per_search(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per (schedule, dataset): the best completed trial (its parameters and HM) and the HM of
+    trial 0 (the reference defaults, when it completed)."""
+    rows = []
+    for (schedule, dataset), g in trials.groupby(["schedule", "dataset"], sort=True):
+        done = g[(g["status"] == "complete") & g["hm"].notna()]
+        default = g[(g["trial"] == 0) & (g["status"] == "complete")]["hm"]
+        row = {"schedule": schedule, "dataset": dataset, "trials": len(g),
+               "stopped": int((g["status"] == "stopped").sum()), "failed": int((g["status"] == "failed").sum()),
+               "default_hm": float(default.iloc[0]) if len(default) else math.nan}
+        if len(done):
+            top = done.loc[done["hm"].idxmax()]
+            row |= {"best_trial": int(top["trial"]), "best_hm": float(top["hm"]),
+                    **{p: top[p] for p in PARAMS if p in top}}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gain_curves(trials: pd.DataFrame) -> pd.DataFrame:
+    """Best HM so far minus trial 0's (the defaults') HM, against trials spent, per (schedule,
+    dataset), and its mean over datasets (dataset ``mean``). Stopped and failed trials count as
+    spent (``statistics.best_so_far``)."""
+    frames = []
+    for (schedule, dataset), g in trials.groupby(["schedule", "dataset"], sort=True):
+        hm = g["hm"].where(g["status"] == "complete")
+        curve = best_so_far(pd.DataFrame({"schedule": schedule, "trial_number": g["trial"], "hm": hm}))
+        curve["dataset"] = dataset
+        reached = curve["best_hm"].dropna()
+        curve["gain"] = curve["best_hm"] - (reached.iloc[0] if len(reached) else math.nan)
+        frames.append(curve[["schedule", "dataset", "trials_spent", "best_hm", "gain"]])
+    per = pd.concat(frames, ignore_index=True)
+    mean = per.groupby(["schedule", "trials_spent"], as_index=False)["gain"].mean().assign(dataset="mean")
+    return pd.concat([per, mean], ignore_index=True)
+
+
+def tuned_vs_untuned(ctx: Context, tuning: Tuning) -> pd.DataFrame:
+    """``compare_over_datasets`` of each schedule's tuned method against its untuned reference
+    defaults on the benchmark's per-dataset test HM, Holm-corrected across the schedules."""
+    rows = [compare_over_datasets(ctx.primary_matrix, tuning.tuned[s], tuning.untuned[s]) | {"schedule": s}
+            for s in tuning.tuned]
+    table = pd.DataFrame(rows)
+    table["p_holm"] = holm(table["p"])
+    return table
+
+
+def pooled_importances(tuning: Tuning) -> pd.DataFrame:
+    """Mean PED-ANOVA importance of each parameter over the searches where it was estimable,
+    per schedule and over both (``all``), with the number of searches averaged."""
+    imp = tuning.importances
+    if imp.empty:
+        return pd.DataFrame(columns=["schedule", "param", "importance", "searches"])
+    both = imp.assign(schedule="all")
+    out = pd.concat([imp, both]).groupby(["schedule", "param"], as_index=False).agg(
+        importance=("importance", "mean"), searches=("dataset", "size"))
+    return out.sort_values(["schedule", "importance"], ascending=[True, False])
+
+
+def _search_section(ctx: Context, tuning: Tuning, best: pd.DataFrame) -> str:
+    s = tuning.searches
+    shown = best.assign(**{c: best[c].map(num) for c in ("default_hm", "best_hm") if c in best})
+    for p in ("lr", "anchor_lr"):
+        if p in shown:
+            shown[p] = shown[p].map(lambda v: f"{v:.2e}" if isinstance(v, float) and not math.isnan(v) else v)
+    pooled = pooled_importances(tuning)
+    no_imp = s[s["importances_note"].notna()]
+    return "\n".join([
+        "## Anchor count and learning rates: a search per dataset", "",
+        f"Each schedule is searched on each dataset separately ({len(s)} searches, {int(s['num_trials'].max())} "
+        f"trials each, objective `{tuning.objective}`: "
+        + ("the leak-free pseudo base/novel split of the base classes" if tuning.objective == "val" else "test images")
+        + f"; scheduler `{tuning.scheduler}`; sampler {s['sampler'].iloc[0]}). Trial 0 of every search is the "
+        "reference default configuration, so a search's best is never below it on its own objective. "
+        "HM below is the search objective's, not the benchmark's test HM.", "",
+        md_table(shown.drop(columns=["best_trial"], errors="ignore")), "", ctx.csv(best, "search_best.csv"), "",
+        "### HM against the number of anchors, all datasets", "",
+        "Every completed trial, its HM minus its search's trial-0 (defaults) HM, so that datasets of different "
+        "difficulty share one axis.", "",
+        _plot_hm_vs_anchors(tuning.trials, ctx.out_dir / "hm_vs_anchors.png"), "",
+        "### Parameter importances pooled over datasets", "",
+        "Mean Optuna PED-ANOVA importance over the searches where it could be estimated "
+        f"({len(s) - len(no_imp)} of {len(s)}; the others: "
+        + ("; ".join(sorted(set(no_imp["importances_note"]))) if len(no_imp) else "none") + ").", "",
+        md_table(pooled.assign(importance=pooled["importance"].map(lambda v: f"{v:.2f}"))) if len(pooled)
+        else "No search had estimable importances.", "", ctx.csv(pooled, "importances_pooled.csv")])
+
+
+def _budget_section(ctx: Context, tuning: Tuning, curves: pd.DataFrame) -> str:
+    t = tuning.trials
+    budget = t.groupby("schedule").agg(searches=("dataset", "nunique"), trials=("trial", "size"),
+                                       stopped=("status", lambda x: int((x == "stopped").sum())),
+                                       failed=("status", lambda x: int((x == "failed").sum())),
+                                       trial_seconds=("wall_time_s", "sum")).reset_index()
+    mean = curves[curves["dataset"] == "mean"]
+    last = mean.groupby("schedule")["gain"].last()
+    return "\n".join([
+        "## Equal tuning budgets: one-stage vs two-stage", "",
+        "Both schedules get the same space, trials per dataset, scheduler and objective; the paired test of the "
+        "tuned schedules is in the one-stage vs two-stage section (two-stage − one-stage, test HM).", "",
+        md_table(budget.assign(trial_seconds=budget["trial_seconds"].map(lambda v: f"{v:.0f}"))), "",
+        "Best HM so far minus the defaults' HM (trial 0), mean over datasets, against trials spent: "
+        + ", ".join(f"{s} +{num(v)} after all trials" for s, v in last.items()) + ".", "",
+        plot_history(mean.rename(columns={"gain": "best_hm"}), ctx.out_dir / "search_best_so_far.png",
+                     ylabel="best HM so far − defaults' HM (points)", xlabel="trials spent (per dataset)"), "", ctx.csv(curves, "search_best_so_far.csv")])
+
+
+def _gain_section(ctx: Context, gains: pd.DataFrame) -> str:
+    shown = pd.DataFrame({"schedule": gains["schedule"], "tuned": gains["method"], "defaults": gains["baseline"],
+                          "datasets": gains["n_datasets"], "mean Δ HM": gains["mean_diff"].map(num),
+                          "95% CI": [f"[{num(a)}, {num(b)}]" for a, b in zip(gains["ci_low"], gains["ci_high"])],
+                          "Wilcoxon p": gains["p"].map(pval), "Holm p": gains["p_holm"].map(pval)})
+    return "\n".join([
+        "## Does tuning help? Tuned vs reference defaults", "",
+        "Per schedule, the tuned method (each dataset's own search's best configuration) against the same "
+        "schedule with the reference defaults, on the benchmark's test HM; Δ = tuned − defaults, paired over "
+        "datasets (Wilcoxon signed-rank, bootstrap CI of the mean), Holm across the two schedules.", "",
+        md_table(shown), "", ctx.csv(gains, "tuned_vs_defaults.csv")])
+
+
+def _answers(ctx: Context, tuning: Tuning, best: pd.DataFrame, schedule_test: dict, gains: pd.DataFrame) -> str:
+    counts = best.groupby("schedule")["n_anchors"].agg(lambda x: ", ".join(
+        f"{int(k)}: {v}" for k, v in x.value_counts().sort_index().items())) if "n_anchors" in best else {}
+    lines = ["## The three answers, as measured", ""]
+    if tuning.wall_time_s is not None:
+        lines.append(f"Main job wall time up to this report: {tuning.wall_time_s / 60:.1f} min "
+                     f"({tuning.wall_time_s:.0f} s).")
+        lines.append("")
+    lines.append("1. **Anchor count and learning rates.** Best n_anchors per dataset (count of datasets): "
+                 + "; ".join(f"{s}: {c}" for s, c in dict(counts).items()) + ". Per-dataset best configurations "
+                 "and pooled importances above.")
+    lines.append(f"2. **One- vs two-stage (tuned, equal budgets).** Two-stage − one-stage test HM over "
+                 f"{schedule_test['n_datasets']} datasets: mean Δ {num(schedule_test['mean_diff'])} "
+                 f"(95% CI [{num(schedule_test['ci_low'])}, {num(schedule_test['ci_high'])}]), Wilcoxon p "
+                 f"{pval(schedule_test['p'])}.")
+    lines.append("3. **Does tuning help?** Tuned − reference defaults, test HM over datasets: " + "; ".join(
+        f"{r.schedule}: mean Δ {num(r.mean_diff)} (95% CI [{num(r.ci_low)}, {num(r.ci_high)}], {r.n_datasets} "
+        f"datasets), Wilcoxon p {pval(r.p)}, Holm p {pval(r.p_holm)}" for r in gains.itertuples()) + ".")
+    return "\n".join(lines)
+
+
+def _plot_hm_vs_anchors(trials: pd.DataFrame, path) -> str:
+    fig, ax = _figure((6.0, 4.0))
+    done = trials[(trials["status"] == "complete") & trials["hm"].notna()]
+    default = trials[trials["trial"] == 0].set_index(["schedule", "dataset"])["hm"]
+    for i, (schedule, g) in enumerate(done.groupby("schedule")):
+        ref = default.reindex(list(zip(g["schedule"], g["dataset"]))).to_numpy()
+        offset = -0.15 if i == 0 else 0.15
+        ax.scatter(g["n_anchors"].astype(float) + offset, g["hm"].to_numpy() - ref, s=12, alpha=0.6,
+                   label=str(schedule), color=f"C{i}")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("n_anchors")
+    ax.set_ylabel("HM − defaults' HM (points, search objective)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return f"![HM against the number of anchors]({path.name})"
