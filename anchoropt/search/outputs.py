@@ -83,7 +83,7 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
         # Scored on test by default: the search objective stays in the header and in search.json.
         best_cfg = {**make_config({**spec.base, **best_params}, source="best trial").to_dict(),
                     "eval_split": "test"}
-        _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best)
+        _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best, done=len(table))
     importances, importances_note = _importances(study, out_dir)
     _plot_importances(importances or {}, importances_note, out_dir / "importances.png", spec)
     _plot_history(table, out_dir / "history.png", spec)
@@ -142,13 +142,15 @@ def _parquet_safe(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _write_best_config(path: Path, cfg: dict, spec: SearchSpec, trial: int, row) -> None:
+def _write_best_config(path: Path, cfg: dict, spec: SearchSpec, trial: int, row, done: int) -> None:
     how = "leak-free pseudo base/novel split of the base classes" if spec.objective == "val" \
         else "base/novel test images"
     header = [f"# Best configuration of the search {path.parent}",
               f"# objective: {spec.objective} ({how}, SPEC section 8)",
               f"# trial {trial}: HM {row['hm']:.2f} (base {_fmt(row['acc_base'])}, novel {_fmt(row['acc_novel'])}),"
-              f" {spec.num_trials} trials, origin {row.get('origin') or 'unknown'}",
+              f" {done} of {spec.num_trials} trials done"
+              + ("" if done >= spec.num_trials else f" (unfinished: anchoropt search --resume {path.parent})")
+              + f", origin {row.get('origin') or 'unknown'}",
               f"# sampler {spec.sampler_description}",
               f"# reproducibility: {spec.reproducibility}",
               "# Use: anchoropt train --config best_config.yaml  (scores on the test images)"]
