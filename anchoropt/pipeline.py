@@ -54,8 +54,6 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
     dataset's ``best_config.yaml``; the untuned method stays as the reference defaults; the tuned
     pair becomes ``schedule_methods``) and what the searches found, for the report (None in a dry run).
     """
-    import json
-
     import pandas as pd
 
     from anchoropt.report.tuning import Tuning
@@ -85,9 +83,8 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
             trials.append(found.trials.assign(schedule=schedule, dataset=dataset))
             searches.append({"schedule": schedule, "dataset": dataset, "num_trials": found.num_trials,
                              "sampler": found.sampler, "importances_note": found.importances_note})
-            found_imp = json.loads((out / "summary.json").read_text()).get("importances") or {}
             importances += [{"schedule": schedule, "dataset": dataset, "param": k, "importance": v}
-                            for k, v in found_imp.items()]
+                            for k, v in (found.importances or {}).items()]
         spec = {k: v for k, v in suite.methods[method].items() if k != "config"}
         tuned[schedule], untuned[schedule] = f"{method}_tuned", method
         methods[tuned[schedule]] = {**spec, "config": str(folder / "{dataset}" / "best_config.yaml")}

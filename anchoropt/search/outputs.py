@@ -35,6 +35,7 @@ class SearchResult:
     n_stopped: int = 0  # stopped early by the ASHA scheduler
     sampler: str = ""  # as it ran (TPE's random start-up stated against the budget)
     reproducibility: str = ""
+    importances: dict[str, float] | None = None  # parameter -> share of HM variance (PED-ANOVA)
     importances_note: str | None = None  # why no importances were written
     notes: list[str] = field(default_factory=list)
 
@@ -93,8 +94,8 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
                           n_complete=len(table) - n_failed, n_failed=n_failed, best_trial=best_trial,
                           best_hm=best_hm, best_params=best_params, best_config=best_cfg, trials=table,
                           n_stopped=int((table["status"] == "stopped").sum()), sampler=spec.sampler_description,
-                          reproducibility=spec.reproducibility, importances_note=importances_note,
-                          notes=spec.notes + [n for run in spec.runs for n in run.get("notes", [])])
+                          reproducibility=spec.reproducibility, importances=importances,
+                          importances_note=importances_note, notes=spec.notes + [n for run in spec.runs for n in run.get("notes", [])])
     from anchoropt.io import save_json
     save_json({"objective": spec.objective, "num_trials": spec.num_trials, "done": result.n_done,
                "complete": result.n_complete, "stopped": result.n_stopped, "failed": n_failed,
