@@ -119,3 +119,34 @@ def test_run_refuses_to_resume_a_search_made_for_another_request(tiny_cfg, tmp_p
                                                                                     "high": 8}}}))
     with pytest.raises(SearchError, match="space .*other parameters or ranges"):
         _same_search(out, wider, 4, base, "val", "none")
+
+
+@pytest.mark.ray
+def test_ctrl_c_stops_the_main_job_before_the_next_step(tmp_path, eurosat_root):
+    from tests.helpers import write_suite
+
+    suite = write_suite(tmp_path, eurosat_root, seeds=(1,), methods={
+        "one": {"method": "anchoropt", "schedule": "one_stage", "epochs": 20},
+        "two": {"method": "anchoropt", "schedule": "two_stage", "epochs": 20}},
+        extra={"schedule_methods": {"one_stage": "one", "two_stage": "two"}})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}))
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "anchoropt.cli", "run", "--suite", str(suite), "--results",
+                             str(results), "--report", str(tmp_path / "report"), "--space", str(space),
+                             "--search-trials", "3", "--max-concurrent", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(results.glob("searches/*/*/results.jsonl")):
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert any("anchoropt: interrupted" in line and "run the same command again" in line for line in err.splitlines())
+    assert len(list(results.glob("searches/*/*/search.json"))) == 1  # the second schedule's search never started
+    assert not (results / "cells").exists() and not (tmp_path / "report").exists()
