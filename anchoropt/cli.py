@@ -13,6 +13,7 @@ from pathlib import Path
 
 from anchoropt import __version__
 from anchoropt.config import KEY_HELP, TrainConfig, load_config, parse_overrides
+from anchoropt.errors import ConfigError
 from anchoropt.pipeline import DEFAULT_SPACE, DEFAULT_SUITE
 
 # ConfigError, DataError (ValueError) and the errors of modules that only a running command imports
@@ -32,9 +33,12 @@ def _train(args: argparse.Namespace) -> None:
     from anchoropt.train import train
 
     cfg = load_config(args.config, args.overrides)
+    name = f"{cfg.method}-{cfg.schedule}" if cfg.method == "anchoropt" else cfg.method  # schedules are AnchorOPT's
     out = Path(args.out) if args.out else Path("runs") / cfg.dataset / \
-        f"{cfg.method}-{cfg.schedule}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+        f"{name}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     check_output_dir(out, "--out")
+    if (out / "record.json").exists() and not args.overwrite:
+        raise ConfigError(f"--out {out} already holds a run (record.json): use another folder, or --overwrite")
 
     def scores(m: dict) -> str:
         if cfg.protocol == "base2novel":
@@ -246,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file of TrainConfig keys")
     p.add_argument("--out", help="output folder (default runs/<dataset>/<method>-...)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_anchors=4")
     p.set_defaults(func=_train)
 

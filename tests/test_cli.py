@@ -190,3 +190,20 @@ def test_verbose_flag_counts_and_leaves_overrides_alone(command):
     args = parse_args([*head, "--verbose", "epochs=1"])
     assert args.verbose == 1 and args.overrides == ["epochs=1"]
     assert parse_args([*head, "-vv", "--mlflow", "sqlite:///m.db"]).verbose == 2
+
+
+def test_train_never_overwrites_a_run_unless_asked(tmp_path, eurosat_root, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "method=zeroshot", "dataset=eurosat", f"data_root={eurosat_root}",
+            "backbone=TinyCLIP-test", "pretrained=", f"descriptions_dir={eurosat_root}",
+            f"cache_dir={tmp_path / 'cache'}", "device=cpu"]
+    main(argv)
+    first = (out / "record.json").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "already holds a run" in err and str(out) in err
+    assert (out / "record.json").read_bytes() == first  # the earlier result is kept
+    main([*argv[:3], "--overwrite", *argv[3:]])
+    assert json.loads((out / "record.json").read_text())["wall_time_s"] != json.loads(first)["wall_time_s"]
