@@ -68,16 +68,30 @@ def _search(args: argparse.Namespace) -> None:
             raise SearchError(f"--resume DIR takes the space, base config and options stored in DIR, not "
                               f"{', '.join(given)}; only --num-trials, --max-concurrent, --address, "
                               f"--num-cpus may be given")
-        run_search(resume=args.resume, **common)
+        _search_outcome(run_search(resume=args.resume, **common))
         return
     missing = [flag for flag, value in (("--space", args.space), ("--num-trials", args.num_trials),
                                         ("--out", args.out)) if value is None]
     if missing:
         raise SearchError(f"a new search needs {', '.join(missing)} (or --resume DIR)")
     base = load_config(args.config, args.overrides)
-    run_search(args.space, args.out, base=base, objective=args.objective or "val", sampler=args.sampler or "tpe",
-               seed=args.seed or 0, scheduler=args.scheduler or "none", storage=args.storage,
-               enqueue=args.enqueue or (), **common)
+    _search_outcome(run_search(args.space, args.out, base=base, objective=args.objective or "val",
+                               sampler=args.sampler or "tpe", seed=args.seed or 0, scheduler=args.scheduler or "none",
+                               storage=args.storage, enqueue=args.enqueue or (), **common))
+
+
+def _search_outcome(result) -> None:
+    """Exit 1 when the search has no completed trial, or did not reach its budget."""
+    if result is None:  # a dry run
+        return
+    if result.n_complete == 0:
+        print(f"anchoropt: error: no trial of the search completed ({result.n_failed} failed): "
+              f"see {result.out_dir / 'trials.csv'}", file=sys.stderr)
+        sys.exit(1)
+    if result.n_done < result.num_trials:
+        print(f"anchoropt: error: {result.n_done} of {result.num_trials} trials done: "
+              f"resume with anchoropt search --resume {result.out_dir}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _search_show(args: argparse.Namespace) -> None:

@@ -54,12 +54,11 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
     dataset's ``best_config.yaml``; the untuned method stays as the reference defaults; the tuned
     pair becomes ``schedule_methods``) and what the searches found, for the report (None in a dry run).
     """
-    import json
-
     import pandas as pd
 
     from anchoropt.report.tuning import Tuning
     from anchoropt.search.driver import run_search
+    from anchoropt.search.spec import SearchError
     from anchoropt.suite import method_values
 
     trials, searches, importances = [], [], []
@@ -68,21 +67,24 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
         folder = (results / "searches" / schedule).resolve()
         for dataset in suite.trained_datasets:
             out = folder / dataset
+            base, _ = method_values(suite, method, dataset)
             if (out / "search.json").is_file():
-                found = run_search(resume=out, **resources)
+                found = run_search(resume=out, num_trials=_same_search(out, space, num_trials, base, objective,
+                                                                       scheduler), **resources)
             else:
-                base, _ = method_values(suite, method, dataset)
                 found = run_search(space, out, num_trials, base=base, objective=objective, scheduler=scheduler,
                                    **resources)
             if found is None:  # a dry run: the plan is printed
                 continue
             print(f"{schedule} / {dataset}: " + " | ".join(found.summary().splitlines()[:2]))
+            if found.n_complete == 0:
+                raise SearchError(f"search {out}: no trial completed ({found.n_failed} failed, see "
+                                  f"{out / 'trials.csv'}): the {method} cells would run untuned")
             trials.append(found.trials.assign(schedule=schedule, dataset=dataset))
             searches.append({"schedule": schedule, "dataset": dataset, "num_trials": found.num_trials,
                              "sampler": found.sampler, "importances_note": found.importances_note})
-            found_imp = json.loads((out / "summary.json").read_text()).get("importances") or {}
             importances += [{"schedule": schedule, "dataset": dataset, "param": k, "importance": v}
-                            for k, v in found_imp.items()]
+                            for k, v in (found.importances or {}).items()]
         spec = {k: v for k, v in suite.methods[method].items() if k != "config"}
         tuned[schedule], untuned[schedule] = f"{method}_tuned", method
         methods[tuned[schedule]] = {**spec, "config": str(folder / "{dataset}" / "best_config.yaml")}
@@ -92,6 +94,31 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
                     pd.DataFrame(importances, columns=["schedule", "dataset", "param", "importance"]),
                     tuned, untuned, objective, scheduler)
     return dataclasses.replace(suite, methods=methods, schedule_methods=tuned), tuning
+
+
+def _same_search(out: Path, space: Path, num_trials: int, base: dict, objective: str, scheduler: str) -> int:
+    """The number of trials to resume the search in ``out`` with, when it is the search asked for.
+
+    Raises:
+        SearchError: the stored search has another space, base configuration, objective or
+            scheduler, or more trials than asked (one line naming what changed and the fix).
+    """
+    from anchoropt.search.spec import SearchError, SearchSpec, new_spec, request_change
+
+    stored = SearchSpec.read(out)
+    requested = new_spec(space, out, num_trials, base, objective=objective, sampler=stored.sampler, seed=stored.seed,
+                         scheduler=scheduler, cpus_per_trial=stored.cpus_per_trial,
+                         gpus_per_trial=stored.gpus_per_trial, max_concurrent=stored.max_concurrent,
+                         storage=stored.storage)
+    change = request_change(stored, requested)
+    if change is None and num_trials < stored.num_trials:
+        change = f"{stored.num_trials} trials -> {num_trials}"
+    if change is not None:
+        raise SearchError(f"search {out} was made for another request ({change}): use another --results folder, "
+                          f"or remove {out} to search again")
+    if num_trials > stored.num_trials:
+        print(f"search {out}: extending from {stored.num_trials} to {num_trials} trials")
+    return num_trials
 
 
 def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "results/toy11",

@@ -136,3 +136,14 @@ def check_resources(resources: Resources) -> None:
     raise ConfigError(f"a trial asks for {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU, but the largest of the "
                       f"Ray cluster's {len(nodes)} node(s) has {cpus:g} CPU and {gpus:g} GPU: lower --cpus-per-trial "
                       f"/ --gpus-per-trial or join a larger cluster with --address")
+
+
+def is_infrastructure_error(err: BaseException | None) -> bool:
+    """Whether a trial's error is the cluster's fault (its actor, worker or node died, an object was
+    lost), not its code's: such a trial is re-run, never recorded as failed. An exception raised by
+    the trial's own code reaches the driver as ``RayTaskError`` and is not one."""
+    from ray import exceptions as rex
+
+    infra = (rex.RayActorError, rex.ActorUnavailableError, rex.NodeDiedError, rex.WorkerCrashedError,
+             rex.LocalRayletDiedError, rex.ObjectLostError, rex.OwnerDiedError)
+    return isinstance(err, infra) and not isinstance(err, rex.RayTaskError)

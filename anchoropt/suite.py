@@ -46,18 +46,9 @@ CELL_KEYS = ("dataset", "seed", "data_root", "cache_dir", "device", "eval_split"
 
 
 @dataclass(frozen=True)
-class Tuned:
-    """A method configuration found by a search: its TrainConfig values and what tuned them
-    (``search_val`` / ``search_test``: the split the search scored)."""
-
-    values: dict[str, Any]
-    tuning: str
-
-
-@dataclass(frozen=True)
 class Suite:
-    """A parsed suite file. ``methods`` maps a method name to its spec (TrainConfig keys, optionally
-    ``config: <file>``); ``tuned`` maps a method to the search result that replaces its file."""
+    """A parsed suite file (frozen: derive a changed suite with ``dataclasses.replace``). ``methods`` maps
+    a method name to its spec (TrainConfig keys, optionally ``config: <file>``)."""
 
     name: str
     path: Path
@@ -71,16 +62,11 @@ class Suite:
     baseline: str | None = None
     schedule_methods: dict[str, str] | None = None  # schedule -> method name
     search_dataset: str | None = None  # where ``anchoropt run`` tunes the schedules
-    tuned: dict[str, Tuned] = field(default_factory=dict)
 
     @property
     def trained_datasets(self) -> list[str]:
         """The datasets a cell trains on (the source alone under cross_dataset)."""
         return [self.source] if self.protocol == "cross_dataset" else list(self.datasets)
-
-    def with_tuned(self, method: str, tuned: Tuned) -> Suite:
-        """A copy of the suite whose ``method`` uses ``tuned`` (the suite itself is not changed)."""
-        return dataclasses.replace(self, tuned={**self.tuned, method: tuned})
 
 
 def select(suite: Suite, datasets: list[str] | None = None, seeds: list[int] | None = None,
@@ -188,9 +174,8 @@ def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
     """TrainConfig values of one method on one dataset, and what tuned them; the one merge of a
     method's configuration (``benchmark``, ``run`` and its searches all use it).
 
-    Order (later wins): suite ``config``, its ``per_dataset`` entry, the method's tuned values
-    (``suite.tuned``) or else its ``config:`` file (without the keys a cell sets itself,
-    :data:`CELL_KEYS`), the method's own keys. Tuning: ``untuned``, ``given`` (a file that is no
+    Order (later wins): suite ``config``, its ``per_dataset`` entry, the method's ``config:`` file
+    (without the keys a cell sets itself, :data:`CELL_KEYS`), the method's own keys. Tuning: ``untuned``, ``given`` (a file that is no
     search's), or ``search_<split>`` read from the ``search.json`` next to a search's best config.
     A search's best config sets only what the search was searched over (the parameters of the
     space in its ``search.json``), so a quick search's shots, epochs or backbone never replace the
@@ -206,10 +191,8 @@ def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
     extra = spec.pop("config_keys", [])
     if extra != "all" and (not isinstance(extra, list) or not all(isinstance(k, str) for k in extra)):
         raise ConfigError(f"{suite.path}: method '{method}' config_keys must be a list of keys or 'all', got {extra!r}")
-    tuning = "untuned"
-    if method in suite.tuned:
-        tuned, tuning = suite.tuned[method].values, suite.tuned[method].tuning
-    elif file is not None:
+    tuning, tuned = "untuned", {}
+    if file is not None:
         file = Path(relative_to_file(str(file).format(dataset=dataset), suite.path))
         if not file.is_file():
             raise ConfigError(f"{suite.path}: method '{method}' config file not found: {file}")
@@ -222,8 +205,6 @@ def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
             searched = _searched_keys(info)
             if searched is not None and extra != "all":
                 tuned = {k: v for k, v in tuned.items() if k in searched or k in extra}
-    else:
-        tuned = {}
     values.update({k: v for k, v in tuned.items() if k not in CELL_KEYS})
     values.update(spec)
     values.update(dataset=dataset, protocol=suite.protocol)

@@ -1,4 +1,4 @@
-"""Malformed input of every kind (config, suite and space schemas, CLI flags) ends in exit 2 and one line.
+"""Malformed input of every kind (config, suite and space schemas, duplicate YAML keys, CLI flags) ends in exit 2 and one line.
 
 The cases are generated from the schemas themselves: every TrainConfig field gets values of the
 wrong type, every ranged field values outside its range, and the suite and space files get each of
@@ -223,3 +223,22 @@ def test_shots_above_what_a_class_has_warns(eurosat_root):
 def test_typed_config_accepts_what_it_should():
     cfg = load_config(overrides=["lr=1e-3", "ce_weight=0", "weight_decay=0", "device=cuda:1", "momentum=0"])
     assert (cfg.lr, cfg.ce_weight, cfg.device) == (1e-3, 0.0, "cuda:1")
+
+
+@pytest.mark.parametrize("command,name,text", [
+    ("train", "config.yaml", "lr: 0.01\nepochs: 2\nlr: 0.02\n"),
+    ("benchmark", "suite.yaml", "datasets: [eurosat]\nseeds: [1]\nmethods:\n  coop: {method: coop}\n"
+                                "  coop: {method: anchoropt}\n"),
+    ("benchmark", "suite.yaml", "datasets: [eurosat]\nseeds: [1]\nseeds: [2]\nmethods: {coop: {method: coop}}\n"),
+    ("search", "space.yaml", "params:\n  lr: {type: float, low: 0.001, high: 0.01}\n"
+                             "  lr: {type: float, low: 5, high: 1}\n"),
+])
+def test_duplicate_yaml_keys_are_one_line_exit_2(command, name, text, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / name
+    path.write_text(text)
+    argv = {"train": ["train", "--config", path], "benchmark": ["benchmark", path, "--results", tmp_path / "r"],
+            "search": ["search", "--space", path, "--num-trials", 1, "--out", tmp_path / "s"]}[command]
+    line = _run(argv, capsys)
+    assert name in line and "duplicate" in line.lower(), line
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()

@@ -40,11 +40,14 @@ from typing import Callable
 from ray import tune
 
 from anchoropt.config import TrainConfig
-from anchoropt.search.ledger import (ResultsLog, check_study_matches, open_storage, read_results, rebuild_study,
-                                     reconcile, repair_journal)
+from anchoropt.search.ledger import (ResultsLog, check_study_matches, lost_trials, open_storage, read_results,
+                                     rebuild_study, reconcile, repair_journal)
 from anchoropt.search.outputs import SearchResult, write_outputs
 from anchoropt.search.spec import SearchError, SearchSpec, make_sampler, new_spec, now
 from anchoropt.search.trial import METRIC, NUMBER_KEY, StudySearcher, run_trial
+
+
+INFRA_RETRIES = 3  # runs re-queuing trials lost with their actor or node, after the first
 
 
 def run_search(space: str | Path | dict | None = None, out: str | Path | None = None,
@@ -118,17 +121,24 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
             spec.write(out_dir)
         study, storage_obj, notes = _open_study(spec, out_dir)
         rows = reconcile(study, storage_obj, out_dir, spec)
-        run_index = len(spec.runs)
-        if spec.num_trials > len(rows):
+        for _ in range(1 + INFRA_RETRIES):  # the runs after the first re-run trials lost with their actor or node
+            if spec.num_trials <= len(rows):
+                break
+            run_index = len(spec.runs)
             _start_ray(spec, address, num_cpus, verbose)
             spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
                               "trials_asked": spec.num_trials - len(rows), "sampler_seed": spec.sampler_seed(run_index),
                               "max_concurrent": spec.max_concurrent, **({"notes": notes} if notes else {})})
+            notes = []
             spec.write(out_dir)
             _tune(spec, out_dir, study, run_index, rows, worker_setup=worker_setup, verbose=verbose, mlflow=mlflow)
             spec.runs[-1]["finished"] = now()
             spec.write(out_dir)
             rows = reconcile(study, storage_obj, out_dir, spec)
+            lost = lost_trials(out_dir)
+            if lost and len(rows) < spec.num_trials:
+                print(f"{len(lost)} trial(s) lost with their actor or node (not failures): re-running "
+                      f"{', '.join(str(n) for n in sorted(lost))} with the same parameters")
     finally:
         if started_ray and ray.is_initialized():
             ray.shutdown()

@@ -19,6 +19,8 @@ from anchoropt.search.spec import SearchError, SearchSpec, check_persistent, now
 from anchoropt.search.trial import NUMBER_KEY, ORIGIN_KEY, outcome
 
 FINISHED = ("complete", "stopped", "failed")
+LOST = "lost"  # the trial's actor or node died: not a result; re-queued with the same parameters
+REQUEUED = "requeued"  # a lost trial whose parameters were enqueued again
 STALE_LOCK_S = 5
 
 
@@ -128,19 +130,33 @@ def append_row(path: Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def read_results(out_dir: str | Path) -> list[dict]:
-    """Finished trials of a search folder, one per Optuna trial number (the last line wins)."""
+def _ledger_rows(out_dir: str | Path) -> list[dict]:
+    """Every readable line of ``results.jsonl`` that names a trial, in file order."""
     path = Path(out_dir) / "results.jsonl"
-    rows: dict[int, dict] = {}
+    rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by kill -9
                 continue
-            if row.get("trial") is not None and row.get("status") in FINISHED:
-                rows[int(row["trial"])] = row
+            if isinstance(row, dict) and row.get("trial") is not None:
+                rows.append(row)
+    return rows
+
+
+def read_results(out_dir: str | Path) -> list[dict]:
+    """Finished trials of a search folder, one per Optuna trial number (the last line wins)."""
+    rows = {int(r["trial"]): r for r in _ledger_rows(out_dir) if r.get("status") in FINISHED}
     return [rows[k] for k in sorted(rows)]
+
+
+def lost_trials(out_dir: str | Path) -> dict[int, str]:
+    """Trials lost to infrastructure failures that hold no result: trial number -> the last ledger
+    status of it, ``lost`` (to re-queue) or ``requeued`` (its parameters are queued again)."""
+    found = {int(r["trial"]): r["status"] for r in _ledger_rows(out_dir) if r.get("status") in (LOST, REQUEUED)}
+    finished = {r["trial"] for r in read_results(out_dir)}
+    return {n: status for n, status in found.items() if n not in finished}
 
 
 def reconcile(study, storage, out_dir: Path, spec: SearchSpec) -> list[dict]:
@@ -149,16 +165,25 @@ def reconcile(study, storage, out_dir: Path, spec: SearchSpec) -> list[dict]:
     - a study trial still RUNNING whose result is in the ledger: told its logged outcome;
     - a RUNNING trial missing from the ledger (in flight when the driver died): marked failed with
       ``interrupted`` and its parameters enqueued, so the next run re-runs it first;
+    - a trial the ledger marks lost (its actor or node died): its parameters enqueued once (the
+      ledger then says ``requeued``), as an interrupted one's;
     - a finished study trial missing from the ledger (killed between Optuna and the ledger):
       logged from the study.
     Returns the finished rows (one per trial number)."""
     from optuna.trial import TrialState
 
     rows = {r["trial"]: r for r in read_results(out_dir)}
+    lost = lost_trials(out_dir)
     study_id = storage.get_study_id_from_name(spec.study_name)
     for t in study.get_trials(deepcopy=False):
         row = rows.get(t.number)
-        if t.state == TrialState.RUNNING:
+        if t.number in lost:
+            if lost[t.number] == LOST:
+                if t.state == TrialState.RUNNING:
+                    study.tell(t.number, state=TrialState.FAIL)
+                study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+                append_row(out_dir / "results.jsonl", {"trial": t.number, "status": REQUEUED, "finished": now()})
+        elif t.state == TrialState.RUNNING:
             if row is not None:
                 if row["status"] == "complete" and _finite(row.get("hm")):
                     study.tell(t.number, row["hm"], state=TrialState.COMPLETE)
@@ -202,20 +227,24 @@ class ResultsLog(tune.Callback):
         self._write(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._write(trial, _error_message(trial))
+        from anchoropt.raytools import is_infrastructure_error
 
-    def _write(self, trial, error: str | None) -> None:
+        lost = is_infrastructure_error(_pickled_error(trial))
+        self._write(trial, _error_message(trial), status=LOST if lost else None)
+
+    def _write(self, trial, error: str | None, status: str | None = None) -> None:
         config = dict(trial.config)
         params = {k: v for k, v in config.items() if not k.startswith("_")}
         last = dict(trial.last_result or {})
-        status, reason = outcome(last, error is not None)
-        error = error or reason
+        if status is None:
+            status, reason = outcome(last, error is not None)
+            error = error or reason
         end = time.time()
         start = self.starts.get(trial.trial_id, end)
         row = {"trial": config.get(NUMBER_KEY), "tune_trial_id": trial.trial_id, "run": self.run_index,
-               "status": status, "hm": _num(last.get("hm")) if status != "failed" else None,
-               "acc_base": _num(last.get("acc_base")) if status != "failed" else None,
-               "acc_novel": _num(last.get("acc_novel")) if status != "failed" else None,
+               "status": status, "hm": _num(last.get("hm")) if status in ("complete", "stopped") else None,
+               "acc_base": _num(last.get("acc_base")) if status in ("complete", "stopped") else None,
+               "acc_novel": _num(last.get("acc_novel")) if status in ("complete", "stopped") else None,
                "epochs_done": last.get("epoch"), "error": error, "origin": config.get(ORIGIN_KEY),
                "wall_time_s": round(end - start, 3), "started_at": round(start, 3), "finished_at": round(end, 3),
                "train_s": _round(last.get("train_s")), "report_s": _round(last.get("report_s")),
@@ -227,7 +256,7 @@ def _error_message(trial) -> str:
     """One line naming the exception of a failed trial (from its Ray error file)."""
     text = ""
     try:
-        err = trial.get_pickled_error()
+        err = _pickled_error(trial)
         if err is not None:
             cause = getattr(err, "cause", None) or err
             text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
@@ -237,6 +266,20 @@ def _error_message(trial) -> str:
         lines = [ln.strip() for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
         text = lines[-1] if lines else ""
     return text[:500] or "unknown error"
+
+
+def _pickled_error(trial) -> BaseException | None:
+    """The trial's exception: from its local error file (written before Tune's callbacks run; the
+    copy in the storage folder may not be synced yet), else from storage."""
+    import cloudpickle
+
+    try:
+        local = trial.pickled_error_file
+        if local and Path(local).is_file():
+            return cloudpickle.loads(Path(local).read_bytes())
+        return trial.get_pickled_error()
+    except Exception:  # noqa: BLE001  (an unreadable error file: treated as the trial's own fault)
+        return None
 
 
 def _num(v) -> float | None:

@@ -35,6 +35,7 @@ class SearchResult:
     n_stopped: int = 0  # stopped early by the ASHA scheduler
     sampler: str = ""  # as it ran (TPE's random start-up stated against the budget)
     reproducibility: str = ""
+    importances: dict[str, float] | None = None  # parameter -> share of HM variance (PED-ANOVA)
     importances_note: str | None = None  # why no importances were written
     notes: list[str] = field(default_factory=list)
 
@@ -83,7 +84,7 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
         # Scored on test by default: the search objective stays in the header and in search.json.
         best_cfg = {**make_config({**spec.base, **best_params}, source="best trial").to_dict(),
                     "eval_split": "test"}
-        _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best)
+        _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best, done=len(table))
     importances, importances_note = _importances(study, out_dir)
     _plot_importances(importances or {}, importances_note, out_dir / "importances.png", spec)
     _plot_history(table, out_dir / "history.png", spec)
@@ -93,8 +94,8 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
                           n_complete=len(table) - n_failed, n_failed=n_failed, best_trial=best_trial,
                           best_hm=best_hm, best_params=best_params, best_config=best_cfg, trials=table,
                           n_stopped=int((table["status"] == "stopped").sum()), sampler=spec.sampler_description,
-                          reproducibility=spec.reproducibility, importances_note=importances_note,
-                          notes=spec.notes + [n for run in spec.runs for n in run.get("notes", [])])
+                          reproducibility=spec.reproducibility, importances=importances,
+                          importances_note=importances_note, notes=spec.notes + [n for run in spec.runs for n in run.get("notes", [])])
     from anchoropt.io import save_json
     save_json({"objective": spec.objective, "num_trials": spec.num_trials, "done": result.n_done,
                "complete": result.n_complete, "stopped": result.n_stopped, "failed": n_failed,
@@ -142,13 +143,15 @@ def _parquet_safe(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _write_best_config(path: Path, cfg: dict, spec: SearchSpec, trial: int, row) -> None:
+def _write_best_config(path: Path, cfg: dict, spec: SearchSpec, trial: int, row, done: int) -> None:
     how = "leak-free pseudo base/novel split of the base classes" if spec.objective == "val" \
         else "base/novel test images"
     header = [f"# Best configuration of the search {path.parent}",
               f"# objective: {spec.objective} ({how}, SPEC section 8)",
               f"# trial {trial}: HM {row['hm']:.2f} (base {_fmt(row['acc_base'])}, novel {_fmt(row['acc_novel'])}),"
-              f" {spec.num_trials} trials, origin {row.get('origin') or 'unknown'}",
+              f" {done} of {spec.num_trials} trials done"
+              + ("" if done >= spec.num_trials else f" (unfinished: anchoropt search --resume {path.parent})")
+              + f", origin {row.get('origin') or 'unknown'}",
               f"# sampler {spec.sampler_description}",
               f"# reproducibility: {spec.reproducibility}",
               "# Use: anchoropt train --config best_config.yaml  (scores on the test images)"]

@@ -327,3 +327,16 @@ def _check_space_against_base(space: SearchSpace, cfg: TrainConfig) -> None:
 def now() -> str:
     """UTC time stamp, to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def request_change(stored: SearchSpec, requested: SearchSpec) -> str | None:
+    """How a new request for a search folder differs from the search stored there, in one phrase
+    (``space``, ``objective``, base keys ``epochs 5 -> 7``, ...), or None when it asks the same
+    search (its number of trials aside; where a trial runs, ``cache_dir``/``device``, aside too)."""
+    changes = [f"{key} {getattr(stored, key)!r} -> {getattr(requested, key)!r}"
+               for key in ("objective", "sampler", "seed", "scheduler") if getattr(stored, key) != getattr(requested, key)]
+    if stored.space != requested.space:
+        changes.append(f"space {stored.space_source} -> {requested.space_source} (other parameters or ranges)")
+    changes += [f"{key} {stored.base.get(key)!r} -> {value!r}" for key, value in requested.base.items()
+                if key not in ("cache_dir", "device") and stored.base.get(key) != value]
+    return ", ".join(changes) or None

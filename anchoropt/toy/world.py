@@ -8,6 +8,10 @@ always gives the same bytes.
 The world exists so that a small CLIP can be pretrained offline (``anchoropt.toy.pretrain``) and so
 that prompt-learning benchmarks can be cut from it (``anchoropt.toy.datasets``).
 
+Why one module of ~560 lines: the scene sampler, the renderer and the captioner together define
+the pretraining distribution of the shipped ToyCLIP checkpoint and the toy data version; a change
+to any of them invalidates both, so they are read, versioned and reviewed together.
+
 Attributes (``ATTRIBUTES`` lists the values in their canonical order):
 
 - shape (8): circle, square, triangle, diamond, star, cross, hexagon, crescent

@@ -3,15 +3,25 @@
 Both train AnchorOPT (two-stage) on the same few-shot data with the same initial
 prompts, on one machine, in one run:
 
-- reference: the image encoder runs on freshly augmented images every step, text
-  sequences are the full 77 tokens, the frozen anchor-prompt logits are recomputed
-  every step, and Stage I is recomputed for every trial;
-- anchoropt: cached image features (precomputed views), sequences cut at EOS,
-  anchor logits computed once, Stage I shared between trials (cached on disk).
+- reference: models the costs of the authors' trainers (trainers/coop_pretrain_anchor.py for
+  Stage I, trainers/coop_anchoropt.py for Stage II):
+  Stage I takes one step per image batch (drop_last); each step loads and augments the batch
+  and runs the image encoder (its output is not in the loss), encodes every class's anchor
+  prompt at the full 77 tokens, and back-propagates with ``retain_graph=True`` also through the
+  description targets, which a second, trainable CLIP copy encoded once *with* autograd (no
+  ``no_grad``): every step computes that copy's text-tower weight gradients and the graph stays
+  in memory. Stage II re-encodes freshly augmented images every step, runs 77-token
+  sequences and recomputes the frozen anchor-prompt logits every step; Stage I is recomputed
+  for every trial;
+- anchoropt: cached image features (precomputed views), sequences cut at EOS, the shared
+  prefix encoded once per step, anchor logits computed once, Stage I shared between trials
+  (cached on disk).
 
-Prints seconds per Stage II epoch, images per second, peak memory, their ratio,
-Stage I cost per trial, final HM of both, and the share of the trainer's Stage II
-time spent inside the text transformer (forward + backward).
+Each side runs in its own child process (peak memory is its own), alternating A B A B for
+``--rounds`` rounds; every figure is the median over rounds, with the spread (min-max). Prints
+Stage II s/epoch, images/s, Stage I s/update and s/epoch, Stage I per trial, peak memory, their
+ratios, final HM and the share of the trainer's Stage II time inside the text transformer, and
+the load average (os.getloadavg) at start and end.
 
 Usage (random-init ViT-B-16, a generated 50-class dataset, 16 shots):
     python benchmarks/perf/trial_cost.py --backbone ViT-B-16 --classes 50
@@ -22,7 +32,9 @@ Toy CLIP on a toy dataset:
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
+import os
 import json
 import resource
 import subprocess
@@ -81,24 +93,38 @@ def reference_trial(cfg, backbone, device) -> dict:
     trainer = Trainer(cfg, backbone, build_task(cfg, backbone, device), device)
     method = AnchorOPT(trainer)
     learner, anchor = method.prompt, method.anchor
+    trainer.encoder.share_prefix = False  # the reference encodes every class's full prompt
     full = {}
 
     def tokens(names, n_block, rest):  # 77-token sequences, tokenised per call
         return ClassTokens.build(names, n_block, rest, backbone.tokenizer, backbone.model.token_embedding,
                                  truncate=False)
 
+    augment = backbone.augment(cfg.crop_scale, cfg.flip)
     start = time.perf_counter()
     stepper = Stepper.sgd([anchor.anchors], cfg.anchor_lr, cfg)
-    targets = trainer.description_targets()
+    targets = reference_description_targets(trainer, backbone, device)
+    stage1_epochs = []
     for epoch in range(cfg.anchor_epochs):
         stepper.set_epoch(epoch, cfg.anchor_epochs, cfg)
-        for _ in range(steps_per_epoch(len(items), cfg.anchor_batch_size)):  # one step per image batch, all classes
+        t0 = time.perf_counter()
+        order = torch.randperm(len(items))
+        for b in range(steps_per_epoch(len(items), cfg.anchor_batch_size)):  # one step per image batch
+            idx = order[b * cfg.anchor_batch_size:(b + 1) * cfg.anchor_batch_size]
+            images = torch.stack([augment(load_image(items[i].impath)) for i in idx]).to(device)
+            backbone.model.encode_image(images)  # the reference's forward runs it; the MSE does not use it
             pred = anchor(trainer.encoder, tokens(classnames, cfg.n_anchors, AnchorPrompt.rest))
-            stepper.step(stage1_loss(pred, targets, cfg.mse_weight), trainer.scaler)
+            stepper.optimizer.zero_grad()
+            stage1_loss(pred, targets, cfg.mse_weight).backward(retain_graph=True)
+            stepper.optimizer.step()
+            stepper.updates += 1
+        stage1_epochs.append(time.perf_counter() - t0)
     full["stage1_s"] = time.perf_counter() - start
+    full["stage1_epoch_s"] = float(np.median(stage1_epochs))
+    full["stage1_update_s"] = sum(stage1_epochs) / max(stepper.updates, 1)
+    del targets
 
     prompt = Stepper.sgd(list(learner.parameters()), cfg.lr, cfg)
-    augment = backbone.augment(cfg.crop_scale, cfg.flip)
     labels_all = torch.tensor([d.label for d in items])
     epoch_times = []
     for epoch in range(cfg.epochs):
@@ -126,6 +152,17 @@ def reference_trial(cfg, backbone, device) -> dict:
     return full
 
 
+def reference_description_targets(trainer, backbone, device) -> torch.Tensor:
+    """Description targets ``[C, n_desc, D]`` as the reference builds them: per class, by a second
+    CLIP copy whose parameters require gradients, without ``no_grad``, so the tensor carries the
+    description encoder's autograd graph (77-token sequences)."""
+    copy_model = copy.deepcopy(backbone.model).requires_grad_(True)
+    sentences = trainer.stage1_descriptions()
+    feats = [F.normalize(copy_model.encode_text(backbone.tokenizer(per_class).to(device)).float(), dim=-1)
+             for per_class in sentences]
+    return torch.stack(feats)
+
+
 def project_trial(cfg, backbone, device) -> dict:
     """This project's trainer, timed per phase; Stage I of a second trial comes from the cache."""
     out = {}
@@ -138,6 +175,8 @@ def project_trial(cfg, backbone, device) -> dict:
     t0 = time.perf_counter()
     method.fit_anchors()
     out["stage1_s"] = time.perf_counter() - t0
+    out["stage1_epoch_s"] = out["stage1_s"] / max(cfg.anchor_epochs, 1)  # includes encoding the targets once
+    out["stage1_update_s"] = out["stage1_s"] / max(method.stage1_updates, 1)
     t0 = time.perf_counter()
     AnchorOPT(trainer).fit_anchors()
     out["stage1_shared_s"] = time.perf_counter() - t0
@@ -158,14 +197,14 @@ def project_trial(cfg, backbone, device) -> dict:
 
 
 def text_transformer_share(trainer, learner, epoch_s: float) -> float:
-    """Time of the bare text transformer forward + backward on one epoch's prompts, over the epoch time."""
+    """Time of the bare text transformer forward + backward (the trainer's path) on one epoch's prompts,
+    over the epoch time."""
     tokens = trainer.tokens(trainer.task.classnames, learner.n_block, learner.rest)
     steps = sum(1 for _ in trainer.image_batches(0))
-    seq = tokens.assemble(learner.ctx.detach().new_zeros(learner.n_block, trainer.width)).detach()
-    seq.requires_grad_(True)
+    block = learner.ctx.detach().new_zeros(learner.n_block, trainer.width).requires_grad_(True)
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer.encoder(seq, tokens.eos_index).sum().backward()
+        trainer.encoder.encode(tokens, block).sum().backward()
     return (time.perf_counter() - t0) / epoch_s
 
 
@@ -201,47 +240,64 @@ def main(argv=None) -> None:
     parser.add_argument("--anchor-epochs", type=int, default=5)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (A B A B ...)")
     parser.add_argument("--only", choices=["reference", "anchoropt"], help="run one side (child process)")
     parser.add_argument("--cache-dir", help="feature/Stage I cache of a child run")
     args = parser.parse_args(argv)
     if args.only:  # child: one side, in a fresh process so that peak memory is its own
         print(json.dumps(run_one(args.only, args)))
         return
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         if args.data_root is None:
             args.data_root = str(Path(tmp) / "data")
             make_dataset(Path(args.data_root), args.classes, args.shots, 224 if args.backbone != "ToyCLIP" else 64)
             args.descriptions = str(Path(args.data_root) / "descriptions.json")
-        results = {}
-        for kind in ("anchoropt", "reference"):
-            # One feature cache for both: the reference only reads it for its final evaluation.
-            child = [sys.executable, __file__, "--only", kind, "--cache-dir", str(Path(tmp) / "cache")] + \
-                [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                 if k not in ("only", "cache_dir") and v is not None]
-            done = subprocess.run(child, capture_output=True, text=True)
-            if done.returncode != 0:
-                sys.exit(f"{kind} run failed: {done.stderr.strip().splitlines()[-1]}")
-            results[kind] = json.loads(done.stdout.strip().splitlines()[-1])
-    report(results, args)
+        results = {"anchoropt": [], "reference": []}
+        for round_ in range(args.rounds):
+            for kind in results:  # A B A B: both sides see the same machine load
+                # One feature cache per round for both (the reference only reads it for its final
+                # evaluation); a fresh one per round so each round pays the project's first Stage I.
+                child = [sys.executable, __file__, "--only", kind, "--cache-dir", str(Path(tmp) / f"cache{round_}")] + \
+                    [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                     if k not in ("only", "cache_dir", "rounds") and v is not None]
+                done = subprocess.run(child, capture_output=True, text=True)
+                if done.returncode != 0:
+                    sys.exit(f"{kind} run failed: {done.stderr.strip().splitlines()[-1]}")
+                results[kind].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    report(results, args, load_start)
 
 
-def report(results: dict, args) -> None:
+def report(results: dict, args, load_start: float) -> None:
+    """Median over rounds of each figure, its spread, and the ratio of medians."""
     ours, ref = results["anchoropt"], results["reference"]
+
+    def med(runs, key):
+        values = [r[key] for r in runs]
+        return float(np.median(values)), min(values), max(values)
+
     print(f"backbone {args.backbone} ({args.pretrained}), dataset {args.dataset}, {args.shots} shots, "
-          f"{ours['images']} training images, device {args.device}, torch threads {torch.get_num_threads()}")
-    print(f"{'':24}{'reference':>12}{'anchoropt':>12}{'ratio':>9}")
-    rows = [("Stage II s/epoch", ref["epoch_s"], ours["epoch_s"]),
-            ("images/s", ref["images"] / ref["epoch_s"], ours["images"] / ours["epoch_s"]),
-            ("Stage I s/trial", ref["stage1_s"], ours["stage1_shared_s"]),
-            ("peak memory MB (process)", ref["peak_mb"], ours["peak_mb"])]
-    for name, r, o in rows:
-        ratio = r / o if name != "images/s" else o / r
-        print(f"{name:24}{r:12.3f}{o:12.4f}{ratio:8.1f}x")
-    print(f"{'first Stage I s':24}{ref['stage1_s']:12.3f}{ours['stage1_s']:12.3f}")
-    print(f"{'feature cache s (once)':24}{'':12}{ours['features_s']:12.3f}")
-    print(f"{'final base/novel/HM':24}{ref['acc_base']:5.1f}/{ref['acc_novel']:4.1f}/{ref['hm']:4.1f}"
-          f"  {ours['acc_base']:5.1f}/{ours['acc_novel']:4.1f}/{ours['hm']:4.1f}")
-    print(f"text transformer share of trainer Stage II time: {100 * ours['text_share']:.1f}%")
+          f"{ours[0]['images']} training images, device {args.device}, torch threads {torch.get_num_threads()}, "
+          f"{args.rounds} interleaved rounds (median [min-max])")
+    print(f"{'':26}{'reference':>26}{'anchoropt':>28}{'ratio':>8}")
+    for r in ours + ref:
+        r["images_per_s"] = r["images"] / r["epoch_s"]
+    rows = [("Stage II s/epoch", "epoch_s", "epoch_s"), ("Stage II images/s", "images_per_s", "images_per_s"),
+            ("Stage I s/update", "stage1_update_s", "stage1_update_s"),
+            ("Stage I s/epoch", "stage1_epoch_s", "stage1_epoch_s"),
+            ("Stage I s/trial (shared)", "stage1_s", "stage1_shared_s"),
+            ("first Stage I s", "stage1_s", "stage1_s"),
+            ("peak memory MB (process)", "peak_mb", "peak_mb")]
+    for name, ref_key, our_key in rows:
+        (r, rlo, rhi), (o, olo, ohi) = med(ref, ref_key), med(ours, our_key)
+        ratio = o / r if ref_key == "images_per_s" else r / o
+        print(f"{name:26}{r:12.4f} [{rlo:.4f}-{rhi:.4f}]{o:12.4f} [{olo:.4f}-{ohi:.4f}]{ratio:7.1f}x")
+    print(f"{'feature cache s (once)':26}{'':26}{med(ours, 'features_s')[0]:12.3f}")
+    for label, runs in (("reference", ref), ("anchoropt", ours)):
+        print(f"final base/novel/HM {label}: " + ", ".join(
+            f"{r['acc_base']:.1f}/{r['acc_novel']:.1f}/{r['hm']:.1f}" for r in runs))
+    print(f"text transformer share of trainer Stage II time: {100 * med(ours, 'text_share')[0]:.1f}%")
+    print(f"load average at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     sys.stdout.flush()
 
 
