@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Iterable, Mapping, get_type_hints
 
 from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, is_checkpoint_path
@@ -183,19 +183,26 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def check_keys(values: Mapping[str, Any], known: Iterable[str], source: str,
+               renamed: Mapping[str, str] | None = None, kind: str = "key") -> None:
+    """Raise ConfigError naming ``source`` and every ``kind`` of ``values`` not in ``known``, each
+    with its new name (``renamed``) or the closest known key (difflib) as a hint."""
+    known = set(known)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = [f"{k} (renamed {renamed[k]})" if renamed and k in renamed else
+                 f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
+                 for k in unknown]
+        raise ConfigError(f"{source}: unknown {kind}(s) {', '.join(hints)}")
+
+
 def make_config(values: dict[str, Any] | None = None, source: str = "config") -> TrainConfig:
     """Build a validated TrainConfig from a dict, its path keys made absolute (anchoropt.paths: relative
     to the working directory). An unknown key, a value of the wrong type or out of its range raises
     ConfigError naming ``source`` and the key."""
-    hints = get_type_hints(TrainConfig)
-    known = {f.name for f in fields(TrainConfig)}
     values = values or {}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        hints = [f"{k} (renamed {RENAMED[k]})" if k in RENAMED else
-                 f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
-                 for k in unknown]
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}")
+    check_keys(values, {f.name for f in fields(TrainConfig)}, source, RENAMED)
+    hints = get_type_hints(TrainConfig)
     try:
         cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
     except ConfigError as err:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anchoropt.config import PROTOCOLS, SCHEDULES, make_config
+from anchoropt.config import PROTOCOLS, SCHEDULES, TrainConfig, check_keys, make_config
 from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, relative_to_file
 from anchoropt.yamlio import read_yaml
@@ -108,9 +108,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     for old, new in RENAMED_KEYS.items():
         if old in raw:
             raise ConfigError(f"{path}: suite key '{old}' is now {new}")
-    unknown = sorted(set(raw) - SUITE_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown suite key(s) {', '.join(unknown)}")
+    check_keys(raw, SUITE_KEYS, str(path), kind="suite key")
     check_schema(raw, SUITE_SCHEMA, path)
     protocol, source = raw.get("protocol", "base2novel"), raw.get("source")
     if protocol not in PROTOCOLS:
@@ -124,6 +122,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
             raise ConfigError(f"{path}: per_dataset entry '{name}' is not one of the suite's datasets")
     if raw.get("search_dataset") not in (None, *raw["datasets"]):
         raise ConfigError(f"{path}: search_dataset '{raw['search_dataset']}' is not one of the suite's datasets")
+    check_keys(overrides or {}, [f.name for f in dataclasses.fields(TrainConfig)], "command-line overrides")
     shared = {**(raw.get("config") or {}), **(overrides or {})}
     make_config(shared, source=f"{path} config")
     methods = {name: dict(spec or {}) for name, spec in raw["methods"].items()}

@@ -13,8 +13,11 @@ from tests.helpers import TINY, write_suite
 
 def test_suite_errors_name_file_and_key(tmp_path, eurosat_root):
     path = write_suite(tmp_path, eurosat_root, extra={"baselin": "coop"})
-    with pytest.raises(ConfigError, match="suite.yaml: unknown suite key\\(s\\) baselin"):
+    with pytest.raises(ConfigError, match="suite.yaml: unknown suite key\\(s\\) baselin \\(did you mean baseline\\?\\)"):
         load_suite(path)
+    path = write_suite(tmp_path, eurosat_root)
+    with pytest.raises(ConfigError, match="^command-line overrides: unknown key\\(s\\) epoch \\(did you mean epochs\\?\\)"):
+        load_suite(path, {"epoch": "3"})  # a typo on the command line is not the suite file's fault
     path = write_suite(tmp_path, eurosat_root, methods={"bad": {"method": "coop", "n_ctxx": 3}})
     with pytest.raises(ConfigError, match="method 'bad'.*unknown key\\(s\\) n_ctxx"):
         plan_cells(load_suite(path), tmp_path / "r")

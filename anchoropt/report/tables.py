@@ -10,7 +10,7 @@ METRIC_TITLES = {"acc_base": "Base accuracy", "acc_novel": "Novel accuracy", "hm
 MISSING = "—"
 # method-name tokens as the papers spell them; schedule / tuning tokens become a qualifier
 METHOD_TOKENS = {"coop": "CoOp", "cocoop": "CoCoOp", "maple": "MaPLe", "kgcoop": "KgCoOp", "promptsrc": "PromptSRC",
-                 "atprompt": "ATPrompt", "anchoropt": "AnchorOPT", "zeroshot": "CLIP", "clip": "CLIP"}
+                 "atprompt": "ATPrompt", "anchoropt": "AnchorOPT", "zeroshot": "Zero-shot CLIP", "clip": "CLIP"}
 # the 11 standard datasets (and ImageNet variants) as the papers' tables name them
 DATASET_NAMES = {"imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets",
                  "stanford_cars": "StanfordCars", "oxford_flowers": "Flowers102", "food101": "Food101",
@@ -53,7 +53,8 @@ def display_name(method: str, overrides: Mapping[str, str] | None = None) -> str
     """How a paper would print ``method``: ``overrides[method]`` if given, else known method
     tokens spelled as published (joined by ``+``), schedule / tuning tokens as a parenthesised
     qualifier, other tokens kept: ``coop_anchoropt_one_stage`` -> ``CoOp+AnchorOPT (one-stage)``,
-    ``anchoropt_two_stage`` -> ``AnchorOPT (two-stage)``, ``zeroshot`` -> ``CLIP``."""
+    ``anchoropt_two_stage`` -> ``AnchorOPT (two-stage)``, ``zeroshot`` and ``zeroshot_clip`` ->
+    ``Zero-shot CLIP`` (a token repeating the previous word's model is dropped)."""
     if overrides and method in overrides:
         return overrides[method]
     rest, qualifiers = method, []
@@ -65,6 +66,8 @@ def display_name(method: str, overrides: Mapping[str, str] | None = None) -> str
     words: list[str] = []
     for token in (t for t in re.split(r"[_\-\s]+", rest) if t):
         known = METHOD_TOKENS.get(token.lower())
+        if known and words and words[-1].endswith(known):
+            continue
         if known and words and words[-1] in METHOD_TOKENS.values():
             words[-1] += "+" + known
         else:

@@ -277,13 +277,21 @@ def _paper_frame():
     return _frame(rows), methods
 
 
+@pytest.mark.parametrize("method, shown", [("zeroshot", "Zero-shot CLIP"), ("zeroshot_clip", "Zero-shot CLIP"),
+                                           ("clip", "CLIP"), ("coop_anchoropt_one_stage", "CoOp+AnchorOPT (one-stage)"),
+                                           ("anchoropt_two_stage_tuned", "AnchorOPT (two-stage, tuned)")])
+def test_display_names_never_repeat_the_model(method, shown):
+    from anchoropt.report.tables import display_name
+    assert display_name(method) == shown  # zeroshot_clip once printed "CLIP+CLIP"
+
+
 def test_tables_tex_has_display_names_label_and_significance_marks(tmp_path):
     df, _ = _paper_frame()
     report.write_report(df, tmp_path, baseline="coop")
     tex = (tmp_path / "tables.tex").read_text()
     assert "\\label{tab:base2novel}" in tex
     assert "coop\\_anchoropt" not in tex and "CoOp+AnchorOPT (one-stage)" in tex
-    assert "AnchorOPT (two-stage)" in tex and "CLIP &" in tex
+    assert "AnchorOPT (two-stage)" in tex and "Zero-shot CLIP &" in tex
     row = {}
     for block in tex.split("\\multicolumn{4}{c}{\\textbf{")[1:]:
         title = block.split("}")[0]
