@@ -168,7 +168,7 @@ def _pair_explanation(ctx: Context, holm_family: int) -> str:
     convention = f" ({HM_CONVENTIONS[ctx.hm_convention]})" if ctx.protocol == "base2novel" else ""
     text = (f"Over {'datasets' if ctx.source is None else 'target datasets'}, on per-dataset {ctx.label}"
             f"{convention}: Wilcoxon signed-rank test, "
-            f"{wilcoxon_details()}; and a {CONFIDENCE:.0%} bootstrap CI of the mean difference "
+            f"{wilcoxon_details(len(ctx.scored))}; and a {CONFIDENCE:.0%} bootstrap CI of the mean difference "
             f"(`scipy.stats.bootstrap`, BCa, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}). Only "
             "datasets where both methods are complete are used.")
     if holm_family:

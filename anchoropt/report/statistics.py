@@ -192,14 +192,17 @@ def wilcoxon_test(diffs: Sequence[float]) -> dict:
                   "min_p": float(best.pvalue)}
 
 
-def wilcoxon_details() -> str:
-    """How ``wilcoxon_test`` computes p, with the SciPy version, for report texts."""
+def wilcoxon_details(n: int | None = None) -> str:
+    """How ``wilcoxon_test`` computes p, with the SciPy version, for report texts; ``n`` (the
+    number of paired datasets) gives the smallest reachable p at that n, else an example at n = 5."""
+    n_ex = n if n else 5
     return (f"`scipy.stats.wilcoxon` (SciPy {scipy.__version__}), two-sided, zero_method='wilcox' (zero "
             "differences discarded before ranking; n counts the nonzero ones); p exact from the null "
             f"distribution of W when the nonzero |Δ| have no ties and n ≤ {WILCOXON_EXACT_MAX_N}, exact over "
             f"all 2^n sign flips when tied and n ≤ {WILCOXON_PERMUTATION_MAX_N}, else the tie-corrected normal "
             "approximation without continuity correction. Smallest reachable p: the p with every Δ of one "
-            "sign (n = 5 without ties: 2/2^5 = 0.0625); where it is not below the threshold, "
+            f"sign ({'here ' if n else ''}n = {n_ex} without ties: 2/2^{n_ex} = {2 / 2 ** n_ex:.4g}); where it is "
+            "not below the threshold, "
             "significance is out of reach at that n whatever the differences")
 
 

@@ -142,6 +142,7 @@ def test_report_says_significance_is_out_of_reach_at_five_datasets(tmp_path):
     for i, d in enumerate(["d1", "d2", "d3", "d4", "d5"]):
         rows += [("B", d, 1, 60.0, 60.0), ("A", d, 1, 61.0 + i, 61.0 + i)]
     text = report.write_report(_frame(rows), tmp_path, baseline="B").read_text()
+    assert "here n = 5 without ties: 2/2^5 = 0.0625" in text  # the report's own n, not a generic example
     row = pd.read_csv(tmp_path / "paired_wilcoxon.csv").iloc[0]
     assert row["p"] == pytest.approx(0.0625) and row["min_p"] == pytest.approx(0.0625)
     assert row["p_method"] == "exact" and row["n_nonzero"] == 5
