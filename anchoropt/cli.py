@@ -381,13 +381,31 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)
+        if _raised_by_interrupt(err):
+            _interrupted(args)
         if not isinstance(err, _user_errors()):
             raise
         print(f"anchoropt: error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"anchoropt: interrupted; {_resumable(args)}", file=sys.stderr)
-        sys.exit(130)
+        _interrupted(args)
+
+
+def _raised_by_interrupt(err: BaseException) -> bool:
+    """Whether ``err`` was raised while a Ctrl-C unwound the stack (e.g. a library's lock clean-up
+    failing on the way out), so that it still means "interrupted", not a failure."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__context__
+    return False
+
+
+def _interrupted(args: argparse.Namespace) -> None:
+    print(f"anchoropt: interrupted; {_resumable(args)}", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def _trial_actor_pids() -> list[int]:
 def test_cell_whose_actor_dies_is_rerun_not_failed(tmp_path, eurosat_root, ray_session):
     import threading
 
-    path = write_suite(tmp_path, eurosat_root, methods={"coop": {"method": "coop", "epochs": 40}}, seeds=(1,))
+    path = write_suite(tmp_path, eurosat_root, methods={"coop": {"method": "coop", "epochs": 200}}, seeds=(1,))
     results = tmp_path / "results"
     killed = []
 
@@ -180,7 +180,7 @@ def test_cell_whose_actor_dies_is_rerun_not_failed(tmp_path, eurosat_root, ray_s
         while time.time() < deadline and not killed:
             pids = _trial_actor_pids()
             if pids:
-                time.sleep(3)  # the cell is training
+                time.sleep(1)  # the cell is training (200 epochs)
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
             time.sleep(0.2)

@@ -207,3 +207,18 @@ def test_train_never_overwrites_a_run_unless_asked(tmp_path, eurosat_root, capsy
     assert (out / "record.json").read_bytes() == first  # the earlier result is kept
     main([*argv[:3], "--overwrite", *argv[3:]])
     assert json.loads((out / "record.json").read_text())["wall_time_s"] != json.loads(first)["wall_time_s"]
+
+
+def test_an_error_raised_while_ctrl_c_unwinds_still_exits_130(monkeypatch, capsys):
+    import anchoropt.cli as cli
+
+    def interrupted_in_a_lock(args):  # as Optuna's journal lock release failing under a KeyboardInterrupt
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise FileNotFoundError("study.journal.lock...rename")
+
+    monkeypatch.setattr(cli, "_report", interrupted_in_a_lock)
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "r", "--out", "o"])
+    assert exc.value.code == 130 and "anchoropt: interrupted" in capsys.readouterr().err
