@@ -159,7 +159,7 @@ def test_killed_search_resumes_without_lost_or_repeated_trials(ray_session, tiny
     from anchoropt.search.ledger import read_results
 
     base_yaml = tmp_path / "base.yaml"
-    base_yaml.write_text(yaml.safe_dump(_base(tiny_cfg)))
+    base_yaml.write_text(yaml.safe_dump(_base(tiny_cfg, epochs=30)))  # trials long enough to be killed mid-search
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
     out = tmp_path / "search"
