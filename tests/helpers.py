@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +135,68 @@ def load_script(relpath: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def search_base(tiny_cfg, **kw) -> dict:
+    """A base configuration for test searches: the tiny EuroSAT, 2 epochs, 2 Stage I epochs, 4 shots."""
+    return tiny_cfg(**{"epochs": 2, "anchor_epochs": 2, "train_views": 1, "shots": 4, **kw}).to_dict()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def trial_actor_pids() -> list[int]:
+    """PIDs of this test session's Ray Tune trial actors (process title ``ray::ImplicitFunc...``,
+    descendants of this process: never another session's)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not (proc.name.isdigit() and b"ImplicitFunc" in (proc / "cmdline").read_bytes()):
+                continue
+            pid = int(proc.name)
+            while pid > 1 and pid != os.getpid():
+                pid = _parent(pid)
+            if pid == os.getpid():
+                pids.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+@contextmanager
+def one_trial_actor_killed(timeout_s: float = 180):
+    """While the block runs, SIGKILL one trial actor of this session 1 s after it appears (mid-trial
+    for a trial of many epochs); yields the list of killed PIDs (empty if none was seen in time)."""
+    killed: list[int] = []
+
+    def kill():
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and not killed:
+            pids = trial_actor_pids()
+            if pids:
+                time.sleep(1)
+                try:
+                    os.kill(pids[0], signal.SIGKILL)
+                except ProcessLookupError:  # that actor was gone already (e.g. a worker Ray replaced): look again
+                    continue
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        killer.join()
+
+
+def interrupt(proc: subprocess.Popen, timeout_s: float = 120) -> str:
+    """Send Ctrl-C (SIGINT) to ``proc``'s process group, wait for it, and return its stderr; the
+    group is SIGKILLed if it is still running after ``timeout_s``."""
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+    try:
+        return proc.communicate(timeout=timeout_s)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ import pytest
 
 from anchoropt.benchmark import run_benchmark
 from anchoropt.suite import load_suite
-from tests.helpers import TINY, write_suite
+from tests.helpers import TINY, one_trial_actor_killed, write_suite
 
 
 def _records(results: Path) -> list[dict]:
@@ -147,53 +147,12 @@ def test_unreachable_ray_address_fails_fast_with_one_line(tmp_path, eurosat_root
     _one_line_error(done, "127.0.0.1:1", "ray start --head")
 
 
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def _trial_actor_pids() -> list[int]:
-    """PIDs of this test session's Ray Tune trial actors (process title ``ray::ImplicitFunc...``,
-    descendants of this process: never another session's)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if not (proc.name.isdigit() and b"ImplicitFunc" in (proc / "cmdline").read_bytes()):
-                continue
-            pid = int(proc.name)
-            while pid > 1 and pid != os.getpid():
-                pid = _parent(pid)
-            if pid == os.getpid():
-                pids.append(int(proc.name))
-        except (OSError, ValueError, IndexError):
-            pass
-    return pids
-
-
 @pytest.mark.ray
 def test_cell_whose_actor_dies_is_rerun_not_failed(tmp_path, eurosat_root, ray_session):
-    import threading
-
     path = write_suite(tmp_path, eurosat_root, methods={"coop": {"method": "coop", "epochs": 200}}, seeds=(1,))
     results = tmp_path / "results"
-    killed = []
-
-    def kill_the_trial_actor():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            pids = _trial_actor_pids()
-            if pids:
-                time.sleep(1)  # the cell is training (200 epochs)
-                try:
-                    os.kill(pids[0], signal.SIGKILL)
-                except ProcessLookupError:  # that actor was gone already: look again
-                    continue
-                killed.append(pids[0])
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_the_trial_actor)
-    killer.start()
-    counts = run_benchmark(load_suite(path), results)
-    killer.join()
+    with one_trial_actor_killed(timeout_s=120) as killed:  # the cell trains for 200 epochs: killed mid-way
+        counts = run_benchmark(load_suite(path), results)
     assert killed, "the trial's actor was never seen"
     assert counts == {"done": 1, "failed": 0, "skipped": 0}
     assert len(_records(results)) == 1

@@ -16,13 +16,11 @@ import yaml
 from anchoropt.cli import main
 from anchoropt.config import load_config
 from anchoropt.search.space import SpaceError
-from tests.helpers import REPO_ROOT, TINY_SPACE
+from tests.helpers import REPO_ROOT, TINY_SPACE, search_base as _base
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _base(tiny_cfg, **kw):
-    return tiny_cfg(**{"epochs": 2, "anchor_epochs": 2, "train_views": 1, "shots": 4, **kw}).to_dict()
 
 
 def _stage1_spy(log_path: str):

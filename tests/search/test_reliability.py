@@ -2,24 +2,15 @@
 stops with exit 130, a search with no completed trial exits non-zero, and ``anchoropt run`` refuses
 to resume a search made for another request."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from anchoropt.search.spec import SearchError, new_spec
-from tests.test_benchmark import _trial_actor_pids
-
-
-def _base(tiny_cfg, **kw):
-    return tiny_cfg(**{"epochs": 2, "anchor_epochs": 2, "train_views": 1, "shots": 4, **kw}).to_dict()
-
+from tests.helpers import interrupt, one_trial_actor_killed, search_base as _base
 
 COOP_SPACE = {"params": {"method": "coop", "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}
 
@@ -28,26 +19,9 @@ COOP_SPACE = {"params": {"method": "coop", "lr": {"type": "float", "low": 1e-3, 
 def test_trial_whose_actor_dies_is_rerun_not_failed(ray_session, tiny_cfg, tmp_path):
     from anchoropt.search.driver import run_search
 
-    killed = []
-
-    def kill_one_trial_actor():
-        deadline = time.time() + 180
-        while time.time() < deadline and not killed:
-            pids = _trial_actor_pids()
-            if pids:
-                time.sleep(1)  # mid-trial (the trial trains for 200 epochs)
-                try:
-                    os.kill(pids[0], signal.SIGKILL)
-                except ProcessLookupError:  # that actor was gone already (e.g. a worker Ray replaced): look again
-                    continue
-                killed.append(pids[0])
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_one_trial_actor)
-    killer.start()
     out = tmp_path / "s"
-    result = run_search(COOP_SPACE, out, 2, _base(tiny_cfg, epochs=200), sampler="random", max_concurrent=1)
-    killer.join()
+    with one_trial_actor_killed() as killed:  # the trial trains for 200 epochs: killed mid-trial
+        result = run_search(COOP_SPACE, out, 2, _base(tiny_cfg, epochs=200), sampler="random", max_concurrent=1)
     assert killed
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     lost = [r for r in lines if r["status"] == "lost"]
@@ -85,12 +59,7 @@ def test_ctrl_c_stops_a_search_with_exit_130_and_says_how_to_resume(tiny_cfg, tm
     while time.time() < deadline and proc.poll() is None and not (ledger.is_file() and ledger.read_text().strip()):
         time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
-    try:
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    err = interrupt(proc)
     assert proc.returncode == 130, err[-2000:]
     said = [line for line in err.splitlines() if "anchoropt: interrupted" in line]  # after the progress bar
     assert len(said) == 1 and f"resume with `anchoropt search --resume {tmp_path / 's'}`" in said[0], err[-2000:]
@@ -143,12 +112,7 @@ def test_ctrl_c_stops_the_main_job_before_the_next_step(tmp_path, eurosat_root):
     while time.time() < deadline and proc.poll() is None and not list(results.glob("searches/*/*/results.jsonl")):
         time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    err = interrupt(proc)
     assert proc.returncode == 130, err[-2000:]
     assert any("anchoropt: interrupted" in line and "run the same command again" in line for line in err.splitlines())
     assert len(list(results.glob("searches/*/*/search.json"))) == 1  # the second schedule's search never started
