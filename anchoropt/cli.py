@@ -405,6 +405,9 @@ def _raised_by_interrupt(err: BaseException) -> bool:
 
 def _interrupted(args: argparse.Namespace) -> None:
     print(f"anchoropt: interrupted; {_resumable(args)}", file=sys.stderr)
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():  # Ray's threads torn down at interpreter exit can abort it
+        ray.shutdown()
     sys.exit(130)
 
 
