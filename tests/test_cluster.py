@@ -153,7 +153,7 @@ def _search_cmd(tmp_path, eurosat_root, out, *extra):
     space.write_text(yaml.safe_dump({"params": {"method": "coop", "lr": {"type": "float", "low": 1e-3,
                                                                           "high": 1e-2, "log": True}}}))
     base = [f"dataset=eurosat", f"data_root={eurosat_root}", f"backbone={TINY}", "pretrained=none",
-            f"descriptions_dir={eurosat_root}", f"cache_dir={tmp_path / 'cache'}", "shots=4", "epochs=25",
+            f"descriptions_dir={eurosat_root}", f"cache_dir={tmp_path / 'cache'}", "shots=4", "epochs=200",
             "train_views=1", "device=cpu"]
     return [sys.executable, "-m", "anchoropt.cli", "search", "--space", str(space), "--out", str(out),
             "--sampler", "random", *extra, *base]
@@ -173,7 +173,7 @@ def test_losing_the_worker_node_mid_search_costs_no_trial(loopback_cluster, tmp_
                 if Path(f"/proc/{pid}/cmdline").exists()):
             time.sleep(0.3)
         assert search.poll() is None, search.stdout.read()[-3000:]
-        time.sleep(3)  # mid-trial
+        time.sleep(1)  # mid-trial (the trial trains for 200 epochs)
         os.kill(raylet, signal.SIGKILL)
         output, _ = search.communicate(timeout=900)
     finally:
