@@ -20,9 +20,9 @@ from anchoropt.config import ONE_STAGE_BUDGETS
 from anchoropt.engine import EpochCallback
 
 if TYPE_CHECKING:
-    from anchoropt.methods import AnchorOPT
+    from anchoropt.methods import AnchorOPTMethod
 
-def two_stage(method: "AnchorOPT", on_epoch: EpochCallback | None = None) -> None:
+def two_stage(method: "AnchorOPTMethod", on_epoch: EpochCallback | None = None) -> None:
     """Stage I to completion (or from the Stage I cache), then Stage II with the anchors frozen."""
     method.fit_anchors()
     t = method.trainer
@@ -55,7 +55,7 @@ def one_stage_plan(epochs: int, batches: int, period: int, budget: str) -> list[
     raise ValueError(f"unknown one_stage_budget '{budget}' (expected one of {', '.join(ONE_STAGE_BUDGETS)})")
 
 
-def one_stage(method: "AnchorOPT", on_epoch: EpochCallback | None = None) -> None:
+def one_stage(method: "AnchorOPTMethod", on_epoch: EpochCallback | None = None) -> None:
     """Alternate anchor and prompt steps as :func:`one_stage_plan` lays them out. Prompt steps take
     the image batches in order, continuing into the next epoch's shuffle when a budget leaves
     some unused."""
@@ -69,5 +69,5 @@ def one_stage(method: "AnchorOPT", on_epoch: EpochCallback | None = None) -> Non
     t.run_loop("one_stage", cfg.epochs, steps, [method.prompt_stepper, method.anchor_stepper], on_epoch)
 
 
-SCHEDULES: dict[str, Callable[["AnchorOPT", EpochCallback | None], None]] = {
+SCHEDULES: dict[str, Callable[["AnchorOPTMethod", EpochCallback | None], None]] = {
     "two_stage": two_stage, "one_stage": one_stage}

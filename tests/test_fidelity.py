@@ -39,7 +39,7 @@ def pets_root(tmp_path_factory):
 
 # 1. Stage I steps ------------------------------------------------------------------------------
 def test_stage1_steps_once_per_image_batch_each_over_every_class(tiny_cfg, monkeypatch):
-    import anchoropt.methods as methods
+    import anchoropt.methods.anchoropt as methods
 
     classes_per_step = []
     original = methods.stage1_loss
@@ -242,7 +242,7 @@ def _reference_text(clip, tokenizer, texts, learned, start, cut):
 
 
 def test_reference_options_reproduce_the_reference_logits(tiny_cfg, pets_root, monkeypatch):
-    import anchoropt.methods as methods
+    import anchoropt.methods.anchoropt as methods
 
     n_ctx, n_anchors = 3, 2
     cfg = tiny_cfg(dataset="oxford_pets", data_root=str(pets_root), descriptions_dir=str(pets_root),

@@ -1,0 +1,21 @@
+"""Methods behind one interface (:class:`~anchoropt.methods.base.Method`), by name.
+
+``TrainConfig.method`` picks one from :data:`METHODS`; a new method subclasses ``Method`` (or
+:class:`~anchoropt.methods.anchoropt.AnchorOPTMethod` to add AnchorOPT to a base) and is listed
+here and in ``anchoropt.config.METHODS`` (kept torch-free for the CLI).
+"""
+from __future__ import annotations
+
+from anchoropt.engine import Trainer
+from anchoropt.methods.anchoropt import AnchorOPT, AnchorOPTMethod
+from anchoropt.methods.base import Method, ZeroShot
+from anchoropt.methods.coop import CoOp
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT)}
+
+__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "CoOp", "Method", "ZeroShot", "build_method"]
+
+
+def build_method(trainer: Trainer) -> Method:
+    """The method ``trainer.cfg.method`` names, built on ``trainer``."""
+    return METHODS[trainer.cfg.method](trainer)

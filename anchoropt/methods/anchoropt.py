@@ -1,0 +1,247 @@
+"""AnchorOPT (arXiv 2511.21188) as a module added to a base method, and CoOp+AnchorOPT.
+
+:class:`AnchorOPTMethod` owns what every base+AnchorOPT shares (SPEC sections 3, 4 and 6): the
+anchor prompt and Stage I (cached, the same anchors for every base, as the reference's
+``coop_pretrain_anchor`` weights are), the anchor teacher, the KD term, the novel-class ensemble
+and the schedules. A base adds its prompt: it sets :attr:`prompt_stepper` and implements
+:meth:`~AnchorOPTMethod.prompt_step` and :meth:`~AnchorOPTMethod.prompt_scores`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+from torch import nn
+
+from anchoropt.config import ConfigError
+from anchoropt.engine import EpochCallback, Stepper, Trainer, steps_per_epoch, stream_generator
+from anchoropt.io import save_tensors
+from anchoropt.methods.base import Method, soft_token_init
+from anchoropt.prompts import (AnchorOPTPrompt, AnchorPrompt, clip_logits, gumbel_hard, kd_loss, normal_init,
+                               phrase_init, stage1_loss)
+from anchoropt.task import EvalSet
+
+REFERENCE_TEST_BATCH = 100  # images per test batch in the reference (Dassl TEST.BATCH_SIZE): one W sample each
+
+
+class AnchorOPTMethod(Method):
+    """A base method plus AnchorOPT's anchors: Stage I, teacher, KD and the novel ensemble.
+
+    Subclasses build their prompt, set :attr:`prompt_stepper` (the Stage II group) and implement
+    :meth:`prompt_step` (one Stage II step; use :meth:`stage2_loss`) and :meth:`prompt_scores`.
+    ``cfg.schedule`` runs them (:mod:`anchoropt.schedules`).
+    """
+
+    prompt_stepper: Stepper
+
+    def __init__(self, trainer: Trainer):
+        super().__init__(trainer)
+        self.anchor = AnchorPrompt(anchor_init(trainer)).to(trainer.device)
+        self.anchor_stepper = Stepper.sgd([self.anchor.anchors], self.cfg.anchor_lr, self.cfg)
+        self.stage1_updates = 0  # Stage I updates, also when the result came from the cache
+        self._targets: torch.Tensor | None = None
+        self._teacher: torch.Tensor | None = None  # anchor text of the training classes while anchors are frozen
+
+    # -- Stage I -------------------------------------------------------------------------------
+    def anchor_text(self, classnames: list[str]) -> torch.Tensor:
+        """Anchor-prompt text features ``[C, D]`` of ``classnames`` (``SOS A of CLS . EOS``)."""
+        t = self.trainer
+        return self.anchor(t.encoder, t.tokens(classnames, self.cfg.n_anchors, AnchorPrompt.rest)).float()
+
+    def anchor_step(self) -> tuple[torch.Tensor, Stepper]:
+        """One Stage I step: the MSE over *all* training classes (the reference's step per image
+        batch computes every class's anchor prompt)."""
+        t = self.trainer
+        if self._targets is None:
+            self._targets = t.description_targets()
+        self._teacher = None  # the anchors are about to change
+        return stage1_loss(self.anchor_text(t.task.classnames), self._targets, self.cfg.mse_weight), \
+            self.anchor_stepper
+
+    def stage1_steps_per_epoch(self) -> int:
+        """Stage I steps per epoch: ``floor(training images / anchor_batch_size)``, one per image
+        batch of the reference's loader (drop_last), each over every class."""
+        return steps_per_epoch(len(self.trainer.train_labels), self.cfg.anchor_batch_size)
+
+    def fit_anchors(self) -> None:
+        """Stage I to completion: ``anchor_epochs`` x ``steps_per_epoch`` steps; reuses a cached
+        result of the same Stage I configuration (concurrent trials compute it once)."""
+        t, cfg = self.trainer, self.cfg
+        if cfg.anchor_source != "stage1":  # ablation: the anchors stay as anchor_init made them
+            return
+        steps = self.stage1_steps_per_epoch()
+        self.stage1_updates = cfg.anchor_epochs * steps
+        path = stage1_cache_path(t, steps)
+        with FileLock(str(path) + ".lock"):
+            if path.is_file():
+                self.anchor.anchors.data.copy_(torch.load(path, weights_only=True)["anchors"])
+                t.stage1_descriptions()  # the record counts cut descriptions as if Stage I ran
+                return
+            t.run_loop("stage1", cfg.anchor_epochs, lambda epoch: [self.anchor_step] * steps,
+                       [self.anchor_stepper])
+            save_tensors({"anchors": self.anchor.anchors.detach().cpu()}, path)
+
+    # -- Stage II ------------------------------------------------------------------------------
+    def teacher(self) -> torch.Tensor:
+        """Anchor-prompt text features ``[C, D]`` of the training classes (no gradient)."""
+        if self._teacher is None:
+            with torch.no_grad():
+                self._teacher = self.anchor_text(self.trainer.task.classnames)
+        return self._teacher
+
+    def stage2_loss(self, logits: torch.Tensor, image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``ce_weight * CE(logits) + kd_weight * KD(logits, anchor logits)`` (SPEC section 4).
+
+        Args:
+            logits: ``[B, C]`` the prompt's logits over the training classes.
+            image_features: ``[B, D]`` the features the anchor teacher scores (the frozen image
+                tower's, or the base's own where it prompts the image tower).
+            labels: ``[B]``.
+        """
+        cfg, t = self.cfg, self.trainer
+        loss = cfg.ce_weight * F.cross_entropy(logits, labels)
+        if cfg.kd_weight > 0:
+            loss = loss + cfg.kd_weight * kd_loss(logits, clip_logits(image_features, self.teacher(), t.logit_scale),
+                                                  cfg.kd_temperature)
+        return loss
+
+    def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
+        """One Stage II step on an image batch of :meth:`Trainer.image_batches`."""
+        raise NotImplementedError
+
+    def fit(self, on_epoch: EpochCallback | None = None) -> None:
+        from anchoropt.schedules import SCHEDULES
+
+        self.train()
+        SCHEDULES[self.cfg.schedule](self, on_epoch)
+        self.eval()
+
+    # -- inference -----------------------------------------------------------------------------
+    def prompt_scores(self, ev: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prompt logits [N, C], image features [N, D] the anchor prompt scores)`` of ``ev``."""
+        raise NotImplementedError
+
+    def scores(self, ev: EvalSet) -> dict[str, torch.Tensor]:
+        """Trained classes use the prompt's logits; unseen ones (novel, cross-dataset targets)
+        ``(logits_prompt + logits_anchor) / 2`` (SPEC section 4); ``acc_anchor`` is the anchor
+        prompt alone."""
+        logits, feats = self.prompt_scores(ev)
+        anchor_logits = clip_logits(feats, self.anchor_text(ev.classnames), self.trainer.logit_scale)
+        if not ev.seen and self.cfg.novel_rule == "ensemble":
+            logits = (logits + anchor_logits) / 2
+        return {"acc": logits, "acc_anchor": anchor_logits}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {k: v.detach().cpu() for m in self.modules() if m is not self.anchor for k, v in m.state_dict().items()}
+        out["anchors"] = self.anchor.anchors.detach().cpu()
+        return out
+
+    def updates(self) -> dict[str, int]:
+        anchors = self.anchor_stepper.updates if self.cfg.schedule == "one_stage" else self.stage1_updates
+        return {"anchors": anchors, "prompt": self.prompt_stepper.updates}
+
+
+class AnchorOPT(AnchorOPTMethod):
+    """CoOp+AnchorOPT (SPEC sections 3 and 4): soft tokens and the position matrix W over
+    ``[soft tokens; anchors]`` trained with CE + KD from the anchor prompt (Stage II)."""
+
+    name = "anchoropt"
+
+    def __init__(self, trainer: Trainer):
+        super().__init__(trainer)
+        cfg = self.cfg
+        eos_shift = cfg.n_anchors if cfg.eos_index == "reference" else 0  # Stage II prompt only (reference)
+        ctx = soft_token_init(trainer)
+        n_block = ctx.shape[0] + cfg.n_anchors
+        position = torch.randn(n_block, n_block, generator=stream_generator(cfg.seed, "positions"))
+        self.prompt = AnchorOPTPrompt(ctx, position, stream_generator(cfg.seed, "gumbel"), cfg.gumbel_tau,
+                                      cfg.position_eval, eos_shift).to(trainer.device)
+        self.fixed_position = fixed_position_matrix(cfg, n_block)  # None: W learned
+        if self.fixed_position is not None:
+            self.fixed_position = self.fixed_position.to(trainer.device)
+        trainable = [self.prompt.ctx] + ([self.prompt.position] if self.fixed_position is None else [])
+        self.prompt_stepper = Stepper.sgd(trainable, cfg.lr, cfg)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.prompt, self.anchor]
+
+    def text(self, classnames: list[str], position: torch.Tensor | None = None) -> torch.Tensor:
+        t = self.trainer
+        tokens = t.tokens(classnames, self.prompt.n_block, self.prompt.rest)
+        position = self.fixed_position if position is None else position
+        return self.prompt(t.encoder, tokens, self.anchor.anchors, position).float()
+
+    def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
+        """One Stage II step: ``ce_weight * CE + kd_weight * KD`` (SPEC section 4)."""
+        feats, labels = batch
+        logits = clip_logits(feats, self.text(self.trainer.task.classnames), self.trainer.logit_scale)
+        return self.stage2_loss(logits, feats, labels), self.prompt_stepper
+
+    def prompt_scores(self, ev: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """Under ``position_eval: sample`` each block of 100 images gets its own W sample, from a
+        stream seeded per evaluation (the reference samples per test batch; training's noise is
+        left untouched)."""
+        t = self.trainer
+        feats = ev.features.to(t.device)
+        if self.prompt.position_eval == "sample" and self.fixed_position is None:
+            gen = stream_generator(self.cfg.seed, "eval_positions")
+            logits = torch.cat([clip_logits(chunk, self.text(ev.classnames, gumbel_hard(
+                self.prompt.position, self.prompt.gumbel_tau, gen)), t.logit_scale)
+                for chunk in feats.split(REFERENCE_TEST_BATCH)])
+        else:
+            logits = clip_logits(feats, self.text(ev.classnames), t.logit_scale)
+        return logits, feats
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = super().tensors()
+        if self.fixed_position is not None:  # the W that ran (its argmax is itself)
+            out["position"] = self.fixed_position.cpu()
+        return out
+
+
+def anchor_init(trainer: Trainer) -> torch.Tensor:
+    """Anchors ``[N, d]`` before Stage I: N(0, 0.02) from the run's ``anchors`` stream (Stage I starts
+    there; ``anchor_source=random`` keeps them), or with ``anchor_source=word`` the token embeddings
+    of ``anchor_word`` (ATPrompt's fixed attribute word, Li et al. 2025).
+
+    Raises:
+        ConfigError: ``anchor_word`` has a number of BPE tokens other than ``n_anchors``.
+    """
+    cfg = trainer.cfg
+    if cfg.anchor_source != "word":
+        return normal_init(cfg.n_anchors, trainer.width, stream_generator(cfg.seed, "anchors"))
+    backbone = trainer.backbone
+    n = len(backbone.tokenizer.encode(cfg.anchor_word))
+    if n != cfg.n_anchors:
+        raise ConfigError(f"anchor_word={cfg.anchor_word!r} has {n} BPE tokens but n_anchors={cfg.n_anchors}: "
+                          "give one token per anchor")
+    return phrase_init(cfg.anchor_word, backbone.tokenizer, backbone.model.token_embedding)
+
+
+def fixed_position_matrix(cfg, n_block: int) -> torch.Tensor | None:
+    """The fixed ``W [M+N, M+N]`` of a ``position_matrix`` ablation: ``identity`` (soft tokens, then
+    anchors) or ``permutation`` (rows of the identity in a random order drawn from the run's
+    ``fixed_positions`` stream); None when W is learned."""
+    if cfg.position_matrix == "identity":
+        return torch.eye(n_block)
+    if cfg.position_matrix == "permutation":
+        return torch.eye(n_block)[torch.randperm(n_block, generator=stream_generator(cfg.seed, "fixed_positions"))]
+    return None
+
+
+def stage1_cache_path(trainer: Trainer, steps: int) -> Path:
+    """Cache file of a Stage I result, keyed by everything Stage I depends on (SPEC section 3):
+    its settings, its ``steps`` per epoch (they follow the training images), the backbone and its
+    precision, the classes and descriptions, and the seed (the ``anchors`` init stream)."""
+    cfg, task = trainer.cfg, trainer.task
+    key = {k: getattr(cfg, k) for k in ("seed", "n_anchors", "anchor_lr", "anchor_epochs", "momentum", "weight_decay",
+                                        "warmup_epochs", "warmup_lr", "mse_weight", "n_descriptions", "truncate")}
+    key.update(backbone=trainer.backbone.name, weights=trainer.backbone.weights_id, precision=trainer.precision,
+               dataset=task.dataset, classes=task.classnames, descriptions=str(task.descriptions_path),
+               steps_per_epoch=steps)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Path(cfg.cache_dir).expanduser() / "stage1" / f"{digest}.pt"

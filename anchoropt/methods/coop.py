@@ -1,0 +1,54 @@
+"""CoOp (Zhou et al., IJCV 2022): shared soft tokens before the class name, trained with CE."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anchoropt.engine import EpochCallback, Stepper, Trainer
+from anchoropt.methods.base import Method, soft_token_init
+from anchoropt.prompts import CoOpPrompt, clip_logits
+from anchoropt.task import EvalSet
+
+
+class CoOp(Method):
+    """CoOp: shared soft tokens trained with cross-entropy on the few-shot images."""
+
+    name = "coop"
+
+    def __init__(self, trainer: Trainer):
+        super().__init__(trainer)
+        self.prompt = CoOpPrompt(soft_token_init(trainer)).to(trainer.device)
+        self.stepper = Stepper.sgd(list(self.prompt.parameters()), self.cfg.lr, self.cfg)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.prompt]
+
+    def text(self, classnames: list[str]) -> torch.Tensor:
+        return self.prompt(self.trainer.encoder, self.trainer.tokens(classnames, self.prompt.n_block,
+                                                                      self.prompt.rest)).float()
+
+    def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
+        feats, labels = batch
+        logits = clip_logits(feats, self.text(self.trainer.task.classnames), self.trainer.logit_scale)
+        return F.cross_entropy(logits, labels), self.stepper
+
+    def fit(self, on_epoch: EpochCallback | None = None) -> None:
+        self.train()
+        t = self.trainer
+        t.run_loop("coop", self.cfg.epochs,
+                   lambda epoch: [lambda b=b: self.prompt_step(b) for b in t.image_batches(epoch)],
+                   [self.stepper], on_epoch)
+        self.eval()
+
+    def scores(self, ev: EvalSet) -> dict[str, torch.Tensor]:
+        return {"acc": clip_logits(ev.features.to(self.trainer.device), self.text(ev.classnames),
+                                   self.trainer.logit_scale)}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.prompt.state_dict().items()}
+
+    def updates(self) -> dict[str, int]:
+        return {"prompt": self.stepper.updates}
+
+
