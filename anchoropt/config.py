@@ -22,7 +22,7 @@ from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, is_checkpoint_path
 from anchoropt.yamlio import parse_yaml, read_yaml
 
-METHODS = ("zeroshot", "coop", "anchoropt")
+METHODS = ("zeroshot", "coop", "anchoropt", "maple", "maple_anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -113,11 +113,16 @@ class TrainConfig:
     anchor_word: str = "shape"  # [project] anchor_source=word: its N BPE token embeddings (ATPrompt-style)
     position_matrix: str = "learned"  # [reference] or identity (soft tokens, then anchors) or permutation
     novel_rule: str = "ensemble"  # [reference] unseen classes (prompt + anchor logits) / 2, or prompt alone
+    # MaPLe (maple, maple_anchoropt): deep text prompts in layers 1..prompt_depth, coupled vision prompts
+    prompt_depth: int = 9  # [reference] PROMPT_DEPTH (3 in the cross-dataset config)
+    carry_index: str = "correct"  # [project] deep AnchorOPT reads each carried anchor at its position;
+    # reference: one position early (its x[anchor_index] skips SOS)
 
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
-                   "eos_index": ("correct", "reference"), "eval_split": ("test", "val"),
+                   "eos_index": ("correct", "reference"),
+                   "carry_index": ("correct", "reference"), "eval_split": ("test", "val"),
                    "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS,
                    "anchor_source": ANCHOR_SOURCES, "position_matrix": POSITION_MATRICES, "novel_rule": NOVEL_RULES}
         for key, allowed in choices.items():
@@ -128,7 +133,7 @@ class TrainConfig:
             "anchor_epochs": self.anchor_epochs >= 0, "lr": self.lr > 0, "anchor_lr": self.anchor_lr > 0,
             "batch_size": self.batch_size >= 1, "anchor_batch_size": self.anchor_batch_size >= 1,
             "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
-            "period": self.period >= 1, "train_views": self.train_views >= 1,
+            "period": self.period >= 1, "train_views": self.train_views >= 1, "prompt_depth": self.prompt_depth >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
             "n_descriptions": self.n_descriptions >= 1,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
@@ -259,7 +264,7 @@ KEY_HELP = {
     "preprocess": "open_clip pretrained tag whose image preprocessing (mean/std, resize) a checkpoint file "
                   "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
-    "method": "zeroshot, coop or anchoropt",
+    "method": "zeroshot, coop, anchoropt (CoOp+AnchorOPT), maple or maple_anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
     "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
     "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",
@@ -296,4 +301,7 @@ KEY_HELP = {
     "position_matrix": "ablation: learned W (Gumbel), identity (soft tokens then anchors) or permutation "
                        "(a fixed random W drawn from the seed)",
     "novel_rule": "ablation: unseen classes scored by ensemble ((prompt + anchor logits) / 2) or prompt alone",
+    "prompt_depth": "MaPLe: transformer layers J with prompts (layer 1 the input; J <= both towers' layers)",
+    "carry_index": "maple_anchoropt: correct (each anchor's hidden state carried from its position) or "
+                   "reference (the state one position before it, as the reference code reads)",
 }
