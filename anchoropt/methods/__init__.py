@@ -10,10 +10,11 @@ from anchoropt.engine import Trainer
 from anchoropt.methods.anchoropt import AnchorOPT, AnchorOPTMethod
 from anchoropt.methods.base import Method, ZeroShot
 from anchoropt.methods.coop import CoOp
+from anchoropt.methods.dept import DePT, DePTAnchorOPT
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT, DePT, DePTAnchorOPT)}
 
-__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "CoOp", "Method", "ZeroShot", "build_method"]
+__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "CoOp", "DePT", "DePTAnchorOPT", "Method", "ZeroShot", "build_method"]
 
 
 def build_method(trainer: Trainer) -> Method:
