@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from anchoropt.engine import Trainer
 from anchoropt.methods.anchoropt import AnchorOPT, AnchorOPTMethod
+from anchoropt.methods.atprompt import AttributeTokens, CoOpATP
 from anchoropt.methods.base import Method, ZeroShot
 from anchoropt.methods.coop import CoOp
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT)}
 
-__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "CoOp", "Method", "ZeroShot", "build_method"]
+__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoOp", "CoOpATP", "Method", "ZeroShot",
+           "build_method"]
 
 
 def build_method(trainer: Trainer) -> Method:
