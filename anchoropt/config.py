@@ -22,7 +22,7 @@ from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, is_checkpoint_path
 from anchoropt.yamlio import parse_yaml, read_yaml
 
-METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt")
+METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "dept", "dept_anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -113,6 +113,9 @@ class TrainConfig:
     anchor_word: str = "shape"  # [project] anchor_source=word: its N BPE token embeddings (ATPrompt-style)
     position_matrix: str = "learned"  # [reference] or identity (soft tokens, then anchors) or permutation
     novel_rule: str = "ensemble"  # [reference] unseen classes (prompt + anchor logits) / 2, or prompt alone
+    # DePT (dept, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
+    # and of the trained classes' test logits
+    dept_weight: float = 0.7  # [reference] LINEAR_PROBE.WEIGHT
     # ATPrompt (the *_atp methods; anchoropt/attributes.py, methods/atprompt.py)
     attributes: str = ""  # [reference] comma-separated attribute words; empty: the dataset's own
     n_att: int = 0  # [reference] soft tokens before each attribute word; 0: n_ctx (the scripts' N_ATT = NCTX)
@@ -133,6 +136,7 @@ class TrainConfig:
             "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
             "period": self.period >= 1, "train_views": self.train_views >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
+            "dept_weight": 0 <= self.dept_weight <= 1,
             "n_descriptions": self.n_descriptions >= 1, "n_att": self.n_att >= 0,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
             **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
@@ -266,7 +270,7 @@ KEY_HELP = {
     "preprocess": "open_clip pretrained tag whose image preprocessing (mean/std, resize) a checkpoint file "
                   "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
-    "method": "zeroshot, coop, coop_atp (CoOp+ATPrompt) or anchoropt (CoOp+AnchorOPT)",
+    "method": "zeroshot, coop, coop_atp (CoOp+ATPrompt), anchoropt (CoOp+AnchorOPT), dept or dept_anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
     "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
     "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",
@@ -303,6 +307,8 @@ KEY_HELP = {
     "position_matrix": "ablation: learned W (Gumbel), identity (soft tokens then anchors) or permutation "
                        "(a fixed random W drawn from the seed)",
     "novel_rule": "ablation: unseen classes scored by ensemble ((prompt + anchor logits) / 2) or prompt alone",
+    "dept_weight": "DePT: weight w of the head (loss (1-w) CE(CLIP) + w CE(head); trained classes scored "
+                   "(1-w) CLIP + w head logits) in [0, 1]",
     "attributes": "*_atp: comma-separated attribute words of the ATPrompt prompt, e.g. color,shape (empty: "
                   "the dataset's own, anchoropt/attributes.py; every scored dataset uses these)",
     "n_att": "*_atp: soft tokens before each attribute word (0: n_ctx, as the reference scripts)",
