@@ -9,11 +9,12 @@ from __future__ import annotations
 from anchoropt.engine import Trainer
 from anchoropt.methods.anchoropt import AnchorOPT, AnchorOPTMethod
 from anchoropt.methods.base import Method, ZeroShot
+from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT
 from anchoropt.methods.coop import CoOp
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT, CoCoOp, CoCoOpAnchorOPT)}
 
-__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "CoOp", "Method", "ZeroShot", "build_method"]
+__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "CoCoOp", "CoCoOpAnchorOPT", "CoOp", "Method", "ZeroShot", "build_method"]
 
 
 def build_method(trainer: Trainer) -> Method:
