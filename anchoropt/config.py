@@ -22,7 +22,7 @@ from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, is_checkpoint_path
 from anchoropt.yamlio import parse_yaml, read_yaml
 
-METHODS = ("zeroshot", "coop", "anchoropt", "cocoop", "cocoop_anchoropt")
+METHODS = ("zeroshot", "coop", "anchoropt", "cocoop", "cocoop_anchoropt", "dept", "dept_anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -118,6 +118,9 @@ class TrainConfig:
     meta_net_ratio: int = 16  # [reference] hidden width of the meta-net: image feature dim // meta_net_ratio
     cocoop_anchoropt_trains: str = "ctx"  # [reference] the optimiser holds the soft tokens only (meta-net and W
     # stay at their init); all: soft tokens, meta-net and W
+    # DePT (dept, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
+    # and of the trained classes' test logits
+    dept_weight: float = 0.7  # [reference] LINEAR_PROBE.WEIGHT
 
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
@@ -136,6 +139,7 @@ class TrainConfig:
             "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
             "period": self.period >= 1, "train_views": self.train_views >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
+            "dept_weight": 0 <= self.dept_weight <= 1,
             "n_descriptions": self.n_descriptions >= 1,
             "meta_net_ratio": self.meta_net_ratio >= 1,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
@@ -266,7 +270,7 @@ KEY_HELP = {
     "preprocess": "open_clip pretrained tag whose image preprocessing (mean/std, resize) a checkpoint file "
                   "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
-    "method": "zeroshot, coop, anchoropt (CoOp+AnchorOPT), cocoop or cocoop_anchoropt",
+    "method": "zeroshot, coop, anchoropt (CoOp+AnchorOPT), cocoop, cocoop_anchoropt, dept or dept_anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
     "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
     "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",
@@ -306,4 +310,6 @@ KEY_HELP = {
     "meta_net_ratio": "CoCoOp: the meta-net's hidden width is the image feature dim divided by this (integer)",
     "cocoop_anchoropt_trains": "cocoop_anchoropt: ctx (the soft tokens only, as the reference's optimiser; meta-net "
                                "and W stay at their init) or all (soft tokens, meta-net and W)",
+    "dept_weight": "DePT: weight w of the head (loss (1-w) CE(CLIP) + w CE(head); trained classes scored "
+                   "(1-w) CLIP + w head logits) in [0, 1]",
 }

@@ -11,10 +11,13 @@ from anchoropt.methods.anchoropt import AnchorOPT, AnchorOPTMethod
 from anchoropt.methods.base import Method, ZeroShot
 from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT
 from anchoropt.methods.coop import CoOp
+from anchoropt.methods.dept import DePT, DePTAnchorOPT
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT, CoCoOp, CoCoOpAnchorOPT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT, CoCoOp, CoCoOpAnchorOPT, DePT,
+                                                        DePTAnchorOPT)}
 
-__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "CoCoOp", "CoCoOpAnchorOPT", "CoOp", "Method", "ZeroShot", "build_method"]
+__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "CoCoOp", "CoCoOpAnchorOPT", "CoOp", "DePT", "DePTAnchorOPT",
+           "Method", "ZeroShot", "build_method"]
 
 
 def build_method(trainer: Trainer) -> Method:

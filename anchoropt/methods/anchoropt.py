@@ -102,12 +102,16 @@ class AnchorOPTMethod(Method):
                 tower's, or the base's own where it prompts the image tower).
             labels: ``[B]``.
         """
-        cfg, t = self.cfg, self.trainer
-        loss = cfg.ce_weight * F.cross_entropy(logits, labels)
-        if cfg.kd_weight > 0:
-            loss = loss + cfg.kd_weight * kd_loss(logits, clip_logits(image_features, self.teacher(), t.logit_scale),
-                                                  cfg.kd_temperature)
-        return loss
+        return self.cfg.ce_weight * F.cross_entropy(logits, labels) + self.kd_term(logits, image_features)
+
+    def kd_term(self, logits: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor | float:
+        """``kd_weight * KD(logits [B, C], anchor logits of image_features [B, D])`` (SPEC section 4);
+        0 when ``kd_weight`` is 0 (the teacher is then never computed)."""
+        cfg = self.cfg
+        if cfg.kd_weight == 0:
+            return 0.0
+        teacher = clip_logits(image_features, self.teacher(), self.trainer.logit_scale)
+        return cfg.kd_weight * kd_loss(logits, teacher, cfg.kd_temperature)
 
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         """One Stage II step on an image batch of :meth:`Trainer.image_batches`."""
