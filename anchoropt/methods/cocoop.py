@@ -76,15 +76,18 @@ class CoCoOp(CoOp):
         self.prompt.meta_net = build_meta_net(trainer)  # part of the prompt learner, as in the reference
         self.stepper = Stepper.sgd(list(self.prompt.parameters()), self.cfg.lr, self.cfg)
 
-    def image_text(self, feats: torch.Tensor, classnames: list[str]) -> torch.Tensor:
+    def image_text(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
         """Text features ``[B, C, D]``: ``SOS (ctx + meta(x_i)) CLS . EOS`` for each image i."""
         t = self.trainer
         tokens = t.tokens(classnames, self.prompt.n_block, self.prompt.rest)
-        ctx = self.prompt.ctx + self.prompt.meta_net(feats).unsqueeze(1)  # [B, M, d]
-        return t.encoder.encode_per_image(tokens, ctx).float()
+        return t.encoder.encode_per_image(tokens, self.image_ctx(feats)).float()
 
-    def logits(self, feats: torch.Tensor, classnames: list[str]) -> torch.Tensor:
-        return conditioned_logits(feats, len(classnames), lambda f: self.image_text(f, classnames),
+    def image_ctx(self, feats: torch.Tensor) -> torch.Tensor:
+        """Per-image context ``ctx + meta(x_i)``: ``[B, D]`` -> ``[B, M, d]``."""
+        return self.prompt.ctx + self.prompt.meta_net(feats).unsqueeze(1)
+
+    def logits(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
+        return conditioned_logits(feats, len(classnames), lambda f: self.image_text(f, classnames, dataset),
                                   self.trainer.logit_scale)
 
 

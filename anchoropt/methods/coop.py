@@ -24,13 +24,15 @@ class CoOp(Method):
     def modules(self) -> list[nn.Module]:
         return [self.prompt]
 
-    def text(self, classnames: list[str]) -> torch.Tensor:
+    def text(self, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
+        """Text features ``[C, D]`` of ``classnames`` in ``dataset``'s prompt (default the task's;
+        CoOp's is the same for every dataset, ATPrompt's holds the dataset's attribute words)."""
         return self.prompt(self.trainer.encoder, self.trainer.tokens(classnames, self.prompt.n_block,
                                                                       self.prompt.rest)).float()
 
-    def logits(self, feats: torch.Tensor, classnames: list[str]) -> torch.Tensor:
-        """Logits ``[B, C]`` of image features ``[B, D]`` over ``classnames``."""
-        return clip_logits(feats, self.text(classnames), self.trainer.logit_scale)
+    def logits(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
+        """Logits ``[B, C]`` of image features ``[B, D]`` over ``classnames`` of ``dataset``."""
+        return clip_logits(feats, self.text(classnames, dataset), self.trainer.logit_scale)
 
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         feats, labels = batch
@@ -45,7 +47,7 @@ class CoOp(Method):
         self.eval()
 
     def scores(self, ev: EvalSet) -> dict[str, torch.Tensor]:
-        return {"acc": self.logits(ev.features.to(self.trainer.device), ev.classnames)}
+        return {"acc": self.logits(ev.features.to(self.trainer.device), ev.classnames, ev.dataset)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.prompt.state_dict().items()}
