@@ -36,7 +36,7 @@ class CoOp(Method):
     def fit(self, on_epoch: EpochCallback | None = None) -> None:
         self.train()
         t = self.trainer
-        t.run_loop("coop", self.cfg.epochs,
+        t.run_loop(self.name, self.cfg.epochs,
                    lambda epoch: [lambda b=b: self.prompt_step(b) for b in t.image_batches(epoch)],
                    [self.stepper], on_epoch)
         self.eval()

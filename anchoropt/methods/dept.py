@@ -121,7 +121,7 @@ class DePT(DePTParts, CoOp):
         self.add_head(self.stepper)
 
     def modules(self) -> list[nn.Module]:
-        return [self.prompt, self.head]
+        return [*super().modules(), self.head]
 
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         return self.head_step_loss(*batch)[0], self.stepper
@@ -148,7 +148,7 @@ class DePTAnchorOPT(DePTParts, AnchorOPT):
         self.add_head(self.prompt_stepper)
 
     def modules(self) -> list[nn.Module]:
-        return [self.prompt, self.anchor, self.head]
+        return [*super().modules(), self.head]
 
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         """``ce_weight * DePT loss + kd_weight * KD(CLIP logits)`` (the reference: no KD term)."""
