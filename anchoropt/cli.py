@@ -130,7 +130,8 @@ def _report(args: argparse.Namespace) -> None:
     check_output_dir(args.out, "--out")
     path = write_report(load_records(args.results), args.out, baseline=args.baseline,
                         schedules=tuple(args.schedule_methods) if args.schedule_methods else None,
-                        hm_convention=args.hm_convention, display_names=parse_overrides(args.name))
+                        hm_convention=args.hm_convention, display_names=parse_overrides(args.name),
+                        pairs=parse_overrides(args.pair) or None)
     print(f"report: {path}")
 
 
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default) or per_seed_mean (mean of the per-seed HMs)")
     p.add_argument("--name", action="append", default=[], metavar="METHOD=NAME",
                    help="display name of a method in tables.tex and figures (repeatable), e.g. coop=CoOp")
+    p.add_argument("--pair", action="append", default=[], metavar="METHOD=BASE",
+                   help="compare METHOD with its base in the method-matrix section (repeatable), e.g. "
+                        "maple_anchoropt=maple (a suite's `pairs`)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("data", help="datasets: create the offline toy-11 ones, list what a data root holds")

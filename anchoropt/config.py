@@ -22,7 +22,7 @@ from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, is_checkpoint_path
 from anchoropt.yamlio import parse_yaml, read_yaml
 
-METHODS = ("zeroshot", "coop", "anchoropt", "dept", "dept_anchoropt")
+METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "dept", "dept_anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -116,6 +116,9 @@ class TrainConfig:
     # DePT (dept, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
     # and of the trained classes' test logits
     dept_weight: float = 0.7  # [reference] LINEAR_PROBE.WEIGHT
+    # ATPrompt (the *_atp methods; anchoropt/attributes.py, methods/atprompt.py)
+    attributes: str = ""  # [reference] comma-separated attribute words; empty: the dataset's own
+    n_att: int = 0  # [reference] soft tokens before each attribute word; 0: n_ctx (the scripts' N_ATT = NCTX)
 
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
@@ -134,7 +137,7 @@ class TrainConfig:
             "period": self.period >= 1, "train_views": self.train_views >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
             "dept_weight": 0 <= self.dept_weight <= 1,
-            "n_descriptions": self.n_descriptions >= 1,
+            "n_descriptions": self.n_descriptions >= 1, "n_att": self.n_att >= 0,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
             **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
                                                         "weight_decay")},
@@ -152,6 +155,10 @@ class TrainConfig:
                               "schedule=two_stage (one_stage trains them)")
         if self.protocol == "base2novel" and self.targets:
             raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
+        if self.method.endswith("_atp"):  # every prompted dataset needs its words before anything loads
+            from anchoropt.attributes import dataset_attributes
+            for name in [self.dataset, *(self.target_list if self.protocol == "cross_dataset" else [])]:
+                dataset_attributes(name, self.attributes)
         return self
 
     @property
@@ -263,7 +270,7 @@ KEY_HELP = {
     "preprocess": "open_clip pretrained tag whose image preprocessing (mean/std, resize) a checkpoint file "
                   "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
-    "method": "zeroshot, coop, anchoropt (CoOp+AnchorOPT), dept or dept_anchoropt",
+    "method": "zeroshot, coop, coop_atp (CoOp+ATPrompt), anchoropt (CoOp+AnchorOPT), dept or dept_anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
     "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
     "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",
@@ -302,4 +309,7 @@ KEY_HELP = {
     "novel_rule": "ablation: unseen classes scored by ensemble ((prompt + anchor logits) / 2) or prompt alone",
     "dept_weight": "DePT: weight w of the head (loss (1-w) CE(CLIP) + w CE(head); trained classes scored "
                    "(1-w) CLIP + w head logits) in [0, 1]",
+    "attributes": "*_atp: comma-separated attribute words of the ATPrompt prompt, e.g. color,shape (empty: "
+                  "the dataset's own, anchoropt/attributes.py; every scored dataset uses these)",
+    "n_att": "*_atp: soft tokens before each attribute word (0: n_ctx, as the reference scripts)",
 }

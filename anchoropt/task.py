@@ -29,13 +29,15 @@ class EvalSet:
     """Scored images of one class set: ``features [N, D]``, ``labels [N]`` in 0..C-1.
 
     ``seen``: the classes were trained on (scored with the prompt's logits; unseen classes use the
-    anchor ensemble, SPEC section 4). ``template``: the zero-shot template of their dataset."""
+    anchor ensemble, SPEC section 4). ``template``: the zero-shot template of their dataset;
+    ``dataset``: its name (a prompt may depend on it: ATPrompt's attribute words)."""
 
     classnames: list[str]
     features: torch.Tensor
     labels: torch.Tensor
     seen: bool
     template: str
+    dataset: str
 
 
 @dataclass
@@ -69,24 +71,25 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
     def features(items: list[Datum], views: int = 0) -> torch.Tensor:
         return encode_images(backbone, items, views, cfg.seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
 
-    def eval_set(dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
+    def eval_set(name: str, dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
         items = subsample(items, labels)
         return EvalSet([dataset.classnames[i] for i in labels], features(items), _labels(items), seen,
-                       dataset.template)
+                       dataset.template, name)
 
     if cfg.protocol == "cross_dataset":
         targets = targets if targets is not None else read_targets(cfg)
         trained = sorted(set(d.label for d in data.train))
-        evals = {cfg.dataset: eval_set(data, data.test, trained, True)}
+        evals = {cfg.dataset: eval_set(cfg.dataset, data, data.test, trained, True)}
         for name, target in zip(cfg.target_list, targets):  # keyed by the names asked for
-            evals[name] = eval_set(target, target.test, sorted(set(d.label for d in target.test)), False)
+            evals[name] = eval_set(name, target, target.test, sorted(set(d.label for d in target.test)), False)
     else:
         trained, novel = base_novel_labels([d.label for d in data.train])
         scored = data.test
         if cfg.eval_split == "val":
             trained, novel = base_novel_labels(trained)
             scored = val
-        evals = {"base": eval_set(data, scored, trained, True), "novel": eval_set(data, scored, novel, False)}
+        evals = {"base": eval_set(cfg.dataset, data, scored, trained, True),
+                 "novel": eval_set(cfg.dataset, data, scored, novel, False)}
     train_items = subsample(train, trained)
     if not train_items:
         raise DataError(f"dataset '{cfg.dataset}': no training images for the trained classes")

@@ -24,7 +24,9 @@ class CoOp(Method):
     def modules(self) -> list[nn.Module]:
         return [self.prompt]
 
-    def text(self, classnames: list[str]) -> torch.Tensor:
+    def text(self, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
+        """Text features ``[C, D]`` of ``classnames`` in ``dataset``'s prompt (default the task's;
+        CoOp's is the same for every dataset, ATPrompt's holds the dataset's attribute words)."""
         return self.prompt(self.trainer.encoder, self.trainer.tokens(classnames, self.prompt.n_block,
                                                                       self.prompt.rest)).float()
 
@@ -42,7 +44,7 @@ class CoOp(Method):
         self.eval()
 
     def scores(self, ev: EvalSet) -> dict[str, torch.Tensor]:
-        return {"acc": clip_logits(ev.features.to(self.trainer.device), self.text(ev.classnames),
+        return {"acc": clip_logits(ev.features.to(self.trainer.device), self.text(ev.classnames, ev.dataset),
                                    self.trainer.logit_scale)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
