@@ -10,13 +10,15 @@ from anchoropt.engine import Trainer
 from anchoropt.methods.anchoropt import AnchorOPT, AnchorOPTMethod
 from anchoropt.methods.atprompt import AttributeTokens, CoOpATP
 from anchoropt.methods.base import Method, ZeroShot
+from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT
 from anchoropt.methods.coop import CoOp
 from anchoropt.methods.dept import DePT, DePTAnchorOPT
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT, DePT, DePTAnchorOPT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT, CoCoOp, CoCoOpAnchorOPT,
+                                                        DePT, DePTAnchorOPT)}
 
-__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoOp", "CoOpATP", "DePT", "DePTAnchorOPT",
-           "Method", "ZeroShot", "build_method"]
+__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoCoOp", "CoCoOpAnchorOPT", "CoOp",
+           "CoOpATP", "DePT", "DePTAnchorOPT", "Method", "ZeroShot", "build_method"]
 
 
 def build_method(trainer: Trainer) -> Method:

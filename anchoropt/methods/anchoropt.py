@@ -179,11 +179,16 @@ class AnchorOPT(AnchorOPTMethod):
         position = self.fixed_position if position is None else position
         return self.prompt(t.encoder, tokens, self.anchor.anchors, position).float()
 
+    def prompt_logits(self, feats: torch.Tensor, classnames: list[str],
+                      position: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage II prompt logits ``[B, C]`` of image features ``[B, D]`` (``position``: a given W)."""
+        return clip_logits(feats, self.text(classnames, position), self.trainer.logit_scale)
+
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         """One Stage II step: ``ce_weight * CE + kd_weight * KD`` (SPEC section 4)."""
         feats, labels = batch
-        logits = clip_logits(feats, self.text(self.trainer.task.classnames), self.trainer.logit_scale)
-        return self.stage2_loss(logits, feats, labels), self.prompt_stepper
+        return self.stage2_loss(self.prompt_logits(feats, self.trainer.task.classnames), feats, labels), \
+            self.prompt_stepper
 
     def prompt_scores(self, ev: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
         """Under ``position_eval: sample`` each block of 100 images gets its own W sample, from a
@@ -193,11 +198,10 @@ class AnchorOPT(AnchorOPTMethod):
         feats = ev.features.to(t.device)
         if self.prompt.position_eval == "sample" and self.fixed_position is None:
             gen = stream_generator(self.cfg.seed, "eval_positions")
-            logits = torch.cat([clip_logits(chunk, self.text(ev.classnames, gumbel_hard(
-                self.prompt.position, self.prompt.gumbel_tau, gen)), t.logit_scale)
-                for chunk in feats.split(REFERENCE_TEST_BATCH)])
+            logits = torch.cat([self.prompt_logits(chunk, ev.classnames, gumbel_hard(
+                self.prompt.position, self.prompt.gumbel_tau, gen)) for chunk in feats.split(REFERENCE_TEST_BATCH)])
         else:
-            logits = clip_logits(feats, self.text(ev.classnames), t.logit_scale)
+            logits = self.prompt_logits(feats, ev.classnames)
         return logits, feats
 
     def tensors(self) -> dict[str, torch.Tensor]:
