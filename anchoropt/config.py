@@ -22,7 +22,8 @@ from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, is_checkpoint_path
 from anchoropt.yamlio import parse_yaml, read_yaml
 
-METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_anchoropt", "dept", "dept_anchoropt")
+METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_anchoropt", "dept", "dept_atp",
+           "dept_anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -118,7 +119,7 @@ class TrainConfig:
     meta_net_ratio: int = 16  # [reference] hidden width of the meta-net: image feature dim // meta_net_ratio
     cocoop_anchoropt_trains: str = "ctx"  # [reference] the optimiser holds the soft tokens only (meta-net and W
     # stay at their init); all: soft tokens, meta-net and W
-    # DePT (dept, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
+    # DePT (dept, dept_atp, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
     # and of the trained classes' test logits
     dept_weight: float = 0.7  # [reference] LINEAR_PROBE.WEIGHT
     # ATPrompt (the *_atp methods; anchoropt/attributes.py, methods/atprompt.py)
@@ -290,7 +291,7 @@ KEY_HELP = {
                   "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
     "method": "zeroshot, coop, coop_atp (CoOp+ATPrompt), anchoropt (CoOp+AnchorOPT), cocoop, cocoop_anchoropt, "
-              "dept or dept_anchoropt",
+              "dept, dept_atp or dept_anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
     "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
     "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",

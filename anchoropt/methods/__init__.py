@@ -12,13 +12,13 @@ from anchoropt.methods.atprompt import AttributeTokens, CoOpATP
 from anchoropt.methods.base import Method, ZeroShot
 from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT
 from anchoropt.methods.coop import CoOp
-from anchoropt.methods.dept import DePT, DePTAnchorOPT
+from anchoropt.methods.dept import DePT, DePTAnchorOPT, DePTATP
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT, CoCoOp, CoCoOpAnchorOPT,
-                                                        DePT, DePTAnchorOPT)}
+                                                         DePT, DePTATP, DePTAnchorOPT)}
 
 __all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoCoOp", "CoCoOpAnchorOPT", "CoOp",
-           "CoOpATP", "DePT", "DePTAnchorOPT", "Method", "ZeroShot", "build_method"]
+           "CoOpATP", "DePT", "DePTATP", "DePTAnchorOPT", "Method", "ZeroShot", "build_method"]
 
 
 def build_method(trainer: Trainer) -> Method:
