@@ -13,12 +13,14 @@ from anchoropt.methods.base import Method, ZeroShot
 from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT
 from anchoropt.methods.coop import CoOp
 from anchoropt.methods.dept import DePT, DePTAnchorOPT, DePTATP
+from anchoropt.methods.maple import MaPLe, MaPLeAnchorOPT
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT, CoCoOp, CoCoOpAnchorOPT,
-                                                         DePT, DePTATP, DePTAnchorOPT)}
+                                                         DePT, DePTATP, DePTAnchorOPT, MaPLe, MaPLeAnchorOPT)}
 
 __all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoCoOp", "CoCoOpAnchorOPT", "CoOp",
-           "CoOpATP", "DePT", "DePTATP", "DePTAnchorOPT", "Method", "ZeroShot", "build_method"]
+           "CoOpATP", "DePT", "DePTATP", "DePTAnchorOPT", "MaPLe", "MaPLeAnchorOPT", "Method", "ZeroShot",
+           "build_method"]
 
 
 def build_method(trainer: Trainer) -> Method:
