@@ -10,14 +10,14 @@ from anchoropt.engine import Trainer
 from anchoropt.methods.anchoropt import AnchorOPT, AnchorOPTMethod
 from anchoropt.methods.atprompt import AttributeTokens, CoOpATP
 from anchoropt.methods.base import Method, ZeroShot
-from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT
+from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT, CoCoOpATP
 from anchoropt.methods.coop import CoOp
 from anchoropt.methods.dept import DePT, DePTAnchorOPT
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT, CoCoOp, CoCoOpAnchorOPT,
-                                                        DePT, DePTAnchorOPT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT, CoCoOp, CoCoOpATP,
+                                                        CoCoOpAnchorOPT, DePT, DePTAnchorOPT)}
 
-__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoCoOp", "CoCoOpAnchorOPT", "CoOp",
+__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoCoOp", "CoCoOpAnchorOPT", "CoCoOpATP", "CoOp",
            "CoOpATP", "DePT", "DePTAnchorOPT", "Method", "ZeroShot", "build_method"]
 
 
