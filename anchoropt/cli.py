@@ -33,9 +33,8 @@ def _train(args: argparse.Namespace) -> None:
     from anchoropt.train import train
 
     cfg = load_config(args.config, args.overrides)
-    name = f"{cfg.method}-{cfg.schedule}" if cfg.method == "anchoropt" else cfg.method  # schedules are AnchorOPT's
     out = Path(args.out) if args.out else Path("runs") / cfg.dataset / \
-        f"{name}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+        f"{cfg.run_name}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     check_output_dir(out, "--out")
     if (out / "record.json").exists() and not args.overwrite:
         raise ConfigError(f"--out {out} already holds a run (record.json): use another folder, or --overwrite")

@@ -175,8 +175,20 @@ class TrainConfig:
         """``targets`` as a list of dataset names (empty entries dropped)."""
         return [t.strip() for t in self.targets.split(",") if t.strip()]
 
+    @property
+    def run_name(self) -> str:
+        """The method as records and run folders name it: ``<method>_<schedule>`` for a method
+        with AnchorOPT (its schedule is part of what ran), else ``method``."""
+        return f"{self.method}_{self.schedule}" if has_schedule(self.method) else self.method
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def has_schedule(method: str) -> bool:
+    """Whether ``method`` adds AnchorOPT (``anchoropt`` = CoOp+AnchorOPT, ``<base>_anchoropt``), so
+    that ``schedule`` decides how its anchors and prompt are trained."""
+    return method == "anchoropt" or method.endswith("_anchoropt")
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
