@@ -18,7 +18,7 @@ from torch import nn
 from anchoropt.config import ConfigError
 from anchoropt.engine import Stepper, Trainer, stream_generator
 from anchoropt.methods.anchoropt import AnchorOPT
-from anchoropt.methods.atprompt import AttributeTokens
+from anchoropt.methods.atprompt import CoOpATP
 from anchoropt.methods.coop import CoOp
 from anchoropt.prompts import CoOpPrompt
 
@@ -76,7 +76,7 @@ class CoCoOp(CoOp):
     def __init__(self, trainer: Trainer):
         super().__init__(trainer)
         self.prompt.meta_net = build_meta_net(trainer)  # part of the prompt learner, as in the reference
-        self.stepper = Stepper.sgd(list(self.prompt.parameters()), self.cfg.lr, self.cfg)
+        self.stepper.optimizer.add_param_group({"params": list(self.prompt.meta_net.parameters())})
 
     def image_text(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
         """Text features ``[B, C, D]``: ``SOS (ctx + meta(x_i)) CLS . EOS`` for each image i."""
@@ -93,29 +93,18 @@ class CoCoOp(CoOp):
                                   self.trainer.logit_scale)
 
 
-class CoCoOpATP(CoCoOp):
-    """CoCoOp+ATPrompt (reference ``CoCoOp_ATP``): ATPrompt's attribute part (:class:`AttributeTokens`)
-    before the per-image context, ``SOS [a_1] w_1 .. [a_A] w_A (ctx + meta(x_i)) CLS . EOS``: the
-    meta-net shifts the context only. Context, meta-net and attribute soft tokens trained with CE."""
+class CoCoOpATP(CoCoOp, CoOpATP):
+    """CoCoOp+ATPrompt (reference ``CoCoOp_ATP``): ATPrompt's attribute part (CoOp+ATPrompt's
+    :class:`~anchoropt.methods.atprompt.AttributeTokens`) before the per-image context,
+    ``SOS [a_1] w_1 .. [a_A] w_A (ctx + meta(x_i)) CLS . EOS``: the meta-net shifts the context
+    only. Context, meta-net and attribute soft tokens trained with CE."""
 
     name = "cocoop_atp"
-
-    def __init__(self, trainer: Trainer):
-        super().__init__(trainer)
-        self.attributes = AttributeTokens.build(trainer)
-        self.stepper.optimizer.add_param_group({"params": list(self.attributes.parameters())})
-
-    def modules(self) -> list[nn.Module]:
-        return [self.prompt, self.attributes]
 
     def image_text(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
         t = self.trainer
         block = self.attributes(self.image_ctx(feats), dataset or t.task.dataset)  # [B, k, d]
         return t.encoder.encode_per_image(t.tokens(classnames, block.shape[1], CoOpPrompt.rest), block).float()
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """CoCoOp's tensors and the attribute soft tokens ``att [S, n_att, d]``."""
-        return {**super().tensors(), "att": torch.stack(list(self.attributes.att)).detach().cpu()}
 
 
 class CoCoOpAnchorOPT(AnchorOPT):
