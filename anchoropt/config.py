@@ -22,8 +22,8 @@ from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, is_checkpoint_path
 from anchoropt.yamlio import parse_yaml, read_yaml
 
-METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_atp", "cocoop_anchoropt", "dept",
-           "dept_anchoropt")
+METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_atp", "cocoop_anchoropt", "dept", "dept_atp",
+           "dept_anchoropt", "maple", "maple_anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -120,17 +120,22 @@ class TrainConfig:
     meta_net_ratio: int = 16  # [reference] hidden width of the meta-net: image feature dim // meta_net_ratio
     cocoop_anchoropt_trains: str = "ctx"  # [reference] the optimiser holds the soft tokens only (meta-net and W
     # stay at their init); all: soft tokens, meta-net and W
-    # DePT (dept, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
+    # DePT (dept, dept_atp, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
     # and of the trained classes' test logits
     dept_weight: float = 0.7  # [reference] LINEAR_PROBE.WEIGHT
     # ATPrompt (the *_atp methods; anchoropt/attributes.py, methods/atprompt.py)
     attributes: str = ""  # [reference] comma-separated attribute words; empty: the dataset's own
     n_att: int = 0  # [reference] soft tokens before each attribute word; 0: n_ctx (the scripts' N_ATT = NCTX)
+    # MaPLe (maple, maple_anchoropt): deep text prompts in layers 1..prompt_depth, coupled vision prompts
+    prompt_depth: int = 9  # [reference] PROMPT_DEPTH (3 in the cross-dataset config)
+    carry_index: str = "correct"  # [project] deep AnchorOPT reads each carried anchor at its position;
+    # reference: one position early (its x[anchor_index] skips SOS)
 
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
-                   "eos_index": ("correct", "reference"), "eval_split": ("test", "val"),
+                   "eos_index": ("correct", "reference"),
+                   "carry_index": ("correct", "reference"), "eval_split": ("test", "val"),
                    "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS,
                    "anchor_source": ANCHOR_SOURCES, "position_matrix": POSITION_MATRICES, "novel_rule": NOVEL_RULES,
                    "cocoop_anchoropt_trains": COCOOP_ANCHOROPT_TRAINS}
@@ -142,7 +147,7 @@ class TrainConfig:
             "anchor_epochs": self.anchor_epochs >= 0, "lr": self.lr > 0, "anchor_lr": self.anchor_lr > 0,
             "batch_size": self.batch_size >= 1, "anchor_batch_size": self.anchor_batch_size >= 1,
             "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
-            "period": self.period >= 1, "train_views": self.train_views >= 1,
+            "period": self.period >= 1, "train_views": self.train_views >= 1, "prompt_depth": self.prompt_depth >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
             "dept_weight": 0 <= self.dept_weight <= 1,
             "n_descriptions": self.n_descriptions >= 1, "n_att": self.n_att >= 0,
@@ -292,7 +297,7 @@ KEY_HELP = {
                   "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
     "method": "zeroshot, coop, coop_atp (CoOp+ATPrompt), anchoropt (CoOp+AnchorOPT), cocoop, cocoop_atp, "
-              "cocoop_anchoropt, dept or dept_anchoropt",
+              "cocoop_anchoropt, dept, dept_atp, dept_anchoropt, maple or maple_anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
     "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
     "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",
@@ -337,4 +342,7 @@ KEY_HELP = {
     "attributes": "*_atp: comma-separated attribute words of the ATPrompt prompt, e.g. color,shape (empty: "
                   "the dataset's own, anchoropt/attributes.py; every scored dataset uses these)",
     "n_att": "*_atp: soft tokens before each attribute word (0: n_ctx, as the reference scripts)",
+    "prompt_depth": "MaPLe: transformer layers J with prompts (layer 1 the input; J <= both towers' layers)",
+    "carry_index": "maple_anchoropt: correct (each anchor's hidden state carried from its position) or "
+                   "reference (the state one position before it, as the reference code reads)",
 }

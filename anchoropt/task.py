@@ -11,7 +11,7 @@ Protocols (SPEC section 8):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +30,8 @@ class EvalSet:
 
     ``seen``: the classes were trained on (scored with the prompt's logits; unseen classes use the
     anchor ensemble, SPEC section 4). ``template``: the zero-shot template of their dataset;
-    ``dataset``: its name (a prompt may depend on it: ATPrompt's attribute words)."""
+    ``dataset``: its name (a prompt may depend on it: ATPrompt's attribute words). ``items``: the N
+    images, for methods that prompt the image tower (:meth:`Trainer.eval_images`)."""
 
     classnames: list[str]
     features: torch.Tensor
@@ -38,12 +39,14 @@ class EvalSet:
     seen: bool
     template: str
     dataset: str
+    items: list[Datum] = field(default_factory=list, repr=False)
 
 
 @dataclass
 class Task:
-    """Training classes with ``train_features [N, V, D]`` / ``train_labels [N]``, and the scored
-    sets ``evals`` (``"base"`` and ``"novel"``; cross-dataset: one per dataset name, source first)."""
+    """Training classes with ``train_features [N, V, D]`` / ``train_labels [N]`` of the images
+    ``train_items``, and the scored sets ``evals`` (``"base"`` and ``"novel"``; cross-dataset: one per
+    dataset name, source first)."""
 
     dataset: str
     classnames: list[str]
@@ -51,6 +54,7 @@ class Task:
     train_labels: torch.Tensor
     evals: dict[str, EvalSet]
     descriptions_path: Path | None
+    train_items: list[Datum] = field(default_factory=list, repr=False)
 
 
 def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device = "cpu",
@@ -74,7 +78,7 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
     def eval_set(name: str, dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
         items = subsample(items, labels)
         return EvalSet([dataset.classnames[i] for i in labels], features(items), _labels(items), seen,
-                       dataset.template, name)
+                       dataset.template, name, items)
 
     if cfg.protocol == "cross_dataset":
         targets = targets if targets is not None else read_targets(cfg)
@@ -95,7 +99,7 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
         raise DataError(f"dataset '{cfg.dataset}': no training images for the trained classes")
     return Task(cfg.dataset, [names[i] for i in trained], features(train_items, cfg.train_views),
                 _labels(train_items), evals, descriptions_path(cfg.dataset, cfg.descriptions, cfg.descriptions_dir,
-                                                               data.descriptions))
+                                                               data.descriptions), train_items)
 
 
 def read_targets(cfg: TrainConfig) -> list[DatasetSplits]:

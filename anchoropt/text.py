@@ -22,6 +22,7 @@ classes of that image (:meth:`TextEncoder.encode_per_image`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,17 @@ import torch.nn.functional as F
 import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
+
+
+class BlockHook(Protocol):
+    """Deep prompts (MaPLe, Khattak et al. 2023): called before every transformer layer ``i >= 1``
+    with ``hidden [1 + n_block, d]``, the outputs of layer ``i - 1`` at SOS and the learned block
+    (the same in every class's sequence: the mask is causal); returns the ``[n_block, d]`` block
+    that replaces those block positions' hidden states, or None to leave them."""
+
+    n_block: int
+
+    def __call__(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None: ...
 
 
 class TextEncoder(nn.Module):
@@ -50,13 +62,15 @@ class TextEncoder(nn.Module):
         self.text_projection = clip.text_projection
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
 
-    def forward(self, embeds: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, eos_index: torch.Tensor, replace: BlockHook | None = None) -> torch.Tensor:
         """Encode prompts.
 
         Args:
             embeds: ``[B, L, d_model]`` token embeddings, ``L <= context_length``.
                 Pass sequences already cut to ``eos_index.max() + 1`` for speed.
             eos_index: ``[B]`` long, position of the feature to read in each sequence.
+            replace: deep prompts (:data:`BlockHook`); the block is the ``k`` positions after SOS,
+                the same in every sequence.
 
         Returns:
             ``[B, embed_dim]`` text features (not normalised).
@@ -64,10 +78,18 @@ class TextEncoder(nn.Module):
         length = embeds.shape[1]
         cast = self.transformer.get_cast_dtype()
         x = embeds.to(cast) + self.positional_embedding[:length].to(cast)
-        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        mask = self.attn_mask[:length, :length]
+        if replace is None:
+            return self._read(self.transformer(x, attn_mask=mask), eos_index)
+        for i, block in enumerate(self.transformer.resblocks):
+            new = replace(i, x[0, :1 + replace.n_block]) if i else None
+            if new is not None:
+                x = torch.cat([x[:, :1], new.to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1 + new.shape[0]:]], dim=1)
+            x = block(x, attn_mask=mask)
         return self._read(x, eos_index)
 
-    def encode(self, tokens: "ClassTokens", block: torch.Tensor, eos_index: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, tokens: "ClassTokens", block: torch.Tensor, eos_index: torch.Tensor | None = None,
+               replace: BlockHook | None = None) -> torch.Tensor:
         """Text features ``[C, embed_dim]`` of ``tokens`` with the learned ``block`` put in.
 
         Args:
@@ -75,12 +97,13 @@ class TextEncoder(nn.Module):
                 its prefix is encoded once when :attr:`share_prefix`) or ``[C, k, d]``.
             eos_index: ``[C]`` positions to read (default ``tokens.eos_index``); may point
                 into the prefix (``eos_index: reference``).
+            replace: deep prompts (:data:`BlockHook`, a shared ``[k, d]`` block only).
         """
         eos_index = tokens.eos_index if eos_index is None else eos_index
         if block.dim() == 2 and self.share_prefix:
             return self.forward_shared(torch.cat([tokens.prefix[0], block.to(tokens.prefix.dtype)]),
-                                       tokens.suffix, eos_index)
-        return self(tokens.assemble(block), eos_index)
+                                       tokens.suffix, eos_index, replace)
+        return self(tokens.assemble(block), eos_index, replace)
 
     def encode_per_image(self, tokens: "ClassTokens", blocks: torch.Tensor,
                          eos_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,7 +118,8 @@ class TextEncoder(nn.Module):
         seqs = torch.cat([tokens.assemble(block) for block in blocks])
         return self(seqs, eos_index.repeat(blocks.shape[0])).unflatten(0, (blocks.shape[0], len(tokens)))
 
-    def forward_shared(self, prefix: torch.Tensor, suffix: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
+    def forward_shared(self, prefix: torch.Tensor, suffix: torch.Tensor, eos_index: torch.Tensor,
+                       replace: BlockHook | None = None) -> torch.Tensor:
         """Encode ``C`` sequences ``prefix + suffix[c]`` running ``prefix`` once.
 
         Args:
@@ -103,10 +127,11 @@ class TextEncoder(nn.Module):
                 ``[G, P, d]``: G prefixes, each completed by every suffix.
             suffix: ``[C, S, d]`` the rest of each sequence, ``P + S <= context_length``.
             eos_index: ``[C]`` long, positions (in the whole sequence) to read.
+            replace: deep prompts (:data:`BlockHook`) of the block ``prefix[1:1 + k]`` (one prefix).
 
         Returns:
             ``[C, embed_dim]`` (``[G, C, embed_dim]``) text features, equal to
-            ``forward(cat(prefix, suffix))`` (of each prefix).
+            ``forward(cat(prefix, suffix), eos_index, replace)`` (of each prefix).
         """
         grouped = prefix.dim() == 3
         p = prefix if grouped else prefix.unsqueeze(0)
@@ -117,7 +142,10 @@ class TextEncoder(nn.Module):
         p = p.to(cast) + pos[:n_prefix]
         s = (suffix.to(cast) + pos[n_prefix:]).expand(n_group, -1, -1, -1).flatten(0, 1)  # [G*C, S, d]
         mask = self.attn_mask[:length, :length]
-        for block in self.transformer.resblocks:
+        for i, block in enumerate(self.transformer.resblocks):
+            new = replace(i, p[0, :1 + replace.n_block]) if replace is not None and i else None
+            if new is not None:
+                p = torch.cat([p[:, :1], new.to(p.dtype).expand(n_group, -1, -1), p[:, 1 + new.shape[0]:]], dim=1)
             p, s = shared_prefix_block(block, p, s, mask)
         feats = self._read(torch.cat([per_sequence(p, n_class), s], dim=1), eos_index.repeat(n_group))
         return feats.unflatten(0, (n_group, n_class)) if grouped else feats

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 TINY = "TinyCLIP-test"  # tests/model_configs/TinyCLIP-test.json
+TINY_VIT = "TinyViT-test"  # a 4-layer ViT image tower (MaPLe), text tower of 3 layers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: a small space with a conditional parameter, shared by the space and driver tests

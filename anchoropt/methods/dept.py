@@ -1,4 +1,5 @@
-"""DePT (Zhang et al., "DePT: Decoupled Prompt Tuning", CVPR 2024) on CoOp's prompt, and DePT+AnchorOPT.
+"""DePT (Zhang et al., "DePT: Decoupled Prompt Tuning", CVPR 2024) on CoOp's prompt, DePT+ATPrompt
+and DePT+AnchorOPT.
 
 DePT keeps the prompt's CLIP logits and adds a head trained on the training (base) classes: a
 channel-wise transform (cwT: a per-channel scale and shift, one for image and one for text
@@ -13,6 +14,7 @@ transformed text features of each image's class. As the reference (ATPrompt's ``
 - one SGD optimiser for the prompt and the head, at the same learning rate (Dassl's
   ``build_optimizer`` over every trainable tensor).
 
+DePT+ATPrompt is the same head on CoOp+ATPrompt's prompt (reference ``trainers/dept_atp.py``).
 DePT+AnchorOPT is CoOp+AnchorOPT's prompt with this head; its loss is ``ce_weight`` times the DePT
 loss (the reference's ``DePT_AnchorOPT`` trains with no KD term: ``kd_weight: 0`` reproduces it,
 a positive ``kd_weight`` adds AnchorOPT's KD on the CLIP logits), and unseen classes are scored
@@ -28,6 +30,7 @@ from torch import nn
 
 from anchoropt.engine import Stepper, Trainer, stream_generator
 from anchoropt.methods.anchoropt import AnchorOPT
+from anchoropt.methods.atprompt import CoOpATP
 from anchoropt.methods.coop import CoOp
 from anchoropt.prompts import clip_logits
 from anchoropt.task import EvalSet
@@ -121,20 +124,28 @@ class DePT(DePTParts, CoOp):
         self.add_head(self.stepper)
 
     def modules(self) -> list[nn.Module]:
-        return [self.prompt, self.head]
+        return [*super().modules(), self.head]
 
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         return self.head_step_loss(*batch)[0], self.stepper
 
     def scores(self, ev: EvalSet) -> dict[str, torch.Tensor]:
         feats = ev.features.to(self.trainer.device)
-        return {"acc": self.with_head(clip_logits(feats, self.text(ev.classnames), self.trainer.logit_scale), feats, ev)}
+        logits = clip_logits(feats, self.text(ev.classnames, ev.dataset), self.trainer.logit_scale)
+        return {"acc": self.with_head(logits, feats, ev)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**super().tensors(), **{f"head.{k}": v.detach().cpu() for k, v in self.head.state_dict().items()}}
 
     def updates(self) -> dict[str, int]:
         return {"prompt": self.stepper.updates, "head": self.stepper.updates}
+
+
+class DePTATP(DePT, CoOpATP):
+    """DePT+ATPrompt: DePT's head on CoOp+ATPrompt's prompt (attribute tokens and words, then the
+    soft tokens; reference ``DePT_ATP`` trainer); the attribute tokens train with the prompt."""
+
+    name = "dept_atp"
 
 
 class DePTAnchorOPT(DePTParts, AnchorOPT):
@@ -148,7 +159,7 @@ class DePTAnchorOPT(DePTParts, AnchorOPT):
         self.add_head(self.prompt_stepper)
 
     def modules(self) -> list[nn.Module]:
-        return [self.prompt, self.anchor, self.head]
+        return [*super().modules(), self.head]
 
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         """``ce_weight * DePT loss + kd_weight * KD(CLIP logits)`` (the reference: no KD term)."""

@@ -125,3 +125,14 @@ def test_attribute_errors_are_one_line_naming_the_dataset():
         load_config(overrides={"method": "coop_atp", "attributes": "color,,shape"})
     with pytest.raises(ConfigError, match="n_att"):
         load_config(overrides={"method": "coop_atp", "n_att": -1})
+
+
+def test_block_per_image_context_equals_one_block_per_context(tiny_cfg):
+    """CoCoOp+ATPrompt's use: a context per image ``[B, n_ctx, d]`` gives ``[B, k, d]``, row b the
+    block of context b (attribute parts shared)."""
+    method = CoOpATP(make_trainer(tiny_cfg(method="coop_atp", attributes="playfulness,energy", n_ctx=2)))
+    ctx = torch.randn(3, 2, 32)
+    blocks = method.attributes(ctx, "eurosat")
+    assert blocks.shape == (3, 2 * 2 + 3 + 2, 32)  # play+fulness, energy: 3 word tokens
+    for b in range(3):
+        assert torch.equal(blocks[b], method.attributes(ctx[b], "eurosat"))

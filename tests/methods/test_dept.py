@@ -1,22 +1,18 @@
-"""DePT and DePT+AnchorOPT (anchoropt/methods/dept.py) against hand-built references."""
+"""DePT, DePT+ATPrompt and DePT+AnchorOPT (anchoropt/methods/dept.py) against hand-built references."""
 import math
 
 import pytest
 import torch
 
 from anchoropt.config import ConfigError
-from anchoropt.engine import Trainer, stream_generator
-from anchoropt.methods import DePT, DePTAnchorOPT, build_method
+from anchoropt.engine import stream_generator
+from anchoropt.methods import DePT, DePTAnchorOPT, DePTATP, build_method
 from anchoropt.methods.dept import DePTHead
-from anchoropt.task import build_task
-from anchoropt.train import cached_backbone, train
+from anchoropt.train import train
+from tests.helpers import make_trainer
+from tests.methods.test_atprompt import hand_built
 
-VARIANTS = [DePT, DePTAnchorOPT]
-
-
-def _trainer(cfg):
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
-    return Trainer(cfg, backbone, build_task(cfg, backbone), torch.device("cpu"))
+VARIANTS = [DePT, DePTATP, DePTAnchorOPT]
 
 
 def _randomise(head: DePTHead, seed: int = 0) -> None:
@@ -33,7 +29,8 @@ def _hand_head(x, scale, shift, weight, bias):
 
 
 def _hand_ce(logits, labels):
-    return -torch.stack([logits[i].exp().div(logits[i].exp().sum()).log()[labels[i]] for i in range(len(labels))]).mean()
+    rows = [logits[i].exp().div(logits[i].exp().sum()).log()[labels[i]] for i in range(len(labels))]
+    return -torch.stack(rows).mean()
 
 
 def _hand_clip(img, txt, logit_scale):
@@ -62,16 +59,15 @@ def test_head_starts_as_reference_and_computes_cwt_then_linear():
 @pytest.mark.parametrize("cls", VARIANTS)
 def test_training_loss_matches_hand_computation(tiny_cfg, cls):
     cfg = tiny_cfg(method=cls.name, dept_weight=0.3, ce_weight=2.0, kd_weight=5.0, kd_temperature=2.0)
-    trainer = _trainer(cfg)
+    trainer = make_trainer(cfg)
     method = build_method(trainer)
     assert type(method) is cls
     _randomise(method.head)
     method.train()
     feats, labels = next(trainer.image_batches(0))
-    torch.manual_seed(0)
     loss, stepper = method.prompt_step((feats, labels))
     with torch.no_grad():
-        if cls is DePT:
+        if cls is not DePTAnchorOPT:
             text = method.text(trainer.task.classnames)
         else:  # the W sample the step drew: replay the Gumbel stream from the same state
             method.prompt.generator = stream_generator(cfg.seed, "gumbel")
@@ -87,12 +83,12 @@ def test_training_loss_matches_hand_computation(tiny_cfg, cls):
             kd = (p * (p.log() - (clip / 2.0).log_softmax(-1))).sum() * 2.0 ** 2 / clip.numel()
             expected = 2.0 * expected + 5.0 * kd
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert stepper is (method.stepper if cls is DePT else method.prompt_stepper)
+    assert stepper is (method.prompt_stepper if cls is DePTAnchorOPT else method.stepper)
 
 
 def test_anchoropt_variant_default_kd_off_is_the_reference_loss(tiny_cfg):
     """kd_weight 0 (the reference's DePT_AnchorOPT): ce_weight * DePT loss, nothing else."""
-    trainer = _trainer(tiny_cfg(method="dept_anchoropt", kd_weight=0.0, ce_weight=3.0, position_matrix="identity"))
+    trainer = make_trainer(tiny_cfg(method="dept_anchoropt", kd_weight=0.0, ce_weight=3.0, position_matrix="identity"))
     method = build_method(trainer)
     feats, labels = next(trainer.image_batches(0))
     loss = method.prompt_step((feats, labels))[0]
@@ -106,7 +102,7 @@ def test_anchoropt_variant_default_kd_off_is_the_reference_loss(tiny_cfg):
 @pytest.mark.parametrize("cls", VARIANTS)
 def test_base_fuses_the_head_novel_does_not(tiny_cfg, cls):
     cfg = tiny_cfg(method=cls.name, dept_weight=0.4)
-    trainer = _trainer(cfg)
+    trainer = make_trainer(cfg)
     method = build_method(trainer)
     _randomise(method.head)
     method.eval()
@@ -120,7 +116,7 @@ def test_base_fuses_the_head_novel_does_not(tiny_cfg, cls):
             if split == "base":
                 expected = 0.6 * clip + 0.4 * _hand_head(ev.features, h.image_scale, h.image_shift, h.class_weight,
                                                          h.class_bias)
-            elif cls is DePT:
+            elif cls is not DePTAnchorOPT:
                 expected = clip
             else:
                 expected = (clip + _hand_clip(ev.features, method.anchor_text(ev.classnames), trainer.logit_scale)) / 2
@@ -130,7 +126,7 @@ def test_base_fuses_the_head_novel_does_not(tiny_cfg, cls):
 
 
 def test_head_refuses_a_seen_set_of_other_classes(tiny_cfg):
-    trainer = _trainer(tiny_cfg(method="dept"))
+    trainer = make_trainer(tiny_cfg(method="dept"))
     method = build_method(trainer)
     ev = trainer.task.evals["base"]
     ev.classnames = ev.classnames[::-1]
@@ -141,7 +137,7 @@ def test_head_refuses_a_seen_set_of_other_classes(tiny_cfg):
 @pytest.mark.parametrize("weight", [0.0, 1.0])
 def test_head_gradients_follow_the_weight(tiny_cfg, weight):
     """The head learns from its CE only; at w=1 the prompt still learns, through text[labels] in the head."""
-    trainer = _trainer(tiny_cfg(method="dept", dept_weight=weight))
+    trainer = make_trainer(tiny_cfg(method="dept", dept_weight=weight))
     method = build_method(trainer)
     method.train()
     method.prompt_step(next(trainer.image_batches(0)))[0].backward()
@@ -154,7 +150,7 @@ def test_head_gradients_follow_the_weight(tiny_cfg, weight):
 
 
 def test_head_is_in_the_prompt_optimiser_at_its_learning_rate(tiny_cfg):
-    trainer = _trainer(tiny_cfg(method="dept_anchoropt", lr=0.0035))
+    trainer = make_trainer(tiny_cfg(method="dept_anchoropt", lr=0.0035))
     method = build_method(trainer)
     groups = method.prompt_stepper.optimizer.param_groups
     assert {id(p) for p in method.head.parameters()} <= {id(p) for g in groups for p in g["params"]}
@@ -162,8 +158,8 @@ def test_head_is_in_the_prompt_optimiser_at_its_learning_rate(tiny_cfg):
     assert len({g["lr"] for g in groups}) == 1 and all(g["weight_decay"] == 5e-4 for g in groups)
 
 
-@pytest.mark.parametrize("method, schedule", [("dept", "two_stage"), ("dept_anchoropt", "two_stage"),
-                                              ("dept_anchoropt", "one_stage")])
+@pytest.mark.parametrize("method, schedule", [("dept", "two_stage"), ("dept_atp", "two_stage"),
+                                              ("dept_anchoropt", "two_stage"), ("dept_anchoropt", "one_stage")])
 def test_trains_end_to_end_and_updates_the_head(tiny_cfg, tmp_path, method, schedule):
     cfg = tiny_cfg(method=method, schedule=schedule, epochs=3, lr=0.5, warmup_epochs=0)
     record = train(cfg, out_dir=tmp_path / "run")
@@ -173,8 +169,27 @@ def test_trains_end_to_end_and_updates_the_head(tiny_cfg, tmp_path, method, sche
     tensors = torch.load(tmp_path / "run" / "prompts.pt", weights_only=True)
     start = DePTHead(32, 3, stream_generator(cfg.seed, "dept_head"))
     assert tensors["head.class_weight"].shape == (3, 32) and "ctx" in tensors
+    assert ("att" in tensors) == (method == "dept_atp") and ("anchors" in tensors) == (method == "dept_anchoropt")
     for key, value in start.state_dict().items():
         assert not torch.equal(tensors[f"head.{key}"], value), key
+
+
+def test_atp_variant_prompts_with_the_attribute_block_and_trains_it_through_the_head(tiny_cfg, tiny_backbone):
+    """DePT+ATPrompt's text is ATPrompt's hand-built prompt; at w=1 (head loss only) the attribute
+    tokens and the context still learn, through text[labels] in the head."""
+    method = build_method(make_trainer(tiny_cfg(method="dept_atp", attributes="color,shape", n_ctx=2, n_att=3,
+                                            dept_weight=1.0)))
+    assert type(method) is DePTATP and method.attributes in method.modules() and method.head in method.modules()
+    classes = method.trainer.task.classnames
+    with torch.no_grad():
+        want = hand_built(tiny_backbone.model, tiny_backbone.tokenizer, classes, ("color", "shape"),
+                          method.attributes.att, method.prompt.ctx)
+        assert (method.text(classes) - want).abs().max() < 1e-5
+    loss, stepper = method.prompt_step(next(method.trainer.image_batches(0)))
+    loss.backward()
+    trained = [*method.attributes.att, method.prompt.ctx, *method.head.parameters()]
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in trained)
+    assert {id(p) for g in stepper.optimizer.param_groups for p in g["params"]} == {id(p) for p in trained}
 
 
 def test_dept_weight_must_lie_in_unit_interval(tiny_cfg):
