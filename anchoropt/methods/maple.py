@@ -197,7 +197,7 @@ class MaPLe(Method):
         init, self.rest = maple_ctx_init(trainer)
         self.prompt = MaPLePrompt(init, self.cfg.prompt_depth, vision_width(trainer.backbone),
                                   stream_generator(self.cfg.seed, "deep_prompts")).to(trainer.device)
-        self.stepper = Stepper.sgd(list(self.prompt.parameters()), self.cfg.lr, self.cfg)
+        self.stepper = Stepper.sgd([p for m in self.modules() for p in m.parameters()], self.cfg.lr, self.cfg)
 
     def modules(self) -> list[nn.Module]:
         return [self.prompt]
@@ -259,9 +259,8 @@ class MaPLeATP(MaPLe):
     name = "maple_atp"
 
     def __init__(self, trainer: Trainer):
+        self.attributes = AttributeTokens.build(trainer)  # before MaPLe's stepper, which takes modules()
         super().__init__(trainer)
-        self.attributes = AttributeTokens.build(trainer)
-        self.stepper.optimizer.add_param_group({"params": list(self.attributes.parameters())})
 
     def modules(self) -> list[nn.Module]:
         return [self.prompt, self.attributes]
