@@ -33,9 +33,8 @@ def _train(args: argparse.Namespace) -> None:
     from anchoropt.train import train
 
     cfg = load_config(args.config, args.overrides)
-    name = f"{cfg.method}-{cfg.schedule}" if cfg.method == "anchoropt" else cfg.method  # schedules are AnchorOPT's
     out = Path(args.out) if args.out else Path("runs") / cfg.dataset / \
-        f"{name}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+        f"{cfg.run_name}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     check_output_dir(out, "--out")
     if (out / "record.json").exists() and not args.overwrite:
         raise ConfigError(f"--out {out} already holds a run (record.json): use another folder, or --overwrite")
@@ -130,7 +129,8 @@ def _report(args: argparse.Namespace) -> None:
     check_output_dir(args.out, "--out")
     path = write_report(load_records(args.results), args.out, baseline=args.baseline,
                         schedules=tuple(args.schedule_methods) if args.schedule_methods else None,
-                        hm_convention=args.hm_convention, display_names=parse_overrides(args.name))
+                        hm_convention=args.hm_convention, display_names=parse_overrides(args.name),
+                        pairs=parse_overrides(args.pair) or None)
     print(f"report: {path}")
 
 
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default) or per_seed_mean (mean of the per-seed HMs)")
     p.add_argument("--name", action="append", default=[], metavar="METHOD=NAME",
                    help="display name of a method in tables.tex and figures (repeatable), e.g. coop=CoOp")
+    p.add_argument("--pair", action="append", default=[], metavar="METHOD=BASE",
+                   help="compare METHOD with its base in the method-matrix section (repeatable), e.g. "
+                        "maple_anchoropt=maple (a suite's `pairs`)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("data", help="datasets: create the offline toy-11 ones, list what a data root holds")

@@ -22,7 +22,8 @@ from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, is_checkpoint_path
 from anchoropt.yamlio import parse_yaml, read_yaml
 
-METHODS = ("zeroshot", "coop", "anchoropt")
+METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_atp", "cocoop_anchoropt", "dept", "dept_atp",
+           "dept_anchoropt", "maple", "maple_atp", "maple_anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -31,6 +32,7 @@ ONE_STAGE_BUDGETS = ("equal_prompt_updates", "equal_total_steps")
 ANCHOR_SOURCES = ("stage1", "random", "word")
 POSITION_MATRICES = ("learned", "identity", "permutation")
 NOVEL_RULES = ("ensemble", "prompt")
+COCOOP_ANCHOROPT_TRAINS = ("ctx", "all")
 
 
 #: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
@@ -113,13 +115,30 @@ class TrainConfig:
     anchor_word: str = "shape"  # [project] anchor_source=word: its N BPE token embeddings (ATPrompt-style)
     position_matrix: str = "learned"  # [reference] or identity (soft tokens, then anchors) or permutation
     novel_rule: str = "ensemble"  # [reference] unseen classes (prompt + anchor logits) / 2, or prompt alone
+    # CoCoOp (cocoop, cocoop_atp, cocoop_anchoropt; trainers/cocoop*.py): a meta-net on the image feature shifts
+    # the soft tokens
+    meta_net_ratio: int = 16  # [reference] hidden width of the meta-net: image feature dim // meta_net_ratio
+    cocoop_anchoropt_trains: str = "ctx"  # [reference] the optimiser holds the soft tokens only (meta-net and W
+    # stay at their init); all: soft tokens, meta-net and W
+    # DePT (dept, dept_atp, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
+    # and of the trained classes' test logits
+    dept_weight: float = 0.7  # [reference] LINEAR_PROBE.WEIGHT
+    # ATPrompt (the *_atp methods; anchoropt/attributes.py, methods/atprompt.py)
+    attributes: str = ""  # [reference] comma-separated attribute words; empty: the dataset's own
+    n_att: int = 0  # [reference] soft tokens before each attribute word; 0: n_ctx (the scripts' N_ATT = NCTX)
+    # MaPLe (maple, maple_atp, maple_anchoropt): deep text prompts in layers 1..prompt_depth, coupled vision prompts
+    prompt_depth: int = 9  # [reference] PROMPT_DEPTH (3 in the cross-dataset config)
+    carry_index: str = "correct"  # [project] deep AnchorOPT reads each carried anchor at its position;
+    # reference: one position early (its x[anchor_index] skips SOS)
 
     def validate(self) -> "TrainConfig":
         """Check choices and ranges. Raises ConfigError naming the key and value."""
         choices = {"method": METHODS, "schedule": SCHEDULES, "position_eval": ("argmax", "sample"),
-                   "eos_index": ("correct", "reference"), "eval_split": ("test", "val"),
+                   "eos_index": ("correct", "reference"),
+                   "carry_index": ("correct", "reference"), "eval_split": ("test", "val"),
                    "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS,
-                   "anchor_source": ANCHOR_SOURCES, "position_matrix": POSITION_MATRICES, "novel_rule": NOVEL_RULES}
+                   "anchor_source": ANCHOR_SOURCES, "position_matrix": POSITION_MATRICES, "novel_rule": NOVEL_RULES,
+                   "cocoop_anchoropt_trains": COCOOP_ANCHOROPT_TRAINS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"invalid value {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -128,9 +147,11 @@ class TrainConfig:
             "anchor_epochs": self.anchor_epochs >= 0, "lr": self.lr > 0, "anchor_lr": self.anchor_lr > 0,
             "batch_size": self.batch_size >= 1, "anchor_batch_size": self.anchor_batch_size >= 1,
             "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
-            "period": self.period >= 1, "train_views": self.train_views >= 1,
+            "period": self.period >= 1, "train_views": self.train_views >= 1, "prompt_depth": self.prompt_depth >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
-            "n_descriptions": self.n_descriptions >= 1,
+            "dept_weight": 0 <= self.dept_weight <= 1,
+            "n_descriptions": self.n_descriptions >= 1, "n_att": self.n_att >= 0,
+            "meta_net_ratio": self.meta_net_ratio >= 1,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
             **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
                                                         "weight_decay")},
@@ -148,6 +169,10 @@ class TrainConfig:
                               "schedule=two_stage (one_stage trains them)")
         if self.protocol == "base2novel" and self.targets:
             raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
+        if self.method.endswith("_atp"):  # every prompted dataset needs its words before anything loads
+            from anchoropt.attributes import dataset_attributes
+            for name in [self.dataset, *(self.target_list if self.protocol == "cross_dataset" else [])]:
+                dataset_attributes(name, self.attributes)
         return self
 
     @property
@@ -155,8 +180,20 @@ class TrainConfig:
         """``targets`` as a list of dataset names (empty entries dropped)."""
         return [t.strip() for t in self.targets.split(",") if t.strip()]
 
+    @property
+    def run_name(self) -> str:
+        """The method as records and run folders name it: ``<method>_<schedule>`` for a method
+        with AnchorOPT (its schedule is part of what ran), else ``method``."""
+        return f"{self.method}_{self.schedule}" if has_schedule(self.method) else self.method
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def has_schedule(method: str) -> bool:
+    """Whether ``method`` adds AnchorOPT (``anchoropt`` = CoOp+AnchorOPT, ``<base>_anchoropt``), so
+    that ``schedule`` decides how its anchors and prompt are trained."""
+    return method == "anchoropt" or method.endswith("_anchoropt")
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -259,7 +296,8 @@ KEY_HELP = {
     "preprocess": "open_clip pretrained tag whose image preprocessing (mean/std, resize) a checkpoint file "
                   "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
-    "method": "zeroshot, coop or anchoropt",
+    "method": "zeroshot, coop, coop_atp (CoOp+ATPrompt), anchoropt (CoOp+AnchorOPT), cocoop, cocoop_atp, "
+              "cocoop_anchoropt, dept, dept_atp, dept_anchoropt, maple, maple_atp or maple_anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
     "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
     "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",
@@ -296,4 +334,15 @@ KEY_HELP = {
     "position_matrix": "ablation: learned W (Gumbel), identity (soft tokens then anchors) or permutation "
                        "(a fixed random W drawn from the seed)",
     "novel_rule": "ablation: unseen classes scored by ensemble ((prompt + anchor logits) / 2) or prompt alone",
+    "meta_net_ratio": "CoCoOp: the meta-net's hidden width is the image feature dim divided by this (integer)",
+    "cocoop_anchoropt_trains": "cocoop_anchoropt: ctx (the soft tokens only, as the reference's optimiser; meta-net "
+                               "and W stay at their init) or all (soft tokens, meta-net and W)",
+    "dept_weight": "DePT: weight w of the head (loss (1-w) CE(CLIP) + w CE(head); trained classes scored "
+                   "(1-w) CLIP + w head logits) in [0, 1]",
+    "attributes": "*_atp: comma-separated attribute words of the ATPrompt prompt, e.g. color,shape (empty: "
+                  "the dataset's own, anchoropt/attributes.py; every scored dataset uses these)",
+    "n_att": "*_atp: soft tokens before each attribute word (0: n_ctx, as the reference scripts)",
+    "prompt_depth": "MaPLe: transformer layers J with prompts (layer 1 the input; J <= both towers' layers)",
+    "carry_index": "maple_anchoropt: correct (each anchor's hidden state carried from its position) or "
+                   "reference (the state one position before it, as the reference code reads)",
 }

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from anchoropt.backbone import Backbone
 from anchoropt.config import TrainConfig
+from anchoropt.features import image_tensors, normalize_images
 from anchoropt.metrics import harmonic_mean
-from anchoropt.task import Task, task_descriptions
+from anchoropt.task import EvalSet, Task, task_descriptions
 from anchoropt.text import ClassTokens, TextEncoder, token_count
 
 if TYPE_CHECKING:
@@ -110,6 +111,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.train_labels), cfg.batch_size)
         self.descriptions_cut = 0
         self._tokens: dict[tuple, ClassTokens] = {}
+        self._train_pixels: torch.Tensor | None = None  # [N, V, 3, H, W] uint8, loaded by pixel_batches
+        self._eval_pixels: dict[int, torch.Tensor] = {}
 
     def tokens(self, classnames: list[str], n_block: int, rest: str) -> ClassTokens:
         """Tokenised fixed embeddings of a class set, built once per (classes, pattern)."""
@@ -125,6 +128,36 @@ class Trainer:
     def image_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """:attr:`steps_per_epoch` shuffled batches of one random precomputed view per image:
         ``[B, D]``, ``[B]``, drawn from the ``batches`` stream of epoch ``epoch``."""
+        for idx, view in self._batch_indices(epoch):
+            yield self.train_features[idx, view], self.train_labels[idx]
+
+    def pixel_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The batches of :meth:`image_batches` (same images, same views) as pixels, for methods
+        that prompt the image tower: uint8 ``[B, 3, H, W]`` on CPU (:meth:`model_input` makes them
+        model input), the frozen tower's features of those views ``[B, D]`` and labels ``[B]``. The
+        pixels are loaded on first use (:func:`anchoropt.features.image_tensors`)."""
+        if self._train_pixels is None:
+            cfg = self.cfg
+            self._train_pixels = image_tensors(self.backbone, self.task.train_items, cfg.train_views, cfg.seed,
+                                               cfg.crop_scale, cfg.flip)
+        for idx, view in self._batch_indices(epoch):
+            yield self._train_pixels[idx.cpu(), view.cpu()], self.train_features[idx, view], self.train_labels[idx]
+
+    def eval_images(self, ev: EvalSet, batch_size: int) -> Iterator[torch.Tensor]:
+        """Model input ``[b, 3, H, W]`` on the device of ``ev``'s images in order, ``batch_size`` at a
+        time (test transform; the pixels are kept in memory after the first call)."""
+        key = id(ev)
+        if key not in self._eval_pixels:
+            self._eval_pixels[key] = image_tensors(self.backbone, ev.items)
+        for chunk in self._eval_pixels[key].split(batch_size):
+            yield self.model_input(chunk)
+
+    def model_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels ``[B, 3, H, W]`` -> normalised float ``[B, 3, H, W]`` on :attr:`device`."""
+        return normalize_images(self.backbone, pixels.to(self.device, non_blocking=True))
+
+    def _batch_indices(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch the images' indices and their view, from the ``batches`` stream of ``epoch``."""
         gen = stream_generator(self.cfg.seed, f"batches:{epoch}")
         n, views = self.train_features.shape[:2]
         order = torch.randperm(n, generator=gen)
@@ -132,7 +165,7 @@ class Trainer:
         size = min(self.cfg.batch_size, n)
         for start in range(0, self.steps_per_epoch * size, size):
             idx = order[start:start + size]
-            yield self.train_features[idx, view[idx]], self.train_labels[idx]
+            yield idx, view[idx]
 
     def run_loop(self, phase: str, epochs: int, plan: Callable[[int], Iterable[Step]], steppers: list[Stepper],
                  on_epoch: EpochCallback | None = None) -> None:

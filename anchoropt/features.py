@@ -14,10 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from filelock import FileLock
 
+import anchoropt.torchvision_compat  # noqa: F401  (before torchvision)
 from anchoropt.backbone import Backbone
 from anchoropt.data.datasets import DataError, Datum
 from anchoropt.data.images import file_id, load_image
@@ -65,27 +69,59 @@ def encode_images(backbone: Backbone, items: list[Datum], views: int = 0, seed: 
     return torch.load(path, weights_only=True)
 
 
-def _encode_seeded(backbone: Backbone, items: list[Datum], views: int, seed: int, device, crop_scale: float,
-                   flip: bool) -> torch.Tensor:
-    """Encode with torch's RNG seeded for the augmentation, restoring the caller's RNG after."""
+def image_tensors(backbone: Backbone, items: list[Datum], views: int = 0, seed: int = 0, crop_scale: float = 0.08,
+                  flip: bool = True) -> torch.Tensor:
+    """The preprocessed images that :func:`encode_images` encodes with the same arguments, as uint8
+    pixels before normalisation (a quarter of float32's memory): ``[N, 3, H, W]`` (``views`` 0, test
+    transform) or ``[N, V, 3, H, W]`` (the same V augmented views, drawn with the same seed).
+    :func:`normalize_images` makes them model input. For methods that prompt the image tower (MaPLe).
+
+    Raises:
+        DataError: no items, or an image is missing or corrupt.
+    """
+    if not items:
+        raise DataError("no images to load: the split is empty")
+    return torch.cat(list(_pixel_batches(backbone, items, views, seed, crop_scale, flip)))
+
+
+def normalize_images(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` -> float model input: ``/ 255`` then the weights' mean/std, the
+    operations of torchvision's ``ToTensor`` + ``Normalize`` (the same values)."""
+    return TF.normalize(pixels.float().div(255), backbone.mean, backbone.std)
+
+
+def _pixel_batches(backbone: Backbone, items: list[Datum], views: int, seed: int, crop_scale: float,
+                   flip: bool) -> Iterator[torch.Tensor]:
+    """uint8 batches ``[b, 3, H, W]`` / ``[b, V, 3, H, W]`` of ``BATCH`` images, augmented with torch's
+    RNG seeded by ``seed`` (image by image, view by view), the caller's RNG restored after."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return _encode(backbone, items, views, device, backbone.augment(crop_scale, flip))
+        transform = _uint8(backbone.preprocess if views == 0 else backbone.augment(crop_scale, flip))
+        for start in range(0, len(items), BATCH):
+            images = [load_image(d.impath) for d in items[start:start + BATCH]]
+            if views == 0:
+                yield torch.stack([transform(im) for im in images])
+            else:
+                yield torch.stack([torch.stack([transform(im) for _ in range(views)]) for im in images])
     finally:
         torch.random.set_rng_state(gen_state)
 
 
-def _encode(backbone: Backbone, items: list[Datum], views: int, device, augment) -> torch.Tensor:
+def _uint8(transform: T.Compose) -> T.Compose:
+    """``transform`` with its trailing ``ToTensor`` and ``Normalize`` replaced by ``PILToTensor``
+    (neither draws random numbers, so the crops stay those of ``transform``)."""
+    steps = [t for t in transform.transforms if not isinstance(t, (T.ToTensor, T.Normalize))]
+    return T.Compose([*steps, T.PILToTensor()])
+
+
+def _encode_seeded(backbone: Backbone, items: list[Datum], views: int, seed: int, device, crop_scale: float,
+                   flip: bool) -> torch.Tensor:
     model = backbone.model
     out = []
-    for start in range(0, len(items), BATCH):
-        images = [load_image(d.impath) for d in items[start:start + BATCH]]
-        if views == 0:
-            batch = torch.stack([backbone.preprocess(im) for im in images])
-        else:
-            batch = torch.stack([augment(im) for im in images for _ in range(views)])
+    for pixels in _pixel_batches(backbone, items, views, seed, crop_scale, flip):
+        batch = normalize_images(backbone, pixels.flatten(0, 1) if views else pixels)
         with torch.autocast("cuda", dtype=torch.float16, enabled=torch.device(device).type == "cuda"):
             feats = model.encode_image(batch.to(device)).float().cpu()
-        out.append(feats if views == 0 else feats.view(len(images), views, -1))
+        out.append(feats if views == 0 else feats.view(len(pixels), views, -1))
     return torch.cat(out)

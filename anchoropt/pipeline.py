@@ -184,7 +184,7 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
     if tuning is not None:
         tuning = dataclasses.replace(tuning, wall_time_s=time.time() - started)
     report = write_report(load_records(results / "cells"), report_dir, baseline=suite.baseline,
-                          schedules=_schedule_pair(suite), tuning=tuning)
+                          schedules=_schedule_pair(suite), tuning=tuning, pairs=suite.pairs)
     print(f"report: {report}  (main job {time.time() - started:.0f} s)")
     return report
 

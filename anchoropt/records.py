@@ -48,7 +48,7 @@ def build_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float
     and ``training``, what the run did (``anchoropt.train.training_summary``: optimiser updates per
     trainable group, Stage I descriptions cut at the context length).
 
-    ``method`` is ``cfg.method`` (``anchoropt_<schedule>`` for AnchorOPT); a benchmark renames it to
+    ``method`` is ``cfg.run_name`` (``<method>_<schedule>`` for methods with AnchorOPT); a benchmark renames it to
     the suite's method with :func:`relabel`."""
     import torch
 
@@ -58,7 +58,7 @@ def build_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float
 
     return {
         "record_version": RECORD_VERSION,
-        "method": cfg.method if cfg.method != "anchoropt" else f"anchoropt_{cfg.schedule}",
+        "method": cfg.run_name,
         "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots, "protocol": cfg.protocol,
         "tuning": _tuning(tuning), "eval_split": cfg.eval_split, "backbone": cfg.backbone,
         "pretrained": cfg.pretrained, "config": cfg.to_dict(), "metrics": metrics, "training": training or {},

@@ -27,7 +27,7 @@ def two_stage(method: "AnchorOPTMethod", on_epoch: EpochCallback | None = None) 
     method.fit_anchors()
     t = method.trainer
     t.run_loop("stage2", method.cfg.epochs,
-               lambda epoch: [lambda b=b: method.prompt_step(b) for b in t.image_batches(epoch)],
+               lambda epoch: [lambda b=b: method.prompt_step(b) for b in method.batches(epoch)],
                [method.prompt_stepper], on_epoch)
 
 
@@ -61,7 +61,7 @@ def one_stage(method: "AnchorOPTMethod", on_epoch: EpochCallback | None = None) 
     some unused."""
     t, cfg = method.trainer, method.cfg
     plan = one_stage_plan(cfg.epochs, t.steps_per_epoch, cfg.period, cfg.one_stage_budget)
-    batches = (b for epoch in count() for b in t.image_batches(epoch))
+    batches = (b for epoch in count() for b in method.batches(epoch))
 
     def steps(epoch: int) -> list[Callable]:
         return [method.anchor_step if phase == "anchor" else (lambda b=next(batches): method.prompt_step(b))

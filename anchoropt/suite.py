@@ -1,12 +1,25 @@
 """Benchmark suites (YAML, see ``benchmarks/``): parsing, and each method's configuration, the one place.
 
 A suite names a protocol, datasets, seeds, a shared ``config`` of TrainConfig keys,
-``per_dataset`` overrides and named ``methods``; a method is TrainConfig keys and/or
+``per_dataset`` overrides (what every method shares per dataset, e.g. AnchorOPT's Stage I) and
+named ``methods``; a method is TrainConfig keys, its own ``per_dataset: {dataset: {keys}}`` (its
+reference settings per dataset, e.g. MaPLe+AnchorOPT's n_ctx and epochs) and/or
 ``config: <file>``, e.g. a search's ``best_config.yaml`` (``{dataset}`` in the path is replaced
-per cell; a relative path is relative to the suite file). ``schedule_methods`` names the two
-methods compared in the one-stage vs two-stage section and tuned by ``anchoropt run``::
+per cell; a relative path is relative to the suite file). A method's values, later wins
+(:func:`method_values`)::
+
+    suite config < suite per_dataset[d] < method per_dataset[d] < method config file < method keys
+
+so the suite file reproduces each method's reference exactly (the method's own per-dataset
+values replace the shared ones; a key may not be both one of the method's keys and in its
+per_dataset), and a search's best config replaces exactly the keys it searched.
+``schedule_methods`` names the two methods compared in the one-stage vs two-stage section and
+tuned by ``anchoropt run``; ``pairs`` maps a method to the base it is compared with in the
+report's method-matrix section (paired tests, and the paper's averages table: each base, then
+its methods in the order given)::
 
     schedule_methods: {one_stage: coop_anchoropt_one_stage, two_stage: coop_anchoropt_two_stage}
+    pairs: {coop_atp: coop, coop_anchoropt: coop, maple_atp: maple, maple_anchoropt: maple}
 
 Protocols (SPEC section 8): ``base2novel`` (a cell is method, dataset, seed) and
 ``cross_dataset`` (a cell is method, seed: train on ``source``, score it and each of ``datasets``).
@@ -26,6 +39,8 @@ from anchoropt.yamlio import read_yaml
 
 _NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True}
 _NAME = {"type": ["string", "null"], "minLength": 1}
+#: dataset -> TrainConfig keys (a suite's and a method's ``per_dataset``)
+_PER_DATASET = {"type": ["object", "null"], "additionalProperties": {"type": ["object", "null"]}}
 #: JSON Schema of a suite file (types and counts of its values); TrainConfig keys are checked by make_config
 SUITE_SCHEMA = {
     "type": "object", "required": ["datasets", "seeds", "methods"],
@@ -33,9 +48,11 @@ SUITE_SCHEMA = {
         "name": {"type": "string", "minLength": 1}, "protocol": {"type": "string"}, "source": _NAME,
         "datasets": _NAMES, "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "uniqueItems": True},
         "config": {"type": ["object", "null"]},
-        "per_dataset": {"type": ["object", "null"], "additionalProperties": {"type": ["object", "null"]}},
-        "methods": {"type": "object", "minProperties": 1, "additionalProperties": {"type": ["object", "null"]}},
+        "per_dataset": _PER_DATASET,
+        "methods": {"type": "object", "minProperties": 1, "additionalProperties": {
+            "type": ["object", "null"], "properties": {"per_dataset": _PER_DATASET}}},
         "baseline": _NAME, "schedule_methods": {"type": ["object", "null"]}, "search_dataset": _NAME,
+        "pairs": {"type": ["object", "null"], "additionalProperties": {"type": "string", "minLength": 1}},
     },
 }
 SUITE_KEYS = set(SUITE_SCHEMA["properties"])
@@ -55,13 +72,14 @@ class Suite:
     datasets: list[str]  # under cross_dataset: the targets
     seeds: list[int]
     config: dict[str, Any]
-    methods: dict[str, dict[str, Any]]
+    methods: dict[str, dict[str, Any]]  # name -> TrainConfig keys, per_dataset, config, config_keys
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     protocol: str = "base2novel"
     source: str | None = None  # cross_dataset: the dataset trained on
     baseline: str | None = None
     schedule_methods: dict[str, str] | None = None  # schedule -> method name
     search_dataset: str | None = None  # where ``anchoropt run`` tunes the schedules
+    pairs: dict[str, str] | None = None  # method -> the base it is compared with (report)
 
     @property
     def trained_datasets(self) -> list[str]:
@@ -117,26 +135,49 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
         raise ConfigError(f"{path}: protocol cross_dataset needs 'source: <dataset>', not among the target datasets")
     if protocol == "base2novel" and source:
         raise ConfigError(f"{path}: 'source' applies to protocol cross_dataset only")
-    for name in raw.get("per_dataset") or {}:
-        if name not in [*raw["datasets"], source]:
-            raise ConfigError(f"{path}: per_dataset entry '{name}' is not one of the suite's datasets")
+    trained = [source] if protocol == "cross_dataset" else raw["datasets"]
+    _check_per_dataset(raw.get("per_dataset"), trained, f"{path}: per_dataset")
     if raw.get("search_dataset") not in (None, *raw["datasets"]):
         raise ConfigError(f"{path}: search_dataset '{raw['search_dataset']}' is not one of the suite's datasets")
     check_keys(overrides or {}, [f.name for f in dataclasses.fields(TrainConfig)], "command-line overrides")
     shared = {**(raw.get("config") or {}), **(overrides or {})}
     make_config(shared, source=f"{path} config")
     methods = {name: dict(spec or {}) for name, spec in raw["methods"].items()}
+    for name, spec in methods.items():
+        where = f"{path}: method '{name}' per_dataset"
+        _check_per_dataset(spec.get("per_dataset"), trained, where)
+        for dataset, keys in (spec.get("per_dataset") or {}).items():
+            both = sorted(set(keys or {}) & set(spec))
+            if both:
+                raise ConfigError(f"{where} '{dataset}': {', '.join(both)} also set for every dataset by the "
+                                  "method's own keys (keep one)")
     schedule_methods = _schedule_methods(raw.get("schedule_methods"), path)
-    for name in [raw.get("baseline"), *(schedule_methods or {}).values()]:
-        if name is not None and name not in methods:
-            raise ConfigError(f"{path}: '{name}' is not one of the suite's methods")
+    pairs = raw.get("pairs") or None
+    for name in [raw.get("baseline"), *(schedule_methods or {}).values(), *(pairs or {}).items()]:
+        for one in name if isinstance(name, tuple) else [name]:
+            if one is not None and one not in methods:
+                raise ConfigError(f"{path}: '{one}' is not one of the suite's methods")
+    for method, base in (pairs or {}).items():
+        if method == base:
+            raise ConfigError(f"{path}: pairs: '{method}' is paired with itself")
     for schedule, name in (schedule_methods or {}).items():
         if methods[name].get("schedule", schedule) != schedule:
             raise ConfigError(f"{path}: schedule_methods {schedule}: method '{name}' has schedule "
                               f"{methods[name]['schedule']}")
     return Suite(raw.get("name", path.stem), path, list(raw["datasets"]), [int(s) for s in raw["seeds"]],
                  shared, methods, raw.get("per_dataset") or {}, protocol, source, raw.get("baseline"),
-                 schedule_methods, raw.get("search_dataset"))
+                 schedule_methods, raw.get("search_dataset"), pairs)
+
+
+def _check_per_dataset(entries: dict | None, trained: list[str], where: str) -> None:
+    """ConfigError naming ``where`` for an entry of a dataset no cell trains on (it would never
+    apply) or a key that is not a TrainConfig key."""
+    keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    for name, values in (entries or {}).items():
+        if name not in trained:
+            raise ConfigError(f"{where} entry '{name}' is not a dataset the suite trains on "
+                              f"(expected one of {', '.join(trained)})")
+        check_keys(values or {}, keys, f"{where} '{name}'")
 
 
 def check_schema(raw: Any, schema: dict, path: str | Path) -> None:
@@ -173,9 +214,11 @@ def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
     """TrainConfig values of one method on one dataset, and what tuned them; the one merge of a
     method's configuration (``benchmark``, ``run`` and its searches all use it).
 
-    Order (later wins): suite ``config``, its ``per_dataset`` entry, the method's ``config:`` file
-    (without the keys a cell sets itself, :data:`CELL_KEYS`), the method's own keys. Tuning: ``untuned``, ``given`` (a file that is no
-    search's), or ``search_<split>`` read from the ``search.json`` next to a search's best config.
+    Order (later wins): suite ``config``, its ``per_dataset`` entry, the method's ``per_dataset``
+    entry, the method's ``config:`` file (without the keys a cell sets itself, :data:`CELL_KEYS`),
+    the method's own keys (never also in its per_dataset: ``load_suite`` refuses that). Tuning:
+    ``untuned``, ``given`` (a file that is no search's), or ``search_<split>`` read from the
+    ``search.json`` next to a search's best config.
     A search's best config sets only what the search was searched over (the parameters of the
     space in its ``search.json``), so a quick search's shots, epochs or backbone never replace the
     suite's; the method's ``config_keys: [key, ...]`` (or ``all``) lets the file set more.
@@ -185,7 +228,8 @@ def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
             ``config_keys`` is neither a list of keys nor ``all`` (naming the suite).
     """
     spec = dict(suite.methods[method])
-    values: dict[str, Any] = {**suite.config, **suite.per_dataset.get(dataset, {})}
+    own = (spec.pop("per_dataset", None) or {}).get(dataset) or {}
+    values: dict[str, Any] = {**suite.config, **(suite.per_dataset.get(dataset) or {}), **own}
     file = spec.pop("config", None)
     extra = spec.pop("config_keys", [])
     if extra != "all" and (not isinstance(extra, list) or not all(isinstance(k, str) for k in extra)):

@@ -11,7 +11,7 @@ Protocols (SPEC section 8):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,19 +29,24 @@ class EvalSet:
     """Scored images of one class set: ``features [N, D]``, ``labels [N]`` in 0..C-1.
 
     ``seen``: the classes were trained on (scored with the prompt's logits; unseen classes use the
-    anchor ensemble, SPEC section 4). ``template``: the zero-shot template of their dataset."""
+    anchor ensemble, SPEC section 4). ``template``: the zero-shot template of their dataset;
+    ``dataset``: its name (a prompt may depend on it: ATPrompt's attribute words). ``items``: the N
+    images, for methods that prompt the image tower (:meth:`Trainer.eval_images`)."""
 
     classnames: list[str]
     features: torch.Tensor
     labels: torch.Tensor
     seen: bool
     template: str
+    dataset: str
+    items: list[Datum] = field(default_factory=list, repr=False)
 
 
 @dataclass
 class Task:
-    """Training classes with ``train_features [N, V, D]`` / ``train_labels [N]``, and the scored
-    sets ``evals`` (``"base"`` and ``"novel"``; cross-dataset: one per dataset name, source first)."""
+    """Training classes with ``train_features [N, V, D]`` / ``train_labels [N]`` of the images
+    ``train_items``, and the scored sets ``evals`` (``"base"`` and ``"novel"``; cross-dataset: one per
+    dataset name, source first)."""
 
     dataset: str
     classnames: list[str]
@@ -49,6 +54,7 @@ class Task:
     train_labels: torch.Tensor
     evals: dict[str, EvalSet]
     descriptions_path: Path | None
+    train_items: list[Datum] = field(default_factory=list, repr=False)
 
 
 def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device = "cpu",
@@ -69,30 +75,31 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
     def features(items: list[Datum], views: int = 0) -> torch.Tensor:
         return encode_images(backbone, items, views, cfg.seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
 
-    def eval_set(dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
+    def eval_set(name: str, dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
         items = subsample(items, labels)
         return EvalSet([dataset.classnames[i] for i in labels], features(items), _labels(items), seen,
-                       dataset.template)
+                       dataset.template, name, items)
 
     if cfg.protocol == "cross_dataset":
         targets = targets if targets is not None else read_targets(cfg)
         trained = sorted(set(d.label for d in data.train))
-        evals = {cfg.dataset: eval_set(data, data.test, trained, True)}
+        evals = {cfg.dataset: eval_set(cfg.dataset, data, data.test, trained, True)}
         for name, target in zip(cfg.target_list, targets):  # keyed by the names asked for
-            evals[name] = eval_set(target, target.test, sorted(set(d.label for d in target.test)), False)
+            evals[name] = eval_set(name, target, target.test, sorted(set(d.label for d in target.test)), False)
     else:
         trained, novel = base_novel_labels([d.label for d in data.train])
         scored = data.test
         if cfg.eval_split == "val":
             trained, novel = base_novel_labels(trained)
             scored = val
-        evals = {"base": eval_set(data, scored, trained, True), "novel": eval_set(data, scored, novel, False)}
+        evals = {"base": eval_set(cfg.dataset, data, scored, trained, True),
+                 "novel": eval_set(cfg.dataset, data, scored, novel, False)}
     train_items = subsample(train, trained)
     if not train_items:
         raise DataError(f"dataset '{cfg.dataset}': no training images for the trained classes")
     return Task(cfg.dataset, [names[i] for i in trained], features(train_items, cfg.train_views),
                 _labels(train_items), evals, descriptions_path(cfg.dataset, cfg.descriptions, cfg.descriptions_dir,
-                                                               data.descriptions))
+                                                               data.descriptions), train_items)
 
 
 def read_targets(cfg: TrainConfig) -> list[DatasetSplits]:

@@ -16,10 +16,13 @@ the causal mask their hidden states do not depend on what follows. :meth:`TextEn
 runs those positions once (batch 1) and only the class-specific rest per class, its attention
 reading the prefix's keys and values; forward and backward equal the per-class path up to float
 rounding, and a step costs about ``suffix / (prefix + suffix)`` of the per-class transformer work.
+An image-conditioned block (CoCoOp: one block per image) shares its prefix the same way across the
+classes of that image (:meth:`TextEncoder.encode_per_image`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,17 @@ import torch.nn.functional as F
 import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
+
+
+class BlockHook(Protocol):
+    """Deep prompts (MaPLe, Khattak et al. 2023): called before every transformer layer ``i >= 1``
+    with ``hidden [1 + n_block, d]``, the outputs of layer ``i - 1`` at SOS and the learned block
+    (the same in every class's sequence: the mask is causal); returns the ``[n_block, d]`` block
+    that replaces those block positions' hidden states, or None to leave them."""
+
+    n_block: int
+
+    def __call__(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None: ...
 
 
 class TextEncoder(nn.Module):
@@ -48,13 +62,15 @@ class TextEncoder(nn.Module):
         self.text_projection = clip.text_projection
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
 
-    def forward(self, embeds: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, eos_index: torch.Tensor, replace: BlockHook | None = None) -> torch.Tensor:
         """Encode prompts.
 
         Args:
             embeds: ``[B, L, d_model]`` token embeddings, ``L <= context_length``.
                 Pass sequences already cut to ``eos_index.max() + 1`` for speed.
             eos_index: ``[B]`` long, position of the feature to read in each sequence.
+            replace: deep prompts (:data:`BlockHook`); the block is the ``k`` positions after SOS,
+                the same in every sequence.
 
         Returns:
             ``[B, embed_dim]`` text features (not normalised).
@@ -62,10 +78,18 @@ class TextEncoder(nn.Module):
         length = embeds.shape[1]
         cast = self.transformer.get_cast_dtype()
         x = embeds.to(cast) + self.positional_embedding[:length].to(cast)
-        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        mask = self.attn_mask[:length, :length]
+        if replace is None:
+            return self._read(self.transformer(x, attn_mask=mask), eos_index)
+        for i, block in enumerate(self.transformer.resblocks):
+            new = replace(i, x[0, :1 + replace.n_block]) if i else None
+            if new is not None:
+                x = torch.cat([x[:, :1], new.to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1 + new.shape[0]:]], dim=1)
+            x = block(x, attn_mask=mask)
         return self._read(x, eos_index)
 
-    def encode(self, tokens: "ClassTokens", block: torch.Tensor, eos_index: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, tokens: "ClassTokens", block: torch.Tensor, eos_index: torch.Tensor | None = None,
+               replace: BlockHook | None = None) -> torch.Tensor:
         """Text features ``[C, embed_dim]`` of ``tokens`` with the learned ``block`` put in.
 
         Args:
@@ -73,33 +97,58 @@ class TextEncoder(nn.Module):
                 its prefix is encoded once when :attr:`share_prefix`) or ``[C, k, d]``.
             eos_index: ``[C]`` positions to read (default ``tokens.eos_index``); may point
                 into the prefix (``eos_index: reference``).
+            replace: deep prompts (:data:`BlockHook`, a shared ``[k, d]`` block only).
         """
         eos_index = tokens.eos_index if eos_index is None else eos_index
         if block.dim() == 2 and self.share_prefix:
             return self.forward_shared(torch.cat([tokens.prefix[0], block.to(tokens.prefix.dtype)]),
-                                       tokens.suffix, eos_index)
-        return self(tokens.assemble(block), eos_index)
+                                       tokens.suffix, eos_index, replace)
+        return self(tokens.assemble(block), eos_index, replace)
 
-    def forward_shared(self, prefix: torch.Tensor, suffix: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
+    def encode_per_image(self, tokens: "ClassTokens", blocks: torch.Tensor,
+                         eos_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features ``[B, C, embed_dim]``: every class of ``tokens`` with each of B learned
+        blocks (an image-conditioned prompt, CoCoOp); ``blocks``: ``[B, k, d]``. With
+        :attr:`share_prefix` each block's prefix is encoded once for its C classes."""
+        eos_index = tokens.eos_index if eos_index is None else eos_index
+        blocks = blocks.to(tokens.prefix.dtype)
+        if self.share_prefix:
+            sos = tokens.prefix[0].expand(blocks.shape[0], -1, -1)
+            return self.forward_shared(torch.cat([sos, blocks], dim=1), tokens.suffix, eos_index)
+        seqs = torch.cat([tokens.assemble(block) for block in blocks])
+        return self(seqs, eos_index.repeat(blocks.shape[0])).unflatten(0, (blocks.shape[0], len(tokens)))
+
+    def forward_shared(self, prefix: torch.Tensor, suffix: torch.Tensor, eos_index: torch.Tensor,
+                       replace: BlockHook | None = None) -> torch.Tensor:
         """Encode ``C`` sequences ``prefix + suffix[c]`` running ``prefix`` once.
 
         Args:
-            prefix: ``[P, d]`` embeddings common to every sequence (SOS and the shared block).
+            prefix: ``[P, d]`` embeddings common to every sequence (SOS and the shared block), or
+                ``[G, P, d]``: G prefixes, each completed by every suffix.
             suffix: ``[C, S, d]`` the rest of each sequence, ``P + S <= context_length``.
             eos_index: ``[C]`` long, positions (in the whole sequence) to read.
+            replace: deep prompts (:data:`BlockHook`) of the block ``prefix[1:1 + k]`` (one prefix).
 
         Returns:
-            ``[C, embed_dim]`` text features, equal to ``forward(cat(prefix, suffix))``.
+            ``[C, embed_dim]`` (``[G, C, embed_dim]``) text features, equal to
+            ``forward(cat(prefix, suffix), eos_index, replace)`` (of each prefix).
         """
-        n_prefix, length = prefix.shape[0], prefix.shape[0] + suffix.shape[1]
+        grouped = prefix.dim() == 3
+        p = prefix if grouped else prefix.unsqueeze(0)
+        (n_group, n_prefix), n_class = p.shape[:2], suffix.shape[0]
+        length = n_prefix + suffix.shape[1]
         cast = self.transformer.get_cast_dtype()
         pos = self.positional_embedding[:length].to(cast)
-        p = (prefix.to(cast) + pos[:n_prefix]).unsqueeze(0)
-        s = suffix.to(cast) + pos[n_prefix:]
+        p = p.to(cast) + pos[:n_prefix]
+        s = (suffix.to(cast) + pos[n_prefix:]).expand(n_group, -1, -1, -1).flatten(0, 1)  # [G*C, S, d]
         mask = self.attn_mask[:length, :length]
-        for block in self.transformer.resblocks:
+        for i, block in enumerate(self.transformer.resblocks):
+            new = replace(i, p[0, :1 + replace.n_block]) if replace is not None and i else None
+            if new is not None:
+                p = torch.cat([p[:, :1], new.to(p.dtype).expand(n_group, -1, -1), p[:, 1 + new.shape[0]:]], dim=1)
             p, s = shared_prefix_block(block, p, s, mask)
-        return self._read(torch.cat([p.expand(s.shape[0], -1, -1), s], dim=1), eos_index)
+        feats = self._read(torch.cat([per_sequence(p, n_class), s], dim=1), eos_index.repeat(n_group))
+        return feats.unflatten(0, (n_group, n_class)) if grouped else feats
 
     def _read(self, x: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
         x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eos_index])
@@ -127,21 +176,28 @@ def supports_prefix_sharing(clip: nn.Module) -> bool:
     return True
 
 
+def per_sequence(prefix: torch.Tensor, n: int) -> torch.Tensor:
+    """``[G, ...]`` -> ``[G*n, ...]``, each prefix repeated for its n sequences (a view when G = 1)."""
+    return prefix.unsqueeze(1).expand(-1, n, *prefix.shape[1:]).flatten(0, 1)
+
+
 def shared_prefix_block(block: ResidualAttentionBlock, prefix: torch.Tensor, suffix: torch.Tensor,
                         mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One open_clip ``ResidualAttentionBlock`` on ``C`` sequences sharing a prefix.
+    """One open_clip ``ResidualAttentionBlock`` on sequences sharing a prefix.
 
-    The prefix's queries attend to the prefix (causal); each suffix's queries to the prefix's
+    The prefix's queries attend to the prefix (causal); each suffix's queries to its prefix's
     keys/values and its own (causal), exactly the rows of the full sequence (open_clip
     transformer.py: ``x + ls_1(attn(ln_1 x))``, then ``x + ls_2(mlp(ln_2 x))``).
 
     Args:
-        prefix: ``[1, P, d]``; suffix: ``[C, S, d]``; mask: ``[P+S, P+S]`` additive causal mask.
+        prefix: ``[G, P, d]``; suffix: ``[G*C, S, d]``, rows ``g*C .. g*C+C-1`` completing prefix
+            g; mask: ``[P+S, P+S]`` additive causal mask.
 
     Returns:
         ``(prefix, suffix)`` after the block, same shapes.
     """
-    attn, n_prefix, n_class = block.attn, prefix.shape[1], suffix.shape[0]
+    attn, n_prefix = block.attn, prefix.shape[1]
+    n_class = suffix.shape[0] // prefix.shape[0]
 
     def qkv(x):
         q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
@@ -154,8 +210,8 @@ def shared_prefix_block(block: ResidualAttentionBlock, prefix: torch.Tensor, suf
     qs, ks, vs = qkv(suffix)
     mask = mask.to(qp.dtype)
     attn_p = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask[:n_prefix, :n_prefix])
-    keys = torch.cat([kp.expand(n_class, -1, -1, -1), ks], dim=2)
-    values = torch.cat([vp.expand(n_class, -1, -1, -1), vs], dim=2)
+    keys = torch.cat([per_sequence(kp, n_class), ks], dim=2)
+    values = torch.cat([per_sequence(vp, n_class), vs], dim=2)
     attn_s = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask[n_prefix:])
     prefix, suffix = prefix + out(attn_p), suffix + out(attn_s)
     return (prefix + block.ls_2(block.mlp(block.ln_2(prefix))),

@@ -19,7 +19,7 @@ from anchoropt.data import build_dataset
 from anchoropt.data.check import check_run_images
 from anchoropt.engine import NonFiniteLoss, Trainer, seed_everything
 from anchoropt.io import check_output_dir, save_json, save_tensors
-from anchoropt.methods import Method, build_method
+from anchoropt.methods import METHODS, Method, build_method
 from anchoropt.records import build_record
 from anchoropt.task import build_task, read_targets
 
@@ -58,8 +58,9 @@ def _cached_backbone(name: str, pretrained: str, quick_gelu: bool | None, device
 
 def resolve_ctx_init(cfg: TrainConfig, backbone: Backbone) -> TrainConfig:
     """With ``ctx_init`` the soft tokens are that phrase's BPE tokens, so ``n_ctx`` becomes their
-    count (CoOp sizes the context by the phrase); the record then shows the size that ran."""
-    if not cfg.ctx_init or cfg.method == "zeroshot":
+    count (CoOp sizes the context by the phrase; MaPLe keeps ``n_ctx``); the record then shows the
+    size that ran."""
+    if not cfg.ctx_init or not METHODS[cfg.method].phrase_sets_n_ctx:
         return cfg
     return dataclasses.replace(cfg, n_ctx=len(backbone.tokenizer.encode(cfg.ctx_init)))
 

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 TINY = "TinyCLIP-test"  # tests/model_configs/TinyCLIP-test.json
+TINY_VIT = "TinyViT-test"  # a 4-layer ViT image tower (MaPLe), text tower of 3 layers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: a small space with a conditional parameter, shared by the space and driver tests
@@ -200,3 +201,23 @@ def interrupt(proc: subprocess.Popen, timeout_s: float = 120) -> str:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def make_trainer(cfg):
+    """The :class:`~anchoropt.engine.Trainer` of ``cfg`` on CPU (backbone cached per process), no training."""
+    import torch
+
+    from anchoropt.engine import Trainer
+    from anchoropt.task import build_task
+    from anchoropt.train import cached_backbone
+    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
+    return Trainer(cfg, backbone, build_task(cfg, backbone), torch.device("cpu"))
+
+
+def reference_text_features(model, embeds, token_ids):
+    """The reference's ``TextEncoder.forward`` (trainers/coop.py) on an open_clip model: full
+    77-position sequences ``embeds [C, 77, d]``, the plain transformer, the feature at
+    ``token_ids.argmax(-1)`` (EOS). A hand-built prompt's features, for method tests."""
+    x = embeds + model.positional_embedding
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+    return x[range(x.shape[0]), token_ids.argmax(dim=-1)] @ model.text_projection

@@ -1,4 +1,5 @@
 """Fidelity to the authors' reference code (issue 10; docs/SPEC.md section 9), on tiny models."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from anchoropt.engine import Trainer, steps_per_epoch
 from anchoropt.methods import AnchorOPT, CoOp, ZeroShot
 from anchoropt.schedules import one_stage_plan
 from anchoropt.suite import load_suite, method_values
-from anchoropt.task import EvalSet, build_task
+from anchoropt.task import build_task
 from anchoropt.text import ClassTokens
 from anchoropt.train import cached_backbone, resolve_ctx_init, train
 from tests.helpers import make_split_dataset, write_descriptions
@@ -88,7 +89,7 @@ def test_zero_shot_template_uses_spaces(tiny_cfg, pets_root):
     trainer = _trainer(tiny_cfg(dataset="oxford_pets", data_root=str(pets_root), method="zeroshot",
                                 descriptions_dir=str(pets_root)))
     ev = trainer.task.evals["base"]
-    spaced = EvalSet([n.replace("_", " ") for n in ev.classnames], ev.features, ev.labels, ev.seen, ev.template)
+    spaced = dataclasses.replace(ev, classnames=[n.replace("_", " ") for n in ev.classnames])
     with torch.no_grad():
         assert torch.equal(ZeroShot(trainer).scores(ev)["acc"], ZeroShot(trainer).scores(spaced)["acc"])
 

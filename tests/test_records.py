@@ -53,3 +53,14 @@ def test_cross_dataset_run_writes_one_record_per_scored_dataset():
     assert list(out) == ["src", "a", "b"]
     assert out["src"]["role"] == "source" and out["a"]["role"] == "target" and out["b"]["source"] == "src"
     assert out["a"]["metrics"] == {"acc": 50.0, "acc_anchor": 45.0} and out["b"]["metrics"] == {"acc": 40.0}
+
+
+@pytest.mark.parametrize("method, schedule, name", [
+    ("anchoropt", "one_stage", "anchoropt_one_stage"), ("dept_anchoropt", "two_stage", "dept_anchoropt_two_stage"),
+    ("maple_anchoropt", "one_stage", "maple_anchoropt_one_stage"), ("coop", "one_stage", "coop"),
+    ("cocoop_atp", "two_stage", "cocoop_atp")])
+def test_every_method_with_anchoropt_is_recorded_with_its_schedule(method, schedule, name):
+    from anchoropt.config import TrainConfig
+    from anchoropt.records import build_record
+
+    assert build_record(TrainConfig(method=method, schedule=schedule), {"hm": 1.0}, 0.0)["method"] == name

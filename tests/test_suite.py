@@ -159,3 +159,68 @@ def test_relative_paths_in_a_suite_reach_the_cells_absolute(tmp_path, eurosat_ro
         assert cell.config["cache_dir"] == str(tmp_path / "cache")
     monkeypatch.chdir(suite_dir)  # a Ray worker runs in another folder
     assert Path(cells[0].config["pretrained"]).is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 11, item 5: a method's own per-dataset reference settings, and the pairs the report compares
+# ------------------------------------------------------------------------------------------------
+def test_method_per_dataset_order_reproduces_each_methods_reference(tmp_path, eurosat_root):
+    (tmp_path / "given.yaml").write_text("lr: 0.03\nkd_weight: 7.0\n")  # a file that is no search's: all of it
+    methods = {
+        "plain": {"method": "anchoropt"},
+        "own": {"method": "anchoropt", "n_anchors": 2,
+                "per_dataset": {"eurosat": {"n_ctx": 6, "epochs": 3, "kd_weight": 5.0}}},
+        "filed": {"method": "anchoropt", "config": "given.yaml", "epochs": 4,
+                  "per_dataset": {"eurosat": {"n_ctx": 6, "lr": 0.01, "kd_weight": 5.0}}},
+    }
+    path = write_suite(tmp_path, eurosat_root, methods=methods,
+                       extra={"per_dataset": {"eurosat": {"n_ctx": 8, "kd_weight": 100.0, "mse_weight": 10.0}}})
+    suite = load_suite(path)
+    plain, _ = method_values(suite, "plain", "eurosat")
+    assert (plain["n_ctx"], plain["kd_weight"], plain["mse_weight"], plain["epochs"]) == (8, 100.0, 10.0, 2)
+    own, tuning = method_values(suite, "own", "eurosat")  # the method's per_dataset replaces the suite's
+    assert (own["n_ctx"], own["epochs"], own["kd_weight"], own["mse_weight"], own["n_anchors"]) == (6, 3, 5.0, 10.0, 2)
+    assert tuning == "untuned" and "per_dataset" not in own
+    filed, tuning = method_values(suite, "filed", "eurosat")  # the file beats per_dataset, the method's keys beat it
+    assert (filed["n_ctx"], filed["lr"], filed["kd_weight"], filed["epochs"], tuning) == (6, 0.03, 7.0, 4, "given")
+    cells = plan_cells(suite, tmp_path / "r")
+    assert {c.config["n_ctx"] for c in cells if c.method == "own"} == {6}
+    assert {c.config["n_ctx"] for c in cells if c.method == "plain"} == {8}
+
+
+@pytest.mark.parametrize("spec, extra, words", [
+    ({"method": "coop", "per_dataset": {"dtd": {"n_ctx": 2}}}, {},
+     "method 'm' per_dataset entry 'dtd' is not a dataset the suite trains on \\(expected one of eurosat\\)"),
+    ({"method": "coop", "per_dataset": {"eurosat": {"n_ctxx": 2}}}, {},
+     "method 'm' per_dataset 'eurosat': unknown key\\(s\\) n_ctxx \\(did you mean n_ctx\\?\\)"),
+    ({"method": "coop", "n_ctx": 4, "per_dataset": {"eurosat": {"n_ctx": 2}}}, {},
+     "method 'm' per_dataset 'eurosat': n_ctx also set for every dataset by the method's own keys"),
+    ({"method": "coop", "per_dataset": [1]}, {}, "methods.m.per_dataset: \\[1\\] is not of type 'object'"),
+    ({"method": "coop"}, {"pairs": {"m": "nope"}}, "'nope' is not one of the suite's methods"),
+    ({"method": "coop"}, {"pairs": {"m": "m"}}, "pairs: 'm' is paired with itself"),
+    ({"method": "coop"}, {"pairs": ["m"]}, "pairs: \\['m'\\] is not of type 'object'"),
+    ({"method": "coop"}, {"per_dataset": {"dtd": {}}}, ": per_dataset entry 'dtd' is not a dataset the suite trains on"),
+])
+def test_method_per_dataset_and_pairs_errors_are_one_line(tmp_path, eurosat_root, spec, extra, words):
+    path = write_suite(tmp_path, eurosat_root, methods={"m": spec, "z": {"method": "zeroshot"}}, extra=extra)
+    with pytest.raises(ConfigError, match=words) as err:
+        load_suite(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cross_dataset_per_dataset_entry_of_a_target_is_refused(tmp_path, eurosat_root):
+    # a cross-dataset cell trains on the source only: an entry for a target would never apply
+    path = write_suite(tmp_path, eurosat_root, methods={"m": {"method": "coop", "per_dataset": {"dtd": {"n_ctx": 2}}}},
+                       extra={"protocol": "cross_dataset", "source": "eurosat", "datasets": ["dtd"]})
+    with pytest.raises(ConfigError, match="entry 'dtd' is not a dataset the suite trains on \\(expected one of eurosat\\)"):
+        load_suite(path)
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"]["m"]["per_dataset"] = {"eurosat": {"n_ctx": 2}}
+    path.write_text(yaml.safe_dump(raw))
+    assert method_values(load_suite(path), "m", "eurosat")[0]["n_ctx"] == 2
+
+
+def test_pairs_are_read(tmp_path, eurosat_root):
+    path = write_suite(tmp_path, eurosat_root, extra={"pairs": {"two": "coop"}})
+    assert load_suite(path).pairs == {"two": "coop"}
+    assert load_suite(write_suite(tmp_path, eurosat_root, name="b.yaml")).pairs is None

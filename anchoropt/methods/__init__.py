@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from anchoropt.engine import Trainer
 from anchoropt.methods.anchoropt import AnchorOPT, AnchorOPTMethod
+from anchoropt.methods.atprompt import AttributeTokens, CoOpATP
 from anchoropt.methods.base import Method, ZeroShot
+from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT, CoCoOpATP
 from anchoropt.methods.coop import CoOp
+from anchoropt.methods.dept import DePT, DePTAnchorOPT, DePTATP
+from anchoropt.methods.maple import MaPLe, MaPLeAnchorOPT, MaPLeATP
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, AnchorOPT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT, CoCoOp, CoCoOpATP,
+                                                         CoCoOpAnchorOPT, DePT, DePTATP, DePTAnchorOPT, MaPLe,
+                                                         MaPLeATP, MaPLeAnchorOPT)}
 
-__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "CoOp", "Method", "ZeroShot", "build_method"]
+__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoCoOp", "CoCoOpAnchorOPT", "CoCoOpATP",
+           "CoOp", "CoOpATP", "DePT", "DePTATP", "DePTAnchorOPT", "MaPLe", "MaPLeATP", "MaPLeAnchorOPT", "Method",
+           "ZeroShot", "build_method"]
 
 
 def build_method(trainer: Trainer) -> Method:

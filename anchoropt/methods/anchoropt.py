@@ -102,12 +102,16 @@ class AnchorOPTMethod(Method):
                 tower's, or the base's own where it prompts the image tower).
             labels: ``[B]``.
         """
-        cfg, t = self.cfg, self.trainer
-        loss = cfg.ce_weight * F.cross_entropy(logits, labels)
-        if cfg.kd_weight > 0:
-            loss = loss + cfg.kd_weight * kd_loss(logits, clip_logits(image_features, self.teacher(), t.logit_scale),
-                                                  cfg.kd_temperature)
-        return loss
+        return self.cfg.ce_weight * F.cross_entropy(logits, labels) + self.kd_term(logits, image_features)
+
+    def kd_term(self, logits: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor | float:
+        """``kd_weight * KD(logits [B, C], anchor logits of image_features [B, D])`` (SPEC section 4);
+        0 when ``kd_weight`` is 0 (the teacher is then never computed)."""
+        cfg = self.cfg
+        if cfg.kd_weight == 0:
+            return 0.0
+        teacher = clip_logits(image_features, self.teacher(), self.trainer.logit_scale)
+        return cfg.kd_weight * kd_loss(logits, teacher, cfg.kd_temperature)
 
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         """One Stage II step on an image batch of :meth:`Trainer.image_batches`."""
@@ -175,11 +179,16 @@ class AnchorOPT(AnchorOPTMethod):
         position = self.fixed_position if position is None else position
         return self.prompt(t.encoder, tokens, self.anchor.anchors, position).float()
 
+    def prompt_logits(self, feats: torch.Tensor, classnames: list[str],
+                      position: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage II prompt logits ``[B, C]`` of image features ``[B, D]`` (``position``: a given W)."""
+        return clip_logits(feats, self.text(classnames, position), self.trainer.logit_scale)
+
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         """One Stage II step: ``ce_weight * CE + kd_weight * KD`` (SPEC section 4)."""
         feats, labels = batch
-        logits = clip_logits(feats, self.text(self.trainer.task.classnames), self.trainer.logit_scale)
-        return self.stage2_loss(logits, feats, labels), self.prompt_stepper
+        return self.stage2_loss(self.prompt_logits(feats, self.trainer.task.classnames), feats, labels), \
+            self.prompt_stepper
 
     def prompt_scores(self, ev: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
         """Under ``position_eval: sample`` each block of 100 images gets its own W sample, from a
@@ -189,11 +198,10 @@ class AnchorOPT(AnchorOPTMethod):
         feats = ev.features.to(t.device)
         if self.prompt.position_eval == "sample" and self.fixed_position is None:
             gen = stream_generator(self.cfg.seed, "eval_positions")
-            logits = torch.cat([clip_logits(chunk, self.text(ev.classnames, gumbel_hard(
-                self.prompt.position, self.prompt.gumbel_tau, gen)), t.logit_scale)
-                for chunk in feats.split(REFERENCE_TEST_BATCH)])
+            logits = torch.cat([self.prompt_logits(chunk, ev.classnames, gumbel_hard(
+                self.prompt.position, self.prompt.gumbel_tau, gen)) for chunk in feats.split(REFERENCE_TEST_BATCH)])
         else:
-            logits = clip_logits(feats, self.text(ev.classnames), t.logit_scale)
+            logits = self.prompt_logits(feats, ev.classnames)
         return logits, feats
 
     def tensors(self) -> dict[str, torch.Tensor]:

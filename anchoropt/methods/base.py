@@ -6,7 +6,7 @@ method's inference rule) and hands its learned tensors to :meth:`Method.tensors`
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -21,6 +21,8 @@ class Method:
     """One interface for every method. Subclasses set :attr:`name` and override what they train."""
 
     name: ClassVar[str]
+    #: a ``ctx_init`` phrase sets ``n_ctx`` to its BPE token count (CoOp); MaPLe keeps ``n_ctx``
+    phrase_sets_n_ctx: ClassVar[bool] = True
 
     def __init__(self, trainer: Trainer):
         self.trainer, self.cfg = trainer, trainer.cfg
@@ -40,6 +42,11 @@ class Method:
     def fit(self, on_epoch: EpochCallback | None = None) -> None:
         """Train; ``on_epoch(epoch, {"phase", "loss"})`` after each epoch of each phase."""
 
+    def batches(self, epoch: int) -> Iterator:
+        """The training batches of ``epoch`` the method's steps take: cached features
+        (:meth:`Trainer.image_batches`); a method that prompts the image tower takes pixels."""
+        return self.trainer.image_batches(epoch)
+
     def scores(self, ev: EvalSet) -> dict[str, torch.Tensor]:
         """Logits ``[N, C]`` of the images of ``ev`` over its classes, by score name: ``acc`` is
         the method's prediction; others (``acc_anchor``) are extra diagnostics."""
@@ -58,6 +65,7 @@ class ZeroShot(Method):
     """Zero-shot CLIP: the dataset's hand-written template, nothing trained (SPEC section 2)."""
 
     name = "zeroshot"
+    phrase_sets_n_ctx = False
 
     def scores(self, ev: EvalSet) -> dict[str, torch.Tensor]:
         backbone = self.trainer.backbone

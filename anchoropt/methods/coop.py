@@ -24,26 +24,30 @@ class CoOp(Method):
     def modules(self) -> list[nn.Module]:
         return [self.prompt]
 
-    def text(self, classnames: list[str]) -> torch.Tensor:
+    def text(self, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
+        """Text features ``[C, D]`` of ``classnames`` in ``dataset``'s prompt (default the task's;
+        CoOp's is the same for every dataset, ATPrompt's holds the dataset's attribute words)."""
         return self.prompt(self.trainer.encoder, self.trainer.tokens(classnames, self.prompt.n_block,
                                                                       self.prompt.rest)).float()
 
+    def logits(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
+        """Logits ``[B, C]`` of image features ``[B, D]`` over ``classnames`` of ``dataset``."""
+        return clip_logits(feats, self.text(classnames, dataset), self.trainer.logit_scale)
+
     def prompt_step(self, batch) -> tuple[torch.Tensor, Stepper]:
         feats, labels = batch
-        logits = clip_logits(feats, self.text(self.trainer.task.classnames), self.trainer.logit_scale)
-        return F.cross_entropy(logits, labels), self.stepper
+        return F.cross_entropy(self.logits(feats, self.trainer.task.classnames), labels), self.stepper
 
     def fit(self, on_epoch: EpochCallback | None = None) -> None:
         self.train()
         t = self.trainer
-        t.run_loop("coop", self.cfg.epochs,
+        t.run_loop(self.name, self.cfg.epochs,
                    lambda epoch: [lambda b=b: self.prompt_step(b) for b in t.image_batches(epoch)],
                    [self.stepper], on_epoch)
         self.eval()
 
     def scores(self, ev: EvalSet) -> dict[str, torch.Tensor]:
-        return {"acc": clip_logits(ev.features.to(self.trainer.device), self.text(ev.classnames),
-                                   self.trainer.logit_scale)}
+        return {"acc": self.logits(ev.features.to(self.trainer.device), ev.classnames, ev.dataset)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.prompt.state_dict().items()}

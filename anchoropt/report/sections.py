@@ -6,6 +6,7 @@ section prints has its reason next to it (a note column or the line under the ta
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import pandas as pd
 
@@ -14,8 +15,8 @@ from anchoropt.report.figures import plot_cd, plot_history, plot_positions
 from anchoropt.report.positions import learned_positions
 from anchoropt.report.statistics import (
     ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, HM_CONVENTIONS, average_ranks, averages, best_so_far,
-    compare_over_datasets, complete_datasets, critical_difference, friedman_test, missing_cells, nemenyi,
-    wilcoxon_details)
+    compare_over_datasets, complete_datasets, critical_difference, friedman_test, holm, missing_cells, nemenyi,
+    wilcoxon_details, win_tie_loss)
 from anchoropt.report.tables import METRIC_TITLES, MISSING, md_table, mean_std, num, pval
 
 
@@ -217,6 +218,76 @@ def _ttest_display(ctx: Context, ttests: pd.DataFrame) -> pd.DataFrame:
                          f"mean Δ {ctx.label}": ttests["mean_diff"].map(num).to_numpy(),
                          "t": ttests["t"].map(lambda t: num(t, 3)).to_numpy(),
                          "p": ttests["p"].map(pval).to_numpy(), "note": ttests["note"].to_numpy()})
+
+
+def matrix_section(ctx: Context, pairs: Mapping[str, str] | None) -> str:
+    """Each method against its base (``pairs``: method -> base, e.g. ``maple_anchoropt: maple``):
+    the papers' averages table (each base, then its methods in the order of ``pairs``), Wilcoxon
+    over datasets with Holm across the pairs, wins / ties / losses, and t-tests over seeds."""
+    parts = ["## Method matrix: each method against its base", ""]
+    if not pairs:
+        return "\n".join(parts + ["Not requested (no pairs given: suite key `pairs`, or `anchoropt report "
+                                  "--pair METHOD=BASE`)."])
+    summary = pd.DataFrame([compare_over_datasets(ctx.primary_matrix, m, b) | win_tie_loss(ctx.primary_matrix, m, b)
+                            for m, b in pairs.items()])
+    summary["p_holm"] = holm(summary["p"])
+    ttests = pd.concat([ctx.ttests(m, b) for m, b in pairs.items()], ignore_index=True)
+    table = _pair_display(ctx, summary, holm_column=True)
+    table.insert(5, "wins / ties / losses", [f"{r.wins} / {r.ties} / {r.losses}" for r in summary.itertuples()])
+    table.insert(table.columns.get_loc("note"), f"seeds: t-test p < {ALPHA} (better / worse)",
+                 [_ttest_count(ttests, m, b) for m, b in pairs.items()])
+    return "\n".join(parts + [
+        "### Averages per base (as the papers' tables)", "", _matrix_explanation(ctx), "",
+        md_table(_matrix_averages(ctx, pairs)), "",
+        "### Paired tests: each method against its base", "",
+        f"Δ = method − its base ({ctx.label} points); wins / ties / losses count datasets. "
+        + _pair_explanation(ctx, len(summary)), "", md_table(table), "", *_exclusion_notes(summary),
+        ctx.csv(summary, "pairs_wilcoxon.csv"), "",
+        "### Paired t-test over seeds per dataset (each method against its base)", "",
+        _ttest_explanation(ctx, "method − its base") + " Cells: Δ (p).", "",
+        md_table(_ttest_wide(ctx, ttests, pairs)), "", ctx.csv(ttests, "pairs_ttest.csv")])
+
+
+def _matrix_explanation(ctx: Context) -> str:
+    if ctx.source is not None:
+        return (f"Mean accuracy over the {len(ctx.scored)} target datasets (the source, {ctx.source}, left out); "
+                f"Δ = method − its base. A method with a missing cell gets no average ({MISSING}).")
+    return (f"Over the {len(ctx.scored)} datasets: base and novel = means of the seed-averaged accuracies, HM = "
+            "HM of the averaged base and novel (as the papers report); Δ = method − its base (points). A "
+            f"method with a missing cell gets no average ({MISSING}).")
+
+
+def _matrix_averages(ctx: Context, pairs: Mapping[str, str]) -> pd.DataFrame:
+    """One row per base, then one per method paired with it, with the all-dataset averages and Δ."""
+    avg = averages(ctx.cells, ctx.scored, ctx.metrics)
+    columns = {"acc": "mean target accuracy"} if ctx.source is not None else \
+        {"acc_base": "base", "acc_novel": "novel", "hm_of_averages": "HM"}
+    rows = []
+    for base in dict.fromkeys(pairs.values()):
+        for method in [base, *(m for m, b in pairs.items() if b == base)]:
+            row = {"base method": ctx.name(base), "method": ctx.name(method) if method == base else
+                   "+ " + ctx.name(method)}
+            row |= {title: num(avg.at[method, col]) for col, title in columns.items()}
+            row |= {f"Δ {title}": "" if method == base else num(avg.at[method, col] - avg.at[base, col])
+                    for col, title in columns.items()}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ttest_count(ttests: pd.DataFrame, method: str, base: str) -> str:
+    rows = ttests[(ttests["method"] == method) & (ttests["baseline"] == base) & (ttests["p"] < ALPHA)]
+    return f"{int((rows['mean_diff'] > 0).sum())} / {int((rows['mean_diff'] < 0).sum())}"
+
+
+def _ttest_wide(ctx: Context, ttests: pd.DataFrame, pairs: Mapping[str, str]) -> pd.DataFrame:
+    """Dataset x pair: ``Δ (p)`` of the t-test over seeds (``Δ (note)`` where there is no p)."""
+    table = pd.DataFrame({"dataset": ctx.scored})
+    for method, base in pairs.items():
+        sub = ttests[(ttests["method"] == method) & (ttests["baseline"] == base)].set_index("dataset")
+        table[f"{ctx.name(method)} vs {ctx.name(base)}"] = [
+            f"{num(sub.at[d, 'mean_diff'])} ({pval(sub.at[d, 'p'])})" if pd.notna(sub.at[d, "p"]) else
+            f"{num(sub.at[d, 'mean_diff'])} ({sub.at[d, 'note'] or MISSING})" for d in ctx.scored]
+    return table
 
 
 def friedman_section(ctx: Context) -> str:

@@ -247,6 +247,17 @@ def compare_over_datasets(hm: pd.DataFrame, method: str, baseline: str) -> dict:
             "ci_low": low, "ci_high": high, **test, "note": note}
 
 
+def win_tie_loss(matrix: pd.DataFrame, method: str, baseline: str) -> dict:
+    """How many datasets ``method`` wins, ties and loses against ``baseline`` on ``matrix``
+    (dataset x method, from ``metric_matrix``; datasets where either is missing are left out, as in
+    ``compare_over_datasets``). A tie is a difference within float rounding (``ZERO_VARIANCE_TOL``
+    points). Returns wins, ties, losses."""
+    used = matrix[[baseline, method]].dropna()
+    diffs = (used[method] - used[baseline]).to_numpy()
+    tie = np.abs(diffs) <= ZERO_VARIANCE_TOL
+    return {"wins": int(((diffs > 0) & ~tie).sum()), "ties": int(tie.sum()), "losses": int(((diffs < 0) & ~tie).sum())}
+
+
 def _constant(d: np.ndarray) -> bool:
     """All values equal up to float rounding (e.g. 80.3 - 79.8 vs 70.5 - 70.0)."""
     return bool(np.ptp(d) <= ZERO_VARIANCE_TOL * max(1.0, float(np.max(np.abs(d)))))

@@ -10,7 +10,7 @@ METRIC_TITLES = {"acc_base": "Base accuracy", "acc_novel": "Novel accuracy", "hm
 MISSING = "—"
 # method-name tokens as the papers spell them; schedule / tuning tokens become a qualifier
 METHOD_TOKENS = {"coop": "CoOp", "cocoop": "CoCoOp", "maple": "MaPLe", "kgcoop": "KgCoOp", "promptsrc": "PromptSRC",
-                 "atprompt": "ATPrompt", "anchoropt": "AnchorOPT", "zeroshot": "Zero-shot CLIP", "clip": "CLIP"}
+                 "atprompt": "ATPrompt", "atp": "ATPrompt", "dept": "DePT", "anchoropt": "AnchorOPT", "zeroshot": "Zero-shot CLIP", "clip": "CLIP"}
 # the 11 standard datasets (and ImageNet variants) as the papers' tables name them
 DATASET_NAMES = {"imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets",
                  "stanford_cars": "StanfordCars", "oxford_flowers": "Flowers102", "food101": "Food101",

@@ -19,7 +19,8 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
                  search_histories: pd.DataFrame | None = None,
                  schedules: tuple[str, str] | None = None,
                  hm_convention: str = DEFAULT_HM_CONVENTION,
-                 display_names: Mapping[str, str] | None = None, tuning: Tuning | None = None) -> Path:
+                 display_names: Mapping[str, str] | None = None, tuning: Tuning | None = None,
+                 pairs: Mapping[str, str] | None = None) -> Path:
     """Write report.md, report.html (the same, one self-contained page with the figures inlined),
     tables.tex, CSV tables and PNG figures into ``out_dir`` (created).
 
@@ -32,19 +33,24 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
     ``tuning``: the main job's per-dataset searches (:mod:`anchoropt.report.tuning`), adding its
     sections before the missing-cells one. ``hm_convention``: per-dataset HM, ``seed_averaged`` (papers) or ``per_seed_mean``
     (``statistics.HM_CONVENTIONS``). ``display_names``: method -> name printed in tables.tex and
-    figures (default ``tables.display_name``). Returns the path of report.md.
+    figures (default ``tables.display_name``). ``pairs``: method -> the base it is compared with
+    in the method-matrix section (e.g. ``{"maple_anchoropt": "maple", "maple_atp": "maple"}``).
+    Returns the path of report.md.
     Raises ValueError for an empty ``df``, missing columns, duplicated (method, dataset, seed),
     records of different settings (``records.check_comparable``), cross-dataset records without
-    exactly one source dataset, an unknown HM convention, or a baseline / schedule / display-name
-    method that is not in ``df``.
+    exactly one source dataset, an unknown HM convention, or a baseline / schedule / pair /
+    display-name method that is not in ``df``.
     """
     ctx = make_context(df, Path(out_dir), baseline, hm_convention, display_names)
     if schedules is not None:
         check_methods(ctx, schedules, "schedules")
+    for method, base in (pairs or {}).items():
+        check_methods(ctx, [method, base], "pairs")
     if search_histories is not None:
         best_so_far(search_histories)  # raises before any file is written
     parts = [sections.header(ctx), sections.per_dataset_section(ctx), sections.anchor_section(ctx),
-             sections.averages_section(ctx), sections.paired_section(ctx), sections.friedman_section(ctx),
+             sections.averages_section(ctx), sections.paired_section(ctx), sections.matrix_section(ctx, pairs),
+             sections.friedman_section(ctx),
              sections.schedule_section(ctx, schedules, search_histories), sections.positions_section(ctx),
              *(tuning_sections(ctx, tuning) if tuning is not None else []), sections.missing_section(ctx)]
     (ctx.out_dir / "tables.tex").write_text(latex_tables(ctx), encoding="utf-8")

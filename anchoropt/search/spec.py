@@ -171,7 +171,7 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
     methods = space_obj.get("method").values() if space_obj.get("method") else [cfg.method]
     if "zeroshot" in methods:
         raise SpaceError(f"{space_obj.source}: method: zero-shot has no training epochs to search; "
-                         f"search method coop or anchoropt")
+                         f"search a method that trains (e.g. coop or anchoropt)")
     _check_space_against_base(space_obj, cfg)
     if Path(cfg.data_root).is_dir():  # fail fast here rather than in every trial (DataError names the cause)
         from anchoropt.data import build_dataset
