@@ -229,7 +229,7 @@ def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, rows: list[dic
         sched = ASHAScheduler(time_attr="training_iteration", max_t=max(1, int(spec.max_epochs)),
                               grace_period=1, reduction_factor=2)
     trial = trainable(run_trial, Resources(spec.cpus_per_trial, spec.gpus_per_trial), base=spec.base,
-                      worker_setup=worker_setup)
+                      worker_setup=worker_setup, report_in_thread=sched is None)
     callbacks = [ResultsLog(out_dir / "results.jsonl", spec, run_index), *tracking_callbacks(out_dir, mlflow)]
     if not verbose:
         best = [r["hm"] for r in rows if r["status"] != "failed" and isinstance(r.get("hm"), (int, float))]

@@ -3,6 +3,8 @@ outcome returns (:class:`StudySearcher`, Optuna's public ask/tell interface)."""
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from typing import Any, Callable
 
@@ -35,13 +37,19 @@ def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
 REPORTED = ("hm", "acc_base", "acc_novel", "epoch", "epochs", "loss", "train_s", "report_s")
 
 
-def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None = None) -> None:
+def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None = None,
+              report_in_thread: bool = False) -> None:
     """One AnchorOPT training run, reported every epoch (run by :func:`anchoropt.raytools.trainable`).
 
     ``config`` holds the drawn parameters (keys starting with ``_`` are the search's own);
     each report carries ``hm``, ``acc_base``, ``acc_novel`` (percent), ``epoch`` (1-based),
     ``epochs`` (planned), ``loss``, ``train_s`` (seconds since the trial started) and
-    ``report_s`` (seconds inside ``tune.report``).
+    ``report_s`` (seconds the training waited on ``tune.report`` so far).
+
+    ``tune.report`` returns only once the driver has processed the previous result and asked for
+    the next one, a round trip per epoch. With ``report_in_thread`` (a search without a scheduler,
+    which never stops a trial on a report) a :class:`Reports` thread makes them, in order, while
+    training goes on; the trial ends once every report is delivered.
 
     Raises:
         ValueError: the trainer's metrics lack ``hm``, ``acc_base`` or ``acc_novel`` (naming the key).
@@ -56,7 +64,8 @@ def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None 
     cfg = make_config({**base, **params}, source="search trial")
     start = time.time()  # in-trial time (train_s): features, Stage I, Stage II, evaluations
     reported: list[dict] = []
-    in_report = [0.0]  # seconds spent inside ray.tune.report (Ray's share of the in-trial time)
+    in_report = [0.0]  # seconds the training waited on ray.tune.report (Ray's share of the in-trial time)
+    reports = Reports(tune.report) if report_in_thread else None
 
     def metrics_of(m: dict, epoch: int, loss: float) -> dict:
         missing = [k for k in ("hm", "acc_base", "acc_novel") if k not in m]
@@ -70,12 +79,55 @@ def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None 
         now = time.time()
         metrics = metrics_of(m, m.get("epoch", len(reported) + 1), m.get("loss", float("nan")))
         reported.append(metrics)
-        tune.report(metrics)
+        (reports.put if reports else tune.report)(metrics)
         in_report[0] += time.time() - now
 
-    record = training.train(cfg, report=report)
+    try:
+        record = training.train(cfg, report=report)
+    except BaseException:
+        if reports:
+            reports.close(raise_error=False)
+        raise
+    if reports:
+        reports.close()
     if not reported:  # no epochs (e.g. epochs=0): report the final evaluation once
         tune.report(metrics_of(record["metrics"], cfg.epochs, float("nan")))
+
+
+class Reports:
+    """Calls ``send(metrics)`` for each :meth:`put`, in order, in a thread of its own, so that the
+    caller does not wait for ``send`` to return.
+
+    An exception ``send`` raised is raised again by the next :meth:`put` or by :meth:`close`
+    (``SystemExit``, Tune's way of stopping a trial from inside ``tune.report``, by :meth:`put`
+    only: training stops at its next report, as it would inside ``tune.report``).
+    """
+
+    def __init__(self, send: Callable[[dict], None]):
+        self.send, self.error = send, None
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="tune-reports", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (metrics := self.queue.get()) is not None:
+            try:
+                self.send(metrics)
+            except BaseException as err:  # noqa: BLE001  (raised again in the training thread)
+                self.error = err
+                return
+
+    def put(self, metrics: dict) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(metrics)
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait until every report is sent; then raise what ``send`` raised, if anything."""
+        self.queue.put(None)
+        self.thread.join()
+        if raise_error and self.error is not None and not isinstance(self.error, SystemExit):
+            raise self.error
 
 
 class StudySearcher(Searcher):

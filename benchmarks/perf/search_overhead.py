@@ -153,7 +153,7 @@ def main() -> None:
                   f"({(seq_wall + ray_start) / (search_wall + ray_start):.2f} x counting Ray start-up)")
         report_s = table["report_s"].astype(float)
         print(f"in-trial time: sum {in_trial.sum():.1f} s, median {in_trial.median():.2f} s per trial, of which "
-              f"inside ray.tune.report (per-epoch) {report_s.sum():.2f} s = {report_s.sum() / in_trial.sum():.1%}")
+              f"waiting on ray.tune.report (per-epoch) {report_s.sum():.2f} s = {report_s.sum() / in_trial.sum():.1%}")
         print(f"trial wall (driver view): median {trial_wall.median():.2f} s; overhead per trial median "
               f"{per_trial_overhead.median():.2f} s = {per_trial_overhead.sum() / trial_wall.sum():.1%} "
               f"of trial wall time")
