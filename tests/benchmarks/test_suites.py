@@ -174,3 +174,41 @@ def test_cross_dataset_suite_holds_every_methods_reference():
         v = _values(suite, method, "imagenet")
         assert {k: v[k] for k in expected} == pytest.approx(expected), method
         assert (v["anchor_epochs"], v["mse_weight"], v["n_descriptions"]) == (10, 1000, 5)
+
+
+def _median(table: dict[str, dict], key: str) -> float:
+    values = sorted(row[key] for row in table.values())
+    return values[len(values) // 2]  # 11 datasets: the middle one
+
+
+def test_toy_methods_suite_takes_each_reference_recipe_and_table_medians():
+    suite = load_suite(SUITES / "toy11_methods.yaml")
+    cars = dict(MAPLE_ANCHOROPT["stanford_cars"], kd_temperature=0.0)  # the table's own T (unused at KD 0)
+    maple_table = {**MAPLE_ANCHOROPT, "stanford_cars": cars}
+    medians = {
+        "coop_atp": {"n_ctx": _median(COOP_ATP, "n_ctx")},
+        "coop_anchoropt": {k: _median(COOP_ANCHOROPT, k) for k in ("n_ctx", "ce_weight", "kd_weight", "kd_temperature")},
+        "cocoop_atp": {"n_ctx": _median(COCOOP_ATP, "n_ctx")},
+        "cocoop_anchoropt": {k: _median(COCOOP_ANCHOROPT, k) for k in ("n_ctx", "ce_weight", "kd_weight",
+                                                                        "kd_temperature")},
+        "maple_atp": {"n_ctx": _median(MAPLE_ATP, "n_ctx")},
+        "maple_anchoropt": {k: _median(maple_table, k) for k in ("n_ctx", "ce_weight", "kd_weight", "kd_temperature")},
+        "dept_atp": {k: _median(DEPT_ATP, k) for k in ("n_ctx", "dept_weight")},
+        "dept_anchoropt": {k: _median(DEPT_ANCHOROPT, k) for k in ("n_ctx", "ce_weight", "dept_weight")},
+    }
+    recipe = {"coop": dict(lr=0.002, batch_size=32), "cocoop": dict(lr=0.002, batch_size=1),
+              "maple": dict(lr=0.0035, batch_size=4, prompt_depth=3), "dept": dict(lr=0.0035, batch_size=4)}
+    vanilla = {"coop": dict(n_ctx=16, ctx_init=""), "cocoop": dict(ctx_init="a photo of a"),
+               "maple": dict(n_ctx=2, ctx_init="a photo of a"), "dept": dict(n_ctx=4, ctx_init="", dept_weight=0.7)}
+    assert sorted(suite.methods) == sorted(["zeroshot", *vanilla, *medians])
+    assert suite.pairs == {m: m.split("_")[0] for m in medians}
+    for dataset in suite.datasets:
+        for base in recipe:
+            group = [base, f"{base}_atp", f"{base}_anchoropt"]
+            values = {m: _values(suite, m, dataset) for m in group}
+            assert len({v["epochs"] for v in values.values()}) == 1, base  # equal budgets within a base
+            for m, v in values.items():
+                expected = {**recipe[base], **vanilla.get(m, {}), **medians.get(m, {})}
+                assert {k: v[k] for k in expected} == pytest.approx(expected), (m, dataset)
+                assert (v["backbone"], v["pretrained"], v["shots"], v["anchor_epochs"]) == ("ToyCLIP-ViT", "toy", 16, 10)
+        assert _values(suite, "dept_anchoropt", dataset)["kd_weight"] == 0
