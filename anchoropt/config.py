@@ -22,8 +22,8 @@ from anchoropt.errors import ConfigError
 from anchoropt.paths import absolute, is_checkpoint_path
 from anchoropt.yamlio import parse_yaml, read_yaml
 
-METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_anchoropt", "dept", "dept_atp",
-           "dept_anchoropt", "maple", "maple_anchoropt")
+METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_atp", "cocoop_anchoropt", "dept", "dept_atp",
+           "dept_anchoropt", "maple", "maple_atp", "maple_anchoropt")
 PROTOCOLS = ("base2novel", "cross_dataset")
 SCHEDULES = ("two_stage", "one_stage")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -115,7 +115,8 @@ class TrainConfig:
     anchor_word: str = "shape"  # [project] anchor_source=word: its N BPE token embeddings (ATPrompt-style)
     position_matrix: str = "learned"  # [reference] or identity (soft tokens, then anchors) or permutation
     novel_rule: str = "ensemble"  # [reference] unseen classes (prompt + anchor logits) / 2, or prompt alone
-    # CoCoOp (trainers/cocoop.py, trainers/cocoop_anchoropt.py): a meta-net on the image feature shifts the soft tokens
+    # CoCoOp (cocoop, cocoop_atp, cocoop_anchoropt; trainers/cocoop*.py): a meta-net on the image feature shifts
+    # the soft tokens
     meta_net_ratio: int = 16  # [reference] hidden width of the meta-net: image feature dim // meta_net_ratio
     cocoop_anchoropt_trains: str = "ctx"  # [reference] the optimiser holds the soft tokens only (meta-net and W
     # stay at their init); all: soft tokens, meta-net and W
@@ -125,7 +126,7 @@ class TrainConfig:
     # ATPrompt (the *_atp methods; anchoropt/attributes.py, methods/atprompt.py)
     attributes: str = ""  # [reference] comma-separated attribute words; empty: the dataset's own
     n_att: int = 0  # [reference] soft tokens before each attribute word; 0: n_ctx (the scripts' N_ATT = NCTX)
-    # MaPLe (maple, maple_anchoropt): deep text prompts in layers 1..prompt_depth, coupled vision prompts
+    # MaPLe (maple, maple_atp, maple_anchoropt): deep text prompts in layers 1..prompt_depth, coupled vision prompts
     prompt_depth: int = 9  # [reference] PROMPT_DEPTH (3 in the cross-dataset config)
     carry_index: str = "correct"  # [project] deep AnchorOPT reads each carried anchor at its position;
     # reference: one position early (its x[anchor_index] skips SOS)
@@ -295,8 +296,8 @@ KEY_HELP = {
     "preprocess": "open_clip pretrained tag whose image preprocessing (mean/std, resize) a checkpoint file "
                   "gets, e.g. laion2b_s32b_b82k or openai (empty: the weights' own; a warning when guessed)",
     "device": "auto, cpu, cuda or cuda:N",
-    "method": "zeroshot, coop, coop_atp (CoOp+ATPrompt), anchoropt (CoOp+AnchorOPT), cocoop, cocoop_anchoropt, "
-              "dept, dept_atp, dept_anchoropt, maple or maple_anchoropt",
+    "method": "zeroshot, coop, coop_atp (CoOp+ATPrompt), anchoropt (CoOp+AnchorOPT), cocoop, cocoop_atp, "
+              "cocoop_anchoropt, dept, dept_atp, dept_anchoropt, maple, maple_atp or maple_anchoropt",
     "schedule": "two_stage (Stage I then II) or one_stage (alternating phases, SPEC 6)",
     "n_ctx": "soft prompt tokens M (set by ctx_init's tokens when given)",
     "ctx_init": "phrase whose token embeddings start the soft tokens (CoOp's CTX_INIT; empty: N(0, 0.02))",

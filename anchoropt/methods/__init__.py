@@ -10,17 +10,18 @@ from anchoropt.engine import Trainer
 from anchoropt.methods.anchoropt import AnchorOPT, AnchorOPTMethod
 from anchoropt.methods.atprompt import AttributeTokens, CoOpATP
 from anchoropt.methods.base import Method, ZeroShot
-from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT
+from anchoropt.methods.cocoop import CoCoOp, CoCoOpAnchorOPT, CoCoOpATP
 from anchoropt.methods.coop import CoOp
 from anchoropt.methods.dept import DePT, DePTAnchorOPT, DePTATP
-from anchoropt.methods.maple import MaPLe, MaPLeAnchorOPT
+from anchoropt.methods.maple import MaPLe, MaPLeAnchorOPT, MaPLeATP
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT, CoCoOp, CoCoOpAnchorOPT,
-                                                         DePT, DePTATP, DePTAnchorOPT, MaPLe, MaPLeAnchorOPT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, CoOp, CoOpATP, AnchorOPT, CoCoOp, CoCoOpATP,
+                                                         CoCoOpAnchorOPT, DePT, DePTATP, DePTAnchorOPT, MaPLe,
+                                                         MaPLeATP, MaPLeAnchorOPT)}
 
-__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoCoOp", "CoCoOpAnchorOPT", "CoOp",
-           "CoOpATP", "DePT", "DePTATP", "DePTAnchorOPT", "MaPLe", "MaPLeAnchorOPT", "Method", "ZeroShot",
-           "build_method"]
+__all__ = ["METHODS", "AnchorOPT", "AnchorOPTMethod", "AttributeTokens", "CoCoOp", "CoCoOpAnchorOPT", "CoCoOpATP",
+           "CoOp", "CoOpATP", "DePT", "DePTATP", "DePTAnchorOPT", "MaPLe", "MaPLeATP", "MaPLeAnchorOPT", "Method",
+           "ZeroShot", "build_method"]
 
 
 def build_method(trainer: Trainer) -> Method:

@@ -1,9 +1,9 @@
-"""CoCoOp (Zhou et al., "Conditional Prompt Learning for Vision-Language Models", CVPR 2022) and
-CoCoOp+AnchorOPT.
+"""CoCoOp (Zhou et al., "Conditional Prompt Learning for Vision-Language Models", CVPR 2022),
+CoCoOp+ATPrompt and CoCoOp+AnchorOPT.
 
 A meta-net on the frozen image feature shifts the soft tokens per image: ``ctx_i = ctx + meta(x_i)``
 (the shift is added to every soft token), and image i is scored against text features encoded with
-``ctx_i``. Reference: ATPrompt's ``trainers/cocoop.py`` and ``trainers/cocoop_anchoropt.py``; image
+``ctx_i``. Reference: ATPrompt's ``trainers/cocoop.py``, ``cocoop_atp.py`` and ``cocoop_anchoropt.py``; image
 features are the cached frozen ones (the image tower is not prompted).
 """
 from __future__ import annotations
@@ -18,7 +18,9 @@ from torch import nn
 from anchoropt.config import ConfigError
 from anchoropt.engine import Stepper, Trainer, stream_generator
 from anchoropt.methods.anchoropt import AnchorOPT
+from anchoropt.methods.atprompt import CoOpATP
 from anchoropt.methods.coop import CoOp
+from anchoropt.prompts import CoOpPrompt
 
 MAX_SEQUENCES = 4096  # text sequences (images x classes) encoded at once: bounds evaluation memory
 
@@ -74,7 +76,7 @@ class CoCoOp(CoOp):
     def __init__(self, trainer: Trainer):
         super().__init__(trainer)
         self.prompt.meta_net = build_meta_net(trainer)  # part of the prompt learner, as in the reference
-        self.stepper = Stepper.sgd(list(self.prompt.parameters()), self.cfg.lr, self.cfg)
+        self.stepper.optimizer.add_param_group({"params": list(self.prompt.meta_net.parameters())})
 
     def image_text(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
         """Text features ``[B, C, D]``: ``SOS (ctx + meta(x_i)) CLS . EOS`` for each image i."""
@@ -89,6 +91,20 @@ class CoCoOp(CoOp):
     def logits(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
         return conditioned_logits(feats, len(classnames), lambda f: self.image_text(f, classnames, dataset),
                                   self.trainer.logit_scale)
+
+
+class CoCoOpATP(CoCoOp, CoOpATP):
+    """CoCoOp+ATPrompt (reference ``CoCoOp_ATP``): ATPrompt's attribute part (CoOp+ATPrompt's
+    :class:`~anchoropt.methods.atprompt.AttributeTokens`) before the per-image context,
+    ``SOS [a_1] w_1 .. [a_A] w_A (ctx + meta(x_i)) CLS . EOS``: the meta-net shifts the context
+    only. Context, meta-net and attribute soft tokens trained with CE."""
+
+    name = "cocoop_atp"
+
+    def image_text(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
+        t = self.trainer
+        block = self.attributes(self.image_ctx(feats), dataset or t.task.dataset)  # [B, k, d]
+        return t.encoder.encode_per_image(t.tokens(classnames, block.shape[1], CoOpPrompt.rest), block).float()
 
 
 class CoCoOpAnchorOPT(AnchorOPT):

@@ -1,8 +1,9 @@
-"""MaPLe (Khattak et al., CVPR 2023) and MaPLe+AnchorOPT, AnchorOPT's deep variant (SPEC section 6).
+"""MaPLe (Khattak et al., CVPR 2023), MaPLe+ATPrompt and MaPLe+AnchorOPT, AnchorOPT's deep variant
+(SPEC section 6).
 
-Reference (github.com/zhengli97/ATPrompt): ``trainers/maple.py``, ``trainers/maple_anchoropt.py``,
-``clip/model.py`` (``ResidualAttentionBlock_MaPLe``, ``VisionTransformer_MaPLe``) and
-``clip/model_anchoropt.py``.
+Reference (github.com/zhengli97/ATPrompt): ``trainers/maple.py``, ``trainers/maple_atp.py``,
+``trainers/maple_anchoropt.py``, ``clip/model.py`` (``ResidualAttentionBlock_MaPLe``,
+``VisionTransformer_MaPLe``), ``clip/model_atp.py`` and ``clip/model_anchoropt.py``.
 
 - Text: the learned block sits after SOS in the input (layer 1); before each text layer
   ``j = 2..J`` (``J = prompt_depth``) the block positions' hidden states are replaced (MaPLe: by
@@ -31,6 +32,7 @@ from anchoropt.backbone import Backbone
 from anchoropt.config import ConfigError
 from anchoropt.engine import EpochCallback, Stepper, Trainer, stream_generator
 from anchoropt.methods.anchoropt import AnchorOPTMethod, fixed_position_matrix
+from anchoropt.methods.atprompt import AttributeTokens
 from anchoropt.methods.base import Method, soft_token_init
 from anchoropt.prompts import AnchorOPTPrompt, clip_logits, gumbel_hard, normal_init, phrase_init
 from anchoropt.task import EvalSet
@@ -90,7 +92,8 @@ class DeepPrompts(nn.Module):
         return [self.couplings[0](ctx)] + [c(p) for c, p in zip(self.couplings[1:], self.deep)]
 
 
-def prompted_image_features(visual: VisionTransformer, images: torch.Tensor, prompts: list[torch.Tensor]) -> torch.Tensor:
+def prompted_image_features(visual: VisionTransformer, images: torch.Tensor,
+                             prompts: list[torch.Tensor]) -> torch.Tensor:
     """Image features ``[B, D]`` of ``images [B, 3, H, W]`` (normalised model input) with the J
     vision prompts ``[M, d_v]`` (reference ``VisionTransformer_MaPLe`` and the vision branch of
     ``ResidualAttentionBlock_MaPLe``)."""
@@ -106,17 +109,18 @@ def prompted_image_features(visual: VisionTransformer, images: torch.Tensor, pro
 
 @dataclass
 class FreshTokens:
-    """MaPLe's text hook (:class:`anchoropt.text.BlockHook`): layer ``i`` (1 <= i < J, 0-based) gets
-    ``deep[i - 1]``; deeper layers keep the block's hidden states."""
+    """MaPLe's text hook (:class:`anchoropt.text.BlockHook`): before layer ``i`` (1 <= i < J, 0-based)
+    the block's last M positions (the soft tokens) get ``deep[i - 1]``; positions before them
+    (ATPrompt's attribute part) carry their hidden states; deeper layers keep the whole block."""
 
     deep: torch.Tensor  # [J-1, M, d_t]
-
-    @property
-    def n_block(self) -> int:
-        return self.deep.shape[1]
+    n_block: int  # k >= M: the block's length
 
     def __call__(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
-        return self.deep[layer - 1] if layer <= self.deep.shape[0] else None
+        if layer > self.deep.shape[0]:
+            return None
+        carried = hidden[1:1 + self.n_block - self.deep.shape[1]]
+        return torch.cat([carried, self.deep[layer - 1].to(hidden.dtype)])
 
 
 @dataclass
@@ -193,7 +197,7 @@ class MaPLe(Method):
         init, self.rest = maple_ctx_init(trainer)
         self.prompt = MaPLePrompt(init, self.cfg.prompt_depth, vision_width(trainer.backbone),
                                   stream_generator(self.cfg.seed, "deep_prompts")).to(trainer.device)
-        self.stepper = Stepper.sgd(list(self.prompt.parameters()), self.cfg.lr, self.cfg)
+        self.stepper = Stepper.sgd([p for m in self.modules() for p in m.parameters()], self.cfg.lr, self.cfg)
 
     def modules(self) -> list[nn.Module]:
         return [self.prompt]
@@ -201,11 +205,17 @@ class MaPLe(Method):
     def batches(self, epoch: int):
         return self.trainer.pixel_batches(epoch)
 
-    def text(self, classnames: list[str]) -> torch.Tensor:
-        """Text features ``[C, D]`` of the deep-prompted class prompts."""
+    def block(self, dataset: str) -> torch.Tensor:
+        """The input block ``[k, d_t]`` after SOS (MaPLe: the soft tokens)."""
+        return self.prompt.ctx
+
+    def text(self, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
+        """Text features ``[C, D]`` of the deep-prompted class prompts of ``dataset`` (default the
+        training one)."""
         t = self.trainer
-        tokens = t.tokens(classnames, self.prompt.ctx.shape[0], self.rest)
-        return t.encoder.encode(tokens, self.prompt.ctx, replace=FreshTokens(self.prompt.deep.deep)).float()
+        block = self.block(dataset or t.task.dataset)
+        tokens = t.tokens(classnames, block.shape[0], self.rest)
+        return t.encoder.encode(tokens, block, replace=FreshTokens(self.prompt.deep.deep, block.shape[0])).float()
 
     def image(self, images: torch.Tensor) -> torch.Tensor:
         """Prompted image features ``[B, D]`` of model input ``[B, 3, H, W]``."""
@@ -227,7 +237,7 @@ class MaPLe(Method):
 
     def scores(self, ev: EvalSet) -> dict[str, torch.Tensor]:
         t = self.trainer
-        text = self.text(ev.classnames)
+        text = self.text(ev.classnames, ev.dataset)
         logits = [clip_logits(self.image(images), text, t.logit_scale)
                   for images in t.eval_images(ev, REFERENCE_TEST_BATCH[self.cfg.protocol])]
         return {"acc": torch.cat(logits)}
@@ -237,6 +247,30 @@ class MaPLe(Method):
 
     def updates(self) -> dict[str, int]:
         return {"prompt": self.stepper.updates}
+
+
+class MaPLeATP(MaPLe):
+    """MaPLe+ATPrompt (reference ``trainers/maple_atp.py``, ``clip/model_atp.py``): the input block
+    ``[a_1] w_1 ... [a_A] w_A [V]`` (:class:`~anchoropt.methods.atprompt.AttributeTokens`); before
+    text layers 2..J only the soft tokens ``V`` are replaced, the attribute part's hidden states
+    carried; vision prompts coupled to ``V`` as MaPLe's. The reference starts ``V`` at random
+    (``if False``): leave ``ctx_init`` empty for it."""
+
+    name = "maple_atp"
+
+    def __init__(self, trainer: Trainer):
+        self.attributes = AttributeTokens.build(trainer)  # before MaPLe's stepper, which takes modules()
+        super().__init__(trainer)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.prompt, self.attributes]
+
+    def block(self, dataset: str) -> torch.Tensor:
+        return self.attributes(self.prompt.ctx, dataset)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """MaPLe's tensors and the attribute soft tokens ``att [S, n_att, d_t]``."""
+        return {**super().tensors(), "att": torch.stack(list(self.attributes.att)).detach().cpu()}
 
 
 class MaPLeAnchorOPT(AnchorOPTMethod):

@@ -23,8 +23,18 @@ Stage II s/epoch, images/s, Stage I s/update and s/epoch, Stage I per trial, pea
 ratios, final HM and the share of the trainer's Stage II time inside the text transformer, and
 the load average (os.getloadavg) at start and end.
 
+``--method A B ...`` instead times trials of this project's trainer for each named method (e.g.
+``maple coop``: MaPLe prompts the image tower, so it trains on pixels while CoOp reads cached
+features), interleaved A B A B, each in its own child process, all with the same settings
+(``--epochs``, ``--batch-size``, ``--prompt-depth``...): per method the median s/epoch, training
+images/s, evaluation s (base + novel), the whole trial s (task and features included), peak
+memory, and each figure's ratio to the first method's.
+
 Usage (random-init ViT-B-16, a generated 50-class dataset, 16 shots):
     python benchmarks/perf/trial_cost.py --backbone ViT-B-16 --classes 50
+MaPLe against CoOp on the toy ViT (random init), 3 interleaved rounds:
+    python benchmarks/perf/trial_cost.py --method coop maple --backbone ToyCLIP-ViT --classes 10 \
+        --epochs 2 --batch-size 4 --prompt-depth 3
 Toy CLIP on a toy dataset:
     python benchmarks/perf/trial_cost.py --backbone ToyCLIP --pretrained toy \
         --data-root data/toy11 --dataset toy_colour_shape
@@ -53,7 +63,7 @@ from anchoropt.config import load_config
 from anchoropt.data import base_novel_labels, build_dataset, fewshot_splits, subsample
 from anchoropt.data.images import load_image
 from anchoropt.engine import Stepper, Trainer, seed_everything, steps_per_epoch
-from anchoropt.methods import AnchorOPT
+from anchoropt.methods import AnchorOPT, build_method
 from anchoropt.prompts import AnchorPrompt, clip_logits, kd_loss, stage1_loss
 from anchoropt.schedules import two_stage
 from anchoropt.task import build_task
@@ -208,20 +218,49 @@ def text_transformer_share(trainer, learner, epoch_s: float) -> float:
     return (time.perf_counter() - t0) / epoch_s
 
 
+def method_trial(cfg, backbone, device) -> dict:
+    """One trial of ``cfg.method`` with this project's trainer (task, training, evaluation), timed."""
+    start = time.perf_counter()
+    task = build_task(cfg, backbone, device)
+    out = {"features_s": time.perf_counter() - start}
+    seed_everything(cfg.seed)
+    trainer = Trainer(cfg, backbone, task, device)
+    method = build_method(trainer)
+    epoch_times, last = [], [time.perf_counter()]
+
+    def on_epoch(epoch, info):
+        now = time.perf_counter()
+        if info["phase"] != "stage1":
+            epoch_times.append(now - last[0])
+        last[0] = now
+    method.fit(on_epoch)
+    t0 = time.perf_counter()
+    out.update(trainer.evaluate(method))
+    out["eval_s"] = time.perf_counter() - t0
+    out["trial_s"] = time.perf_counter() - start
+    out["epoch_s"] = float(np.median(epoch_times))
+    out["images_per_s"] = trainer.steps_per_epoch * min(cfg.batch_size, len(task.train_labels)) / out["epoch_s"]
+    out["images"] = len(task.train_labels)
+    return out
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(kind: str, args) -> dict:
+def run_one(kind: str, args, method: str = "anchoropt") -> dict:
+    """One child's trial: ``kind`` reference or anchoropt (the two loops), or ``method`` (``--method``)."""
     cfg = load_config(overrides=dict(
         dataset=args.dataset, data_root=args.data_root, backbone=args.backbone, pretrained=args.pretrained,
         descriptions=args.descriptions, cache_dir=args.cache_dir, shots=args.shots, epochs=args.epochs,
-        anchor_epochs=args.anchor_epochs, device=args.device, train_views=args.views, warmup_epochs=0))
+        anchor_epochs=args.anchor_epochs, device=args.device, train_views=args.views, warmup_epochs=0,
+        batch_size=args.batch_size, prompt_depth=args.prompt_depth, method=method))
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = (reference_trial if kind == "reference" else project_trial)(cfg, backbone, device)
+    trial = {"reference": reference_trial, "anchoropt": project_trial, "method": method_trial}[kind]
+    result = trial(cfg, backbone, device)
     result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
     gc.collect()
     return result
@@ -239,33 +278,69 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--anchor-epochs", type=int, default=5)
     parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--prompt-depth", type=int, default=9, help="MaPLe's J (at most the towers' layers)")
+    parser.add_argument("--method", nargs="+", help="time these methods' trials instead (trainer only)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (A B A B ...)")
     parser.add_argument("--only", choices=["reference", "anchoropt"], help="run one side (child process)")
+    parser.add_argument("--only-method", help="run one method's trial (child process of --method)")
     parser.add_argument("--cache-dir", help="feature/Stage I cache of a child run")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of both sides (0: torch's default); 1 avoids waiting on a "
+                             "descheduled second thread at every op when the machine is oversubscribed")
     args = parser.parse_args(argv)
-    if args.only:  # child: one side, in a fresh process so that peak memory is its own
-        print(json.dumps(run_one(args.only, args)))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.only or args.only_method:  # child: one side, in a fresh process so that peak memory is its own
+        result = run_one(args.only, args) if args.only else run_one("method", args, args.only_method)
+        print(json.dumps(result))
         return
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         if args.data_root is None:
             args.data_root = str(Path(tmp) / "data")
-            make_dataset(Path(args.data_root), args.classes, args.shots, 224 if args.backbone != "ToyCLIP" else 64)
+            size = 64 if args.backbone.startswith("ToyCLIP") else 224
+            make_dataset(Path(args.data_root), args.classes, args.shots, size)
             args.descriptions = str(Path(args.data_root) / "descriptions.json")
-        results = {"anchoropt": [], "reference": []}
+        sides = [("--only-method", m) for m in args.method] if args.method else [("--only", "anchoropt"),
+                                                                                  ("--only", "reference")]
+        results = {name: [] for _, name in sides}
         for round_ in range(args.rounds):
-            for kind in results:  # A B A B: both sides see the same machine load
+            for flag, name in sides:  # A B A B: both sides see the same machine load
                 # One feature cache per round for both (the reference only reads it for its final
                 # evaluation); a fresh one per round so each round pays the project's first Stage I.
-                child = [sys.executable, __file__, "--only", kind, "--cache-dir", str(Path(tmp) / f"cache{round_}")] + \
+                child = [sys.executable, __file__, flag, name, "--cache-dir", str(Path(tmp) / f"cache{round_}")] + \
                     [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                     if k not in ("only", "cache_dir", "rounds") and v is not None]
+                     if k not in ("only", "only_method", "method", "cache_dir", "rounds") and v is not None]
                 done = subprocess.run(child, capture_output=True, text=True)
                 if done.returncode != 0:
-                    sys.exit(f"{kind} run failed: {done.stderr.strip().splitlines()[-1]}")
-                results[kind].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    report(results, args, load_start)
+                    sys.exit(f"{name} run failed: {done.stderr.strip().splitlines()[-1]}")
+                results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    (report_methods if args.method else report)(results, args, load_start)
+
+
+def report_methods(results: dict, args, load_start: float) -> None:
+    """Per method the median over rounds of each figure, its spread, and its ratio to the first method."""
+    first = next(iter(results))
+    print(f"backbone {args.backbone} ({args.pretrained}), dataset {args.dataset}, {args.shots} shots, "
+          f"{results[first][0]['images']} training images, {args.epochs} epochs, batch {args.batch_size}, "
+          f"device {args.device}, {args.rounds} interleaved rounds (median [min-max], ratio to {first})")
+    rows = [("s/epoch", "epoch_s"), ("training images/s", "images_per_s"), ("evaluation s", "eval_s"),
+            ("trial s", "trial_s"), ("features s", "features_s"), ("peak memory MB", "peak_mb")]
+    for label, key in rows:
+        base = float(np.median([r[key] for r in results[first]]))
+        cells = []
+        for name, runs in results.items():
+            values = [r[key] for r in runs]
+            m = float(np.median(values))
+            cells.append(f"{name} {m:.3f} [{min(values):.3f}-{max(values):.3f}] {m / base:.1f}x")
+        print(f"{label:20}" + "   ".join(cells))
+    for name, runs in results.items():
+        print(f"final base/novel/HM {name}: " + ", ".join(
+            f"{r['acc_base']:.1f}/{r['acc_novel']:.1f}/{r['hm']:.1f}" for r in runs))
+    print(f"load average at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+    sys.stdout.flush()
 
 
 def report(results: dict, args, load_start: float) -> None:

@@ -33,11 +33,15 @@ def hand_built(model, tokenizer, classnames, words, att, ctx):
     return reference_text_features(model, embeds, ids)
 
 
-@pytest.mark.parametrize("attributes, words", [("", ("habitat",)),
-                                               ("playfulness, color,shape", ("playfulness", "color", "shape"))])
-def test_prompt_equals_hand_built_reference(tiny_cfg, tiny_backbone, attributes, words):
-    """EuroSAT's own word, and an override with a word of two BPE tokens (``play fulness``)."""
-    method = CoOpATP(make_trainer(tiny_cfg(method="coop_atp", attributes=attributes, n_ctx=2, n_att=3)))
+@pytest.mark.parametrize("attributes, words, share_prefix", [
+    ("", ("habitat",), True), ("playfulness, color,shape", ("playfulness", "color", "shape"), True),
+    ("playfulness, color,shape", ("playfulness", "color", "shape"), False)])
+def test_prompt_equals_hand_built_reference(tiny_cfg, tiny_backbone, attributes, words, share_prefix):
+    """EuroSAT's own word, and an override with a word of two BPE tokens (``play fulness``), through
+    the shared-prefix and the per-class encoder."""
+    method = CoOpATP(make_trainer(tiny_cfg(method="coop_atp", attributes=attributes, n_ctx=2, n_att=3,
+                                           share_prefix=share_prefix)))
+    assert method.trainer.encoder.share_prefix == share_prefix
     classes = method.trainer.task.classnames
     assert [tuple(a.shape) for a in method.attributes.att] == [(3, 32)] * len(words)
     with torch.no_grad():

@@ -1,32 +1,25 @@
-"""CoCoOp and CoCoOp+AnchorOPT (issue 11) against hand-built references (ATPrompt's
-trainers/cocoop.py, trainers/cocoop_anchoropt.py), on the tiny random model."""
+"""CoCoOp, CoCoOp+ATPrompt and CoCoOp+AnchorOPT (issue 11) against hand-built references
+(ATPrompt's trainers/cocoop.py, cocoop_atp.py, cocoop_anchoropt.py), on the tiny random model."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from anchoropt.config import ConfigError
-from anchoropt.engine import Trainer
-from anchoropt.methods import CoCoOp, CoCoOpAnchorOPT, build_method
-from anchoropt.task import build_task
+from anchoropt.methods import CoCoOp, CoCoOpAnchorOPT, CoCoOpATP, build_method
 from anchoropt.text import ClassTokens, TextEncoder
-from anchoropt.train import cached_backbone, resolve_ctx_init, train
-
-
-def _trainer(cfg):
-    backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
-    cfg = resolve_ctx_init(cfg, backbone)
-    return Trainer(cfg, backbone, build_task(cfg, backbone), torch.device("cpu"))
+from anchoropt.train import train
+from tests.helpers import make_trainer
+from tests.helpers import reference_text_features
+from tests.methods.test_atprompt import hand_built
 
 
 def _clip_text(clip, tokenizer, texts, learned, cut):
     """The reference's text features: tokenise ``texts`` (77 positions), put ``learned [C, k, d]``
-    after SOS in place of ``cut`` tokens, keep 77 positions, run CLIP's own text tower, read at
-    ``tokens.argmax``."""
+    after SOS in place of ``cut`` tokens, keep 77 positions, encode as the reference."""
     tokens = tokenizer(texts)
     emb = clip.token_embedding(tokens)
     seq = torch.cat([emb[:, :1], learned, emb[:, 1 + cut:]], dim=1)[:, :tokens.shape[1]]
-    x = clip.ln_final(clip.transformer(seq + clip.positional_embedding, attn_mask=clip.attn_mask))
-    return x[torch.arange(len(texts)), tokens.argmax(dim=-1)] @ clip.text_projection
+    return reference_text_features(clip, seq, tokens)
 
 
 def _meta(net, feats):
@@ -67,7 +60,7 @@ def test_per_image_prefix_sharing_equals_the_unshared_path(tiny_backbone, trunca
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_cocoop_logits_are_per_image_context_ctx_plus_meta(tiny_cfg, share_prefix):
     """Image i scored with ``SOS (ctx + meta(x_i)) CLS . EOS``, encoded by CLIP's text tower."""
-    trainer = _trainer(tiny_cfg(method="cocoop", share_prefix=share_prefix))
+    trainer = make_trainer(tiny_cfg(method="cocoop", share_prefix=share_prefix))
     method = build_method(trainer)
     assert isinstance(method, CoCoOp)
     _randomise(method, torch.Generator().manual_seed(3))
@@ -86,12 +79,33 @@ def test_cocoop_logits_are_per_image_context_ctx_plus_meta(tiny_cfg, share_prefi
     assert (got - torch.stack(expected)).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("attributes, words", [("", ("habitat",)), ("playfulness,color", ("playfulness", "color"))])
+def test_cocoop_atp_shifts_the_context_after_the_attribute_part(tiny_cfg, tiny_backbone, attributes, words):
+    """``SOS [a_1] w_1 .. [a_A] w_A (ctx + meta(x_i)) CLS . EOS``: attribute tokens unshifted."""
+    method = build_method(make_trainer(tiny_cfg(method="cocoop_atp", attributes=attributes, n_ctx=2, n_att=3)))
+    assert isinstance(method, CoCoOpATP)
+    gen = torch.Generator().manual_seed(5)
+    _randomise(method, gen)
+    for att in method.attributes.att:
+        att.data = torch.randn(att.shape, generator=gen) * 0.3
+    names, scale = method.trainer.task.classnames, method.trainer.logit_scale.exp()
+    feats = method.trainer.train_features[:4, 0]
+    with torch.no_grad():
+        got = method.logits(feats, names)
+        expected = []
+        for x, shift in zip(feats, _meta(method.prompt.meta_net, feats)):
+            text = hand_built(tiny_backbone.model, tiny_backbone.tokenizer, names, words, method.attributes.att,
+                              method.prompt.ctx + shift)
+            expected.append(scale * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).T)
+    assert (got - torch.stack(expected)).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("eos_index", ["correct", "reference"])
 def test_cocoop_anchoropt_prompt_is_w_over_shifted_ctx_and_anchors(tiny_cfg, eos_index):
     """Base classes: ``SOS W @ [ctx + meta(x_i); A] CLS . EOS``; novel: the mean with the anchor
     prompt ``SOS A of CLS . EOS`` (reference: suffix cut N short of 77 under ``eos_index: reference``)."""
     n_ctx, n_anchors = 3, 2
-    trainer = _trainer(tiny_cfg(method="cocoop_anchoropt", n_ctx=n_ctx, n_anchors=n_anchors, eos_index=eos_index))
+    trainer = make_trainer(tiny_cfg(method="cocoop_anchoropt", n_ctx=n_ctx, n_anchors=n_anchors, eos_index=eos_index))
     method = build_method(trainer)
     assert isinstance(method, CoCoOpAnchorOPT)
     gen = torch.Generator().manual_seed(4)
@@ -132,12 +146,16 @@ def _grads(method):
     return {id(p): p.grad for g in stepper.optimizer.param_groups for p in g["params"]}
 
 
-def test_gradients_reach_ctx_and_meta_net(tiny_cfg):
-    method = build_method(_trainer(tiny_cfg(method="cocoop")))
+def test_gradients_reach_ctx_meta_net_and_attribute_tokens(tiny_cfg):
+    method = build_method(make_trainer(tiny_cfg(method="cocoop")))
     grads = _grads(method)
     for p in [method.prompt.ctx, *method.prompt.meta_net.parameters()]:
         assert grads[id(p)] is not None and grads[id(p)].abs().sum() > 0
-    full = build_method(_trainer(tiny_cfg(method="cocoop_anchoropt", cocoop_anchoropt_trains="all")))
+    atp = build_method(make_trainer(tiny_cfg(method="cocoop_atp")))
+    grads = _grads(atp)
+    for p in [atp.prompt.ctx, *atp.prompt.meta_net.parameters(), *atp.attributes.att]:
+        assert grads[id(p)] is not None and grads[id(p)].abs().sum() > 0
+    full = build_method(make_trainer(tiny_cfg(method="cocoop_anchoropt", cocoop_anchoropt_trains="all")))
     full.fit_anchors()
     full.anchor.anchors.grad = None  # Stage I's last step
     grads = _grads(full)
@@ -148,6 +166,7 @@ def test_gradients_reach_ctx_and_meta_net(tiny_cfg):
 
 @pytest.mark.parametrize("method,trains,changed,kept", [
     ("cocoop", "ctx", ["ctx", "meta_net.linear1.weight", "meta_net.linear2.bias"], []),
+    ("cocoop_atp", "ctx", ["ctx", "meta_net.linear1.weight", "att"], []),
     ("cocoop_anchoropt", "ctx", ["ctx"], ["position", "meta_net.linear1.weight", "meta_net.linear2.bias"]),
     ("cocoop_anchoropt", "all", ["ctx", "position", "meta_net.linear1.weight", "meta_net.linear2.bias"], []),
 ])
@@ -155,7 +174,7 @@ def test_trains_end_to_end(tiny_cfg, tmp_path, method, trains, changed, kept):
     """``train`` runs each method and learns exactly its trainable tensors (the reference's
     CoCoOp+AnchorOPT optimiser holds the soft tokens only)."""
     cfg = tiny_cfg(method=method, cocoop_anchoropt_trains=trains, batch_size=4, warmup_epochs=0)
-    before = build_method(_trainer(cfg)).tensors()
+    before = build_method(make_trainer(cfg)).tensors()
     record = train(cfg, out_dir=tmp_path)
     after = torch.load(tmp_path / "prompts.pt", weights_only=True)
     assert {"acc_base", "acc_novel", "hm"} <= set(record["metrics"])
@@ -168,4 +187,4 @@ def test_trains_end_to_end(tiny_cfg, tmp_path, method, trains, changed, kept):
 
 def test_meta_net_without_hidden_units_is_a_config_error(tiny_cfg):
     with pytest.raises(ConfigError, match="meta_net_ratio=64"):
-        build_method(_trainer(tiny_cfg(method="cocoop", meta_net_ratio=64)))
+        build_method(make_trainer(tiny_cfg(method="cocoop", meta_net_ratio=64)))

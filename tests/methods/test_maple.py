@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from anchoropt.config import ConfigError
 from anchoropt.engine import Trainer
-from anchoropt.methods import MaPLe, MaPLeAnchorOPT
+from anchoropt.methods import MaPLe, MaPLeAnchorOPT, MaPLeATP
 from anchoropt.task import build_task
 from anchoropt.train import cached_backbone, train
 from tests.helpers import TINY_VIT
@@ -80,6 +80,24 @@ def test_maple_text_prompts_replace_the_block_in_layers_2_to_J(vit_cfg, share_pr
         shallow = _hand_text(t.backbone.model, tokens, method.prompt.ctx, lambda i, x: None, tokens.eos_index)
     assert (ours - hand).abs().max() < TOL
     assert (ours - shallow).abs().max() > 1e-2  # the replacement is not a no-op
+
+
+def test_maple_atp_replaces_only_the_soft_tokens_and_carries_the_attribute_part(vit_cfg):
+    method = _method(MaPLeATP, vit_cfg(n_ctx=2))
+    t, deep = method.trainer, method.prompt.deep.deep
+    names = t.task.classnames
+    block = method.attributes(method.prompt.ctx, "eurosat")  # [a_1 a_2] habitat [V_1 V_2]
+    k = block.shape[0]
+    assert k == 2 + len(t.backbone.tokenizer.encode("habitat")) + 2
+    tokens = t.tokens(names, k, method.rest)
+    with torch.no_grad():
+        ours = method.text(names)
+        hand = _hand_text(t.backbone.model, tokens, block,
+                          lambda i, x: torch.cat([x[0, 1:k - 1], deep[i - 1]]) if i < 3 else None, tokens.eos_index)
+        whole = _hand_text(t.backbone.model, tokens, block,  # MaPLe's replacement of the first M positions
+                           lambda i, x: torch.cat([deep[i - 1], x[0, 3:1 + k]]) if i < 3 else None, tokens.eos_index)
+    assert (ours - hand).abs().max() < TOL
+    assert (ours - whole).abs().max() > 1e-3
 
 
 def test_maple_vision_prompts_are_linear_maps_of_the_text_prompts(vit_cfg):
@@ -165,8 +183,8 @@ def test_maple_learns_the_first_n_ctx_tokens_of_ctx_init(vit_cfg):
     assert torch.equal(tokens.suffix[0, :4], emb[3:7])  # "of a cat ." stay fixed words
 
 
-@pytest.mark.parametrize("method, schedule", [("maple", "two_stage"), ("maple_anchoropt", "two_stage"),
-                                              ("maple_anchoropt", "one_stage")])
+@pytest.mark.parametrize("method, schedule", [("maple", "two_stage"), ("maple_atp", "two_stage"),
+                                              ("maple_anchoropt", "two_stage"), ("maple_anchoropt", "one_stage")])
 def test_each_maple_method_trains_end_to_end(vit_cfg, tmp_path, method, schedule):
     cfg = vit_cfg(method=method, schedule=schedule, position_eval="sample")
     record = train(cfg, tmp_path)
@@ -174,6 +192,7 @@ def test_each_maple_method_trains_end_to_end(vit_cfg, tmp_path, method, schedule
     assert {"acc_base", "acc_novel", "hm"} <= set(metrics)
     assert updates["prompt"] == cfg.epochs * (3 * 4 // 8)  # 3 base classes x 4 shots, batches of 8
     saved = set(torch.load(tmp_path / "prompts.pt", weights_only=True))
-    expected = ({"ctx", "deep.deep", "deep.couplings.2.weight"} if method == "maple" else
-                {"ctx", "position", "deep", "couplings.2.weight", "anchors"})
+    expected = {"maple": {"ctx", "deep.deep", "deep.couplings.2.weight"},
+                "maple_atp": {"ctx", "deep.deep", "deep.couplings.2.weight", "att"},
+                "maple_anchoropt": {"ctx", "position", "deep", "couplings.2.weight", "anchors"}}[method]
     assert expected <= saved
