@@ -42,7 +42,8 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0) -> None:
     """Join the cluster at ``address`` (e.g. ``auto``), else start a local Ray once per process.
 
-    Usage statistics are off; the dashboard is not started locally. ``ANCHOROPT_MODEL_CONFIGS``
+    Usage statistics are off (and Ray Tune's callback count, :func:`skip_callback_usage_tag`); the
+    dashboard is not started locally. ``ANCHOROPT_MODEL_CONFIGS``
     (extra open_clip model-config folders) is passed on to the workers. Ray's own log lines
     ("Started a local Ray instance", ...) show only with ``verbose`` >= 1.
 
@@ -54,6 +55,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
     # Ctrl-C must stop the driver (KeyboardInterrupt out of Tuner.fit), not end the Tune run
     # "gracefully" and return as if every trial had been run
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # no per-trial progress.csv / result.json of Tune's own: the ledger and TensorBoard hold every
+    # result, and writing them is driver time a trial waits for at each per-epoch report
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    skip_callback_usage_tag()
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.ERROR
@@ -76,6 +81,25 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
         else:
             fix = "check that it is a Ray head node of the same Ray version"
         raise RayConnectError(f"cannot join the Ray cluster at {address}: {fix}") from None
+
+
+def skip_callback_usage_tag() -> None:
+    """With usage statistics off, skip Ray Tune's count of callback classes at each ``Tuner.fit``.
+
+    To count them, ``ray.air._internal.usage.tag_callbacks`` imports the MLflow, W&B and Comet
+    integrations, and with them MLflow itself (1-2 s of a search's start on these machines),
+    although the count is sent nowhere. A search given ``--mlflow`` still imports MLflow for its
+    own logger.
+    """
+    if os.environ.get("RAY_USAGE_STATS_ENABLED") != "0":
+        return
+    from ray.air._internal import usage
+
+    usage.tag_callbacks = _no_usage_tag
+
+
+def _no_usage_tag(callbacks) -> bool:
+    return False
 
 
 @dataclass(frozen=True)

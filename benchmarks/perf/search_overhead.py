@@ -11,12 +11,17 @@ cache so that features and Stage I are computed as in the search), and prints:
 - overall: ``search wall - sum(in-trial time) / C``, the time not explained by training at the
   achieved concurrency, and its fraction of the search wall time.
 
+``--search-only`` skips the sequential run (to compare two versions of the code, run it
+alternately in each checkout and compare medians). The load average (os.getloadavg) is printed
+at start and end.
+
 Setups: ``tiny`` (default; a 6-class solid-colour EuroSAT made here and the tests' 2-layer
 TinyCLIP, random weights) or ``toy`` (the package's ToyCLIP with ``pretrained=toy`` on a toy-11
 dataset; ``--data-root`` / ``--dataset``).
 
     python benchmarks/perf/search_overhead.py                       # tiny, 12 trials, 2 at once
     python benchmarks/perf/search_overhead.py --setup toy --data-root data/toy11 --dataset toy_shape
+    python benchmarks/perf/search_overhead.py --setup toy --search-only    # overhead figures only
 """
 from __future__ import annotations
 
@@ -77,8 +82,10 @@ def main() -> None:
     ap.add_argument("--objective", default="val")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the sequential run (trials get 1 CPU each; default 1)")
+    ap.add_argument("--search-only", action="store_true", help="skip the sequential in-process run")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
+    load_start = os.getloadavg()[0]
 
     import ray
     import torch
@@ -92,7 +99,7 @@ def main() -> None:
     try:
         base = (tiny_base if args.setup == "tiny" else toy_base)(work, args)
         base.update(shots=args.shots, epochs=args.epochs, anchor_epochs=args.anchor_epochs,
-                    train_views=args.train_views, device="cpu", objective=args.objective, batch_size=32)
+                    train_views=args.train_views, device="cpu", eval_split=args.objective, batch_size=32)
 
         t = time.time()
         ensure_ray(num_cpus=args.concurrent)
@@ -111,21 +118,23 @@ def main() -> None:
         busy = max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)
         assert res.n_complete == args.trials, res.summary()
 
-        # the same configurations, one by one, in this process (fresh cache)
-        torch.set_num_threads(args.threads)
-        configs = [make_config({**base, **{k: v for k, v in row.items() if k in SPACE["params"]},
-                                "cache_dir": str(work / "cache_seq")}) for row in table.to_dict("records")]
-        t = time.time()
-        first = configs[0]
-        cached_backbone(first.backbone, first.pretrained, first.quick_gelu, "cpu", first.preprocess)
-        backbone_load = time.time() - t
-        seq_times = []
-        t = time.time()
-        for cfg in configs:
-            t0 = time.time()
-            train(cfg, report=lambda m: None)
-            seq_times.append(time.time() - t0)
-        seq_wall = time.time() - t
+        seq_wall = None
+        if not args.search_only:
+            # the same configurations, one by one, in this process (fresh cache)
+            torch.set_num_threads(args.threads)
+            configs = [make_config({**base, **{k: v for k, v in row.items() if k in SPACE["params"]},
+                                    "cache_dir": str(work / "cache_seq")}) for row in table.to_dict("records")]
+            t = time.time()
+            first = configs[0]
+            cached_backbone(first.backbone, first.pretrained, first.quick_gelu, "cpu", first.preprocess)
+            backbone_load = time.time() - t
+            seq_times = []
+            t = time.time()
+            for cfg in configs:
+                t0 = time.time()
+                train(cfg, report=lambda m: None)
+                seq_times.append(time.time() - t0)
+            seq_wall = time.time() - t
 
         in_trial = table["train_s"].astype(float)
         trial_wall = table["wall_time_s"].astype(float)
@@ -137,10 +146,11 @@ def main() -> None:
               f"{torch.get_num_threads()}, cpus {os.cpu_count()}")
         print(f"ray start-up (once)                      {ray_start:8.1f} s")
         print(f"search wall ({args.concurrent} concurrent, Ray start excluded)  {search_wall:8.1f} s")
-        print(f"sequential in-process wall ({args.trials} x train()) {seq_wall:8.1f} s  "
-              f"(+ backbone load {backbone_load:.1f} s; per run median {statistics.median(seq_times):.2f} s)")
-        print(f"speed-up search vs sequential            {seq_wall / search_wall:8.2f} x "
-              f"({(seq_wall + ray_start) / (search_wall + ray_start):.2f} x counting Ray start-up)")
+        if seq_wall is not None:
+            print(f"sequential in-process wall ({args.trials} x train()) {seq_wall:8.1f} s  "
+                  f"(+ backbone load {backbone_load:.1f} s; per run median {statistics.median(seq_times):.2f} s)")
+            print(f"speed-up search vs sequential            {seq_wall / search_wall:8.2f} x "
+                  f"({(seq_wall + ray_start) / (search_wall + ray_start):.2f} x counting Ray start-up)")
         report_s = table["report_s"].astype(float)
         print(f"in-trial time: sum {in_trial.sum():.1f} s, median {in_trial.median():.2f} s per trial, of which "
               f"inside ray.tune.report (per-epoch) {report_s.sum():.2f} s = {report_s.sum() / in_trial.sum():.1%}")
@@ -155,6 +165,7 @@ def main() -> None:
               f"trials running {busy:.1f} s for {in_trial.sum() / args.concurrent:.1f} s of in-trial work "
               f"per slot ({1 - in_trial.sum() / args.concurrent / busy:.1%} overhead in steady state)")
         print(f"first trial in-trial {table['train_s'].iloc[0]:.2f} s (features + backbone in a fresh worker)")
+        print(f"load average at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
         if args.keep:
             print(f"work folder kept: {work}")
     finally:

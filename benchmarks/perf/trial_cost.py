@@ -288,7 +288,12 @@ def main(argv=None) -> None:
     parser.add_argument("--only", choices=["reference", "anchoropt"], help="run one side (child process)")
     parser.add_argument("--only-method", help="run one method's trial (child process of --method)")
     parser.add_argument("--cache-dir", help="feature/Stage I cache of a child run")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of both sides (0: torch's default); 1 avoids waiting on a "
+                             "descheduled second thread at every op when the machine is oversubscribed")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.only or args.only_method:  # child: one side, in a fresh process so that peak memory is its own
         result = run_one(args.only, args) if args.only else run_one("method", args, args.only_method)
         print(json.dumps(result))
