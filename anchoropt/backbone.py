@@ -8,7 +8,8 @@ One entry point, :func:`create_backbone`, builds any open_clip model by name
 - a local OpenAI ``.pt`` file as CoOp users download it (TorchScript archive or
   plain state dict);
 - a local open_clip checkpoint (state dict, optionally under ``state_dict``);
-- ``toy``: the small CLIP shipped with this package (``ToyCLIP`` only);
+- ``toy``: the small CLIPs shipped with this package (``ToyCLIP``: ResNet image tower;
+  ``ToyCLIP-ViT``: ViT image tower, for methods that prompt it), see :data:`TOY_CHECKPOINTS`;
 - empty / ``none``: random initialisation (tests, performance benchmarks).
 
 OpenAI weights were trained with QuickGELU; open_clip's built-in configs use
@@ -39,7 +40,9 @@ import torch
 import torchvision.transforms as T
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-TOY_CHECKPOINT = Path(__file__).parent / "assets" / "toyclip.pt"
+#: model name -> its shipped toy-world checkpoint (``pretrained: toy``), see anchoropt/assets/README.md
+TOY_CHECKPOINTS = {"ToyCLIP": Path(__file__).parent / "assets" / "toyclip.pt",
+                   "ToyCLIP-ViT": Path(__file__).parent / "assets" / "toyclip_vit.pt"}
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 # Extra model-config folders (os.pathsep-separated), e.g. the tests' tiny models, in every process.
 for _extra in filter(None, os.environ.get("ANCHOROPT_MODEL_CONFIGS", "").split(os.pathsep)):
@@ -165,9 +168,11 @@ def _resolve_pretrained(name: str, pretrained: str | None) -> str | Path | None:
     if not pretrained or pretrained.lower() == "none":
         return None
     if pretrained == "toy":
-        if not TOY_CHECKPOINT.is_file():
-            raise BackboneError(f"the toy checkpoint {TOY_CHECKPOINT} is missing; reinstall anchoropt")
-        return TOY_CHECKPOINT
+        if name not in TOY_CHECKPOINTS:
+            raise BackboneError(f"pretrained=toy exists only for {' and '.join(TOY_CHECKPOINTS)}, not {name}")
+        if not TOY_CHECKPOINTS[name].is_file():
+            raise BackboneError(f"the toy checkpoint {TOY_CHECKPOINTS[name]} is missing; reinstall anchoropt")
+        return TOY_CHECKPOINTS[name]
     if open_clip.get_pretrained_cfg(name, pretrained):
         return pretrained
     path = Path(pretrained).expanduser()
@@ -259,7 +264,7 @@ def resolve_preprocess(name: str, source: str | Path | None, preprocess: str = "
         return _tag_preprocess(name, preprocess), None
     if isinstance(source, str):
         return _tag_preprocess(name, source), None
-    if source is None or source == TOY_CHECKPOINT or openai_weights:
+    if source is None or source in TOY_CHECKPOINTS.values() or openai_weights:
         return dict(_OPENAI_PREPROCESS), None
     shipped = source.parent / "open_clip_config.json"
     if shipped.is_file():

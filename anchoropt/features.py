@@ -8,6 +8,8 @@ times: regenerated or replaced images get new features), the views and the seed,
 by every run on the same (backbone, dataset, split, seed, shots).
 Files are written atomically under a file lock, so concurrent trials and benchmark cells
 encode each image set once and never read a half-written file.
+Methods that prompt the image tower (MaPLe) train on pixels instead: :func:`image_tensors` gives
+the very images (same crops) these features come from, as uint8, kept in memory by the trainer.
 """
 from __future__ import annotations
 

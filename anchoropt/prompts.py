@@ -3,8 +3,8 @@ AnchorOPT prompt with learned positions (Stage II). SPEC sections 2 to 4.
 
 Each learner owns its trainable tensors and turns a :class:`ClassTokens` (one
 class set, tokenised once) into text features ``[C, D]`` through the shared
-:class:`TextEncoder`. The deep (MaPLe-style) variant of SPEC section 6 would add
-per-layer soft tokens here, as another learner with the same interface.
+:class:`TextEncoder`. The deep (MaPLe-style) variant of SPEC section 6 adds per-layer soft tokens
+through a hook on that encoder (:mod:`anchoropt.methods.maple`).
 
 Every random draw (initial tensors, Gumbel noise) comes from a ``torch.Generator`` the caller
 seeds, never from the global RNG, so a run's numbers do not depend on what ran before it.

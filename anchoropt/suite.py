@@ -48,11 +48,16 @@ SUITE_SCHEMA = {
         "name": {"type": "string", "minLength": 1}, "protocol": {"type": "string"}, "source": _NAME,
         "datasets": _NAMES, "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "uniqueItems": True},
         "config": {"type": ["object", "null"]},
-        "per_dataset": _PER_DATASET,
+        "per_dataset": {**_PER_DATASET, "description": "dataset -> keys every method shares there"},
         "methods": {"type": "object", "minProperties": 1, "additionalProperties": {
-            "type": ["object", "null"], "properties": {"per_dataset": _PER_DATASET}}},
+            "type": ["object", "null"], "description": "TrainConfig keys, per_dataset, config, config_keys; a "
+            "cell's values, later wins: suite config, suite per_dataset, method per_dataset, method config file, "
+            "method keys (a key may not be both a method key and in its per_dataset)",
+            "properties": {"per_dataset": {**_PER_DATASET, "description": "dataset -> this method's reference "
+                                                                          "settings there"}}}},
         "baseline": _NAME, "schedule_methods": {"type": ["object", "null"]}, "search_dataset": _NAME,
-        "pairs": {"type": ["object", "null"], "additionalProperties": {"type": "string", "minLength": 1}},
+        "pairs": {"type": ["object", "null"], "additionalProperties": {"type": "string", "minLength": 1},
+                  "description": "method -> the base it is compared with (report's method-matrix section)"},
     },
 }
 SUITE_KEYS = set(SUITE_SCHEMA["properties"])

@@ -94,6 +94,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     check_run_images(cfg, data, targets)  # present and decodable, before the backbone is built
     backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     cfg = resolve_ctx_init(cfg, backbone)
+    METHODS[cfg.method].check(cfg, backbone)  # before the images are encoded
     task = build_task(cfg, backbone, device, data, targets)
     seed_everything(cfg.seed)
     trainer = Trainer(cfg, backbone, task, device)

@@ -27,6 +27,13 @@ class Method:
     def __init__(self, trainer: Trainer):
         self.trainer, self.cfg = trainer, trainer.cfg
 
+    @classmethod
+    def check(cls, cfg, backbone) -> None:
+        """Refuse a backbone the method cannot run on, before any image is encoded.
+
+        Raises:
+            ConfigError: one line naming the backbone (none here; MaPLe needs a ViT)."""
+
     def modules(self) -> list[nn.Module]:
         """The learners (``nn.Module``) whose tensors the method trains."""
         return []

@@ -191,9 +191,13 @@ class MaPLe(Method):
     name = "maple"
     phrase_sets_n_ctx = False  # the reference learns ctx_init's first n_ctx tokens
 
+    @classmethod
+    def check(cls, cfg, backbone: Backbone) -> None:
+        check_towers(backbone, cfg.prompt_depth)
+
     def __init__(self, trainer: Trainer):
         super().__init__(trainer)
-        check_towers(trainer.backbone, self.cfg.prompt_depth)
+        self.check(self.cfg, trainer.backbone)
         init, self.rest = maple_ctx_init(trainer)
         self.prompt = MaPLePrompt(init, self.cfg.prompt_depth, vision_width(trainer.backbone),
                                   stream_generator(self.cfg.seed, "deep_prompts")).to(trainer.device)
@@ -282,10 +286,14 @@ class MaPLeAnchorOPT(AnchorOPTMethod):
 
     name = "maple_anchoropt"
 
+    @classmethod
+    def check(cls, cfg, backbone: Backbone) -> None:
+        check_towers(backbone, cfg.prompt_depth)
+
     def __init__(self, trainer: Trainer):
         super().__init__(trainer)
         cfg = self.cfg
-        check_towers(trainer.backbone, cfg.prompt_depth)
+        self.check(cfg, trainer.backbone)
         ctx = soft_token_init(trainer)
         n_block = ctx.shape[0] + cfg.n_anchors
         position = torch.randn(n_block, n_block, generator=stream_generator(cfg.seed, "positions"))

@@ -31,7 +31,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from anchoropt.backbone import TOY_CHECKPOINT, create_backbone  # also registers the ToyCLIP config
+from anchoropt.backbone import TOY_CHECKPOINTS, create_backbone  # also registers the ToyCLIP config
 from anchoropt.text import TextEncoder
 from anchoropt.toy import world
 
@@ -183,10 +183,10 @@ def save_fp16(model, path) -> int:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=TOY_CHECKPOINT)
+    ap.add_argument("--out", type=Path, default=None, help="checkpoint file (default: the shipped one of --model)")
     ap.add_argument("--model", default=MODEL_NAME,
                     help="open_clip model config (extra configs: ANCHOROPT_MODEL_CONFIGS=DIR)")
-    ap.add_argument("--log", type=Path, default=None, help="log file (default: <out dir>/toyclip_train.log)")
+    ap.add_argument("--log", type=Path, default=None, help="log file (default: <out without .pt>_train.log)")
     ap.add_argument("--minutes", type=float, default=35.0, help="wall-time budget (ignored with --steps)")
     ap.add_argument("--steps", type=int, default=None, help="fixed number of steps")
     ap.add_argument("--seed", type=int, default=0)
@@ -208,9 +208,10 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=1, help="data generation processes (0: inline)")
     a = ap.parse_args(argv)
 
+    a.out = a.out or TOY_CHECKPOINTS[a.model]
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    log_path = a.log or a.out.parent / "toyclip_train.log"
+    log_path = a.log or a.out.with_name(a.out.stem + "_train.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logf = open(log_path, "a" if a.init is not None else "w")  # a continuation appends
 

@@ -1,4 +1,6 @@
 """MaPLe and MaPLe+AnchorOPT (the deep variant) against hand-written loops over open_clip's layers."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,9 +165,11 @@ def test_deep_anchoropt_scores_the_teacher_on_frozen_features(vit_cfg):
 
 
 def test_resnet_tower_and_too_deep_prompts_are_refused(vit_cfg):
+    cfg = vit_cfg(backbone="ToyCLIP", method="maple")
     with pytest.raises(ConfigError, match="backbone ToyCLIP has a ModifiedResNet") as err:
-        train(vit_cfg(backbone="ToyCLIP", method="maple"))
+        train(cfg)
     assert "\n" not in str(err.value)
+    assert not (Path(cfg.cache_dir) / "features").exists()  # refused before any image was encoded
     with pytest.raises(ConfigError, match="prompt_depth=4 exceeds the 3 layers of backbone TinyViT-test's text tower"):
         train(vit_cfg(method="maple_anchoropt", prompt_depth=4))
 

@@ -175,3 +175,19 @@ def test_cli_pair_flag_and_method_display_names(tmp_path):
     assert list(zip(res["method"], res["baseline"])) == [("maple_anchoropt", "maple"), ("coop_anchoropt", "coop")]
     assert [display_name(m) for m in ("coop_atp", "dept_anchoropt", "cocoop_atp", "anchoropt")] == \
         ["CoOp+ATPrompt", "DePT+AnchorOPT", "CoCoOp+ATPrompt", "AnchorOPT"]
+
+
+def test_cross_dataset_matrix_averages_target_accuracy_without_the_source(tmp_path):
+    rows = []
+    acc = {"coop": [60.0, 50.0, 40.0], "coop_anchoropt": [61.0, 53.0, 45.0]}  # source, t1, t2
+    for method, values in acc.items():
+        for dataset, role, value in zip(["src", "t1", "t2"], ["source", "target", "target"], values):
+            for seed in SEEDS:
+                rows.append({"method": method, "dataset": dataset, "seed": seed, "acc": value + seed / 10,
+                             "role": role, "protocol": "cross_dataset"})
+    text = report.write_report(pd.DataFrame(rows), tmp_path, pairs={"coop_anchoropt": "coop"}).read_text()
+    section = _section(text, "## Method matrix")
+    assert "| base method | method | mean target accuracy | Δ mean target accuracy |" in section
+    assert "| CoOp | + CoOp+AnchorOPT | 49.20 | 4.00 |" in section  # (53 + 45) / 2 + 0.2; the source left out
+    row = pd.read_csv(tmp_path / "pairs_wilcoxon.csv").iloc[0]
+    assert (row["n_datasets"], row["wins"], row["mean_diff"]) == (2, 2, pytest.approx(4.0))

@@ -8,7 +8,7 @@ from PIL import Image
 
 from anchoropt.toy import world
 from anchoropt.toy.datasets import TOY11_NAMES, make_toy11, write_dataset, get_toy_dataset
-from anchoropt.backbone import TOY_CHECKPOINT
+from anchoropt.backbone import TOY_CHECKPOINTS
 from tests.helpers import load_script
 
 SMALL = {"train": 2, "val": 1, "test": 2}
@@ -95,14 +95,16 @@ def test_make_toy11_layout(tmp_path):
         make_toy11(tmp_path, seed=1, names=["toy_count"], sizes=SMALL)
 
 
-def test_checkpoint_loads_through_the_backbone_factory():
+@pytest.mark.parametrize("name", sorted(TOY_CHECKPOINTS))
+def test_checkpoint_loads_through_the_backbone_factory(name):
     import torch
     from anchoropt.backbone import create_backbone
 
-    assert TOY_CHECKPOINT.stat().st_size <= 25 * 10 ** 6
-    sd = torch.load(TOY_CHECKPOINT, map_location="cpu", weights_only=True)
+    path = TOY_CHECKPOINTS[name]
+    assert path.stat().st_size <= 25 * 10 ** 6
+    sd = torch.load(path, map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
-    backbone = create_backbone("ToyCLIP", "toy")
+    backbone = create_backbone(name, "toy")
     assert backbone.image_size == 64 and backbone.tokenizer(["a red circle"]).shape == (1, 77)
     with torch.no_grad():
         t = backbone.model.encode_text(backbone.tokenizer(["a photo of a red circle.", "a photo of a blue star."]))
@@ -110,6 +112,13 @@ def test_checkpoint_loads_through_the_backbone_factory():
     assert t.shape == (2, 128) and i.shape == (2, 128)
     key = "token_embedding.weight"
     assert torch.equal(backbone.model.state_dict()[key].half(), sd[key])
+
+
+def test_toy_weights_exist_only_for_the_toy_models():
+    from anchoropt.backbone import BackboneError, create_backbone
+
+    with pytest.raises(BackboneError, match="pretrained=toy exists only for ToyCLIP and ToyCLIP-ViT, not RN50"):
+        create_backbone("RN50", "toy")
 
 
 # Measured with the shipped checkpoint on toy-11 v3 (30 test images per class): 50.3 % (README
@@ -148,7 +157,7 @@ def test_invented_words_were_never_seen_by_toyclip():
     invented = {i for w in INVENTED_WORDS for i in tok.encode(w)}
     assert seen and invented and not seen & invented
     assert len(INVENTED_WORDS) == len(set(INVENTED_WORDS)) >= sum(len(d.classes) for d in TOY11)
-    norms = torch.load(TOY_CHECKPOINT, weights_only=True)["token_embedding.weight"].float().norm(dim=1)
+    norms = torch.load(TOY_CHECKPOINTS["ToyCLIP"], weights_only=True)["token_embedding.weight"].float().norm(dim=1)
     assert norms[sorted(invented)].max() < 0.3 < norms[sorted(seen)].min()
 
 
