@@ -82,9 +82,7 @@ class TextEncoder(nn.Module):
         if replace is None:
             return self._read(self.transformer(x, attn_mask=mask), eos_index)
         for i, block in enumerate(self.transformer.resblocks):
-            new = replace(i, x[0, :1 + replace.n_block]) if i else None
-            if new is not None:
-                x = torch.cat([x[:, :1], new.to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1 + new.shape[0]:]], dim=1)
+            x = put_block(x, replace(i, x[0, :1 + replace.n_block]) if i else None)
             x = block(x, attn_mask=mask)
         return self._read(x, eos_index)
 
@@ -143,9 +141,7 @@ class TextEncoder(nn.Module):
         s = (suffix.to(cast) + pos[n_prefix:]).expand(n_group, -1, -1, -1).flatten(0, 1)  # [G*C, S, d]
         mask = self.attn_mask[:length, :length]
         for i, block in enumerate(self.transformer.resblocks):
-            new = replace(i, p[0, :1 + replace.n_block]) if replace is not None and i else None
-            if new is not None:
-                p = torch.cat([p[:, :1], new.to(p.dtype).expand(n_group, -1, -1), p[:, 1 + new.shape[0]:]], dim=1)
+            p = put_block(p, replace(i, p[0, :1 + replace.n_block]) if replace is not None and i else None)
             p, s = shared_prefix_block(block, p, s, mask)
         feats = self._read(torch.cat([per_sequence(p, n_class), s], dim=1), eos_index.repeat(n_group))
         return feats.unflatten(0, (n_group, n_class)) if grouped else feats
@@ -155,6 +151,14 @@ class TextEncoder(nn.Module):
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
+
+
+def put_block(x: torch.Tensor, block: torch.Tensor | None) -> torch.Tensor:
+    """``x [B, L, d]`` with positions ``1..k`` (after SOS) replaced by ``block [k, d]`` in every
+    sequence (a :data:`BlockHook`'s deep prompt); ``x`` itself when ``block`` is None."""
+    if block is None:
+        return x
+    return torch.cat([x[:, :1], block.to(x.dtype).expand(x.shape[0], -1, -1), x[:, 1 + block.shape[0]:]], dim=1)
 
 
 def supports_prefix_sharing(clip: nn.Module) -> bool:

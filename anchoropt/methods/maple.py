@@ -31,10 +31,10 @@ from torch import nn
 from anchoropt.backbone import Backbone
 from anchoropt.config import ConfigError
 from anchoropt.engine import EpochCallback, Stepper, Trainer, stream_generator
-from anchoropt.methods.anchoropt import AnchorOPTMethod, fixed_position_matrix
+from anchoropt.methods.anchoropt import AnchorOPT
 from anchoropt.methods.atprompt import AttributeTokens
-from anchoropt.methods.base import Method, soft_token_init
-from anchoropt.prompts import AnchorOPTPrompt, clip_logits, gumbel_hard, normal_init, phrase_init
+from anchoropt.methods.base import Method
+from anchoropt.prompts import clip_logits, gumbel_hard, normal_init, phrase_init
 from anchoropt.task import EvalSet
 
 REFERENCE_TEST_BATCH = {"base2novel": 200, "cross_dataset": 100}  # MaPLe configs' TEST.BATCH_SIZE
@@ -277,12 +277,13 @@ class MaPLeATP(MaPLe):
         return {**super().tensors(), "att": torch.stack(list(self.attributes.att)).detach().cpu()}
 
 
-class MaPLeAnchorOPT(AnchorOPTMethod):
+class MaPLeAnchorOPT(AnchorOPT):
     """MaPLe+AnchorOPT (reference ``trainers/maple_anchoropt.py``): the input block
-    ``W @ [soft tokens; anchors]``, before each text layer 2..J ``W @ [fresh soft tokens; carried
-    anchors]`` (:class:`CarriedAnchors`, the same ``W`` at every layer), vision prompts coupled to the
-    soft tokens as MaPLe's. Loss CE + KD; the anchor teacher and the novel ensemble score the frozen
-    image tower's features of the same images (the reference's ``image_encoder_vanilla``)."""
+    ``W @ [soft tokens; anchors]`` of CoOp+AnchorOPT's prompt, before each text layer 2..J ``W @
+    [fresh soft tokens; carried anchors]`` (:class:`CarriedAnchors`, the same ``W`` at every layer),
+    vision prompts coupled to the soft tokens as MaPLe's. Loss CE + KD; the anchor teacher and the
+    novel ensemble score the frozen image tower's features of the same images (the reference's
+    ``image_encoder_vanilla``)."""
 
     name = "maple_anchoropt"
 
@@ -294,20 +295,10 @@ class MaPLeAnchorOPT(AnchorOPTMethod):
         super().__init__(trainer)
         cfg = self.cfg
         self.check(cfg, trainer.backbone)
-        ctx = soft_token_init(trainer)
-        n_block = ctx.shape[0] + cfg.n_anchors
-        position = torch.randn(n_block, n_block, generator=stream_generator(cfg.seed, "positions"))
-        eos_shift = cfg.n_anchors if cfg.eos_index == "reference" else 0
-        self.prompt = AnchorOPTPrompt(ctx, position, stream_generator(cfg.seed, "gumbel"), cfg.gumbel_tau,
-                                      cfg.position_eval, eos_shift).to(trainer.device)
+        ctx = self.prompt.ctx
         self.deep = DeepPrompts(cfg.prompt_depth, ctx.shape[0], ctx.shape[1], vision_width(trainer.backbone),
                                 stream_generator(cfg.seed, "deep_prompts")).to(trainer.device)
-        self.fixed_position = fixed_position_matrix(cfg, n_block)  # None: W learned
-        if self.fixed_position is not None:
-            self.fixed_position = self.fixed_position.to(trainer.device)
-        trainable = [self.prompt.ctx, *self.deep.parameters()]
-        self.prompt_stepper = Stepper.sgd(trainable + ([self.prompt.position] if self.fixed_position is None else []),
-                                          cfg.lr, cfg)
+        self.prompt_stepper.optimizer.add_param_group({"params": list(self.deep.parameters())})
 
     def modules(self) -> list[nn.Module]:
         return [self.prompt, self.deep, self.anchor]
@@ -350,9 +341,3 @@ class MaPLeAnchorOPT(AnchorOPTMethod):
                 text = self.text(ev.classnames, gumbel_hard(self.prompt.position, self.prompt.gumbel_tau, gen))
             logits.append(clip_logits(self.image(images), text, t.logit_scale))
         return torch.cat(logits), ev.features.to(t.device)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = super().tensors()
-        if self.fixed_position is not None:
-            out["position"] = self.fixed_position.cpu()
-        return out
