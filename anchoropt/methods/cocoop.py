@@ -56,6 +56,12 @@ def build_meta_net(trainer: Trainer) -> MetaNet:
                    stream_generator(cfg.seed, "meta_net")).to(trainer.device)
 
 
+def shifted_ctx(prompt: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """Per-image context ``ctx + meta(x_i)`` of a prompt learner with ``ctx [M, d]`` and
+    ``meta_net``: image features ``[B, D]`` -> ``[B, M, d]``."""
+    return prompt.ctx + prompt.meta_net(feats).unsqueeze(1)
+
+
 def conditioned_logits(feats: torch.Tensor, n_classes: int, text: Callable[[torch.Tensor], torch.Tensor],
                        logit_scale: torch.Tensor) -> torch.Tensor:
     """``logit_scale.exp() * norm(x_i) . norm(t_ic)``: logits ``[B, C]`` of images ``feats [B, D]``
@@ -82,11 +88,7 @@ class CoCoOp(CoOp):
         """Text features ``[B, C, D]``: ``SOS (ctx + meta(x_i)) CLS . EOS`` for each image i."""
         t = self.trainer
         tokens = t.tokens(classnames, self.prompt.n_block, self.prompt.rest)
-        return t.encoder.encode_per_image(tokens, self.image_ctx(feats)).float()
-
-    def image_ctx(self, feats: torch.Tensor) -> torch.Tensor:
-        """Per-image context ``ctx + meta(x_i)``: ``[B, D]`` -> ``[B, M, d]``."""
-        return self.prompt.ctx + self.prompt.meta_net(feats).unsqueeze(1)
+        return t.encoder.encode_per_image(tokens, shifted_ctx(self.prompt, feats)).float()
 
     def logits(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
         return conditioned_logits(feats, len(classnames), lambda f: self.image_text(f, classnames, dataset),
@@ -103,7 +105,7 @@ class CoCoOpATP(CoCoOp, CoOpATP):
 
     def image_text(self, feats: torch.Tensor, classnames: list[str], dataset: str | None = None) -> torch.Tensor:
         t = self.trainer
-        block = self.attributes(self.image_ctx(feats), dataset or t.task.dataset)  # [B, k, d]
+        block = self.attributes(shifted_ctx(self.prompt, feats), dataset or t.task.dataset)  # [B, k, d]
         return t.encoder.encode_per_image(t.tokens(classnames, block.shape[1], CoOpPrompt.rest), block).float()
 
 
@@ -138,9 +140,8 @@ class CoCoOpAnchorOPT(AnchorOPT):
         tokens = t.tokens(classnames, prompt.n_block, prompt.rest)
         position = self.fixed_position if position is None else position
         w = prompt.position_matrix() if position is None else position
-        ctx = prompt.ctx + prompt.meta_net(feats).unsqueeze(1)  # [B, M, d]
         anchors = self.anchor.anchors.detach().expand(len(feats), -1, -1)
-        block = w @ torch.cat([ctx, anchors], dim=1)  # [B, M+N, d]
+        block = w @ torch.cat([shifted_ctx(prompt, feats), anchors], dim=1)  # [B, M+N, d]
         return t.encoder.encode_per_image(tokens, block, tokens.eos_index - prompt.eos_shift).float()
 
     def prompt_logits(self, feats: torch.Tensor, classnames: list[str],
