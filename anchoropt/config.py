@@ -57,6 +57,13 @@ class TrainConfig:
     shots: int = 16  # [reference]
     seed: int = 1  # [reference] seeds 1-3 (the scripts loop over 1-5)
     eval_split: str = "test"  # [reference] test: base/novel test images; val: leak-free pseudo base/novel (SPEC section 8)
+    # eval_split=val only (ignored on test): val images per class (0: Dassl's min(shots, 4); the split may
+    # hold fewer), and repeats a val run pools: pseudo base/novel class partitions, folds over the pseudo-base
+    # shots (held-out shots scored; pseudo-novel shots too), and seeds (seed, seed+1, ...); each repeat trains once
+    val_shots: int = 0  # [reference] 0: min(shots, 4)
+    val_partitions: int = 1  # [reference] 1: the SPEC section 8 split only
+    val_folds: int = 1  # [reference] 1: no shots held out
+    val_seeds: int = 1  # [reference] 1: the run's seed only
     # base2novel: train on base classes, score base and novel; cross_dataset: train on every class of
     # ``dataset`` (the source), score it and each of ``targets`` on all their classes (SPEC section 8)
     protocol: str = "base2novel"
@@ -153,6 +160,9 @@ class TrainConfig:
             "n_descriptions": self.n_descriptions >= 1, "n_att": self.n_att >= 0,
             "meta_net_ratio": self.meta_net_ratio >= 1,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
+            "val_shots": self.val_shots >= 0, "val_partitions": self.val_partitions >= 1,
+            "val_folds": self.val_folds >= 1 and (self.shots <= 0 or self.val_folds <= max(1, self.shots)),
+            "val_seeds": self.val_seeds >= 1,
             **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
                                                         "weight_decay")},
         }
@@ -284,6 +294,11 @@ KEY_HELP = {
     "shots": "training images per class (few-shot K)",
     "seed": "seed of the few-shot draw and of training",
     "eval_split": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
+    "val_shots": "eval_split=val: val images per class (0: min(shots, 4), Dassl's; fewer where the split has fewer)",
+    "val_partitions": "eval_split=val: pseudo base/novel class partitions pooled (each one more training run)",
+    "val_folds": "eval_split=val: folds of the pseudo-base shots, each held out and scored once, pseudo-novel "
+                 "shots scored too (each fold one more training run; 1: none)",
+    "val_seeds": "eval_split=val: seeds pooled, seed to seed+val_seeds-1 (each one more training run)",
     "protocol": "base2novel: train on base classes, score base and novel; cross_dataset: train on all "
                 "classes of dataset, score it and each target",
     "targets": "cross_dataset: comma-separated target datasets",

@@ -212,11 +212,12 @@ class Trainer:
         return F.normalize(feats, dim=-1).view(len(sentences), self.cfg.n_descriptions, -1)
 
     @torch.no_grad()
-    def evaluate(self, method: "Method") -> dict[str, float]:
+    def evaluate(self, method: "Method", per_image: bool = False) -> dict:
         """Accuracy (%) ``acc_<set>`` of every scored set of the task, the method's other scores
         (AnchorOPT: ``acc_anchor_<set>``, the anchor prompt alone) and ``hm`` of base and novel
         (base-to-novel protocol). Which logits score a set is the method's rule
-        (:meth:`anchoropt.methods.Method.scores`)."""
+        (:meth:`anchoropt.methods.Method.scores`). With ``per_image`` also ``correct_<set>``: bool
+        ``[N]`` on CPU, whether each image of the set (in its order) was classified right."""
         method.eval()
         metrics = {}
         for name, ev in self.task.evals.items():
@@ -224,7 +225,10 @@ class Trainer:
                 scores = method.scores(ev)
             labels = ev.labels.to(self.device)
             for key, logits in scores.items():
-                metrics[f"{key}_{name}"] = 100.0 * (logits.argmax(dim=-1) == labels).float().mean().item()
+                right = logits.argmax(dim=-1) == labels
+                metrics[f"{key}_{name}"] = 100.0 * right.float().mean().item()
+                if per_image and key == "acc":
+                    metrics[f"correct_{name}"] = right.cpu()
         if self.cfg.protocol == "base2novel":
             metrics["hm"] = harmonic_mean(metrics["acc_base"], metrics["acc_novel"])
         return metrics

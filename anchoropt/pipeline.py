@@ -81,8 +81,12 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
                 raise SearchError(f"search {out}: no trial completed ({found.n_failed} failed, see "
                                   f"{out / 'trials.csv'}): the {method} cells would run untuned")
             trials.append(found.trials.assign(schedule=schedule, dataset=dataset))
+            versus = found.vs_default or {}
             searches.append({"schedule": schedule, "dataset": dataset, "num_trials": found.num_trials,
-                             "sampler": found.sampler, "importances_note": found.importances_note})
+                             "sampler": found.sampler, "importances_note": found.importances_note,
+                             "best_trial": found.best_trial, "best_hm_se": found.best_hm_se,
+                             "delta_vs_default": versus.get("delta"), "p_vs_default": versus.get("p_adjusted"),
+                             "beats_default": versus.get("beats_default"), "vs_default": versus.get("words")})
             importances += [{"schedule": schedule, "dataset": dataset, "param": k, "importance": v}
                             for k, v in (found.importances or {}).items()]
         spec = {k: v for k, v in suite.methods[method].items() if k != "config"}

@@ -37,12 +37,15 @@ class TrialProgress(tune.Callback):
         label: names a trial in the one line written when it fails (default: Ray's trial name).
         error_key: a result key whose presence marks a trial that ended normally as failed (a
             benchmark cell reports its own fault so, rather than failing the Ray trial).
+        counts: whether a finished trial's last result may be best (a search: completed trials
+            only, never one a scheduler stopped early); default every one.
     """
 
     def __init__(self, desc: str, total: int, *, done: int = 0, best: float | None = None, metric: str | None = "hm",
-                 unit: str = "trials", label: Callable[[object], str] | None = None, error_key: str | None = None):
+                 unit: str = "trials", label: Callable[[object], str] | None = None, error_key: str | None = None,
+                 counts: Callable[[dict], bool] | None = None):
         self.desc, self.total, self.done, self.best, self.metric, self.unit = desc, total, done, best, metric, unit
-        self.label, self.error_key = label or str, error_key
+        self.label, self.error_key, self.counts = label or str, error_key, counts
         self.failed = 0
         self.bar: tqdm | None = None
 
@@ -71,7 +74,8 @@ class TrialProgress(tune.Callback):
         if self.error_key and self.error_key in (trial.last_result or {}):
             self.on_trial_error(iteration, trials, trial)
             return
-        value = (trial.last_result or {}).get(self.metric) if self.metric else None
+        last = trial.last_result or {}
+        value = last.get(self.metric) if self.metric and (self.counts is None or self.counts(last)) else None
         if isinstance(value, (int, float)) and math.isfinite(value):
             self.best = value if self.best is None else max(self.best, value)
         self._bar().update(1)

@@ -5,12 +5,16 @@ Protocols (SPEC section 8):
   images of the base and of the novel classes (the papers' practice).
 - ``eval_split="val"``: leak-free; the base classes are split again into pseudo-base and
   pseudo-novel halves, training uses pseudo-base shots and scoring the few-shot val
-  images of both halves. Novel classes are never seen.
+  images of both halves. Novel classes are never seen. A run may repeat this
+  (:func:`val_repeats`): other class partitions, folds of the pseudo-base shots held out and
+  scored (with the pseudo-novel classes' shots, never trained on), other seeds.
 - ``protocol="cross_dataset"``: train on every class of the source dataset's few-shot
   images, score the test images of the source and of each target dataset, all their classes.
 """
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,23 +61,72 @@ class Task:
     train_items: list[Datum] = field(default_factory=list, repr=False)
 
 
+@dataclass(frozen=True)
+class ValRepeat:
+    """One training run of a pooled val objective: its seed, class partition (0: SPEC section 8's
+    halves) and fold of the pseudo-base shots held out (of ``folds``; 1: none)."""
+
+    seed: int
+    partition: int = 0
+    fold: int = 0
+    folds: int = 1
+
+
+def val_repeats(cfg: TrainConfig) -> list[ValRepeat]:
+    """The runs a configuration trains: one, or on ``eval_split=val`` every (seed, partition, fold)
+    of ``val_seeds`` x ``val_partitions`` x ``val_folds`` (each costs one training run)."""
+    if cfg.eval_split != "val" or cfg.protocol != "base2novel":
+        return [ValRepeat(cfg.seed)]
+    return [ValRepeat(cfg.seed + s, p, f, cfg.val_folds) for s in range(cfg.val_seeds)
+            for p in range(cfg.val_partitions) for f in range(cfg.val_folds)]
+
+
+def pseudo_split(base: list[int], partition: int) -> tuple[list[int], list[int]]:
+    """(pseudo-base, pseudo-novel) label ids of the base classes ``base``: partition 0 is SPEC
+    section 8's (first ceil(n/2) sorted ids pseudo-base), partition p > 0 a random halving drawn
+    from ``random.Random(p)`` (the same for every seed and trial, so trials score the same images)."""
+    if partition == 0:
+        return base_novel_labels(base)
+    ids = sorted(set(base))
+    random.Random(partition).shuffle(ids)
+    cut = math.ceil(len(ids) / 2)
+    return sorted(ids[:cut]), sorted(ids[cut:])
+
+
+def held_out_fold(train: list[Datum], labels: list[int], fold: int, folds: int) -> list[Datum]:
+    """Fold ``fold`` of ``folds`` of the shots of the classes ``labels``: per class, the shots at
+    positions ``fold, fold + folds, ...`` of the drawn order."""
+    keep, seen = set(labels), {}
+    out = []
+    for d in train:
+        if d.label in keep:
+            i = seen[d.label] = seen.get(d.label, -1) + 1
+            if i % folds == fold:
+                out.append(d)
+    return out
+
+
 def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device = "cpu",
-               data: DatasetSplits | None = None, targets: list[DatasetSplits] | None = None) -> Task:
+               data: DatasetSplits | None = None, targets: list[DatasetSplits] | None = None,
+               repeat: ValRepeat | None = None) -> Task:
     """Draw the shots, split classes, encode (or load cached) image features.
 
     ``data``: the dataset already read (else read here); ``targets``: cross-dataset target
-    datasets already read (else read here from ``cfg.targets``).
+    datasets already read (else read here from ``cfg.targets``); ``repeat``: on ``eval_split=val``,
+    which partition and fold (:func:`val_repeats`; default the first), its seed replacing ``cfg.seed``.
 
     Raises:
         DataError: bad dataset input (see :func:`anchoropt.data.build_dataset`), or a
             cross-dataset run without targets.
     """
     data = data or build_dataset(cfg.data_root, cfg.dataset)
-    train, val = fewshot_splits(data, cfg.shots, cfg.seed)
+    repeat = repeat or val_repeats(cfg)[0]
+    seed = repeat.seed
+    train, val = fewshot_splits(data, cfg.shots, seed, cfg.val_shots if cfg.eval_split == "val" else 0)
     names = data.classnames
 
     def features(items: list[Datum], views: int = 0) -> torch.Tensor:
-        return encode_images(backbone, items, views, cfg.seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
+        return encode_images(backbone, items, views, seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
 
     def eval_set(name: str, dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
         items = subsample(items, labels)
@@ -90,8 +143,14 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
         trained, novel = base_novel_labels([d.label for d in data.train])
         scored = data.test
         if cfg.eval_split == "val":
-            trained, novel = base_novel_labels(trained)
+            trained, novel = pseudo_split(trained, repeat.partition)
             scored = val
+            if repeat.folds > 1:  # held-out pseudo-base shots and the (never trained) pseudo-novel shots
+                held = held_out_fold(train, trained, repeat.fold, repeat.folds)
+                unused = [d for d in train if d.label in set(novel)]
+                held_set = set(held)
+                train = [d for d in train if d not in held_set]
+                scored = val + held + unused
         evals = {"base": eval_set(cfg.dataset, data, scored, trained, True),
                  "novel": eval_set(cfg.dataset, data, scored, novel, False)}
     train_items = subsample(train, trained)

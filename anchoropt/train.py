@@ -21,7 +21,8 @@ from anchoropt.engine import NonFiniteLoss, Trainer, seed_everything
 from anchoropt.io import check_output_dir, save_json, save_tensors
 from anchoropt.methods import METHODS, Method, build_method
 from anchoropt.records import build_record
-from anchoropt.task import build_task, read_targets
+from anchoropt.metrics import pool_scores
+from anchoropt.task import build_task, read_targets, val_repeats
 
 __all__ = ["NonFiniteLoss", "Trainer", "cached_backbone", "resolve_device", "train"]
 
@@ -74,12 +75,17 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
         out_dir: if given, ``record.json`` and ``prompts.pt`` (learned tensors, loadable with
             ``torch.load(weights_only=True)``) are written there atomically.
         report: called after every CoOp / Stage II / one-stage epoch with ``epoch`` (1-based),
-            ``loss`` and the metrics of :meth:`Trainer.evaluate` (percent); used by search for
-            per-epoch reports. Reporting draws nothing from the training's random streams.
+            ``loss`` and the metrics of :meth:`Trainer.evaluate` (percent) pooled over the repeats
+            (:func:`anchoropt.metrics.pool_scores`: base-to-novel adds ``n_base``, ``n_novel``, ``hm_se``,
+            ``correct_base``, ``correct_novel``); used by search for per-epoch reports. Reporting draws
+            nothing from the training's random streams. With several repeats (``eval_split=val``,
+            :func:`anchoropt.task.val_repeats`) they train one after the other and epoch k is reported
+            once the last repeat reaches it.
 
     Returns:
         The record (:func:`anchoropt.records.build_record`, docs/INTERFACES.md): config, seed, metrics in percent (base2novel:
-        ``acc_base``, ``acc_novel``, ``hm``; cross_dataset: ``acc_<dataset>`` for the source and
+        ``acc_base``, ``acc_novel``, ``hm`` (on ``eval_split=val`` pooled over the repeats), with
+        ``n_base``, ``n_novel`` images scored and ``hm_se``; cross_dataset: ``acc_<dataset>`` for the source and
         each target), ``training`` (updates per trainable group, descriptions cut), wall time,
         versions.
 
@@ -95,19 +101,34 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     cfg = resolve_ctx_init(cfg, backbone)
     METHODS[cfg.method].check(cfg, backbone)  # before the images are encoded
-    task = build_task(cfg, backbone, device, data, targets)
-    seed_everything(cfg.seed)
-    trainer = Trainer(cfg, backbone, task, device)
-    method = build_method(trainer)
+    repeats = val_repeats(cfg)
+    per_image = cfg.protocol == "base2novel"  # images scored and HM's standard error, reported or not
+    runs: list[list[dict]] = []  # per finished repeat, its per-epoch scores
+    finals: list[dict] = []
+    for i, repeat in enumerate(repeats):  # one training run per repeat (val_seeds x val_partitions x val_folds)
+        run_cfg = dataclasses.replace(cfg, seed=repeat.seed)
+        task = build_task(run_cfg, backbone, device, data, targets, repeat)
+        seed_everything(repeat.seed)
+        trainer = Trainer(run_cfg, backbone, task, device)
+        method = build_method(trainer)
+        epochs: list[dict] = []
 
-    def on_epoch(epoch: int, info: dict) -> None:
-        if report is not None and info["phase"] != "stage1":
-            metrics = trainer.evaluate(method)
-            method.train()
-            report({"epoch": epoch + 1, "loss": info["loss"], **metrics})
+        def on_epoch(epoch: int, info: dict, last: bool = i == len(repeats) - 1) -> None:
+            # repeats run one after the other: epoch k is reported (pooled over the repeats) once the
+            # last repeat reaches it
+            if report is not None and info["phase"] != "stage1":
+                scores = trainer.evaluate(method, per_image=per_image)
+                method.train()
+                epochs.append(scores)
+                if last:
+                    metrics = pool_scores([run[len(epochs) - 1] for run in runs] + [scores]) if per_image else scores
+                    report({"epoch": epoch + 1, "loss": info["loss"], **metrics})
 
-    method.fit(on_epoch)
-    metrics = trainer.evaluate(method)
+        method.fit(on_epoch)
+        finals.append(trainer.evaluate(method, per_image=per_image))
+        runs.append(epochs)
+    metrics = pool_scores(finals) if per_image else finals[0]
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("correct_")}  # the record keeps numbers
     record = build_record(cfg, metrics, time.time() - start, training=training_summary(method))
     if out_dir is not None:
         out_dir = Path(out_dir)

@@ -109,8 +109,11 @@ def _pickles_line(data: DatasetSplits, faults: list[str]) -> str:
 def run_images(cfg: TrainConfig, data: DatasetSplits, targets: list[DatasetSplits] | None) -> list[Datum]:
     """The images a run of ``cfg`` reads: few-shot train (and val) images, scored test images, and
     each cross-dataset target's test images."""
-    train, val = fewshot_splits(data, cfg.shots, cfg.seed)
-    items = train + val if cfg.eval_split == "val" else train + data.test
+    if cfg.eval_split == "val":  # every seed of the run's repeats (cfg.val_seeds)
+        items = [d for s in range(cfg.val_seeds) for d in sum(fewshot_splits(data, cfg.shots, cfg.seed + s,
+                                                                              cfg.val_shots), [])]
+    else:
+        items = fewshot_splits(data, cfg.shots, cfg.seed)[0] + data.test
     return items + [d for target in targets or [] for d in target.test]
 
 

@@ -128,11 +128,12 @@ def shots_shortfall(data: DatasetSplits, shots: int) -> str | None:
             f"images (fewest: {smallest}, class '{data.classnames[short[0]]}'); they keep all they have")
 
 
-def fewshot_splits(data: DatasetSplits, shots: int, seed: int) -> tuple[list[Datum], list[Datum]]:
-    """(train, val) few-shot lists: K per class from train, min(K, 4) per class from val.
+def fewshot_splits(data: DatasetSplits, shots: int, seed: int, val_shots: int = 0) -> tuple[list[Datum], list[Datum]]:
+    """(train, val) few-shot lists: K per class from train, ``val_shots`` per class from val (0:
+    Dassl's min(K, 4); a class with fewer val images keeps all of them).
 
     Uses ``<dataset>/split_fewshot/shot_{K}-seed_{seed}.pkl`` when present (its val list if it
-    holds one, else the val images drawn as without the file). ``shots <= 0``
+    holds one and ``val_shots`` is Dassl's, else the val images drawn as without the file). ``shots <= 0``
     means all training images.
 
     Raises:
@@ -145,10 +146,13 @@ def fewshot_splits(data: DatasetSplits, shots: int, seed: int) -> tuple[list[Dat
         warnings.warn(shortfall, stacklevel=2)
     rng = random.Random(seed)  # one stream for train then val, as Dassl draws them
     train = sample_fewshot(data.train, shots, rng)
-    val = sample_fewshot(data.val, min(shots, 4), rng)
+    dassl_val = min(shots, 4)
+    val = sample_fewshot(data.val, val_shots or dassl_val, rng)
     cached = data.root / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
     if cached.is_file():
         found = read_dassl_fewshot(cached, data, shots)
+        if val_shots not in (0, dassl_val):
+            return found["train"], val
         return found["train"], found.get("val", val)  # Dassl's ImageNet files hold no val: drawn as without one
     return train, val
 

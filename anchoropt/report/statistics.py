@@ -206,6 +206,40 @@ def wilcoxon_details(n: int | None = None) -> str:
             "significance is out of reach at that n whatever the differences")
 
 
+def paired_hm_test(a: tuple[str, str], b: tuple[str, str], resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """Is configuration ``a``'s HM above ``b``'s on the same images? A paired permutation test
+    (``scipy.stats.permutation_test``, ``permutation_type="samples"``: each image's two outcomes
+    swapped at random, seed ``BOOTSTRAP_SEED``), one-sided, of the statistic HM(a) − HM(b).
+
+    ``a``, ``b``: (base, novel) per-image outcomes as strings of ``0``/``1`` (the search ledger's
+    ``correct_base`` / ``correct_novel``), image i of ``a`` the same image as image i of ``b``.
+    Returns ``delta`` (points) and ``p``.
+
+    Raises:
+        ValueError: the two configurations scored different numbers of base or novel images.
+    """
+    (ab, an), (bb, bn) = a, b
+    if len(ab) != len(bb) or len(an) != len(bn) or not ab or not an:
+        raise ValueError(f"paired HM test: the two trials scored different images ({len(ab)}/{len(an)} vs "
+                         f"{len(bb)}/{len(bn)} base/novel)")
+    x = np.array([c == "1" for c in ab + an], dtype=float)
+    y = np.array([c == "1" for c in bb + bn], dtype=float)
+    n_base = len(ab)
+
+    def hm(v: np.ndarray) -> np.ndarray:
+        base, novel = v[..., :n_base].mean(axis=-1), v[..., n_base:].mean(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(base + novel > 0, 200.0 * base * novel / (base + novel), 0.0)
+
+    def statistic(u: np.ndarray, v: np.ndarray, axis: int = -1) -> np.ndarray:
+        return hm(np.moveaxis(u, axis, -1)) - hm(np.moveaxis(v, axis, -1))
+
+    res = stats.permutation_test((x, y), statistic, permutation_type="samples", vectorized=True,
+                                 n_resamples=resamples, alternative="greater",
+                                 rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return {"delta": float(res.statistic), "p": float(res.pvalue)}
+
+
 def bootstrap_ci(diffs: Sequence[float], seed: int = BOOTSTRAP_SEED,
                  confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Bootstrap CI of the mean of ``diffs`` (``scipy.stats.bootstrap``, BCa, 9999 resamples,

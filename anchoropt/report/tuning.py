@@ -18,7 +18,7 @@ from anchoropt.report.figures import _figure, plot_history
 from anchoropt.report.statistics import best_so_far, compare_over_datasets, holm
 from anchoropt.report.tables import md_table, num, pval
 
-PARAMS = ("n_anchors", "lr", "anchor_lr")
+PARAMS = ("n_anchors", "lr", "anchor_lr", "kd_weight", "ce_weight", "n_ctx", "epochs")  # shown where searched
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,12 @@ class Tuning:
     """The searches of a main job.
 
     ``trials``: one row per finished trial of every search (columns schedule, dataset, trial,
-    status, hm (val or test HM of the search objective, percent), origin, wall_time_s and the
-    searched parameters). ``searches``: one row per search (schedule, dataset, num_trials,
-    sampler, importances_note). ``importances``: schedule, dataset, param, importance (Optuna
-    PED-ANOVA; searches where they were estimable only). ``tuned`` / ``untuned``: schedule ->
+    status, hm (val or test HM of the search objective, percent), hm_se (its standard error from
+    the images scored), origin, wall_time_s and the searched parameters). ``searches``: one row
+    per search (schedule, dataset, num_trials, sampler, importances_note, and the best trial
+    against the defaults: best_trial, best_hm_se, delta_vs_default, p_vs_default (paired
+    permutation test, Bonferroni-adjusted), beats_default, vs_default in words). ``importances``:
+    schedule, dataset, param, importance (Optuna PED-ANOVA; searches where they were estimable only). ``tuned`` / ``untuned``: schedule ->
     method name in the records. ``objective``, ``scheduler``: of every search.
     ``wall_time_s``: the job's wall time up to the report.
     """
@@ -46,7 +48,7 @@ class Tuning:
 
 def tuning_sections(ctx: Context, tuning: Tuning) -> list[str]:
     """The four sections (markdown), writing their CSVs and figures into ``ctx.out_dir``."""
-    best = best_per_search(tuning.trials)
+    best = best_per_search(tuning.trials, tuning.searches)
     curves = gain_curves(tuning.trials)
     gains = tuned_vs_untuned(ctx, tuning)
     one, two = tuning.tuned["one_stage"], tuning.tuned["two_stage"]
@@ -55,22 +57,30 @@ def tuning_sections(ctx: Context, tuning: Tuning) -> list[str]:
             _gain_section(ctx, gains), _answers(ctx, tuning, best, schedule_test, gains)]
 
 
-def best_per_search(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per (schedule, dataset): the best completed trial (its parameters and HM) and the HM of
-    trial 0 (the reference defaults, when it completed)."""
+def best_per_search(trials: pd.DataFrame, searches: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (schedule, dataset): the best completed trial (``search.outputs.best_row``: never one
+    stopped early; its parameters, HM and HM's standard error) and the HM of trial 0 (the
+    reference defaults, when it completed); with ``searches``, the search's own paired test of
+    the best against the defaults (``delta_vs_default``, ``p_vs_default``, ``beats_default``)."""
+    from anchoropt.search.outputs import best_row
+
     rows = []
     for (schedule, dataset), g in trials.groupby(["schedule", "dataset"], sort=True):
-        done = g[(g["status"] == "complete") & g["hm"].notna()]
         default = g[(g["trial"] == 0) & (g["status"] == "complete")]["hm"]
         row = {"schedule": schedule, "dataset": dataset, "trials": len(g),
                "stopped": int((g["status"] == "stopped").sum()), "failed": int((g["status"] == "failed").sum()),
                "default_hm": float(default.iloc[0]) if len(default) else math.nan}
-        if len(done):
-            top = done.loc[done["hm"].idxmax()]
-            row |= {"best_trial": int(top["trial"]), "best_hm": float(top["hm"]),
+        top = best_row(g if "hm_se" in g else g.assign(hm_se=math.nan))
+        if top is not None:
+            se = pd.to_numeric(top["hm_se"], errors="coerce")
+            row |= {"best_trial": int(top["trial"]), "best_hm": float(top["hm"]), "best_hm_se": float(se),
                     **{p: top[p] for p in PARAMS if p in top}}
         rows.append(row)
-    return pd.DataFrame(rows)
+    best = pd.DataFrame(rows)
+    if searches is not None and "beats_default" in searches:
+        best = best.merge(searches[["schedule", "dataset", "delta_vs_default", "p_vs_default", "beats_default"]],
+                          on=["schedule", "dataset"], how="left")
+    return best
 
 
 def gain_curves(trials: pd.DataFrame) -> pd.DataFrame:
@@ -114,7 +124,14 @@ def pooled_importances(tuning: Tuning) -> pd.DataFrame:
 
 def _search_section(ctx: Context, tuning: Tuning, best: pd.DataFrame) -> str:
     s = tuning.searches
-    shown = best.assign(**{c: best[c].map(num) for c in ("default_hm", "best_hm") if c in best})
+    shown = best.assign(**{c: best[c].map(num) for c in ("default_hm", "best_hm", "best_hm_se", "delta_vs_default")
+                           if c in best})
+    if "p_vs_default" in shown:
+        shown["p_vs_default"] = shown["p_vs_default"].map(lambda v: pval(v) if isinstance(v, float) and v == v else "")
+        beats = best["beats_default"]
+        verdicts = f"{int(beats.eq(True).sum())} of {len(best)}"  # None where no test was made
+    else:
+        verdicts = None
     for p in ("lr", "anchor_lr"):
         if p in shown:
             shown[p] = shown[p].map(lambda v: f"{v:.2e}" if isinstance(v, float) and not math.isnan(v) else v)
@@ -127,11 +144,19 @@ def _search_section(ctx: Context, tuning: Tuning, best: pd.DataFrame) -> str:
         + ("the leak-free pseudo base/novel split of the base classes" if tuning.objective == "val" else "test images")
         + f"; scheduler `{tuning.scheduler}`; sampler {s['sampler'].iloc[0]}). Trial 0 of every search is the "
         "reference default configuration, so a search's best is never below it on its own objective. "
-        "HM below is the search objective's, not the benchmark's test HM.", "",
+        "HM below is the search objective's, not the benchmark's test HM. The best trial is the best *completed* "
+        "trial: one the scheduler stopped early never counts, in any output. `best_hm_se`: the standard error of "
+        "the best trial's HM from the images it was scored on (delta method on binomial accuracies, "
+        "`anchoropt.metrics.hm_standard_error`).", "",
+        *([f"Does the best beat the defaults beyond noise? A paired permutation test of best − trial 0 on the same "
+           f"{tuning.objective} images (`delta_vs_default`, points), one-sided, Bonferroni over the completed trials "
+           f"that could have been picked (`p_vs_default`): the best beats the defaults in {verdicts} searches "
+           "(`beats_default`; empty where the best is trial 0 or no test could be made).", ""] if verdicts else []),
         md_table(shown.drop(columns=["best_trial"], errors="ignore")), "", ctx.csv(best, "search_best.csv"), "",
         "### HM against the number of anchors, all datasets", "",
-        "Every completed trial, its HM minus its search's trial-0 (defaults) HM, so that datasets of different "
-        "difficulty share one axis.", "",
+        "Every trial with an HM, its HM minus its search's trial-0 (defaults) HM, so that datasets of different "
+        "difficulty share one axis: completed trials filled, trials stopped early hollow (their HM is of fewer "
+        "epochs; they are never best); failed trials have no HM and are left out.", "",
         _plot_hm_vs_anchors(tuning.trials, ctx.out_dir / "hm_vs_anchors.png"), "",
         "### Parameter importances pooled over datasets", "",
         "Mean Optuna PED-ANOVA importance over the searches where it could be estimated "
@@ -196,13 +221,17 @@ def _answers(ctx: Context, tuning: Tuning, best: pd.DataFrame, schedule_test: di
 
 def _plot_hm_vs_anchors(trials: pd.DataFrame, path) -> str:
     fig, ax = _figure((6.0, 4.0))
-    done = trials[(trials["status"] == "complete") & trials["hm"].notna()]
+    shown = trials[trials["status"].isin(["complete", "stopped"]) & trials["hm"].notna()]
     default = trials[trials["trial"] == 0].set_index(["schedule", "dataset"])["hm"]
-    for i, (schedule, g) in enumerate(done.groupby("schedule")):
+    for i, (schedule, g) in enumerate(shown.groupby("schedule")):
         ref = default.reindex(list(zip(g["schedule"], g["dataset"]))).to_numpy()
-        offset = -0.15 if i == 0 else 0.15
-        ax.scatter(g["n_anchors"].astype(float) + offset, g["hm"].to_numpy() - ref, s=12, alpha=0.6,
-                   label=str(schedule), color=f"C{i}")
+        x = g["n_anchors"].astype(float).to_numpy() + (-0.15 if i == 0 else 0.15)
+        done = (g["status"] == "complete").to_numpy()
+        ax.scatter(x[done], (g["hm"].to_numpy() - ref)[done], s=12, alpha=0.6, label=f"{schedule} completed",
+                   color=f"C{i}")
+        if (~done).any():
+            ax.scatter(x[~done], (g["hm"].to_numpy() - ref)[~done], s=12, alpha=0.6, facecolors="none",
+                       edgecolors=f"C{i}", label=f"{schedule} stopped early")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("n_anchors")
     ax.set_ylabel("HM − defaults' HM (points, search objective)")

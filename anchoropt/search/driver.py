@@ -33,6 +33,7 @@ every node sees (relative paths of the base configuration are made absolute firs
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -44,7 +45,7 @@ from anchoropt.search.ledger import (ResultsLog, check_study_matches, lost_trial
                                      rebuild_study, reconcile, repair_journal)
 from anchoropt.search.outputs import SearchResult, write_outputs
 from anchoropt.search.spec import SearchError, SearchSpec, make_sampler, new_spec, now
-from anchoropt.search.trial import METRIC, NUMBER_KEY, StudySearcher, run_trial
+from anchoropt.search.trial import METRIC, NUMBER_KEY, StudySearcher, outcome, run_trial
 
 
 INFRA_RETRIES = 3  # runs re-queuing trials lost with their actor or node, after the first
@@ -70,8 +71,8 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
         objective: ``val`` (leak-free pseudo base/novel split, SPEC section 8) or ``test``.
         sampler: Optuna sampler name (``tpe``, ``random``, ``cmaes``, ``qmc``, ``gp``, ``bruteforce``),
             seeded with ``seed``; TPE and GP start with ``spec.startup_trials(num_trials)`` random trials.
-        scheduler: ``none`` or ``asha`` (early stopping on the per-epoch ``hm``; stopped trials are
-            PRUNED in the study).
+        scheduler: ``none`` or ``asha`` (early stopping on the per-epoch ``hm``, rungs from the
+            epochs by :func:`asha_rungs`; stopped trials are PRUNED in the study and never best).
         cpus_per_trial, gpus_per_trial: Ray resources of one trial (fractions allowed; default 1 CPU,
             0 GPU); checked against the cluster before any trial starts. A resume keeps the
             search's own and refuses different ones.
@@ -147,6 +148,20 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
     if print_summary:
         print(result.summary())
     return result
+
+
+ASHA_REDUCTION = 2  # ASHA's reduction factor: each rung keeps the top half
+
+
+def asha_rungs(spec: SearchSpec) -> dict[str, int]:
+    """ASHA's ``max_t``, ``grace_period`` and ``reduction_factor`` sized from the epochs: no rung
+    before the learning-rate warm-up ends (``warmup_epochs``; an HM read during warm-up says little
+    of where a configuration ends) and none before a quarter of the epochs, so a trial is first
+    judged on at least a quarter of the epochs and at most two rungs (a quarter, a half) come
+    before the end (10 epochs: rungs at 3 and 6)."""
+    max_t = max(1, int(spec.max_epochs))
+    grace = max(int(spec.base.get("warmup_epochs", 0)) + 1, math.ceil(max_t / 4))
+    return {"max_t": max_t, "grace_period": min(grace, max_t), "reduction_factor": ASHA_REDUCTION}
 
 
 def _resumed_spec(out_dir: Path, num_trials: int | None, max_concurrent: int | None, cpus_per_trial: float | None,
@@ -226,15 +241,17 @@ def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, rows: list[dic
     sched = None
     if spec.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
-        sched = ASHAScheduler(time_attr="training_iteration", max_t=max(1, int(spec.max_epochs)),
-                              grace_period=1, reduction_factor=2)
+        rungs = asha_rungs(spec)
+        sched = ASHAScheduler(time_attr="training_iteration", max_t=rungs["max_t"],
+                              grace_period=rungs["grace_period"], reduction_factor=rungs["reduction_factor"])
     trial = trainable(run_trial, Resources(spec.cpus_per_trial, spec.gpus_per_trial), base=spec.base,
                       worker_setup=worker_setup, report_in_thread=sched is None)
     callbacks = [ResultsLog(out_dir / "results.jsonl", spec, run_index), *tracking_callbacks(out_dir, mlflow)]
     if not verbose:
-        best = [r["hm"] for r in rows if r["status"] != "failed" and isinstance(r.get("hm"), (int, float))]
+        best = [r["hm"] for r in rows if r["status"] == "complete" and isinstance(r.get("hm"), (int, float))]
         callbacks.append(TrialProgress(f"search {out_dir.name}", spec.num_trials, done=len(rows),
-                                       best=max(best) if best else None, metric=METRIC))
+                                       best=max(best) if best else None, metric=METRIC,
+                                       counts=lambda last: outcome(last, False)[0] == "complete"))
     with ray_output(verbose):
         tuner = tune.Tuner(
             trial,

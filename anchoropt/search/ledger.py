@@ -16,7 +16,7 @@ from pathlib import Path
 from ray import tune
 
 from anchoropt.search.spec import SearchError, SearchSpec, check_persistent, now
-from anchoropt.search.trial import NUMBER_KEY, ORIGIN_KEY, outcome
+from anchoropt.search.trial import NOISE, NUMBER_KEY, ORIGIN_KEY, outcome
 
 FINISHED = ("complete", "stopped", "failed")
 LOST = "lost"  # the trial's actor or node died: not a result; re-queued with the same parameters
@@ -248,7 +248,8 @@ class ResultsLog(tune.Callback):
                "epochs_done": last.get("epoch"), "error": error, "origin": config.get(ORIGIN_KEY),
                "wall_time_s": round(end - start, 3), "started_at": round(start, 3), "finished_at": round(end, 3),
                "train_s": _round(last.get("train_s")), "report_s": _round(last.get("report_s")),
-               "objective": self.spec.objective, "params": params, "finished": now()}
+               "objective": self.spec.objective, "params": params, "finished": now(),
+               **{k: last.get(k) for k in NOISE if status in ("complete", "stopped")}}
         append_row(self.path, row)
 
 

@@ -38,6 +38,8 @@ class SearchResult:
     importances: dict[str, float] | None = None  # parameter -> share of HM variance (PED-ANOVA)
     importances_note: str | None = None  # why no importances were written
     notes: list[str] = field(default_factory=list)
+    best_hm_se: float | None = None  # standard error (points) of the best trial's objective
+    vs_default: dict[str, Any] | None = None  # the best trial against the default one (:func:`versus_default`)
 
     @property
     def n_done(self) -> int:
@@ -53,7 +55,9 @@ class SearchResult:
             lines.append("no trial completed: no best configuration")
         else:
             params = "  ".join(f"{k}={_fmt(v)}" for k, v in self.best_params.items())
-            lines.append(f"best HM {self.best_hm:.2f} (trial {self.best_trial}): {params}")
+            lines.append(f"best HM {self.best_hm:.2f}{_se(self.best_hm_se)} (trial {self.best_trial}): {params}")
+            if self.vs_default:
+                lines.append(self.vs_default["words"])
             lines.append(f"best config: {self.out_dir / 'best_config.yaml'}")
         lines.append(f"sampler {self.sampler}; {self.reproducibility}")
         lines += [f"note: {n}" for n in self.notes]  # (why no importances: in summary.json)
@@ -76,15 +80,20 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
     _parquet_safe(table).to_parquet(out_dir / "trials.parquet", index=False)
 
     best = best_row(table)
-    best_trial = best_hm = best_cfg = None
+    best_trial = best_hm = best_cfg = best_se = vs_default = None
     best_params: dict = {}
     if best is not None:
         best_trial, best_hm = int(best["trial"]), float(best["hm"])
+        best_se = None if pd.isna(best["hm_se"]) else float(best["hm_se"])
         best_params = next(r["params"] for r in rows if r["trial"] == best_trial)
+        vs_default = versus_default(rows, spec, best_trial)
         # Scored on test by default: the search objective stays in the header and in search.json.
         best_cfg = {**make_config({**spec.base, **best_params}, source="best trial").to_dict(),
                     "eval_split": "test"}
-        _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best, done=len(table))
+        _write_best_config(out_dir / "best_config.yaml", best_cfg, spec, best_trial, best, done=len(table),
+                           vs_default=vs_default)
+    else:
+        (out_dir / "best_config.yaml").unlink(missing_ok=True)  # never an earlier run's best beside none
     importances, importances_note = _importances(study, out_dir)
     _plot_importances(importances or {}, importances_note, out_dir / "importances.png", spec)
     _plot_history(table, out_dir / "history.png", spec)
@@ -95,11 +104,13 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
                           best_hm=best_hm, best_params=best_params, best_config=best_cfg, trials=table,
                           n_stopped=int((table["status"] == "stopped").sum()), sampler=spec.sampler_description,
                           reproducibility=spec.reproducibility, importances=importances,
-                          importances_note=importances_note, notes=spec.notes + [n for run in spec.runs for n in run.get("notes", [])])
+                          importances_note=importances_note, notes=spec.notes + [n for run in spec.runs for n in run.get("notes", [])],
+                          best_hm_se=best_se, vs_default=vs_default)
     from anchoropt.io import save_json
     save_json({"objective": spec.objective, "num_trials": spec.num_trials, "done": result.n_done,
                "complete": result.n_complete, "stopped": result.n_stopped, "failed": n_failed,
-               "best_trial": best_trial, "best_hm": best_hm, "best_params": best_params,
+               "best_trial": best_trial, "best_hm": best_hm, "best_hm_se": best_se, "best_params": best_params,
+               "vs_default": vs_default,
                "importances": importances, "importances_note": importances_note, "sampler": spec.sampler,
                "sampler_options": spec.sampler_options, "sampler_as_run": spec.sampler_description,
                "seed": spec.seed, "max_concurrent": spec.max_concurrent, "reproducibility": spec.reproducibility,
@@ -109,17 +120,67 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
 
 
 def best_row(table: pd.DataFrame) -> pd.Series | None:
-    """The best trial of a :func:`trials_table`: highest HM among completed trials (early-stopped
-    ones only when none completed); None when no trial has an HM."""
-    ok = table[table["status"].isin(["complete", "stopped"]) & table["hm"].notna()]
-    pool = ok[ok["status"] == "complete"] if (ok["status"] == "complete").any() else ok
+    """The best trial of a :func:`trials_table`: highest HM among completed trials, the lowest
+    trial number on ties; None when none completed. A trial the scheduler stopped early is never
+    best: its HM is of fewer epochs than the configuration it would name (the one rule of every
+    output: progress bar, summary, ``search show``, plots, report)."""
+    pool = table[(table["status"] == "complete") & table["hm"].notna()].sort_values("trial")
     return pool.loc[pool["hm"].idxmax()] if len(pool) else None
 
 
+# TrainConfig keys that decide which val images a trial scores: two trials agreeing on them scored the same
+IMAGE_KEYS = ("data_root", "dataset", "shots", "seed", "eval_split", "val_shots", "val_partitions", "val_folds",
+              "val_seeds")
+
+
+def versus_default(rows: list[dict], spec: SearchSpec, best_trial: int) -> dict[str, Any]:
+    """Does the best trial beat the default configuration (the trial enqueued as ``default
+    config``, trial 0) beyond the objective's noise? A paired permutation test on the val images
+    both scored (:func:`anchoropt.report.statistics.paired_hm_test`), its p Bonferroni-adjusted for
+    the completed trials that could have been picked as best (the best was chosen on these very
+    images). Returns ``default_trial``, ``delta`` (points), ``p``, ``p_adjusted``, ``compared``,
+    ``beats_default`` (bool, or None when no test could be made) and ``words``, one sentence."""
+    from anchoropt.report.statistics import ALPHA, paired_hm_test
+
+    default = next((r for r in rows if r.get("origin") == "default config"), None)
+    out: dict[str, Any] = {"default_trial": None if default is None else default["trial"], "best_trial": best_trial,
+                           "delta": None, "p": None, "p_adjusted": None, "compared": None, "beats_default": None}
+    if default is None:
+        return out | {"words": "no paired test against the defaults: the default config was not a trial"}
+    if default["trial"] == best_trial:
+        return out | {"beats_default": False, "words": f"the best trial is the default config (trial {best_trial}): "
+                                                       "the search found nothing better on its objective"}
+    best = next(r for r in rows if r["trial"] == best_trial)
+    if default["status"] != "complete":
+        return out | {"words": f"no paired test against the defaults: trial {default['trial']} (default config) "
+                               f"is {default['status']}"}
+    cfg = {t: {**spec.base, **r["params"]} for t, r in (("default", default), ("best", best))}
+    differ = [k for k in IMAGE_KEYS if cfg["default"].get(k) != cfg["best"].get(k)]
+    if differ or not all(r.get("correct_base") and r.get("correct_novel") for r in (default, best)):
+        why = f"they differ in {', '.join(differ)}" if differ else "their per-image results were not recorded"
+        return out | {"words": f"no paired test against the defaults: trials {best_trial} and {default['trial']} did "
+                               f"not score the same images ({why})"}
+    test = paired_hm_test((best["correct_base"], best["correct_novel"]),
+                          (default["correct_base"], default["correct_novel"]))
+    compared = sum(r["status"] == "complete" and r["trial"] != default["trial"] for r in rows)
+    p_adj = min(1.0, test["p"] * max(1, compared))
+    beats = p_adj < ALPHA
+    images = len(best["correct_base"]) + len(best["correct_novel"])
+    words = (f"trial {best_trial} {'beats' if beats else 'does not beat'} the default config (trial "
+             f"{default['trial']}) beyond noise: {test['delta']:+.2f} HM points on the same {images} {spec.objective} "
+             f"images, paired permutation p {test['p']:.3g}, Bonferroni over {compared} completed trials "
+             f"{p_adj:.3g} ({'<' if beats else '>='} {ALPHA})")
+    return out | {"delta": test["delta"], "p": test["p"], "p_adjusted": p_adj, "compared": compared,
+                  "beats_default": beats, "words": words}
+
+
 def trials_table(rows: list[dict], spec: SearchSpec) -> pd.DataFrame:
-    """One row per finished trial: trial, status, metrics, error, times, objective, then the parameters."""
+    """One row per finished trial: trial, status, metrics (``hm_se``: standard error of ``hm`` from the
+    ``n_base`` + ``n_novel`` images scored, :func:`anchoropt.metrics.hm_standard_error`), error, times,
+    objective, then the parameters."""
     names = spec.search_space.names
-    cols = ["trial", "status", "hm", "acc_base", "acc_novel", "epochs_done", "error", "origin", "wall_time_s",
+    cols = ["trial", "status", "hm", "hm_se", "acc_base", "acc_novel", "n_base", "n_novel", "epochs_done", "error",
+            "origin", "wall_time_s",
             "train_s", "report_s", "objective", "run", "tune_trial_id"]
     records = []
     for r in rows:
@@ -128,7 +189,7 @@ def trials_table(rows: list[dict], spec: SearchSpec) -> pd.DataFrame:
             rec[name] = r.get("params", {}).get(name)
         records.append(rec)
     table = pd.DataFrame.from_records(records, columns=cols + names)
-    for c in ("hm", "acc_base", "acc_novel", "wall_time_s", "train_s", "report_s"):
+    for c in ("hm", "hm_se", "acc_base", "acc_novel", "n_base", "n_novel", "wall_time_s", "train_s", "report_s"):
         table[c] = pd.to_numeric(table[c], errors="coerce")
     return table
 
@@ -143,15 +204,18 @@ def _parquet_safe(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _write_best_config(path: Path, cfg: dict, spec: SearchSpec, trial: int, row, done: int) -> None:
+def _write_best_config(path: Path, cfg: dict, spec: SearchSpec, trial: int, row, done: int,
+                       vs_default: dict | None = None) -> None:
     how = "leak-free pseudo base/novel split of the base classes" if spec.objective == "val" \
         else "base/novel test images"
     header = [f"# Best configuration of the search {path.parent}",
               f"# objective: {spec.objective} ({how}, SPEC section 8)",
-              f"# trial {trial}: HM {row['hm']:.2f} (base {_fmt(row['acc_base'])}, novel {_fmt(row['acc_novel'])}),"
+              f"# trial {trial}: HM {row['hm']:.2f}{_se(row['hm_se'])} (base {_fmt(row['acc_base'])}, novel "
+              f"{_fmt(row['acc_novel'])}),"
               f" {done} of {spec.num_trials} trials done"
               + ("" if done >= spec.num_trials else f" (unfinished: anchoropt search --resume {path.parent})")
               + f", origin {row.get('origin') or 'unknown'}",
+              *([f"# against the defaults: {vs_default['words']}"] if vs_default else []),
               f"# sampler {spec.sampler_description}",
               f"# reproducibility: {spec.reproducibility}",
               "# Use: anchoropt train --config best_config.yaml  (scores on the test images)"]
@@ -210,29 +274,49 @@ def _plot_importances(importances: dict[str, float], note: str | None, path: Pat
 
 
 def _plot_history(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
+    """Every trial's objective against its number: completed ones with ± SE bars, stopped ones
+    hollow at their last epoch's HM, failed ones as crosses; best so far over completed trials only
+    (:func:`best_row`'s rule); the caption says what the curve leaves out."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.4))
     t = table.sort_values("trial")
-    ok = t[t["hm"].notna() & (t["status"] != "failed")]
-    ax.scatter(ok["trial"], ok["hm"], s=18, label="trial HM")
-    if len(ok):
-        ax.step(ok["trial"], ok["hm"].cummax(), where="post", color="C1", label="best so far")
+    done, stopped = _by_status(t)
+    ax.errorbar(done["trial"], done["hm"], yerr=done["hm_se"].fillna(0).to_numpy(), fmt="o", ms=4, capsize=2,
+                label="completed (± SE)")
+    if len(stopped):
+        ax.scatter(stopped["trial"], stopped["hm"], s=22, facecolors="none", edgecolors="C2",
+                   label="stopped early (HM at its last epoch)")
+    if len(done):
+        ax.step(done["trial"], done["hm"].cummax(), where="post", color="C1", label="best so far (completed)")
     failed = t[t["status"] == "failed"]
     if len(failed):
-        low = ok["hm"].min() if len(ok) else 0.0
-        ax.scatter(failed["trial"], [low] * len(failed), marker="x", color="C3", label="failed")
+        shown = pd.concat([done["hm"], stopped["hm"]])
+        ax.scatter(failed["trial"], [shown.min() if len(shown) else 0.0] * len(failed), marker="x", color="C3",
+                   label="failed")
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"HM (%), objective {spec.objective}")
     ax.set_title("optimisation history")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    ax.legend(loc="lower right", fontsize=7)
+    fig.text(0.01, 0.01, _caption(done, stopped, failed), fontsize=7, va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _by_status(t: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(completed, stopped-early) trials with an HM."""
+    has = t["hm"].notna()
+    return t[has & (t["status"] == "complete")], t[has & (t["status"] == "stopped")]
+
+
+def _caption(done: pd.DataFrame, stopped: pd.DataFrame, failed: pd.DataFrame) -> str:
+    return (f"{len(done)} completed, {len(stopped)} stopped early by the scheduler (hollow: never best, their HM "
+            f"is of fewer epochs), {len(failed)} failed (x, no HM)")
 
 
 def _plot_hm_vs_anchors(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
@@ -244,20 +328,32 @@ def _plot_hm_vs_anchors(table: pd.DataFrame, path: Path, spec: SearchSpec) -> No
     t = table[table["hm"].notna() & (table["status"] != "failed")].copy()
     n = t["n_anchors"] if "n_anchors" in t else pd.Series([spec.base["n_anchors"]] * len(t), index=t.index)
     t["n_anchors_"] = n.fillna(spec.base["n_anchors"]).astype(float)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if "schedule" in t and t["schedule"].notna().any():
-        for i, (sched, g) in enumerate(t.groupby(t["schedule"].fillna(spec.base["schedule"]))):
-            ax.scatter(g["n_anchors_"], g["hm"], s=20, color=f"C{i}", label=str(sched))
-        ax.legend(fontsize=8)
-    else:
-        ax.scatter(t["n_anchors_"], t["hm"], s=20)
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    groups = t.groupby(t["schedule"].fillna(spec.base["schedule"])) if "schedule" in t and t["schedule"].notna().any() \
+        else [(None, t)]
+    for i, (sched, g) in enumerate(groups):
+        done, stopped = _by_status(g)
+        name = "" if sched is None else f"{sched}: "
+        ax.scatter(done["n_anchors_"], done["hm"], s=20, color=f"C{i}", label=f"{name}completed")
+        if len(stopped):
+            ax.scatter(stopped["n_anchors_"], stopped["hm"], s=20, facecolors="none", edgecolors=f"C{i}",
+                       label=f"{name}stopped early")
+    ax.legend(fontsize=7)
     ax.set_xlabel("n_anchors")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"HM (%), objective {spec.objective}")
     ax.set_title("HM against the number of anchors")
-    fig.tight_layout()
+    done, stopped = _by_status(t)
+    fig.text(0.01, 0.01, _caption(done, stopped, table[table["status"] == "failed"]), fontsize=7, va="bottom",
+             wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _se(v) -> str:
+    """`` ± SE`` of an HM, or nothing when unknown."""
+    return "" if v is None or pd.isna(v) else f" ± {v:.2f} SE"
 
 
 def _fmt(v) -> str:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from anchoropt.search.ledger import open_storage, read_results
-from anchoropt.search.outputs import _fmt, best_row, trials_table
+from anchoropt.search.outputs import _fmt, _se, best_row, trials_table, versus_default
 from anchoropt.search.spec import SearchSpec
 
 TOP = 10  # trials listed by show
@@ -22,9 +22,9 @@ def show(out_dir: str | Path) -> str:
     spec = SearchSpec.read(out_dir)
     rows = read_results(out_dir)
     table = trials_table(rows, spec)
-    failed = int((table["status"] == "failed").sum())
-    lines = [f"search {out_dir}: {len(rows)}/{spec.num_trials} trials done ({len(rows) - failed} complete, "
-             f"{failed} failed), objective {spec.objective}, sampler {spec.sampler} seed {spec.seed}, "
+    failed, stopped = int((table["status"] == "failed").sum()), int((table["status"] == "stopped").sum())
+    lines = [f"search {out_dir}: {len(rows)}/{spec.num_trials} trials done ({len(rows) - failed} complete"
+             f"{f' ({stopped} stopped early)' if stopped else ''}, {failed} failed), objective {spec.objective}, sampler {spec.sampler} seed {spec.seed}, "
              f"scheduler {spec.scheduler}, {len(spec.runs)} run(s)",
              *space_lines(spec)]
     best = best_row(table)
@@ -32,8 +32,10 @@ def show(out_dir: str | Path) -> str:
         lines.append("no trial completed yet")
     else:
         params = next(r["params"] for r in rows if r["trial"] == int(best["trial"]))
-        lines.append(f"best HM {best['hm']:.2f} (trial {int(best['trial'])}, base {best['acc_base']:.2f}, "
-                     f"novel {best['acc_novel']:.2f}): " + "  ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+        lines.append(f"best HM {best['hm']:.2f}{_se(best['hm_se'])} (trial {int(best['trial'])}, base "
+                     f"{best['acc_base']:.2f}, novel {best['acc_novel']:.2f}): "
+                     + "  ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+        lines.append(versus_default(rows, spec, int(best["trial"]))["words"])
         if (out_dir / "best_config.yaml").is_file():
             lines.append(f"best config: {out_dir / 'best_config.yaml'}")
     summary = out_dir / "summary.json"
@@ -44,9 +46,11 @@ def show(out_dir: str | Path) -> str:
     if len(rows) < spec.num_trials:
         lines.append(f"incomplete: resume with  anchoropt search --resume {out_dir}")
     if len(table):
-        cols = ["trial", "status", "hm", "acc_base", "acc_novel", *spec.search_space.names]
-        top = table.sort_values("hm", ascending=False, na_position="last").head(TOP)[cols]
-        lines.append(f"trials by HM (top {min(TOP, len(table))} of {len(table)}):")
+        cols = ["trial", "status", "hm", "hm_se", "acc_base", "acc_novel", *spec.search_space.names]
+        rank = table.assign(_rank=table["status"].map({"complete": 0, "stopped": 1}).fillna(2))
+        top = rank.sort_values(["_rank", "hm"], ascending=[True, False], na_position="last").head(TOP)[cols]
+        lines.append(f"trials by HM, completed first (stopped ones never count as best; top {min(TOP, len(table))} "
+                     f"of {len(table)}):")
         lines += ["  " + ln for ln in top.to_string(index=False, float_format=lambda v: f"{v:.4g}").splitlines()]
     return "\n".join(lines)
 

@@ -35,6 +35,9 @@ def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
 
 
 REPORTED = ("hm", "acc_base", "acc_novel", "epoch", "epochs", "loss", "train_s", "report_s")
+# what a report says of the objective's noise (anchoropt.metrics.pool_scores): images scored, HM's
+# standard error, and which images were right (for the paired test of two trials on the same images)
+NOISE = ("hm_se", "n_base", "n_novel", "correct_base", "correct_novel")
 
 
 def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None = None,
@@ -43,8 +46,9 @@ def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None 
 
     ``config`` holds the drawn parameters (keys starting with ``_`` are the search's own);
     each report carries ``hm``, ``acc_base``, ``acc_novel`` (percent), ``epoch`` (1-based),
-    ``epochs`` (planned), ``loss``, ``train_s`` (seconds since the trial started) and
-    ``report_s`` (seconds the training waited on ``tune.report`` so far).
+    ``epochs`` (planned), ``loss``, ``train_s`` (seconds since the trial started),
+    ``report_s`` (seconds the training waited on ``tune.report`` so far) and the objective's
+    noise (:data:`NOISE`: ``hm_se`` in points, images scored, per-image right/wrong).
 
     ``tune.report`` returns only once the driver has processed the previous result and asked for
     the next one, a round trip per epoch. With ``report_in_thread`` (a search without a scheduler,
@@ -73,7 +77,8 @@ def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None 
             raise ValueError(f"the trainer's epoch-{epoch} metrics have no '{missing[0]}' "
                              f"(they hold {', '.join(sorted(m)) or 'nothing'})")
         return {"hm": m["hm"], "acc_base": m["acc_base"], "acc_novel": m["acc_novel"], "epoch": epoch,
-                "epochs": cfg.epochs, "loss": loss, "train_s": time.time() - start, "report_s": in_report[0]}
+                "epochs": cfg.epochs, "loss": loss, "train_s": time.time() - start, "report_s": in_report[0],
+                **{k: m[k] for k in NOISE if k in m}}
 
     def report(m: dict) -> None:
         now = time.time()

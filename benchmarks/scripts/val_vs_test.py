@@ -1,0 +1,96 @@
+"""Does a search's objective predict test HM? Every trial of the main job's searches, retrained on
+test images: Spearman correlation between each trial's search objective (val HM) and its test HM.
+
+Usage::
+
+    python benchmarks/scripts/val_vs_test.py results/toy11 --seeds 1 --out results/toy11/val_vs_test.csv
+
+For each search folder ``RESULTS/searches/<schedule>/<dataset>/`` and each finished trial with an
+HM, the trial's configuration (``search.json``'s base updated by the trial's parameters) is trained
+with ``eval_split=test`` for each of ``--seeds`` in this process (no Ray; the search's seed is 1) and
+scored on the base and novel test images; test HM is the HM of the seed-averaged accuracies (the
+report's convention). Test labels are read here only, after the searches: nothing flows back.
+
+Printed: Spearman rho (scipy.stats.spearmanr) over all trials pooled, over completed trials only, and
+the mean of the within-search correlations (what selection inside one search depends on), with the
+number of trials. The CSV holds one row per trial (schedule, dataset, trial, status, val_hm, val_se
+when recorded, test_hm, parameters).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+from scipy import stats
+
+
+def trial_configs(results: Path):
+    """(schedule, dataset, ledger row, base config) of every finished trial with an HM."""
+    from anchoropt.search.ledger import read_results
+
+    for search in sorted((results / "searches").glob("*/*/search.json")):
+        spec = json.loads(search.read_text())
+        for row in read_results(search.parent):
+            if row.get("hm") is not None and row["status"] in ("complete", "stopped"):
+                yield search.parent.parent.name, search.parent.name, row, spec["base"]
+
+
+def test_hm(base: dict, params: dict, seeds: list[int]) -> tuple[float, float, float]:
+    """(test HM of the seed-averaged accuracies, mean base acc, mean novel acc), percent."""
+    from anchoropt.config import make_config
+    from anchoropt.metrics import harmonic_mean
+    from anchoropt.train import train
+
+    accs = []
+    for seed in seeds:
+        cfg = make_config({**base, **params, "eval_split": "test", "seed": seed}, source="trial")
+        m = train(cfg)["metrics"]
+        accs.append((m["acc_base"], m["acc_novel"]))
+    b = sum(a for a, _ in accs) / len(accs)
+    n = sum(a for _, a in accs) / len(accs)
+    return harmonic_mean(b, n), b, n
+
+
+def correlations(table: pd.DataFrame) -> dict:
+    """Spearman rho and p over all trials, completed ones, and the mean within-search rho."""
+    def rho(t: pd.DataFrame) -> tuple[float, float, int]:
+        r = stats.spearmanr(t["val_hm"], t["test_hm"])
+        return float(r.statistic), float(r.pvalue), len(t)
+
+    within = [stats.spearmanr(g["val_hm"], g["test_hm"]).statistic
+              for _, g in table.groupby(["schedule", "dataset"]) if len(g) >= 3 and g["val_hm"].nunique() > 1]
+    within = [w for w in within if w == w]
+    return {"all": rho(table), "complete": rho(table[table["status"] == "complete"]),
+            "within_search_mean": (sum(within) / len(within) if within else float("nan"), len(within))}
+
+
+def main() -> None:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", type=Path, help="the main job's --results folder (holds searches/)")
+    p.add_argument("--seeds", default="1", help="comma-separated seeds of the test runs (default 1)")
+    p.add_argument("--out", type=Path, help="CSV of every trial (default RESULTS/val_vs_test.csv)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out or args.results / "val_vs_test.csv"
+    rows = []
+    for schedule, dataset, row, base in trial_configs(args.results):
+        hm, b, n = test_hm(base, row["params"], seeds)
+        rows.append({"schedule": schedule, "dataset": dataset, "trial": row["trial"], "status": row["status"],
+                     "val_hm": row["hm"], "val_se": row.get("hm_se"), "test_hm": hm, "test_base": b,
+                     "test_novel": n, **row["params"]})
+    table = pd.DataFrame(rows)
+    table.to_csv(out, index=False)
+    c = correlations(table)
+    print(f"{out}: {len(table)} trials, test seeds {args.seeds}")
+    print(f"Spearman val HM vs test HM, all trials: rho {c['all'][0]:.3f} (p {c['all'][1]:.2g}, n {c['all'][2]})")
+    print(f"  completed trials only: rho {c['complete'][0]:.3f} (p {c['complete'][1]:.2g}, n {c['complete'][2]})")
+    print(f"  mean within-search rho: {c['within_search_mean'][0]:.3f} over {c['within_search_mean'][1]} searches")
+
+
+if __name__ == "__main__":
+    main()
