@@ -27,10 +27,12 @@ def hm_standard_error(base: float, novel: float, n_base: int, n_novel: int) -> f
     return 100.0 * math.sqrt(var)
 
 
-def pool_scores(results: list[dict]) -> dict:
+def pool_scores(results: list[dict], distinct: tuple[int, int] | None = None) -> dict:
     """Base-to-novel scores of one configuration over several runs that each scored their own
     images (``Trainer.evaluate(per_image=True)`` of each run): accuracies and HM over all images
-    pooled, ``n_base`` / ``n_novel`` images, ``hm_se`` (:func:`hm_standard_error`),
+    pooled, ``n_base`` / ``n_novel`` images scored, ``hm_se`` (:func:`hm_standard_error` with the
+    numbers of ``distinct`` (base, novel) images when given: an image scored by several runs is
+    one draw of the image population, not several),
     ``correct_base`` / ``correct_novel`` as strings of ``0``/``1`` (run by run, images in order) and
     every other metric averaged over the runs."""
     correct = {k: [bool(v) for r in results for v in r[f"correct_{k}"].tolist()] for k in ("base", "novel")}
@@ -42,5 +44,6 @@ def pool_scores(results: list[dict]) -> dict:
         out[f"n_{k}"] = len(right)
         out[f"correct_{k}"] = "".join("1" if v else "0" for v in right)
     out["hm"] = harmonic_mean(out["acc_base"], out["acc_novel"]) if len(results) > 1 else results[0]["hm"]
-    out["hm_se"] = hm_standard_error(out["acc_base"], out["acc_novel"], out["n_base"], out["n_novel"])
+    n_base, n_novel = distinct or (out["n_base"], out["n_novel"])
+    out["hm_se"] = hm_standard_error(out["acc_base"], out["acc_novel"], n_base, n_novel)
     return out

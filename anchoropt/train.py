@@ -105,6 +105,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     per_image = cfg.protocol == "base2novel"  # images scored and HM's standard error, reported or not
     runs: list[list[dict]] = []  # per finished repeat, its per-epoch scores
     finals: list[dict] = []
+    scored: dict[str, set[str]] = {"base": set(), "novel": set()}  # distinct images over the repeats
     for i, repeat in enumerate(repeats):  # one training run per repeat (val_seeds x val_partitions x val_folds)
         run_cfg = dataclasses.replace(cfg, seed=repeat.seed)
         task = build_task(run_cfg, backbone, device, data, targets, repeat)
@@ -112,6 +113,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
         trainer = Trainer(run_cfg, backbone, task, device)
         method = build_method(trainer)
         epochs: list[dict] = []
+        for name in scored if per_image else ():
+            scored[name] |= {d.impath for d in task.evals[name].items}
+        distinct = (len(scored["base"]), len(scored["novel"])) if per_image else None
 
         def on_epoch(epoch: int, info: dict, last: bool = i == len(repeats) - 1) -> None:
             # repeats run one after the other: epoch k is reported (pooled over the repeats) once the
@@ -121,13 +125,14 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
                 method.train()
                 epochs.append(scores)
                 if last:
-                    metrics = pool_scores([run[len(epochs) - 1] for run in runs] + [scores]) if per_image else scores
+                    metrics = pool_scores([run[len(epochs) - 1] for run in runs] + [scores], distinct) if per_image \
+                        else scores
                     report({"epoch": epoch + 1, "loss": info["loss"], **metrics})
 
         method.fit(on_epoch)
         finals.append(trainer.evaluate(method, per_image=per_image))
         runs.append(epochs)
-    metrics = pool_scores(finals) if per_image else finals[0]
+    metrics = pool_scores(finals, distinct) if per_image else finals[0]
     metrics = {k: v for k, v in metrics.items() if not k.startswith("correct_")}  # the record keeps numbers
     record = build_record(cfg, metrics, time.time() - start, training=training_summary(method))
     if out_dir is not None:

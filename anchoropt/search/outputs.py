@@ -301,8 +301,9 @@ def _plot_history(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"HM (%), objective {spec.objective}")
     ax.set_title("optimisation history")
-    ax.legend(loc="lower right", fontsize=7)
-    fig.text(0.01, 0.01, _caption(done, stopped, failed), fontsize=7, va="bottom", wrap=True)
+    ax.legend(loc="best", fontsize=7, framealpha=0.6)
+    fig.text(0.01, 0.01, _caption(done, stopped) + f", {len(failed)} failed (x, no HM)", fontsize=7, va="bottom",
+             wrap=True)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -314,9 +315,9 @@ def _by_status(t: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return t[has & (t["status"] == "complete")], t[has & (t["status"] == "stopped")]
 
 
-def _caption(done: pd.DataFrame, stopped: pd.DataFrame, failed: pd.DataFrame) -> str:
+def _caption(done: pd.DataFrame, stopped: pd.DataFrame) -> str:
     return (f"{len(done)} completed, {len(stopped)} stopped early by the scheduler (hollow: never best, their HM "
-            f"is of fewer epochs), {len(failed)} failed (x, no HM)")
+            f"is of fewer epochs)")
 
 
 def _plot_hm_vs_anchors(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
@@ -344,8 +345,9 @@ def _plot_hm_vs_anchors(table: pd.DataFrame, path: Path, spec: SearchSpec) -> No
     ax.set_ylabel(f"HM (%), objective {spec.objective}")
     ax.set_title("HM against the number of anchors")
     done, stopped = _by_status(t)
-    fig.text(0.01, 0.01, _caption(done, stopped, table[table["status"] == "failed"]), fontsize=7, va="bottom",
-             wrap=True)
+    failed = int((table["status"] == "failed").sum())
+    fig.text(0.01, 0.01, _caption(done, stopped) + f"; {failed} failed trial(s) left out (no HM)", fontsize=7,
+             va="bottom", wrap=True)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

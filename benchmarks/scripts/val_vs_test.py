@@ -26,11 +26,11 @@ import pandas as pd
 from scipy import stats
 
 
-def trial_configs(results: Path):
+def trial_configs(results: Path, schedule: str = "*"):
     """(schedule, dataset, ledger row, base config) of every finished trial with an HM."""
     from anchoropt.search.ledger import read_results
 
-    for search in sorted((results / "searches").glob("*/*/search.json")):
+    for search in sorted((results / "searches").glob(f"{schedule}/*/search.json")):
         spec = json.loads(search.read_text())
         for row in read_results(search.parent):
             if row.get("hm") is not None and row["status"] in ("complete", "stopped"):
@@ -53,6 +53,20 @@ def test_hm(base: dict, params: dict, seeds: list[int]) -> tuple[float, float, f
     return harmonic_mean(b, n), b, n
 
 
+def val_hm(base: dict, params: dict, options: dict) -> dict:
+    """The val objective of one configuration, trained to its full epochs under ``options``
+    (e.g. ``val_folds=4``): hm, hm_se, images and seconds."""
+    import time
+
+    from anchoropt.config import make_config
+    from anchoropt.train import train
+
+    start = time.time()
+    m = train(make_config({**base, **params, **options, "eval_split": "val"}, source="trial"))["metrics"]
+    return {"val_hm": m["hm"], "val_se": m.get("hm_se"), "images": m.get("n_base", 0) + m.get("n_novel", 0),
+            "seconds": time.time() - start}
+
+
 def correlations(table: pd.DataFrame) -> dict:
     """Spearman rho and p over all trials, completed ones, and the mean within-search rho."""
     def rho(t: pd.DataFrame) -> tuple[float, float, int]:
@@ -73,20 +87,50 @@ def main() -> None:
     p.add_argument("results", type=Path, help="the main job's --results folder (holds searches/)")
     p.add_argument("--seeds", default="1", help="comma-separated seeds of the test runs (default 1)")
     p.add_argument("--out", type=Path, help="CSV of every trial (default RESULTS/val_vs_test.csv)")
+    p.add_argument("--schedule", default="*", help="only the searches of this schedule (default all)")
+    p.add_argument("--datasets", default="", help="comma-separated: only these datasets' searches")
+    p.add_argument("--val-options", default=None,
+                   help="rescore every trial on val instead (no test images): key=value,... of val options "
+                        "('' for the plain objective at full epochs), e.g. val_folds=4")
+    p.add_argument("--tables", type=Path, nargs="*", default=[],
+                   help="CSVs written before (e.g. one per --schedule): only join them and print the correlations")
     args = p.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or args.results / "val_vs_test.csv"
+    if args.tables:
+        table = pd.concat([pd.read_csv(t) for t in args.tables], ignore_index=True)
+        table.to_csv(out, index=False)
+        _print(table, out, args.seeds)
+        return
     rows = []
-    for schedule, dataset, row, base in trial_configs(args.results):
+    only = set(filter(None, args.datasets.split(",")))
+    if args.val_options is not None:
+        from anchoropt.config import parse_overrides
+        options = parse_overrides([o for o in args.val_options.split(",") if o])
+        for schedule, dataset, row, base in trial_configs(args.results, args.schedule):
+            if not only or dataset in only:
+                rows.append({"schedule": schedule, "dataset": dataset, "trial": row["trial"],
+                             "option": args.val_options or "plain", **val_hm(base, row["params"], options)})
+                print(rows[-1], flush=True)
+        pd.DataFrame(rows).to_csv(out, index=False)
+        return
+    for schedule, dataset, row, base in trial_configs(args.results, args.schedule):
+        if only and dataset not in only:
+            continue
         hm, b, n = test_hm(base, row["params"], seeds)
         rows.append({"schedule": schedule, "dataset": dataset, "trial": row["trial"], "status": row["status"],
                      "val_hm": row["hm"], "val_se": row.get("hm_se"), "test_hm": hm, "test_base": b,
                      "test_novel": n, **row["params"]})
+        print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(out, index=False)
+    _print(table, out, args.seeds)
+
+
+def _print(table: pd.DataFrame, out: Path, seeds: str) -> None:
     c = correlations(table)
-    print(f"{out}: {len(table)} trials, test seeds {args.seeds}")
+    print(f"{out}: {len(table)} trials, test seeds {seeds}")
     print(f"Spearman val HM vs test HM, all trials: rho {c['all'][0]:.3f} (p {c['all'][1]:.2g}, n {c['all'][2]})")
     print(f"  completed trials only: rho {c['complete'][0]:.3f} (p {c['complete'][1]:.2g}, n {c['complete'][2]})")
     print(f"  mean within-search rho: {c['within_search_mean'][0]:.3f} over {c['within_search_mean'][1]} searches")
