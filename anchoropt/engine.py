@@ -86,8 +86,11 @@ class Stepper:
         return cls(opt, lr)
 
     def set_epoch(self, epoch: int, epochs: int, cfg: TrainConfig) -> None:
+        """Every group's lr for ``epoch``: :func:`lr_at`, times the group's ``lr_mult`` (default 1;
+        DePT's head)."""
+        lr = lr_at(epoch, self.base_lr, epochs, cfg.warmup_epochs, cfg.warmup_lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(epoch, self.base_lr, epochs, cfg.warmup_epochs, cfg.warmup_lr)
+            group["lr"] = group.get("lr_mult", 1.0) * lr
 
     def step(self, loss: torch.Tensor, scaler: torch.amp.GradScaler) -> None:
         self.optimizer.zero_grad(set_to_none=True)
