@@ -6,8 +6,9 @@ for training images, V fixed augmented views drawn once per image with a seed.
 The cache key covers the backbone's weights, activation and image preprocessing, the exact image list (paths, sizes, modification
 times: regenerated or replaced images get new features), the views and the seed, so it is shared
 by every run on the same (backbone, dataset, split, seed, shots).
-Files are written atomically under a file lock, so concurrent trials and benchmark cells
-encode each image set once and never read a half-written file.
+Cache files are verified on load (:mod:`anchoropt.cache`: checksum, shapes, provenance) and
+written atomically under a file lock, so concurrent trials and benchmark cells encode each image
+set once, never read a half-written file, and rebuild a damaged one.
 Methods that prompt the image tower (MaPLe) train on pixels instead: :func:`image_tensors` gives
 the very images (same crops) these features come from, as uint8, kept in memory by the trainer.
 """
@@ -21,13 +22,12 @@ from typing import Iterator
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from filelock import FileLock
 
 import anchoropt.torchvision_compat  # noqa: F401  (before torchvision)
 from anchoropt.backbone import Backbone
 from anchoropt.data.datasets import DataError, Datum
 from anchoropt.data.images import file_id, load_image
-from anchoropt.io import save_tensors
+from anchoropt.cache import cached
 
 BATCH = 128
 
@@ -63,12 +63,11 @@ def encode_images(backbone: Backbone, items: list[Datum], views: int = 0, seed: 
         raise DataError("no images to encode: the split is empty")
     if cache_dir is None:
         return _encode_seeded(backbone, items, views, seed, device, crop_scale, flip)
-    path = Path(cache_dir).expanduser() / "features" / f"{cache_key(backbone, items, views, seed, crop_scale, flip)}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):  # concurrent trials and cells encode each image set once
-        if not path.is_file():
-            save_tensors(_encode_seeded(backbone, items, views, seed, device, crop_scale, flip), path)
-    return torch.load(path, weights_only=True)
+    key = cache_key(backbone, items, views, seed, crop_scale, flip)
+    provenance = {"backbone": backbone.name, "weights": backbone.weights_id, "images": len(items),
+                  "first_image": str(items[0].impath), "views": views, "seed": seed}
+    return cached(Path(cache_dir).expanduser() / "features" / f"{key}.pt", "features", key, provenance,
+                  lambda: _encode_seeded(backbone, items, views, seed, device, crop_scale, flip))
 
 
 def image_tensors(backbone: Backbone, items: list[Datum], views: int = 0, seed: int = 0, crop_scale: float = 0.08,
