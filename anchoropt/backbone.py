@@ -37,7 +37,6 @@ from typing import Callable
 
 import anchoropt.torchvision_compat  # noqa: F401  (before open_clip)
 import open_clip
-from open_clip.transformer import QuickGELU
 import torch
 import torchvision.transforms as T
 
@@ -104,12 +103,6 @@ class Backbone:
     def image_size(self) -> int:
         size = self.model.visual.image_size
         return size[0] if isinstance(size, (tuple, list)) else int(size)
-
-
-def uses_quick_gelu(model: torch.nn.Module) -> bool:
-    """Whether ``model`` runs QuickGELU (OpenAI's weights) rather than GELU: its features differ,
-    so cache keys hold it."""
-    return any(isinstance(m, QuickGELU) for m in model.modules())
 
 
 def create_backbone(name: str, pretrained: str = "openai", quick_gelu: bool | None = None,
