@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 
 from anchoropt import __version__
-from anchoropt.config import KEY_HELP, TrainConfig, load_config, parse_overrides
-from anchoropt.errors import ConfigError
+from anchoropt.config import KEY_HELP, TrainConfig, load_config, parse_overrides, typed_overrides
+from anchoropt.errors import ConfigError, brief
 from anchoropt.pipeline import DEFAULT_SPACE, DEFAULT_SUITE
 
 # ConfigError, DataError (ValueError) and the errors of modules that only a running command imports
@@ -107,7 +107,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     from anchoropt.benchmark import describe_plan, run_benchmark
     from anchoropt.suite import load_suite, select
 
-    suite = select(load_suite(args.suite, parse_overrides(args.overrides)), datasets=args.datasets,
+    suite = select(load_suite(args.suite, typed_overrides(args.overrides)), datasets=args.datasets,
                    seeds=args.seeds, methods=args.methods)
     if args.dry_run:
         print(describe_plan(suite, args.results))
@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> None:
     from anchoropt.pipeline import run_main_job
 
     report = args.report or str(Path(args.results) / "report")
-    run_main_job(args.suite, args.results, report, parse_overrides(args.overrides), space=args.space,
+    run_main_job(args.suite, args.results, report, typed_overrides(args.overrides), space=args.space,
                  search_trials=args.search_trials, scheduler=args.scheduler, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
@@ -191,7 +191,7 @@ def _number(kind: type, low: float, strict: bool = False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+            raise argparse.ArgumentTypeError(f"{brief(text)} is not {'an integer' if kind is int else 'a number'}") from None
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {low:g}")
         return value
@@ -206,7 +206,7 @@ def _seeds(text: str) -> list[int]:
     try:
         return [int(t) for t in _names(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {brief(text)}") from None
 
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
