@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from anchoropt.backbone import Backbone, uses_quick_gelu
+from anchoropt.backbone import Backbone
 from anchoropt.cache import cached, key_digest
 from anchoropt.config import TrainConfig
 from anchoropt.features import image_tensors, normalize_images
@@ -216,7 +216,7 @@ class Trainer:
         flat = [s for per_class in sentences for s in per_class]
         backbone, n = self.backbone, self.cfg.n_descriptions
         key = key_digest({"backbone": backbone.name, "weights": backbone.weights_id,
-                          "quick_gelu": uses_quick_gelu(backbone.model), "precision": self.precision,
+                          "quick_gelu": backbone.quick_gelu, "precision": self.precision,
                           "n_descriptions": n, "sentences": flat})
 
         def encode() -> torch.Tensor:

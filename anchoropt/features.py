@@ -3,7 +3,7 @@
 The image encoder never trains, so a run (and every trial of a search) reads
 features instead of images: ``[N, D]`` for evaluation images and ``[N, V, D]``
 for training images, V fixed augmented views drawn once per image with a seed.
-The cache key covers the backbone's weights and image preprocessing, the exact image list (paths, sizes, modification
+The cache key covers the backbone's weights, activation and image preprocessing, the exact image list (paths, sizes, modification
 times: regenerated or replaced images get new features), the views and the seed, so it is shared
 by every run on the same (backbone, dataset, split, seed, shots).
 Cache files are verified on load (:mod:`anchoropt.cache`: checksum, shapes, provenance) and
@@ -33,11 +33,11 @@ BATCH = 128
 
 
 def cache_key(backbone: Backbone, items: list[Datum], views: int, seed: int, crop_scale: float, flip: bool) -> str:
-    """sha1 over backbone name/weights/preprocessing, image files, views (0 = test transform), seed and augmentation.
+    """sha1 over backbone name/weights/activation/preprocessing, image files, views (0 = test transform), seed and augmentation.
 
     Raises:
         DataError: an image file is missing, naming it."""
-    payload = json.dumps([backbone.name, backbone.weights_id, backbone.preprocess_cfg,
+    payload = json.dumps([backbone.name, backbone.weights_id, backbone.activation, backbone.preprocess_cfg,
                           [file_id(d.impath) for d in items], views, seed,
                           crop_scale if views else None, flip if views else None])
     return hashlib.sha1(payload.encode()).hexdigest()

@@ -243,12 +243,13 @@ def fixed_position_matrix(cfg, n_block: int) -> torch.Tensor | None:
 
 def stage1_cache_path(trainer: Trainer, steps: int) -> Path:
     """Cache file of a Stage I result, keyed by everything Stage I depends on (SPEC section 3):
-    its settings, its ``steps`` per epoch (they follow the training images), the backbone and its
-    precision, the classes and descriptions, and the seed (the ``anchors`` init stream)."""
+    its settings, its ``steps`` per epoch (they follow the training images), the backbone (weights
+    and activation) and its precision, the classes and descriptions, and the seed (the ``anchors`` init stream)."""
     cfg, task = trainer.cfg, trainer.task
     key = {k: getattr(cfg, k) for k in ("seed", "n_anchors", "anchor_lr", "anchor_epochs", "momentum", "weight_decay",
                                         "warmup_epochs", "warmup_lr", "mse_weight", "n_descriptions", "truncate")}
-    key.update(backbone=trainer.backbone.name, weights=trainer.backbone.weights_id, precision=trainer.precision,
+    key.update(backbone=trainer.backbone.name, weights=trainer.backbone.weights_id,
+               activation=trainer.backbone.activation, precision=trainer.precision,
                dataset=task.dataset, classes=task.classnames, descriptions=str(task.descriptions_path),
                steps_per_epoch=steps)
     return Path(cfg.cache_dir).expanduser() / "stage1" / f"{key_digest(key)}.pt"
