@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, get_type_hints
 
 from anchoropt.errors import ConfigError, brief
-from anchoropt.paths import absolute, is_checkpoint_path
+from anchoropt.paths import absolute, check_name, is_checkpoint_path
 from anchoropt.yamlio import read_yaml
 
 METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_atp", "cocoop_anchoropt", "dept", "dept_atp",
@@ -160,6 +160,8 @@ class TrainConfig:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"invalid value {key}={brief(getattr(self, key))}")
+        for name in [self.dataset, *self.target_list]:  # each becomes a folder under data_root and --results
+            check_name(name, "dataset")
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"invalid value device={brief(self.device)}: expected auto, cpu, cuda, cuda:<index> or mps")
         if self.protocol == "cross_dataset" and self.eval_split != "test":

@@ -34,7 +34,7 @@ from typing import Any
 
 from anchoropt.config import PROTOCOLS, SCHEDULES, TrainConfig, check_keys, make_config
 from anchoropt.errors import ConfigError, brief
-from anchoropt.paths import absolute, relative_to_file
+from anchoropt.paths import absolute, check_name, relative_to_file
 from anchoropt.yamlio import read_yaml
 
 _NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True}
@@ -133,6 +133,13 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
             raise ConfigError(f"{path}: suite key '{old}' is now {new}")
     check_keys(raw, SUITE_KEYS, str(path), kind="suite key")
     check_schema(raw, SUITE_SCHEMA, path)
+    for what, names in (("suite name", [raw.get("name", path.stem)]), ("suite dataset", [*raw["datasets"], *(
+            [raw["source"]] if raw.get("source") else [])]), ("suite method", list(raw["methods"]))):
+        for name in names:  # each names a folder (Ray's run folder, results/<method>/<dataset>/)
+            try:
+                check_name(name, what)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from None
     protocol, source = raw.get("protocol", "base2novel"), raw.get("source")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: unknown protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
