@@ -59,7 +59,7 @@ def _search(args: argparse.Namespace) -> None:
 
     common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
                   max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                  gpus_per_trial=args.gpus_per_trial, verbose=args.verbose, print_summary=True, mlflow=args.mlflow,
+                  gpus_per_trial=args.gpus_per_trial, verbose=args.verbose, print_summary=True, mlflow=_mlflow(args),
                   dry_run=args.dry_run)
     if args.resume:
         given = [flag for flag, value in (("--space", args.space), ("--out", args.out), ("--config", args.config),
@@ -114,7 +114,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         return
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial or 1.0,
                            gpus_per_trial=args.gpus_per_trial or 0.0, max_concurrent=args.max_concurrent,
-                           address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, mlflow=args.mlflow)
+                           address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, mlflow=_mlflow(args))
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done; "
           f"records under {args.results}")
     if counts["failed"]:
@@ -182,7 +182,12 @@ def _run(args: argparse.Namespace) -> None:
                  search_trials=args.search_trials, scheduler=args.scheduler, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
-                 verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
+                 verbose=args.verbose, mlflow=_mlflow(args), dry_run=args.dry_run)
+
+
+def _mlflow(args: argparse.Namespace) -> str | bool | None:
+    """The MLflow choice of a command: a URI, False (``--no-mlflow``) or None (as stored)."""
+    return False if args.no_mlflow else args.mlflow
 
 
 def _number(kind: type, low: float, strict: bool = False):
@@ -236,9 +241,13 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
                         "progress bar per search or benchmark")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print what would run and what is already done, then stop (nothing written)")
-    p.add_argument("--mlflow", metavar="URI",
-                   help="also log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db); "
-                        "TensorBoard files are always written under the folder's tensorboard/")
+    tracking = p.add_mutually_exclusive_group()
+    tracking.add_argument("--no-mlflow", action="store_true",
+                          help="stop logging to the MLflow URI stored with the search or benchmark")
+    tracking.add_argument("--mlflow", metavar="URI",
+                          help="also log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db; kept "
+                               "for resumes and re-runs); TensorBoard files are always written under the "
+                               "folder's tensorboard/")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -171,3 +172,33 @@ def is_infrastructure_error(err: BaseException | None) -> bool:
     infra = (rex.RayActorError, rex.ActorUnavailableError, rex.NodeDiedError, rex.WorkerCrashedError,
              rex.LocalRayletDiedError, rex.ObjectLostError, rex.OwnerDiedError)
     return isinstance(err, infra) and not isinstance(err, rex.RayTaskError)
+
+
+def trial_error_message(trial) -> str:
+    """One line naming the exception of a failed trial (from its Ray error file)."""
+    text = ""
+    try:
+        err = trial_error(trial)
+        if err is not None:
+            cause = getattr(err, "cause", None) or err
+            text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    except Exception:  # noqa: BLE001  (best effort: fall back to the text file)
+        text = ""
+    if not text and trial.error_file and Path(trial.error_file).is_file():
+        lines = [ln.strip() for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        text = lines[-1] if lines else ""
+    return text[:500] or "unknown error"
+
+
+def trial_error(trial) -> BaseException | None:
+    """The trial's exception: from its local error file (written before Tune's callbacks run; the
+    copy in the storage folder may not be synced yet), else from storage."""
+    import cloudpickle
+
+    try:
+        local = trial.pickled_error_file
+        if local and Path(local).is_file():
+            return cloudpickle.loads(Path(local).read_bytes())
+        return trial.get_pickled_error()
+    except Exception:  # noqa: BLE001  (an unreadable error file: treated as the trial's own fault)
+        return None

@@ -56,6 +56,7 @@ class SearchSpec:
     grid_size: int | None = None  # bruteforce: points of the space's grid
     enqueued: list[dict] = field(default_factory=list)  # {"origin", "params"}: run before any draw
     notes: list[str] = field(default_factory=list)  # what the search changed or could not do, in words
+    mlflow: dict | None = None  # {"uri", "experiment"} (anchoropt.tracking.MLflowTarget): a resume keeps logging
     version: int = VERSION
     runs: list[dict] = field(default_factory=list)
 

@@ -34,6 +34,12 @@ def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
     return "complete", None
 
 
+def trial_config(base: dict, config: dict) -> dict:
+    """A trial's full configuration: the base updated by the drawn parameters (``config``'s keys
+    starting with ``_`` are the search's own)."""
+    return {**base, **{k: v for k, v in config.items() if not k.startswith("_")}}
+
+
 REPORTED = ("hm", "acc_base", "acc_novel", "epoch", "epochs", "loss", "train_s", "report_s")
 
 
@@ -60,8 +66,7 @@ def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None 
 
     if worker_setup is not None:
         worker_setup()
-    params = {k: v for k, v in config.items() if not k.startswith("_")}
-    cfg = make_config({**base, **params}, source="search trial")
+    cfg = make_config(trial_config(base, config), source="search trial")
     start = time.time()  # in-trial time (train_s): features, Stage I, Stage II, evaluations
     reported: list[dict] = []
     in_report = [0.0]  # seconds the training waited on ray.tune.report (Ray's share of the in-trial time)
