@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -387,40 +389,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's preemption, ``kill``): unwinds as Ctrl-C does, so every command stops
+    the same resumable way."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     args = build_show_parser().parse_args(argv[2:]) if argv[:2] == ["search", "show"] else parse_args(argv)
     try:
         args.func(args)
     except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)
-        if _raised_by_interrupt(err):
-            _interrupted(args)
+        if (stop := _raised_by_interrupt(err)) is not None:
+            _interrupted(args, stop)
         if not isinstance(err, _user_errors()):
             raise
         print(f"anchoropt: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        _interrupted(args)
+    except KeyboardInterrupt as stop:
+        _interrupted(args, stop)
 
 
-def _raised_by_interrupt(err: BaseException) -> bool:
-    """Whether ``err`` was raised while a Ctrl-C unwound the stack (e.g. a library's lock clean-up
-    failing on the way out), so that it still means "interrupted", not a failure."""
+def _raised_by_interrupt(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM during which ``err`` was raised (e.g. a library's lock clean-up failing
+    on the way out), so that it still means "interrupted", not a failure; None when none."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, KeyboardInterrupt):
-            return True
+            return err
         seen.add(id(err))
         err = err.__context__
-    return False
+    return None
 
 
-def _interrupted(args: argparse.Namespace) -> None:
-    print(f"anchoropt: interrupted; {_resumable(args)}", file=sys.stderr)
+def _interrupted(args: argparse.Namespace, stop: KeyboardInterrupt) -> None:
+    """One line saying what is kept; exit 130 for Ctrl-C, 143 (128 + 15) for SIGTERM, as shells do."""
+    terminated = isinstance(stop, Terminated)
+    print(f"anchoropt: {'terminated (SIGTERM)' if terminated else 'interrupted'}; {_resumable(args)}",
+          file=sys.stderr)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():  # Ray's threads torn down at interpreter exit can abort it
         ray.shutdown()
-    sys.exit(130)
+    sys.exit(143 if terminated else 130)
 
 
 if __name__ == "__main__":

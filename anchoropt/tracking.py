@@ -20,7 +20,8 @@ path relative to where the command ran, and what it runs, e.g. ``results/toy11/s
 experiment of the same name each stop the command with one line.
 
 Trial names come from :func:`trial_namer` (Tune's ``trial_name_creator``): ``trial-0003`` for the
-fourth trial of a search, ``<method>.<dataset>.seed<k>`` for a benchmark cell.
+fourth trial of a search (a retry of an interrupted or lost trial keeps the name of the trial it
+re-runs), ``<method>.<dataset>.seed<k>`` for a benchmark cell.
 """
 from __future__ import annotations
 
@@ -307,7 +308,8 @@ class MLflowLogger(tune.Callback):
             for tag in ("error", "pruned", "killed"):  # the earlier attempt's outcome
                 if tag in existing[0].data.tags:
                     self.client.delete_tag(run_id, tag)
-            self.client.set_tag(run_id, "attempts", str(attempt))
+            for key, value in {"attempts": str(attempt), **self.tags_of(trial.config)}.items():
+                self.client.set_tag(run_id, key, value)
         else:
             run = self.client.create_run(self.experiment_id, run_name=name,
                                          tags={TRIAL_TAG: name, "attempts": "1", **self.tags_of(trial.config)})

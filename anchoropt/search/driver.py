@@ -45,7 +45,8 @@ from anchoropt.search.ledger import (ResultsLog, check_study_matches, lost_trial
                                      rebuild_study, reconcile, repair_journal)
 from anchoropt.search.outputs import SearchResult, write_outputs
 from anchoropt.search.spec import SearchError, SearchSpec, make_sampler, new_spec, now
-from anchoropt.search.trial import METRIC, NUMBER_KEY, ORIGIN_KEY, StudySearcher, outcome, run_trial, trial_config
+from anchoropt.search.trial import (METRIC, NUMBER_KEY, ORIGIN_KEY, RUN_KEY, StudySearcher, outcome, run_trial,
+                                    trial_config)
 
 
 INFRA_RETRIES = 3  # runs re-queuing trials lost with their actor or node, after the first
@@ -191,7 +192,11 @@ def _choose_tracking(spec: SearchSpec, out_dir: Path, mlflow: str | bool | None)
     from anchoropt.config import make_config
     from anchoropt.tracking import check_mlflow, choose_target
 
-    what = f"search of {make_config(spec.base, source=str(out_dir / 'search.json')).run_name}"
+    space = spec.search_space
+    searched = [p.name for p in space.params if p.name in ("method", "schedule") and p.type != "fixed"]
+    fixed = {p.name: p.value for p in space.params if p.type == "fixed"}
+    what = f"search over {' and '.join(searched)}" if searched else \
+        f"search of {make_config({**spec.base, **fixed}, source=str(out_dir / 'search.json')).run_name}"
     target = choose_target(mlflow, spec.mlflow, out_dir, what)
     if target is not None:
         check_mlflow(target)
@@ -272,7 +277,7 @@ def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, rows: list[dic
             trial,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
                                         num_samples=spec.num_trials - len(rows), reuse_actors=True,
-                                        trial_name_creator=trial_namer(lambda c: f"trial-{c[NUMBER_KEY]:04d}")),
+                                        trial_name_creator=trial_namer(lambda c: f"trial-{c[RUN_KEY]:04d}")),
             run_config=tune.RunConfig(
                 name=f"run-{run_index}", storage_path=str(out_dir / "ray"), verbose=verbose, callbacks=callbacks,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -16,6 +16,7 @@ from anchoropt.search.space import SearchSpace
 METRIC = "hm"
 NUMBER_KEY = "_optuna_trial"  # config key carrying the Optuna trial number into the trial
 ORIGIN_KEY = "_origin"  # config key: who chose the parameters (enqueued, sampler start-up, sampler)
+RUN_KEY = "_run"  # config key: the trial a retry re-runs (itself if none), naming its TensorBoard and MLflow run
 
 
 def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
@@ -169,7 +170,14 @@ class StudySearcher(Searcher):
             origin = f"{self.study.sampler.__class__.__name__} random start-up"
         else:
             origin = self.study.sampler.__class__.__name__
-        return {**values, NUMBER_KEY: trial.number, ORIGIN_KEY: origin}
+        return {**values, NUMBER_KEY: trial.number, ORIGIN_KEY: origin, RUN_KEY: self.first_attempt(trial.number)}
+
+    def first_attempt(self, number: int) -> int:
+        """The trial that a retry (of a retry ...) of an interrupted or lost trial re-runs."""
+        trials = self.study.get_trials(deepcopy=False)
+        while number < len(trials) and "retry_of" in trials[number].user_attrs:
+            number = int(trials[number].user_attrs["retry_of"])
+        return number
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)
