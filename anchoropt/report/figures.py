@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from anchoropt.escape import mathtext
 from anchoropt.report.statistics import ALPHA, posthocs
 
 # a crossbar joining methods of equal average rank would have zero length: draw it this wide
@@ -20,6 +21,8 @@ def cd_figure(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, label: str):
     (``MIN_BAR`` wide), and the CD bar is drawn under the diagram, clear of the rank ticks.
     Returns (figure, artists dict of the library plus ``cd_bar`` and ``cd_text``)."""
     k = len(ranks)
+    ranks = ranks.rename(index=mathtext)
+    pvalues = pvalues.rename(index=mathtext, columns=mathtext)
     fig, ax = _figure((8.0, 1.8 + 0.4 * k))
     artists = posthocs().critical_difference_diagram(
         ranks, pvalues, alpha=ALPHA, ax=ax, label_fmt_left="{label} ({rank:.2f})",
@@ -78,7 +81,7 @@ def plot_history(best: pd.DataFrame, path: Path, ylabel: str = "best HM so far (
     """Step plot of ``best_hm`` against ``trials_spent``, one line per schedule; markdown embed."""
     fig, ax = _figure((6.0, 4.0))
     for schedule, group in best.groupby("schedule", sort=False):
-        ax.step(group["trials_spent"], group["best_hm"], where="post", label=str(schedule))
+        ax.step(group["trials_spent"], group["best_hm"], where="post", label=mathtext(schedule))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend()
@@ -110,9 +113,9 @@ def plot_positions(positions: pd.DataFrame, names: dict[str, str], path: Path) -
         tokens = [f"V{i + 1}" for i in range(m)] + [f"A{i + 1}" for i in range(size - m)]
         ax.set_xticks(range(size), tokens, fontsize=6, rotation=90)
         ax.set_yticks(range(size), [str(i + 1) for i in range(size)], fontsize=6)
-        ax.set_title(f"{row.dataset} ({row.n_seeds} seed{'s' * (row.n_seeds != 1)})", fontsize=7)
+        ax.set_title(f"{mathtext(row.dataset)} ({row.n_seeds} seed{'s' * (row.n_seeds != 1)})", fontsize=7)
         if datasets.index(row.dataset) == 0:
-            ax.set_ylabel(f"{names.get(row.method, row.method)}\nposition", fontsize=7)
+            ax.set_ylabel(f"{mathtext(names.get(row.method, row.method))}\nposition", fontsize=7)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="share of seeds")
     fig.suptitle("Learned position matrix W (argmax): token (column) placed at each prompt position (row)",
                  fontsize=9)
