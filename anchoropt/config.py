@@ -123,6 +123,7 @@ class TrainConfig:
     # DePT (dept, dept_atp, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
     # and of the trained classes' test logits
     dept_weight: float = 0.7  # [reference] LINEAR_PROBE.WEIGHT
+    dept_head_lr_mult: float = 1.0  # [reference] ATPrompt's DePT copies: one rate; DePT's own code: 6.5 (SPEC row 26)
     # ATPrompt (the *_atp methods; anchoropt/attributes.py, methods/atprompt.py)
     attributes: str = ""  # [reference] comma-separated attribute words; empty: the dataset's own
     n_att: int = 0  # [reference] soft tokens before each attribute word; 0: n_ctx (the scripts' N_ATT = NCTX)
@@ -149,7 +150,7 @@ class TrainConfig:
             "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
             "period": self.period >= 1, "train_views": self.train_views >= 1, "prompt_depth": self.prompt_depth >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
-            "dept_weight": 0 <= self.dept_weight <= 1,
+            "dept_weight": 0 <= self.dept_weight <= 1, "dept_head_lr_mult": self.dept_head_lr_mult > 0,
             "n_descriptions": self.n_descriptions >= 1, "n_att": self.n_att >= 0,
             "meta_net_ratio": self.meta_net_ratio >= 1,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
@@ -339,6 +340,8 @@ KEY_HELP = {
                                "and W stay at their init) or all (soft tokens, meta-net and W)",
     "dept_weight": "DePT: weight w of the head (loss (1-w) CE(CLIP) + w CE(head); trained classes scored "
                    "(1-w) CLIP + w head logits) in [0, 1]",
+    "dept_head_lr_mult": "DePT: the head's learning rate over the prompt's (1: one rate, as ATPrompt's DePT "
+                         "trainers; DePT's own code: 6.5)",
     "attributes": "*_atp: comma-separated attribute words of the ATPrompt prompt, e.g. color,shape (empty: "
                   "the dataset's own, anchoropt/attributes.py; every scored dataset uses these)",
     "n_att": "*_atp: soft tokens before each attribute word (0: n_ctx, as the reference scripts)",

@@ -43,10 +43,12 @@ RECORD_COLUMNS = [*KEY, *ALL_METRICS, "tuning", "eval_split", "protocol", "shots
 
 
 def build_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float, tuning: str = "untuned",
-                 training: dict | None = None) -> dict:
+                 training: dict | None = None, activation: dict | None = None) -> dict:
     """The record of one run of ``cfg``: metrics in percent, wall time in seconds, package versions,
-    and ``training``, what the run did (``anchoropt.train.training_summary``: optimiser updates per
-    trainable group, Stage I descriptions cut at the context length).
+    ``training``, what the run did (``anchoropt.train.training_summary``: optimiser updates per
+    trainable group, Stage I descriptions cut at the context length), and ``activation``, the
+    backbone's MLP activation as it ran: ``{"function": "quick_gelu" | "gelu", "decided_by": ...}``
+    (:func:`anchoropt.backbone.decide_quick_gelu`).
 
     ``method`` is ``cfg.run_name`` (``<method>_<schedule>`` for methods with AnchorOPT); a benchmark renames it to
     the suite's method with :func:`relabel`."""
@@ -61,7 +63,8 @@ def build_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float
         "method": cfg.run_name,
         "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots, "protocol": cfg.protocol,
         "tuning": _tuning(tuning), "eval_split": cfg.eval_split, "backbone": cfg.backbone,
-        "pretrained": cfg.pretrained, "config": cfg.to_dict(), "metrics": metrics, "training": training or {},
+        "pretrained": cfg.pretrained, "activation": activation or {}, "config": cfg.to_dict(), "metrics": metrics,
+        "training": training or {},
         "wall_time_s": round(wall_time_s, 3),
         "versions": {"anchoropt": anchoropt.__version__, "torch": torch.__version__,
                      "open_clip": open_clip.__version__, "python": platform.python_version()},

@@ -153,6 +153,30 @@ class TextEncoder(nn.Module):
         return x @ self.text_projection
 
 
+@torch.no_grad()
+def encode_token_ids(encoder: TextEncoder, tokens: torch.Tensor, truncate: bool = True,
+                     batch_size: int = 256) -> torch.Tensor:
+    """Text features ``[N, embed_dim]`` (not normalised) of tokenised texts, as CLIP's ``encode_text``.
+
+    Args:
+        tokens: ``[N, L]`` long, open_clip token ids (SOS ... EOS, zero padding; EOS is the
+            largest id, so its position is the row's argmax).
+        truncate: sort the texts by EOS position and cut each batch after its longest EOS: exact
+            under the causal mask (module docstring), and a text of 20 tokens costs 20 positions,
+            not 77.
+        batch_size: texts per forward pass.
+    """
+    eos = tokens.argmax(dim=-1)
+    order = eos.argsort() if truncate else torch.arange(len(tokens), device=tokens.device)
+    out = None
+    for idx in order.split(batch_size):
+        length = int(eos[idx].max()) + 1 if truncate else tokens.shape[1]
+        feats = encoder(encoder.token_embedding(tokens[idx, :length]), eos[idx])
+        out = feats.new_empty(len(tokens), feats.shape[1]) if out is None else out
+        out[idx] = feats
+    return out
+
+
 def put_block(x: torch.Tensor, block: torch.Tensor | None) -> torch.Tensor:
     """``x [B, L, d]`` with positions ``1..k`` (after SOS) replaced by ``block [k, d]`` in every
     sequence (a :data:`BlockHook`'s deep prompt); ``x`` itself when ``block`` is None."""

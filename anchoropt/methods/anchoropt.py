@@ -8,18 +8,15 @@ and the schedules. A base adds its prompt: it sets :attr:`prompt_stepper` and im
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from torch import nn
 
 from anchoropt.config import ConfigError
 from anchoropt.engine import EpochCallback, Stepper, Trainer, steps_per_epoch, stream_generator
-from anchoropt.io import save_tensors
+from anchoropt.cache import cached, key_digest
 from anchoropt.methods.base import Method, soft_token_init
 from anchoropt.prompts import (AnchorOPTPrompt, AnchorPrompt, clip_logits, gumbel_hard, kd_loss, normal_init,
                                phrase_init, stage1_loss)
@@ -76,14 +73,17 @@ class AnchorOPTMethod(Method):
         steps = self.stage1_steps_per_epoch()
         self.stage1_updates = cfg.anchor_epochs * steps
         path = stage1_cache_path(t, steps)
-        with FileLock(str(path) + ".lock"):
-            if path.is_file():
-                self.anchor.anchors.data.copy_(torch.load(path, weights_only=True)["anchors"])
-                t.stage1_descriptions()  # the record counts cut descriptions as if Stage I ran
-                return
-            t.run_loop("stage1", cfg.anchor_epochs, lambda epoch: [self.anchor_step] * steps,
-                       [self.anchor_stepper])
-            save_tensors({"anchors": self.anchor.anchors.detach().cpu()}, path)
+
+        ran = []
+
+        def stage1() -> dict[str, torch.Tensor]:
+            ran.append(True)
+            t.run_loop("stage1", cfg.anchor_epochs, lambda epoch: [self.anchor_step] * steps, [self.anchor_stepper])
+            return {"anchors": self.anchor.anchors.detach().cpu()}
+
+        self.anchor.anchors.data.copy_(cached(path, "stage1", path.stem, stage1_provenance(t), stage1)["anchors"])
+        if not ran:  # the record counts cut descriptions also when Stage I came from the cache
+            t.stage1_descriptions()
 
     # -- Stage II ------------------------------------------------------------------------------
     def teacher(self) -> torch.Tensor:
@@ -243,13 +243,20 @@ def fixed_position_matrix(cfg, n_block: int) -> torch.Tensor | None:
 
 def stage1_cache_path(trainer: Trainer, steps: int) -> Path:
     """Cache file of a Stage I result, keyed by everything Stage I depends on (SPEC section 3):
-    its settings, its ``steps`` per epoch (they follow the training images), the backbone and its
-    precision, the classes and descriptions, and the seed (the ``anchors`` init stream)."""
+    its settings, its ``steps`` per epoch (they follow the training images), the backbone (weights
+    and activation) and its precision, the classes and descriptions, and the seed (the ``anchors`` init stream)."""
     cfg, task = trainer.cfg, trainer.task
     key = {k: getattr(cfg, k) for k in ("seed", "n_anchors", "anchor_lr", "anchor_epochs", "momentum", "weight_decay",
                                         "warmup_epochs", "warmup_lr", "mse_weight", "n_descriptions", "truncate")}
-    key.update(backbone=trainer.backbone.name, weights=trainer.backbone.weights_id, precision=trainer.precision,
+    key.update(backbone=trainer.backbone.name, weights=trainer.backbone.weights_id,
+               activation=trainer.backbone.activation, precision=trainer.precision,
                dataset=task.dataset, classes=task.classnames, descriptions=str(task.descriptions_path),
                steps_per_epoch=steps)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return Path(cfg.cache_dir).expanduser() / "stage1" / f"{digest}.pt"
+    return Path(cfg.cache_dir).expanduser() / "stage1" / f"{key_digest(key)}.pt"
+
+
+def stage1_provenance(trainer: Trainer) -> dict:
+    """What a Stage I cache file's header records of where its anchors come from."""
+    cfg = trainer.cfg
+    return {"backbone": trainer.backbone.name, "weights": trainer.backbone.weights_id, "dataset": trainer.task.dataset,
+            "seed": cfg.seed, "n_anchors": cfg.n_anchors, "anchor_epochs": cfg.anchor_epochs}

@@ -83,7 +83,9 @@ class DeepPrompts(nn.Module):
 
     def __init__(self, depth: int, n_ctx: int, text_width: int, vision_width: int, generator: torch.Generator):
         super().__init__()
-        self.deep = nn.Parameter(normal_init((depth - 1) * n_ctx, text_width, generator).view(depth - 1, n_ctx, -1))
+        # an explicit width: J = 1 (shallow MaPLe) has no deep tokens, and view(0, M, -1) is ambiguous
+        self.deep = nn.Parameter(normal_init((depth - 1) * n_ctx, text_width, generator).view(depth - 1, n_ctx,
+                                                                                               text_width))
         first, shared = (linear_init(text_width, vision_width, generator) for _ in range(2))
         self.couplings = nn.ModuleList([first] + [copy.deepcopy(shared) for _ in range(depth - 1)])
 

@@ -9,6 +9,7 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
+from anchoropt.escape import mathtext
 from anchoropt.report.statistics import ALPHA, posthocs
 
 # a crossbar joining methods of equal average rank would have zero length: draw it this wide
@@ -29,6 +30,8 @@ def cd_figure(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, label: str):
     (``MIN_BAR`` wide), and the CD bar is drawn under the diagram, clear of the rank ticks.
     Returns (figure, artists dict of the library plus ``cd_bar`` and ``cd_text``)."""
     k = len(ranks)
+    ranks = ranks.rename(index=mathtext)
+    pvalues = pvalues.rename(index=mathtext, columns=mathtext)
     fig, ax = _figure((TEXT_WIDTH, 1.2 + 0.3 * k))
     artists = posthocs().critical_difference_diagram(
         ranks, pvalues, alpha=ALPHA, ax=ax, label_fmt_left="{label} ({rank:.2f})",
@@ -107,7 +110,7 @@ def plot_history(best: pd.DataFrame, path: Path, ylabel: str = "best HM so far (
     with matplotlib.rc_context(PAPER_STYLE):
         fig, ax = _figure((COLUMN_WIDTH, 2.4))
         for schedule, group in best.groupby("schedule", sort=False):
-            ax.step(group["trials_spent"], group[value], where="post", label=schedule_name(schedule))
+            ax.step(group["trials_spent"], group[value], where="post", label=mathtext(schedule_name(schedule)))
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -173,7 +176,7 @@ def positions_figure(positions: pd.DataFrame, names: dict[str, str]):
         ax.set_yticks(range(size), [str(i + 1) for i in range(size)])
         ax.tick_params(labelsize=6 if size <= 8 else 5, length=2, pad=1)
         what = f"N = {size - m} ({cell.datasets} dataset{'s' * (cell.datasets != 1)})"
-        name = textwrap.fill(names.get(cell.method, cell.method), 20, break_on_hyphens=False)
+        name = mathtext(textwrap.fill(names.get(cell.method, cell.method), 20, break_on_hyphens=False))
         ax.set_title(what if per_method > 1 else f"{name}\n{what}", fontsize=6)
         if c == 0:
             ax.set_ylabel(f"{name}\nposition" if per_method > 1 else "position", fontsize=7)

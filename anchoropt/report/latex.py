@@ -12,6 +12,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from anchoropt.escape import latex as latex_escape
 from anchoropt.report.context import Context
 from anchoropt.report.statistics import ALPHA, averages, complete_datasets, metric_matrix
 from anchoropt.report.tables import dataset_name
@@ -139,13 +140,3 @@ def _cross_dataset(ctx: Context) -> list[str]:
                          r"\bottomrule", r"\end{tabular}"])
     return [r"\begin{table*}[t]", r"\centering", r"\small", f"\\caption{{{caption}}}", r"\label{tab:cross_dataset}",
             f"\\anchoroptfit{{{tabular}}}", r"\end{table*}"]
-
-
-def latex_escape(text: str) -> str:
-    """Escape LaTeX special characters in a method or dataset name."""
-    return "".join(_LATEX_SPECIAL.get(char, char) for char in str(text))
-
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                  "^": r"\textasciicircum{}"}

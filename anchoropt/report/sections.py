@@ -10,6 +10,7 @@ from typing import Mapping
 
 import pandas as pd
 
+from anchoropt.escape import markdown
 from anchoropt.report.context import Context
 from anchoropt.report.figures import plot_cd, plot_history, plot_positions
 from anchoropt.report.positions import learned_positions
@@ -35,9 +36,10 @@ def header(ctx: Context) -> str:
     def values(col: str, sub: pd.DataFrame) -> str:
         if col not in sub.columns:
             return "not recorded"
-        return ", ".join(sorted({str(v) for v in sub[col] if v is not None and not pd.isna(v)})) or "not recorded"
+        return ctx.md(", ".join(sorted({str(v) for v in sub[col] if v is not None and not pd.isna(v)}))
+                      or "not recorded")
     protocol = (f"Protocol: {ctx.protocol}." if ctx.source is None else
-                f"Protocol: cross_dataset: trained on every class of **{ctx.source}** (the source), scored on all "
+                f"Protocol: cross_dataset: trained on every class of **{ctx.md(ctx.source)}** (the source), scored on all "
                 f"classes of the source and of {len(ctx.scored)} target datasets; averages and tests use the "
                 "targets only.")
     setting = (f"Setting (the same for every record; records that differ are refused): shots "
@@ -51,9 +53,10 @@ def header(ctx: Context) -> str:
         other = [c for c in HM_CONVENTIONS if c != ctx.hm_convention][0]
         lines += [ctx.hm_note + f" The other convention, {HM_CONVENTIONS[other]}, is `{other}` "
                   "(`anchoropt report --hm-convention`).", ""]
-    lines += [missing_rule(ctx), "", "Methods as the tables name them (record name in `code`; the CSVs use the record "
-              "names), and what tuned each (untuned, given file, or search scored on val / test):", ""]
-    lines += [f"- {ctx.name(m)} (`{m}`): {values('tuning', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
+    lines += [missing_rule(ctx), "", "Methods as the tables name them (record names in brackets; the CSVs use the "
+              "record names), and what tuned each (untuned, given file, or search scored on val / test):", ""]
+    lines += [f"- {markdown(ctx.name(m), line_start=True)} ({markdown(m)}): "
+              f"{values('tuning', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
     return "\n".join(lines)
 
 
@@ -116,14 +119,14 @@ def averages_section(ctx: Context) -> str:
     what = ("Two all-dataset averages of HM: **HM of averaged base and novel** = "
             "2·B·N/(B+N) of the average base B and novel N accuracies (as papers report), and "
             f"**mean of per-dataset HM**. {ctx.hm_note}" if ctx.source is None else
-            f"Mean accuracy over the target datasets (the source, {ctx.source}, is left out).")
+            f"Mean accuracy over the target datasets (the source, {ctx.md(ctx.source)}, is left out).")
     parts = ["## Averages", "", what + " A method with a missing cell gets no average "
              f"({MISSING}) rather than one over fewer datasets."]
     kind = "datasets" if ctx.source is None else "target datasets"
     scopes = [("all", ctx.scored, f"### Over all {len(ctx.scored)} {kind}")]
     if len(common) < len(ctx.scored):
         scopes.append(("common", common, f"### Over the {len(common)} {kind} where every "
-                       f"method is complete ({', '.join(map(dataset_name, common)) or 'none'})"))
+                       f"method is complete ({ctx.md(', '.join(map(dataset_name, common)) or 'none')})"))
     tables = []
     for scope, datasets, title in scopes:
         avg = averages(ctx.cells, datasets, ctx.metrics)
@@ -147,7 +150,7 @@ def _averages_display(avg: pd.DataFrame) -> pd.DataFrame:
 
 def paired_section(ctx: Context) -> str:
     """Wilcoxon + Holm + bootstrap over datasets and t-tests over seeds, each method vs baseline."""
-    parts = [f"## Paired tests against {ctx.name(ctx.baseline)}", ""]
+    parts = [f"## Paired tests against {ctx.md(ctx.name(ctx.baseline))}", ""]
     summary = ctx.comparisons
     if summary.empty:
         return "\n".join(parts + ["Only one method: nothing to compare."])
@@ -208,8 +211,9 @@ def _pair_note(r, family: int) -> str:
 
 
 def _exclusion_notes(ctx: Context, summary: pd.DataFrame) -> list[str]:
-    notes = [f"- {ctx.name(r.method)} vs {ctx.name(r.baseline)}: {r.n_datasets} datasets used; excluded (missing "
-             f"cell): {_datasets_text(r.excluded) or 'none'}." for r in summary.itertuples()]
+    notes = [f"- {markdown(ctx.name(r.method), line_start=True)} vs {markdown(ctx.name(r.baseline))}: {r.n_datasets} "
+             f"datasets used; excluded (missing cell): {markdown(_datasets_text(r.excluded) or 'none')}."
+             for r in summary.itertuples()]
     return notes + [""]
 
 
@@ -252,7 +256,7 @@ def matrix_section(ctx: Context, pairs: Mapping[str, str] | None) -> str:
 
 def _matrix_explanation(ctx: Context) -> str:
     if ctx.source is not None:
-        return (f"Mean accuracy over the {len(ctx.scored)} target datasets (the source, {ctx.source}, left out); "
+        return (f"Mean accuracy over the {len(ctx.scored)} target datasets (the source, {ctx.md(ctx.source)}, left out); "
                 f"Δ = method − its base. A method with a missing cell gets no average ({MISSING}).")
     return (f"Over the {len(ctx.scored)} datasets: base and novel = means of the seed-averaged accuracies, HM = "
             "HM of the averaged base and novel (as the papers report); Δ = method − its base (points). A "
@@ -301,7 +305,7 @@ def friedman_section(ctx: Context) -> str:
     hm = ctx.primary_matrix.dropna()
     excluded = sorted(set(ctx.scored) - set(hm.index))
     parts.append(f"On per-dataset {ctx.label} over the {len(hm)} datasets where all {len(ctx.methods)} "
-                 f"methods are complete; excluded: {', '.join(map(dataset_name, excluded)) or 'none'}. "
+                 f"methods are complete; excluded: {ctx.md(', '.join(map(dataset_name, excluded)) or 'none')}. "
                  f"{ctx.hm_note}".rstrip())
     if len(hm) < 2:
         return "\n".join(parts + ["", "Fewer than two complete datasets: no test."])
@@ -383,7 +387,7 @@ def schedule_section(ctx: Context, schedules: tuple[str, str] | None,
 def _schedule_tests(ctx: Context, one_stage: str, two_stage: str) -> list[str]:
     summary = pd.DataFrame([compare_over_datasets(ctx.primary_matrix, two_stage, one_stage)])
     ttests = ctx.ttests(two_stage, one_stage)
-    return [f"One-stage: **{ctx.name(one_stage)}**; two-stage: **{ctx.name(two_stage)}**. "
+    return [f"One-stage: **{ctx.md(ctx.name(one_stage))}**; two-stage: **{ctx.md(ctx.name(two_stage))}**. "
             "Δ = two-stage − one-stage. " + _pair_explanation(ctx, holm_family=0)
             + " A single comparison: no correction.", "",
             md_table(_pair_display(ctx, summary, holm_column=False)), "",

@@ -64,10 +64,15 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
 def html_page(markdown_text: str, folder: Path) -> str:
     """``markdown_text`` as one self-contained HTML page (``markdown`` with the ``tables``
     extension); PNGs it embeds from ``folder`` are inlined as data URIs, so the page can be shared
-    alone, and ``mean ± std`` is joined by no-break spaces so that a narrow column never splits it."""
+    alone, and ``mean ± std`` is joined by no-break spaces so that a narrow column never splits it.
+    Raw HTML in the text is shown as text, never passed through: the report writes none itself, so
+    a name that escaped ``escape.markdown`` still cannot become a tag or a script."""
     import markdown
 
-    body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
+    converter = markdown.Markdown(extensions=["tables"], output_format="html")
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    body = converter.convert(markdown_text)
 
     def inline(match: re.Match) -> str:
         file = folder / match.group(1)

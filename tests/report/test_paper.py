@@ -86,7 +86,7 @@ def test_report_md_and_html_use_display_names_and_list_record_names_once(tmp_pat
         assert raw not in body, raw  # record names only in the header's list (and the CSVs)
     assert "| dataset | CoOp | CoOp+AnchorOPT (one-stage) | CoOp+AnchorOPT (one-stage, tuned) |" in body
     assert "| Flowers102 |" in body and "| DTD |" in body
-    assert "- CoOp+AnchorOPT (two-stage, tuned) (`coop_anchoropt_two_stage_tuned`): search_val" in text
+    assert "- CoOp+AnchorOPT (two-stage, tuned) (coop_anchoropt_two_stage_tuned): search_val" in text
     assert "## Paired tests against CoOp" in text
     html = (tmp_path / "report.html").read_text()
     assert "coop_anchoropt_two_stage_tuned</td>" not in html and "CoOp+AnchorOPT (two-stage, tuned)" in html
