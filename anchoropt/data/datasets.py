@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anchoropt.errors import brief
+
 
 class DataError(ValueError):
     """Bad dataset input: missing folder or file, malformed split entry, bad label."""
@@ -151,7 +153,7 @@ def read_split_file(name: str, split_path: Path, image_dir: Path, template: str)
         items = []
         for i, entry in enumerate(raw[part]):
             if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
-                raise DataError(f"dataset '{name}': {split_path} {part}[{i}] is {entry!r}, "
+                raise DataError(f"dataset '{name}': {split_path} {part}[{i}] is {brief(entry)}, "
                                 f"expected [relative_path, label, classname]")
             items.append(Datum(str(Path(image_dir) / entry[0]), entry[1], str(entry[2])))
         splits[part] = items
@@ -310,7 +312,7 @@ def _read_custom(folder: Path, name: str) -> DatasetSplits:
         meta = json.loads((folder / "meta.json").read_text())
         split_file, image_dir = meta["split_file"], meta.get("image_dir", "images")
     except (json.JSONDecodeError, KeyError) as err:
-        raise DataError(f"dataset '{name}': {folder / 'meta.json'} is malformed: {err!r}") from None
+        raise DataError(f"dataset '{name}': {folder / 'meta.json'} is malformed: {brief(err)}") from None
     data = read_split_file(name, folder / split_file, folder / image_dir, meta.get("template", "a photo of a {}."))
     if meta.get("descriptions"):
         data.descriptions = folder / meta["descriptions"]
