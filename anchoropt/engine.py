@@ -216,7 +216,7 @@ class Trainer:
         flat = [s for per_class in sentences for s in per_class]
         backbone, n = self.backbone, self.cfg.n_descriptions
         key = key_digest({"backbone": backbone.name, "weights": backbone.weights_id,
-                          "quick_gelu": backbone.quick_gelu, "precision": self.precision,
+                          "activation": backbone.activation, "precision": self.precision,
                           "n_descriptions": n, "sentences": flat})
 
         def encode() -> torch.Tensor:
