@@ -98,6 +98,21 @@ def build_dataset(root: str | Path, name: str) -> DatasetSplits:
     return data
 
 
+def data_root_dir(root: str | Path) -> Path:
+    """``root`` (``~`` expanded) when it is a folder.
+
+    Raises:
+        DataError: it is not, naming the command that makes the offline toy-11 datasets there
+            and the one that lists what a root holds.
+    """
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data root not found: {path}: make the offline toy-11 datasets there with "
+                        f"`anchoropt data toy data_root={root}`, or point data_root= at your datasets "
+                        "(`anchoropt data list data_root=DIR` shows what a folder holds)")
+    return path
+
+
 def read_dataset(root: str | Path, name: str) -> DatasetSplits:
     """Parse dataset ``name`` without checking its images (see :func:`build_dataset`).
 
@@ -106,9 +121,7 @@ def read_dataset(root: str | Path, name: str) -> DatasetSplits:
             entry, label out of range, an empty train split (it defines the classes), an ImageNet
             split folder without class folders.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data root not found: {root}")
+    root = data_root_dir(root)
     if (root / name / "meta.json").is_file():
         return _read_custom(root / name, name)
     if name == "imagenet":

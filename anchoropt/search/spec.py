@@ -57,6 +57,7 @@ class SearchSpec:
     grid_size: int | None = None  # bruteforce: points of the space's grid
     enqueued: list[dict] = field(default_factory=list)  # {"origin", "params"}: run before any draw
     notes: list[str] = field(default_factory=list)  # what the search changed or could not do, in words
+    mlflow: dict | None = None  # {"uri", "experiment"} (anchoropt.tracking.MLflowTarget): a resume keeps logging
     version: int = VERSION
     runs: list[dict] = field(default_factory=list)
 
@@ -283,8 +284,9 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
     them); parameters left out are drawn by the sampler.
 
     Raises:
-        SearchError: file missing or not YAML, a key that is not a parameter of the space, or a value
-            outside it (one line naming the file, entry and key).
+        SearchError: file missing or not YAML, a key that is not a parameter of the space, a value
+            outside it, or a conditional parameter whose ``when`` the entry does not meet (one line
+            naming the file, entry and key).
     """
     path = Path(path).expanduser()
     try:
@@ -310,9 +312,29 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
             if not _inside(p, value):
                 raise SearchError(f"{where}: {key}={brief(value)} lies outside the space {space.source}")
             params[key] = value
+        _check_conditions(params, space, where)
         out.append({"origin": f"enqueued from {path.name}" + (f" #{i}" if isinstance(raw, list) else ""),
                     "params": params})
     return out
+
+
+def _check_conditions(params: dict, space: SearchSpace, where: str) -> None:
+    """Every conditional parameter of an enqueued entry must be active under the entry's own values
+    (a fixed parameter's value counts): otherwise Optuna would drop it without a word.
+
+    Raises:
+        SearchError: one line naming the entry, the parameter and its ``when`` condition.
+    """
+    known = {**{p.name: p.value for p in space.params if p.type == "fixed"}, **params}
+    for key in params:
+        for ref, values in space.get(key).when.items():
+            shown = values[0] if len(values) == 1 else list(values)
+            if ref not in known:
+                raise SearchError(f"{where}: {key} is used only when {ref} is {shown}, and the entry does not set "
+                                  f"{ref}: add {ref}: {shown} to the entry, or remove {key}")
+            if known[ref] not in values:
+                raise SearchError(f"{where}: {key} is used only when {ref} is {shown}, but the entry sets "
+                                  f"{ref}: {known[ref]}: remove {key}, or set {ref}: {shown}")
 
 
 def _check_space_against_base(space: SearchSpace, cfg: TrainConfig) -> None:
