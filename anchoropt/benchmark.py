@@ -31,7 +31,7 @@ from ray import tune
 
 import anchoropt
 from anchoropt.config import make_config
-from anchoropt.errors import ConfigError
+from anchoropt.errors import ConfigError, brief
 from anchoropt.io import check_output_dir
 from anchoropt.raytools import Resources, check_resources, ensure_ray, trainable
 from anchoropt.suite import Suite, method_values
@@ -106,8 +106,8 @@ def identity_change(old: dict | None, new: dict) -> str:
     if not isinstance(old, dict):
         return "written without a cell identity (another anchoropt version, or by hand)"
     stored = old.get("config") or {}
-    changes = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in new["config"].items() if stored.get(k) != v]
-    changes += [f"{part} {old.get(part)!r} -> {new[part]!r}" for part in ("method", "tuning", "anchoropt")
+    changes = [f"{k} {brief(stored.get(k))} -> {brief(v)}" for k, v in new["config"].items() if stored.get(k) != v]
+    changes += [f"{part} {brief(old.get(part))} -> {brief(new[part])}" for part in ("method", "tuning", "anchoropt")
                 if old.get(part) != new[part]]
     changes += [f"dataset {d} has other files or classes" for d, fp in new["data"].items()
                 if (old.get("data") or {}).get(d) != fp]

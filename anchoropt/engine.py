@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -22,11 +23,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anchoropt.backbone import Backbone
+from anchoropt.cache import cached, key_digest
 from anchoropt.config import TrainConfig
 from anchoropt.features import image_tensors, normalize_images
 from anchoropt.metrics import harmonic_mean
 from anchoropt.task import EvalSet, Task, task_descriptions
-from anchoropt.text import ClassTokens, TextEncoder, token_count
+from anchoropt.text import ClassTokens, TextEncoder, encode_token_ids, token_count
 
 if TYPE_CHECKING:
     from anchoropt.methods import Method
@@ -209,13 +211,26 @@ class Trainer:
         return sentences
 
     def description_targets(self) -> torch.Tensor:
-        """L2-normalised description features ``[C, n_desc, D]`` of the training classes."""
+        """L2-normalised description features ``[C, n_desc, D]`` of the training classes (Stage I
+        targets), encoded cut at each sentence's EOS (exact, :func:`encode_token_ids`) and cached in
+        ``cache_dir/description_targets`` under a key of the weights, their activation and precision
+        and the sentences only: every trial, seed and Stage I variant on them shares one encoding."""
         sentences = self.stage1_descriptions()
         flat = [s for per_class in sentences for s in per_class]
-        with torch.no_grad(), self.autocast():
-            tokens = self.backbone.tokenizer(flat).to(self.device)
-            feats = torch.cat([self.backbone.model.encode_text(t) for t in tokens.split(256)]).float()
-        return F.normalize(feats, dim=-1).view(len(sentences), self.cfg.n_descriptions, -1)
+        backbone, n = self.backbone, self.cfg.n_descriptions
+        key = key_digest({"backbone": backbone.name, "weights": backbone.weights_id,
+                          "activation": backbone.activation, "precision": self.precision,
+                          "n_descriptions": n, "sentences": flat})
+
+        def encode() -> torch.Tensor:
+            with self.autocast():
+                feats = encode_token_ids(self.encoder, backbone.tokenizer(flat).to(self.device), self.cfg.truncate)
+            return F.normalize(feats.float(), dim=-1).view(len(sentences), n, -1).cpu()
+
+        provenance = {"backbone": backbone.name, "weights": backbone.weights_id, "dataset": self.task.dataset,
+                      "descriptions": str(self.task.descriptions_path), "n_descriptions": n}
+        path = Path(self.cfg.cache_dir).expanduser() / "description_targets" / f"{key}.pt"
+        return cached(path, "description_targets", key, provenance, encode).to(self.device)
 
     @torch.no_grad()
     def evaluate(self, method: "Method") -> dict[str, float]:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import ray
 
-from anchoropt.errors import ConfigError
+from anchoropt.errors import ConfigError, brief
 
 CONNECT_TIMEOUT_S = 5.0  # a TCP connect to a live GCS takes milliseconds, even across a data centre
 
@@ -29,7 +29,7 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise RayConnectError(f"--address {address!r} is not host:port (e.g. 10.0.0.1:6379) or auto")
+        raise RayConnectError(f"--address {brief(address)} is not host:port (e.g. 10.0.0.1:6379) or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as err:

@@ -78,7 +78,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
             per-epoch reports. Reporting draws nothing from the training's random streams.
 
     Returns:
-        The record (:func:`anchoropt.records.build_record`, docs/INTERFACES.md): config, seed, metrics in percent (base2novel:
+        The record (:func:`anchoropt.records.build_record`, docs/INTERFACES.md): config, seed, backbone
+        activation, metrics in percent (base2novel:
         ``acc_base``, ``acc_novel``, ``hm``; cross_dataset: ``acc_<dataset>`` for the source and
         each target), ``training`` (updates per trainable group, descriptions cut), wall time,
         versions.
@@ -108,7 +109,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
 
     method.fit(on_epoch)
     metrics = trainer.evaluate(method)
-    record = build_record(cfg, metrics, time.time() - start, training=training_summary(method))
+    record = build_record(cfg, metrics, time.time() - start, training=training_summary(method),
+                          activation={"function": backbone.activation, "decided_by": backbone.activation_from})
     if out_dir is not None:
         out_dir = Path(out_dir)
         save_tensors(method.tensors(), out_dir / "prompts.pt")

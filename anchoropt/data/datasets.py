@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anchoropt.errors import brief
+
 
 class DataError(ValueError):
     """Bad dataset input: missing folder or file, malformed split entry, bad label."""
@@ -95,6 +97,21 @@ def build_dataset(root: str | Path, name: str) -> DatasetSplits:
     return data
 
 
+def data_root_dir(root: str | Path) -> Path:
+    """``root`` (``~`` expanded) when it is a folder.
+
+    Raises:
+        DataError: it is not, naming the command that makes the offline toy-11 datasets there
+            and the one that lists what a root holds.
+    """
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data root not found: {path}: make the offline toy-11 datasets there with "
+                        f"`anchoropt data toy data_root={root}`, or point data_root= at your datasets "
+                        "(`anchoropt data list data_root=DIR` shows what a folder holds)")
+    return path
+
+
 def read_dataset(root: str | Path, name: str) -> DatasetSplits:
     """Parse dataset ``name`` without checking its images (see :func:`build_dataset`).
 
@@ -103,9 +120,7 @@ def read_dataset(root: str | Path, name: str) -> DatasetSplits:
             entry, label out of range, an empty train split (it defines the classes), an ImageNet
             split folder without class folders.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data root not found: {root}")
+    root = data_root_dir(root)
     if (root / name / "meta.json").is_file():
         return _read_custom(root / name, name)
     if name == "imagenet":
@@ -138,7 +153,7 @@ def read_split_file(name: str, split_path: Path, image_dir: Path, template: str)
         items = []
         for i, entry in enumerate(raw[part]):
             if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
-                raise DataError(f"dataset '{name}': {split_path} {part}[{i}] is {entry!r}, "
+                raise DataError(f"dataset '{name}': {split_path} {part}[{i}] is {brief(entry)}, "
                                 f"expected [relative_path, label, classname]")
             items.append(Datum(str(Path(image_dir) / entry[0]), entry[1], str(entry[2])))
         splits[part] = items
@@ -297,7 +312,7 @@ def _read_custom(folder: Path, name: str) -> DatasetSplits:
         meta = json.loads((folder / "meta.json").read_text())
         split_file, image_dir = meta["split_file"], meta.get("image_dir", "images")
     except (json.JSONDecodeError, KeyError) as err:
-        raise DataError(f"dataset '{name}': {folder / 'meta.json'} is malformed: {err!r}") from None
+        raise DataError(f"dataset '{name}': {folder / 'meta.json'} is malformed: {brief(err)}") from None
     data = read_split_file(name, folder / split_file, folder / image_dir, meta.get("template", "a photo of a {}."))
     if meta.get("descriptions"):
         data.descriptions = folder / meta["descriptions"]

@@ -8,19 +8,17 @@ and the schedules. A base adds its prompt: it sets :attr:`prompt_stepper` and im
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from torch import nn
 
 from anchoropt.anchor_file import read_anchor_file
 from anchoropt.config import ConfigError
 from anchoropt.engine import EpochCallback, Stepper, Trainer, steps_per_epoch, stream_generator
-from anchoropt.io import save_tensors
+from anchoropt.cache import cached, key_digest
+from anchoropt.errors import brief
 from anchoropt.methods.base import Method, soft_token_init
 from anchoropt.methods.stage1 import Stage1
 from anchoropt.prompts import (AnchorOPTPrompt, AnchorPrompt, clip_logits, gumbel_hard, kd_loss, normal_init,
@@ -93,17 +91,19 @@ class AnchorOPTMethod(Method):
         steps = self.stage1_steps_per_epoch()
         self.stage1_updates = cfg.anchor_epochs * steps
         path = stage1_cache_path(t, steps)
-        with FileLock(str(path) + ".lock"):
-            if path.is_file():
-                saved = torch.load(path, weights_only=True)
-                self.anchor.anchors.data.copy_(saved["anchors"])
-                epoch = int(saved["epoch"])
-                t.stage1_descriptions()  # the record counts cut descriptions as if Stage I ran
-            else:
-                epoch = Stage1(self).run(steps)
-                save_tensors({"anchors": self.anchor.anchors.detach().cpu(), "epoch": torch.tensor(epoch)}, path)
+        ran = []
+
+        def stage1() -> dict[str, torch.Tensor]:
+            ran.append(True)
+            epoch = Stage1(self).run(steps)
+            return {"anchors": self.anchor.anchors.detach().cpu(), "epoch": torch.tensor(epoch)}
+
+        saved = cached(path, "stage1", path.stem, stage1_provenance(t), stage1)
+        self.anchor.anchors.data.copy_(saved["anchors"])
+        if not ran:  # the record counts cut descriptions also when Stage I came from the cache
+            t.stage1_descriptions()
         self.forget_teacher()
-        self.stage1 = {"mode": cfg.stage1_mode, "select": cfg.stage1_select, "epoch": epoch}
+        self.stage1 = {"mode": cfg.stage1_mode, "select": cfg.stage1_select, "epoch": int(saved["epoch"])}
 
     def training_info(self) -> dict:
         return {"stage1": self.stage1} if self.stage1 else {}
@@ -259,7 +259,7 @@ def anchor_init(trainer: Trainer) -> torch.Tensor:
     backbone = trainer.backbone
     n = len(backbone.tokenizer.encode(cfg.anchor_word))
     if n != cfg.n_anchors:
-        raise ConfigError(f"anchor_word={cfg.anchor_word!r} has {n} BPE tokens but n_anchors={cfg.n_anchors}: "
+        raise ConfigError(f"anchor_word={brief(cfg.anchor_word)} has {n} BPE tokens but n_anchors={cfg.n_anchors}: "
                           "give one token per anchor")
     return phrase_init(cfg.anchor_word, backbone.tokenizer, backbone.model.token_embedding)
 
@@ -277,10 +277,10 @@ def fixed_position_matrix(cfg, n_block: int) -> torch.Tensor | None:
 
 def stage1_cache_path(trainer: Trainer, steps: int) -> Path:
     """Cache file of a Stage I result, keyed by everything Stage I depends on (SPEC section 3):
-    its settings, its ``steps`` per epoch (they follow the training images), the backbone and its
-    precision, the classes and descriptions, and the seed (the ``anchors`` init stream); once Stage
-    I sees images (a CE term, joint mode, best_val) also what the image features depend on, and in
-    joint mode the Stage I prompt's settings."""
+    its settings, its ``steps`` per epoch (they follow the training images), the backbone (weights
+    and activation) and its precision, the classes and descriptions, and the seed (the ``anchors``
+    init stream); once Stage I sees images (a CE term, joint mode, best_val) also what the image
+    features depend on, and in joint mode the Stage I prompt's settings."""
     cfg, task = trainer.cfg, trainer.task
     names = ["seed", "n_anchors", "anchor_lr", "anchor_epochs", "momentum", "weight_decay", "warmup_epochs",
              "warmup_lr", "mse_weight", "n_descriptions", "truncate", "stage1_mode", "stage1_ce_weight",
@@ -290,8 +290,15 @@ def stage1_cache_path(trainer: Trainer, steps: int) -> Path:
     if cfg.stage1_mode == "joint":
         names += ["stage1_prompt_ce_weight", "stage1_gumbel_tau", "stage1_n_ctx", "eos_index"]
     key = {k: getattr(cfg, k) for k in names}
-    key.update(backbone=trainer.backbone.name, weights=trainer.backbone.weights_id, precision=trainer.precision,
+    key.update(backbone=trainer.backbone.name, weights=trainer.backbone.weights_id,
+               activation=trainer.backbone.activation, precision=trainer.precision,
                dataset=task.dataset, classes=task.classnames, descriptions=str(task.descriptions_path),
                steps_per_epoch=steps)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return Path(cfg.cache_dir).expanduser() / "stage1" / f"{digest}.pt"
+    return Path(cfg.cache_dir).expanduser() / "stage1" / f"{key_digest(key)}.pt"
+
+
+def stage1_provenance(trainer: Trainer) -> dict:
+    """What a Stage I cache file's header records of where its anchors come from."""
+    cfg = trainer.cfg
+    return {"backbone": trainer.backbone.name, "weights": trainer.backbone.weights_id, "dataset": trainer.task.dataset,
+            "seed": cfg.seed, "n_anchors": cfg.n_anchors, "anchor_epochs": cfg.anchor_epochs}

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from ray.tune.search import Searcher
 
 from anchoropt.config import make_config
+from anchoropt.errors import brief
 from anchoropt.search.space import SearchSpace
 
 METRIC = "hm"
@@ -28,7 +29,7 @@ def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
         return "failed", f"the trial's last report has no '{METRIC}' (it reported {keys})"
     value = result[METRIC]
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "failed", f"non-finite {METRIC} {value!r} at epoch {result.get('epoch')}"
+        return "failed", f"non-finite {METRIC} {brief(value)} at epoch {result.get('epoch')}"
     if result.get("epoch", 0) < result.get("epochs", 0):
         return "stopped", None
     return "complete", None
