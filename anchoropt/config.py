@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, get_type_hints
 
 from anchoropt.errors import ConfigError, brief
-from anchoropt.paths import absolute, is_checkpoint_path
+from anchoropt.paths import absolute, check_name, is_checkpoint_path
 from anchoropt.yamlio import read_yaml
 
 METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_atp", "cocoop_anchoropt", "dept", "dept_atp",
@@ -38,6 +38,8 @@ STAGE1_MODES = ("anchors", "joint")
 STAGE1_SELECTS = ("last", "best_val")
 
 
+#: largest seed: NumPy's legacy RandomState (the few-shot draw, Optuna's samplers) takes 0 .. 2^32 - 1
+MAX_SEED = 2**32 - 1
 #: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
 PATH_KEYS = ("data_root", "cache_dir", "descriptions", "descriptions_dir", "anchors")
 #: old key -> its name now (record version 2)
@@ -168,7 +170,7 @@ class TrainConfig:
             "crop_scale": 0 < self.crop_scale <= 1,
             "dept_weight": 0 <= self.dept_weight <= 1, "dept_head_lr_mult": self.dept_head_lr_mult > 0,
             "n_descriptions": self.n_descriptions >= 1, "n_att": self.n_att >= 0,
-            "meta_net_ratio": self.meta_net_ratio >= 1,
+            "meta_net_ratio": self.meta_net_ratio >= 1, "seed": 0 <= self.seed <= MAX_SEED,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
             **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
                                                         "weight_decay", "stage1_ce_weight",
@@ -176,7 +178,10 @@ class TrainConfig:
         }
         for key, ok in checks.items():
             if not ok:
-                raise ConfigError(f"invalid value {key}={brief(getattr(self, key))}")
+                hint = f": expected 0 .. {MAX_SEED}" if key == "seed" else ""
+                raise ConfigError(f"invalid value {key}={brief(getattr(self, key))}{hint}")
+        for name in [self.dataset, *self.target_list]:  # each becomes a folder under data_root and --results
+            check_name(name, "dataset")
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"invalid value device={brief(self.device)}: expected auto, cpu, cuda, cuda:<index> or mps")
         if self.protocol == "cross_dataset" and self.eval_split != "test":

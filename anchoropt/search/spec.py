@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from anchoropt.config import ConfigError, TrainConfig, make_config
+from anchoropt.config import MAX_SEED, ConfigError, TrainConfig, make_config
 from anchoropt.errors import brief
 from anchoropt.search.space import SearchSpace, SpaceError, load_space, parse_space
 from anchoropt.yamlio import read_yaml
@@ -57,6 +57,7 @@ class SearchSpec:
     grid_size: int | None = None  # bruteforce: points of the space's grid
     enqueued: list[dict] = field(default_factory=list)  # {"origin", "params"}: run before any draw
     notes: list[str] = field(default_factory=list)  # what the search changed or could not do, in words
+    mlflow: dict | None = None  # {"uri", "experiment"} (anchoropt.tracking.MLflowTarget): a resume keeps logging
     version: int = VERSION
     runs: list[dict] = field(default_factory=list)
 
@@ -157,6 +158,8 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
     if scheduler not in SCHEDULERS:
         raise SearchError(f"unknown scheduler '{scheduler}' (expected none or asha)")
     make_sampler(sampler, 0)
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SearchError(f"the sampler seed must be an integer in 0 .. {MAX_SEED}, got {brief(seed)}")
     if not isinstance(num_trials, int) or num_trials < 1:
         raise SearchError(f"the number of trials must be >= 1, got {brief(num_trials)}")
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
@@ -283,8 +286,9 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
     them); parameters left out are drawn by the sampler.
 
     Raises:
-        SearchError: file missing or not YAML, a key that is not a parameter of the space, or a value
-            outside it (one line naming the file, entry and key).
+        SearchError: file missing or not YAML, a key that is not a parameter of the space, a value
+            outside it, or a conditional parameter whose ``when`` the entry does not meet (one line
+            naming the file, entry and key).
     """
     path = Path(path).expanduser()
     try:
@@ -310,9 +314,29 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
             if not _inside(p, value):
                 raise SearchError(f"{where}: {key}={brief(value)} lies outside the space {space.source}")
             params[key] = value
+        _check_conditions(params, space, where)
         out.append({"origin": f"enqueued from {path.name}" + (f" #{i}" if isinstance(raw, list) else ""),
                     "params": params})
     return out
+
+
+def _check_conditions(params: dict, space: SearchSpace, where: str) -> None:
+    """Every conditional parameter of an enqueued entry must be active under the entry's own values
+    (a fixed parameter's value counts): otherwise Optuna would drop it without a word.
+
+    Raises:
+        SearchError: one line naming the entry, the parameter and its ``when`` condition.
+    """
+    known = {**{p.name: p.value for p in space.params if p.type == "fixed"}, **params}
+    for key in params:
+        for ref, values in space.get(key).when.items():
+            shown = values[0] if len(values) == 1 else list(values)
+            if ref not in known:
+                raise SearchError(f"{where}: {key} is used only when {ref} is {shown}, and the entry does not set "
+                                  f"{ref}: add {ref}: {shown} to the entry, or remove {key}")
+            if known[ref] not in values:
+                raise SearchError(f"{where}: {key} is used only when {ref} is {shown}, but the entry sets "
+                                  f"{ref}: {known[ref]}: remove {key}, or set {ref}: {shown}")
 
 
 def _check_space_against_base(space: SearchSpace, cfg: TrainConfig) -> None:
