@@ -67,6 +67,10 @@ class Method:
         """Optimiser updates per trainable group (recorded, so schedules compare by step count)."""
         return {}
 
+    def training_info(self) -> dict:
+        """What else the record's ``training`` entry keeps of the run (AnchorOPT: ``stage1``)."""
+        return {}
+
 
 class ZeroShot(Method):
     """Zero-shot CLIP: the dataset's hand-written template, nothing trained (SPEC section 2)."""
