@@ -34,6 +34,7 @@ import anchoropt
 from anchoropt.config import make_config
 from anchoropt.errors import ConfigError, brief
 from anchoropt.io import check_output_dir, write_text
+from anchoropt.paths import inside
 from anchoropt.raytools import Resources, check_resources, ensure_ray, trainable
 from anchoropt.suite import Suite, method_values
 
@@ -89,7 +90,8 @@ def plan_cells(suite: Suite, results: str | Path) -> list[Cell]:
             for seed in suite.seeds:
                 cfg = make_config({**values, "seed": seed, "eval_split": "test"},
                                   source=f"{suite.path} method '{method}'")
-                paths = {d: str(results / method / d / f"seed{seed}.json") for d in scored}
+                paths = {d: str(inside(results, Path(method) / d / f"seed{seed}.json", f"method '{method}' record"))
+                         for d in scored}
                 cells.append(Cell(method, dataset, seed, cfg.to_dict(), paths, tuning))
     return cells
 

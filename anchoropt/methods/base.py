@@ -68,6 +68,10 @@ class Method:
         """Optimiser updates per trainable group (recorded, so schedules compare by step count)."""
         return {}
 
+    def training_info(self) -> dict:
+        """What else the record's ``training`` entry keeps of the run (AnchorOPT: ``stage1``)."""
+        return {}
+
     def load_tensors(self, saved: dict[str, torch.Tensor]) -> None:
         """Put a run's saved tensors (``prompts.pt``, as :meth:`tensors` names them) back into the
         learners, so that :meth:`scores` scores as the run did (``anchoropt eval``).
