@@ -18,9 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, get_type_hints
 
-from anchoropt.errors import ConfigError
-from anchoropt.paths import absolute, is_checkpoint_path
-from anchoropt.yamlio import parse_yaml, read_yaml
+from anchoropt.errors import ConfigError, brief
+from anchoropt.paths import absolute, check_name, is_checkpoint_path
+from anchoropt.yamlio import read_yaml
 
 METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_atp", "cocoop_anchoropt", "dept", "dept_atp",
            "dept_anchoropt", "maple", "maple_atp", "maple_anchoropt")
@@ -33,10 +33,15 @@ ANCHOR_SOURCES = ("stage1", "random", "word")
 POSITION_MATRICES = ("learned", "identity", "permutation")
 NOVEL_RULES = ("ensemble", "prompt")
 COCOOP_ANCHOROPT_TRAINS = ("ctx", "all")
+# Stage I: what it trains, and which epoch's anchors it keeps (SPEC section 3, rows 9 and 27-31 of section 9)
+STAGE1_MODES = ("anchors", "joint")
+STAGE1_SELECTS = ("last", "best_val")
 
 
+#: largest seed: NumPy's legacy RandomState (the few-shot draw, Optuna's samplers) takes 0 .. 2^32 - 1
+MAX_SEED = 2**32 - 1
 #: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
-PATH_KEYS = ("data_root", "cache_dir", "descriptions", "descriptions_dir")
+PATH_KEYS = ("data_root", "cache_dir", "descriptions", "descriptions_dir", "anchors")
 #: old key -> its name now (record version 2)
 RENAMED = {"objective": "eval_split"}
 
@@ -106,6 +111,17 @@ class TrainConfig:
     anchor_lr: float = 0.002  # [reference]
     anchor_epochs: int = 20  # [reference] pretraining script (per dataset 10 to 100 in the suites)
     anchor_batch_size: int = 32  # [reference] the pretraining loader's batch, which sets Stage I's steps
+    # What Stage I trains on (SPEC section 3). The released coop_pretrain_anchor.py fits the anchors to the
+    # descriptions (MSE) alone; the shipped anchor_weights/ came from an unreleased trainer whose log.txt shows
+    # CE terms and a jointly trained prompt (SPEC section 9, rows 27-31: a reconstruction).
+    stage1_ce_weight: float = 0.0  # [reference] released: 0; the shipped anchors' logs: ANCHOR_CE_WEIGHT 1 (0 ImageNet)
+    stage1_mode: str = "anchors"  # [reference] anchors (released) or joint (also a throwaway ctx + W, the logs)
+    stage1_prompt_ce_weight: float = 1000.0  # [reference] joint: the logs' PROMPT_CE_WEIGHT (100 or 1000)
+    stage1_gumbel_tau: float = 2.0  # [reference] joint: the logs' TEMP, read as the Gumbel temperature of W (a guess)
+    stage1_n_ctx: int = 4  # [reference] joint: the Stage I prompt's soft tokens (the logs' N_CTX 4, random init)
+    stage1_select: str = "last"  # [reference] last epoch; best_val: the epoch whose anchor prompt scores best on val
+    anchors: str = ""  # a Stage I result to use instead of running Stage I: a Dassl anchor checkpoint
+    # (the reference's anchor_weights/<Dataset>/anchor_prompt_learner/model.pth.tar) or this project's prompts.pt
     # one-stage schedule (no reference: the paper publishes no period): steps of each phase before
     # switching (anchors first), and what one-stage spends its steps on (SPEC section 6)
     period: int = 1  # [project]
@@ -130,6 +146,7 @@ class TrainConfig:
     # DePT (dept, dept_atp, dept_anchoropt; reference train.py TRAINER.LINEAR_PROBE): the head's share of the loss
     # and of the trained classes' test logits
     dept_weight: float = 0.7  # [reference] LINEAR_PROBE.WEIGHT
+    dept_head_lr_mult: float = 1.0  # [reference] ATPrompt's DePT copies: one rate; DePT's own code: 6.5 (SPEC row 26)
     # ATPrompt (the *_atp methods; anchoropt/attributes.py, methods/atprompt.py)
     attributes: str = ""  # [reference] comma-separated attribute words; empty: the dataset's own
     n_att: int = 0  # [reference] soft tokens before each attribute word; 0: n_ctx (the scripts' N_ATT = NCTX)
@@ -145,45 +162,65 @@ class TrainConfig:
                    "carry_index": ("correct", "reference"), "eval_split": ("test", "val"),
                    "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS,
                    "anchor_source": ANCHOR_SOURCES, "position_matrix": POSITION_MATRICES, "novel_rule": NOVEL_RULES,
-                   "cocoop_anchoropt_trains": COCOOP_ANCHOROPT_TRAINS}
+                   "cocoop_anchoropt_trains": COCOOP_ANCHOROPT_TRAINS, "stage1_mode": STAGE1_MODES,
+                   "stage1_select": STAGE1_SELECTS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"invalid value {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+                raise ConfigError(f"invalid value {key}={brief(getattr(self, key))}: expected one of {', '.join(allowed)}")
         checks = {
             "n_ctx": self.n_ctx >= 1, "n_anchors": self.n_anchors >= 1, "epochs": self.epochs >= 0,
             "anchor_epochs": self.anchor_epochs >= 0, "lr": self.lr > 0, "anchor_lr": self.anchor_lr > 0,
             "batch_size": self.batch_size >= 1, "anchor_batch_size": self.anchor_batch_size >= 1,
             "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
+            "stage1_gumbel_tau": self.stage1_gumbel_tau > 0, "stage1_n_ctx": self.stage1_n_ctx >= 1,
             "period": self.period >= 1, "train_views": self.train_views >= 1, "prompt_depth": self.prompt_depth >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
-            "dept_weight": 0 <= self.dept_weight <= 1,
+            "dept_weight": 0 <= self.dept_weight <= 1, "dept_head_lr_mult": self.dept_head_lr_mult > 0,
             "n_descriptions": self.n_descriptions >= 1, "n_att": self.n_att >= 0,
-            "meta_net_ratio": self.meta_net_ratio >= 1,
+            "meta_net_ratio": self.meta_net_ratio >= 1, "seed": 0 <= self.seed <= MAX_SEED,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
             "val_shots": self.val_shots >= 0, "val_partitions": self.val_partitions >= 1,
             "val_folds": self.val_folds >= 1 and (self.shots <= 0 or self.val_folds <= max(1, self.shots)),
             "val_seeds": self.val_seeds >= 1,
             **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
-                                                        "weight_decay")},
+                                                        "weight_decay", "stage1_ce_weight",
+                                                        "stage1_prompt_ce_weight")},
         }
         for key, ok in checks.items():
             if not ok:
-                raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
+                hint = f": expected 0 .. {MAX_SEED}" if key == "seed" else ""
+                raise ConfigError(f"invalid value {key}={brief(getattr(self, key))}{hint}")
+        for name in [self.dataset, *self.target_list]:  # each becomes a folder under data_root and --results
+            check_name(name, "dataset")
         if not DEVICE.fullmatch(self.device):
-            raise ConfigError(f"invalid value device={self.device!r}: expected auto, cpu, cuda, cuda:<index> or mps")
+            raise ConfigError(f"invalid value device={brief(self.device)}: expected auto, cpu, cuda, cuda:<index> or mps")
         if self.protocol == "cross_dataset" and self.eval_split != "test":
             raise ConfigError("protocol=cross_dataset scores test images: eval_split must be test "
                               "(tune on the source with protocol=base2novel)")
         if self.anchor_source != "stage1" and self.schedule == "one_stage":
             raise ConfigError(f"anchor_source={self.anchor_source} keeps the anchors fixed: it needs "
                               "schedule=two_stage (one_stage trains them)")
+        self._validate_stage1()
         if self.protocol == "base2novel" and self.targets:
-            raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
+            raise ConfigError(f"targets={brief(self.targets)} needs protocol=cross_dataset")
         if self.method.endswith("_atp"):  # every prompted dataset needs its words before anything loads
             from anchoropt.attributes import dataset_attributes
             for name in [self.dataset, *(self.target_list if self.protocol == "cross_dataset" else [])]:
                 dataset_attributes(name, self.attributes)
         return self
+
+    def _validate_stage1(self) -> None:
+        """Stage I keys that only work together (one line naming them). The other ``stage1_*`` keys,
+        as ``anchor_epochs``, are Stage I's: one_stage (no Stage I) does not use them."""
+        if self.anchors:
+            if not Path(self.anchors).is_file():
+                raise ConfigError(f"anchors={self.anchors}: no such file")
+            if self.anchor_source != "stage1" or self.schedule != "two_stage":
+                raise ConfigError(f"anchors={self.anchors} is a Stage I result: it needs anchor_source=stage1 and "
+                                  f"schedule=two_stage (got {self.anchor_source}, {self.schedule})")
+        if self.stage1_select == "best_val" and self.eval_split == "val":
+            raise ConfigError("stage1_select=best_val picks the Stage I epoch on the val images, which "
+                              "eval_split=val scores: use stage1_select=last there")
 
     @property
     def target_list(self) -> list[str]:
@@ -207,9 +244,9 @@ def has_schedule(method: str) -> bool:
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Turn a YAML/CLI value into the field's type (``int``, ``float``, ``bool``, ``str``, optional)."""
-    if isinstance(value, str):
-        value = parse_yaml(value, f"{key}={value}") if value != "" else ""
+    """Check a typed value (from YAML, or from :func:`typed_overrides`) against the field's type
+    (``int``, ``float``, ``bool``, ``str``, optional) and convert int to float and numbers to str. A
+    string is never parsed again: ``"toy_count #v2"`` stays that string."""
     allowed = [t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)]
     if value is None and type(None) in getattr(hint, "__args__", ()):
         return None
@@ -221,12 +258,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             pass
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):  # a record holding Infinity/NaN is not JSON
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            raise ConfigError(f"{key} must be a finite number, got {brief(value)}")
         return float(value)
     if target is str and isinstance(value, (int, float)):
         return str(value)
     if not isinstance(value, target) or (target is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {target.__name__}, got {value!r}")
+        raise ConfigError(f"{key} must be {target.__name__}, got {brief(value)}")
     return value
 
 
@@ -274,15 +311,53 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+#: command-line words for a bool key, and for None (an optional key, e.g. quick_gelu=)
+TRUE, FALSE, NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("", "none", "null")
+
+
+def typed_value(key: str, text: str, hint: Any) -> Any:
+    """The command-line text of ``key=text`` as a value of the key's declared type ``hint``, parsed
+    once as typed: a ``str`` key takes ``text`` exactly (``#`` and quotes included), ``int`` /
+    ``float`` Python's ``int()`` / ``float()``, ``bool`` one of :data:`TRUE` / :data:`FALSE`, an
+    optional key :data:`NONE` as None. Raises ConfigError naming the key and the text."""
+    kinds = [t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)]
+    if len(kinds) < len(getattr(hint, "__args__", (hint,))) and text.strip().lower() in NONE:
+        return None
+    kind, word = kinds[0], text.strip().lower()
+    if kind is bool:
+        if word in TRUE + FALSE:
+            return word in TRUE
+        raise ConfigError(f"{key} must be true or false, got {brief(text)}")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{key} must be {kind.__name__}, got {brief(text)}") from None
+    return text
+
+
+def typed_overrides(items: list[str] | Mapping[str, str]) -> dict[str, Any]:
+    """``key=value`` strings (or a dict of them, :func:`parse_overrides`) as TrainConfig values, each
+    typed by its key's declared type (:func:`typed_value`); an unknown key is kept as text for
+    :func:`make_config` to name. Raises ConfigError for a malformed item or value."""
+    hints = get_type_hints(TrainConfig)
+    values = parse_overrides(list(items)) if not isinstance(items, Mapping) else items
+    try:
+        return {k: typed_value(k, v, hints[k]) if k in hints and isinstance(v, str) else v for k, v in values.items()}
+    except ConfigError as err:
+        raise ConfigError(f"overrides: {err}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (optional) then overrides (``["lr=0.01", ...]`` or a dict), later wins.
+    """YAML file (optional) then overrides (``["lr=0.01", ...]`` or a dict of such text, typed by each
+    key's declared type: :func:`typed_overrides`), later wins.
 
     Raises:
         ConfigError: the file is missing or not a YAML mapping (one line naming it), an override is
             not ``key=value``, or a key or value is invalid.
     """
     values: dict[str, Any] = dict(read_yaml(path, "config file")) if path else {}
-    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
+    values.update(typed_overrides(overrides or []))
     return make_config(values, source=str(path) if path else "overrides")
 
 
@@ -291,7 +366,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 KEY_HELP = {
     "dataset": "dataset name under data_root (standard or custom; see `anchoropt data list`)",
     "data_root": "folder of the datasets (CoOp layout)",
-    "shots": "training images per class (few-shot K)",
+    "shots": "training images per class (few-shot K); shots <= 0: every training image (and every val image)",
     "seed": "seed of the few-shot draw and of training",
     "eval_split": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
     "val_shots": "eval_split=val: val images per class (0: min(shots, 4), Dassl's; fewer where the split has fewer)",
@@ -337,6 +412,18 @@ KEY_HELP = {
     "anchor_lr": "Stage I SGD learning rate",
     "anchor_epochs": "Stage I epochs over the few-shot training set",
     "anchor_batch_size": "images per Stage I batch: floor(images / it) Stage I steps per epoch, each over every class",
+    "stage1_ce_weight": "Stage I: weight of the anchor prompt's cross-entropy on the training images, added to "
+                        "the MSE (0: descriptions only, the released code; 1: the shipped anchors' logs)",
+    "stage1_mode": "Stage I: anchors (the anchors alone) or joint (anchors with a CoOp+AnchorOPT prompt, ctx and "
+                   "W, trained together and then dropped; reconstructed from the shipped anchors' logs)",
+    "stage1_prompt_ce_weight": "stage1_mode=joint: weight of the Stage I prompt's cross-entropy (the logs' "
+                               "PROMPT_CE_WEIGHT)",
+    "stage1_gumbel_tau": "stage1_mode=joint: Gumbel temperature of the Stage I prompt's W (the logs' TEMP)",
+    "stage1_n_ctx": "stage1_mode=joint: soft tokens of the Stage I prompt, N(0, 0.02) (the logs' N_CTX 4)",
+    "stage1_select": "Stage I: last (the last epoch's anchors) or best_val (the epoch whose anchor prompt scores "
+                     "best on the val images of the trained classes; recorded as training.stage1.epoch)",
+    "anchors": "a file of Stage I anchors used instead of Stage I: a Dassl anchor checkpoint (the reference's "
+               "anchor_weights/<Dataset>/anchor_prompt_learner/model.pth.tar) or a prompts.pt",
     "period": "one_stage: optimiser steps of each phase before switching",
     "one_stage_budget": "one_stage: equal_prompt_updates (as two-stage's Stage II) or equal_total_steps",
     "train_views": "precomputed augmented views per training image",
@@ -354,6 +441,8 @@ KEY_HELP = {
                                "and W stay at their init) or all (soft tokens, meta-net and W)",
     "dept_weight": "DePT: weight w of the head (loss (1-w) CE(CLIP) + w CE(head); trained classes scored "
                    "(1-w) CLIP + w head logits) in [0, 1]",
+    "dept_head_lr_mult": "DePT: the head's learning rate over the prompt's (1: one rate, as ATPrompt's DePT "
+                         "trainers; DePT's own code: 6.5)",
     "attributes": "*_atp: comma-separated attribute words of the ATPrompt prompt, e.g. color,shape (empty: "
                   "the dataset's own, anchoropt/attributes.py; every scored dataset uses these)",
     "n_att": "*_atp: soft tokens before each attribute word (0: n_ctx, as the reference scripts)",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -22,11 +23,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anchoropt.backbone import Backbone
+from anchoropt.cache import cached, key_digest
 from anchoropt.config import TrainConfig
 from anchoropt.features import image_tensors, normalize_images
 from anchoropt.metrics import harmonic_mean
 from anchoropt.task import EvalSet, Task, task_descriptions
-from anchoropt.text import ClassTokens, TextEncoder, token_count
+from anchoropt.text import ClassTokens, TextEncoder, encode_token_ids, token_count
+
+#: more descriptions than this (all classes together) take long enough to encode to announce, with a bar
+MANY_DESCRIPTIONS = 2000
 
 if TYPE_CHECKING:
     from anchoropt.methods import Method
@@ -84,8 +89,11 @@ class Stepper:
         return cls(opt, lr)
 
     def set_epoch(self, epoch: int, epochs: int, cfg: TrainConfig) -> None:
+        """Every group's lr for ``epoch``: :func:`lr_at`, times the group's ``lr_mult`` (default 1;
+        DePT's head)."""
+        lr = lr_at(epoch, self.base_lr, epochs, cfg.warmup_epochs, cfg.warmup_lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(epoch, self.base_lr, epochs, cfg.warmup_epochs, cfg.warmup_lr)
+            group["lr"] = group.get("lr_mult", 1.0) * lr
 
     def step(self, loss: torch.Tensor, scaler: torch.amp.GradScaler) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -125,10 +133,12 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
 
-    def image_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """:attr:`steps_per_epoch` shuffled batches of one random precomputed view per image:
-        ``[B, D]``, ``[B]``, drawn from the ``batches`` stream of epoch ``epoch``."""
-        for idx, view in self._batch_indices(epoch):
+    def image_batches(self, epoch: int, batch_size: int | None = None,
+                      stream: str = "batches") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled batches of one random precomputed view per image, ``[B, D]``, ``[B]``, drawn from
+        the ``stream`` stream of epoch ``epoch``: :attr:`steps_per_epoch` of ``batch_size`` (Stage II)
+        by default; Stage I passes ``anchor_batch_size`` and its own stream."""
+        for idx, view in self._batch_indices(epoch, batch_size or self.cfg.batch_size, stream):
             yield self.train_features[idx, view], self.train_labels[idx]
 
     def pixel_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -140,7 +150,7 @@ class Trainer:
             cfg = self.cfg
             self._train_pixels = image_tensors(self.backbone, self.task.train_items, cfg.train_views, cfg.seed,
                                                cfg.crop_scale, cfg.flip)
-        for idx, view in self._batch_indices(epoch):
+        for idx, view in self._batch_indices(epoch, self.cfg.batch_size):
             yield self._train_pixels[idx.cpu(), view.cpu()], self.train_features[idx, view], self.train_labels[idx]
 
     def eval_images(self, ev: EvalSet, batch_size: int) -> Iterator[torch.Tensor]:
@@ -156,14 +166,15 @@ class Trainer:
         """uint8 pixels ``[B, 3, H, W]`` -> normalised float ``[B, 3, H, W]`` on :attr:`device`."""
         return normalize_images(self.backbone, pixels.to(self.device, non_blocking=True))
 
-    def _batch_indices(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Per batch the images' indices and their view, from the ``batches`` stream of ``epoch``."""
-        gen = stream_generator(self.cfg.seed, f"batches:{epoch}")
+    def _batch_indices(self, epoch: int, batch_size: int,
+                       stream: str = "batches") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch the images' indices and their view, from the ``stream`` stream of ``epoch``."""
+        gen = stream_generator(self.cfg.seed, f"{stream}:{epoch}")
         n, views = self.train_features.shape[:2]
         order = torch.randperm(n, generator=gen)
         view = torch.randint(views, (n,), generator=gen)
-        size = min(self.cfg.batch_size, n)
-        for start in range(0, self.steps_per_epoch * size, size):
+        size = min(batch_size, n)
+        for start in range(0, steps_per_epoch(n, batch_size) * size, size):
             idx = order[start:start + size]
             yield idx, view[idx]
 
@@ -195,6 +206,9 @@ class Trainer:
         sentences = task_descriptions(self.cfg, self.task)
         tokenizer = self.backbone.tokenizer
         total = sum(len(per_class) for per_class in sentences)
+        if total > MANY_DESCRIPTIONS:  # minutes of tokenising and encoding: say so before they start
+            print(f"{self.task.dataset}: {total} descriptions ({len(sentences)} classes x n_descriptions="
+                  f"{self.cfg.n_descriptions}) to encode for the Stage I targets (cached after the first time)")
         self.descriptions_cut = sum(token_count(tokenizer, s) > tokenizer.context_length
                                     for per_class in sentences for s in per_class)
         if self.descriptions_cut:
@@ -203,13 +217,27 @@ class Trainer:
         return sentences
 
     def description_targets(self) -> torch.Tensor:
-        """L2-normalised description features ``[C, n_desc, D]`` of the training classes."""
+        """L2-normalised description features ``[C, n_desc, D]`` of the training classes (Stage I
+        targets), encoded cut at each sentence's EOS (exact, :func:`encode_token_ids`) and cached in
+        ``cache_dir/description_targets`` under a key of the weights, their activation and precision
+        and the sentences only: every trial, seed and Stage I variant on them shares one encoding."""
         sentences = self.stage1_descriptions()
         flat = [s for per_class in sentences for s in per_class]
-        with torch.no_grad(), self.autocast():
-            tokens = self.backbone.tokenizer(flat).to(self.device)
-            feats = torch.cat([self.backbone.model.encode_text(t) for t in tokens.split(256)]).float()
-        return F.normalize(feats, dim=-1).view(len(sentences), self.cfg.n_descriptions, -1)
+        backbone, n = self.backbone, self.cfg.n_descriptions
+        key = key_digest({"backbone": backbone.name, "weights": backbone.weights_id,
+                          "activation": backbone.activation, "precision": self.precision,
+                          "n_descriptions": n, "sentences": flat})
+
+        def encode() -> torch.Tensor:
+            with self.autocast():
+                feats = encode_token_ids(self.encoder, backbone.tokenizer(flat).to(self.device), self.cfg.truncate,
+                                         progress="encoding descriptions" if len(flat) > MANY_DESCRIPTIONS else None)
+            return F.normalize(feats.float(), dim=-1).view(len(sentences), n, -1).cpu()
+
+        provenance = {"backbone": backbone.name, "weights": backbone.weights_id, "dataset": self.task.dataset,
+                      "descriptions": str(self.task.descriptions_path), "n_descriptions": n}
+        path = Path(self.cfg.cache_dir).expanduser() / "description_targets" / f"{key}.pt"
+        return cached(path, "description_targets", key, provenance, encode).to(self.device)
 
     @torch.no_grad()
     def evaluate(self, method: "Method", per_image: bool = False) -> dict:

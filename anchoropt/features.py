@@ -3,11 +3,12 @@
 The image encoder never trains, so a run (and every trial of a search) reads
 features instead of images: ``[N, D]`` for evaluation images and ``[N, V, D]``
 for training images, V fixed augmented views drawn once per image with a seed.
-The cache key covers the backbone's weights and image preprocessing, the exact image list (paths, sizes, modification
+The cache key covers the backbone's weights, activation and image preprocessing, the exact image list (paths, sizes, modification
 times: regenerated or replaced images get new features), the views and the seed, so it is shared
 by every run on the same (backbone, dataset, split, seed, shots).
-Files are written atomically under a file lock, so concurrent trials and benchmark cells
-encode each image set once and never read a half-written file.
+Cache files are verified on load (:mod:`anchoropt.cache`: checksum, shapes, provenance) and
+written atomically under a file lock, so concurrent trials and benchmark cells encode each image
+set once, never read a half-written file, and rebuild a damaged one.
 Methods that prompt the image tower (MaPLe) train on pixels instead: :func:`image_tensors` gives
 the very images (same crops) these features come from, as uint8, kept in memory by the trainer.
 """
@@ -21,23 +22,22 @@ from typing import Iterator
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from filelock import FileLock
 
 import anchoropt.torchvision_compat  # noqa: F401  (before torchvision)
 from anchoropt.backbone import Backbone
 from anchoropt.data.datasets import DataError, Datum
 from anchoropt.data.images import file_id, load_image
-from anchoropt.io import save_tensors
+from anchoropt.cache import cached
 
 BATCH = 128
 
 
 def cache_key(backbone: Backbone, items: list[Datum], views: int, seed: int, crop_scale: float, flip: bool) -> str:
-    """sha1 over backbone name/weights/preprocessing, image files, views (0 = test transform), seed and augmentation.
+    """sha1 over backbone name/weights/activation/preprocessing, image files, views (0 = test transform), seed and augmentation.
 
     Raises:
         DataError: an image file is missing, naming it."""
-    payload = json.dumps([backbone.name, backbone.weights_id, backbone.preprocess_cfg,
+    payload = json.dumps([backbone.name, backbone.weights_id, backbone.activation, backbone.preprocess_cfg,
                           [file_id(d.impath) for d in items], views, seed,
                           crop_scale if views else None, flip if views else None])
     return hashlib.sha1(payload.encode()).hexdigest()
@@ -63,12 +63,11 @@ def encode_images(backbone: Backbone, items: list[Datum], views: int = 0, seed: 
         raise DataError("no images to encode: the split is empty")
     if cache_dir is None:
         return _encode_seeded(backbone, items, views, seed, device, crop_scale, flip)
-    path = Path(cache_dir).expanduser() / "features" / f"{cache_key(backbone, items, views, seed, crop_scale, flip)}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):  # concurrent trials and cells encode each image set once
-        if not path.is_file():
-            save_tensors(_encode_seeded(backbone, items, views, seed, device, crop_scale, flip), path)
-    return torch.load(path, weights_only=True)
+    key = cache_key(backbone, items, views, seed, crop_scale, flip)
+    provenance = {"backbone": backbone.name, "weights": backbone.weights_id, "images": len(items),
+                  "first_image": str(items[0].impath), "views": views, "seed": seed}
+    return cached(Path(cache_dir).expanduser() / "features" / f"{key}.pt", "features", key, provenance,
+                  lambda: _encode_seeded(backbone, items, views, seed, device, crop_scale, flip))
 
 
 def image_tensors(backbone: Backbone, items: list[Datum], views: int = 0, seed: int = 0, crop_scale: float = 0.08,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anchoropt.errors import brief
 from anchoropt.text import ClassTokens, TextEncoder
 
 INIT_STD = 0.02  # N(0, 0.02) init of soft tokens and anchors (SPEC section 2)
@@ -31,7 +32,7 @@ def phrase_init(phrase: str, tokenizer, embedding: nn.Embedding) -> torch.Tensor
     left out), on CPU. Raises ValueError for a phrase without tokens."""
     n = len(tokenizer.encode(phrase))
     if n == 0:
-        raise ValueError(f"ctx_init {phrase!r} has no tokens")
+        raise ValueError(f"ctx_init {brief(phrase)} has no tokens")
     tokens = tokenizer([phrase]).to(embedding.weight.device)
     return embedding(tokens)[0, 1:1 + n].float().cpu()
 
@@ -108,12 +109,15 @@ class AnchorOPTPrompt(nn.Module):
     Args:
         eos_shift: positions subtracted from the EOS index; ``n_anchors`` reproduces the
             reference's early read (``eos_index: reference``), 0 is correct.
+        anchor_grad: the anchors receive this prompt's gradient (joint Stage I, SPEC section 9
+            row 29); Stage II detaches them.
     """
 
     rest = "{}."
 
     def __init__(self, init: torch.Tensor, position: torch.Tensor, generator: torch.Generator,
-                 gumbel_tau: float = 1.0, position_eval: str = "argmax", eos_shift: int = 0):
+                 gumbel_tau: float = 1.0, position_eval: str = "argmax", eos_shift: int = 0,
+                 anchor_grad: bool = False):
         super().__init__()
         if position_eval not in ("argmax", "sample"):
             raise ValueError(f"position_eval must be 'argmax' or 'sample', got '{position_eval}'")
@@ -126,6 +130,7 @@ class AnchorOPTPrompt(nn.Module):
         self.gumbel_tau = gumbel_tau
         self.position_eval = position_eval
         self.eos_shift = eos_shift
+        self.anchor_grad = anchor_grad
 
     @property
     def n_block(self) -> int:
@@ -139,10 +144,10 @@ class AnchorOPTPrompt(nn.Module):
 
     def forward(self, encoder: TextEncoder, tokens: ClassTokens, anchors: torch.Tensor,
                 position: torch.Tensor | None = None) -> torch.Tensor:
-        """Returns text features ``[C, D]``; ``anchors`` is ``[N, d]`` (gradient not propagated);
-        ``position``: a given ``W`` instead of :meth:`position_matrix`."""
+        """Returns text features ``[C, D]``; ``anchors`` is ``[N, d]`` (gradient propagated only with
+        ``anchor_grad``); ``position``: a given ``W`` instead of :meth:`position_matrix`."""
         position = self.position_matrix() if position is None else position
-        block = position @ torch.cat([self.ctx, anchors.detach()], dim=0)
+        block = position @ torch.cat([self.ctx, anchors if self.anchor_grad else anchors.detach()], dim=0)
         return encoder.encode(tokens, block, tokens.eos_index - self.eos_shift)
 
 

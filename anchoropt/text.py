@@ -11,7 +11,8 @@ with the positional embedding and the mask sliced to match, gives the same
 features and runs the transformer on far fewer positions.
 
 Prefix sharing: every learner here puts one learned block, the same for all classes, right
-after SOS, so positions ``0..k`` hold the same embeddings in every class's sequence, and under
+after SOS, often followed by fixed words the same for all classes (the anchor prompt's "of"), so
+positions ``0..k`` (and those words) hold the same embeddings in every class's sequence, and under
 the causal mask their hidden states do not depend on what follows. :meth:`TextEncoder.encode`
 runs those positions once (batch 1) and only the class-specific rest per class, its attention
 reading the prefix's keys and values; forward and backward equal the per-class path up to float
@@ -99,8 +100,9 @@ class TextEncoder(nn.Module):
         """
         eos_index = tokens.eos_index if eos_index is None else eos_index
         if block.dim() == 2 and self.share_prefix:
-            return self.forward_shared(torch.cat([tokens.prefix[0], block.to(tokens.prefix.dtype)]),
-                                       tokens.suffix, eos_index, replace)
+            n = tokens.n_shared
+            prefix = torch.cat([tokens.prefix[0], block.to(tokens.prefix.dtype), tokens.suffix[0, :n]])
+            return self.forward_shared(prefix, tokens.suffix[:, n:], eos_index, replace)
         return self(tokens.assemble(block), eos_index, replace)
 
     def encode_per_image(self, tokens: "ClassTokens", blocks: torch.Tensor,
@@ -111,8 +113,9 @@ class TextEncoder(nn.Module):
         eos_index = tokens.eos_index if eos_index is None else eos_index
         blocks = blocks.to(tokens.prefix.dtype)
         if self.share_prefix:
-            sos = tokens.prefix[0].expand(blocks.shape[0], -1, -1)
-            return self.forward_shared(torch.cat([sos, blocks], dim=1), tokens.suffix, eos_index)
+            n = tokens.n_shared
+            sos, common = (t.expand(blocks.shape[0], -1, -1) for t in (tokens.prefix[0], tokens.suffix[0, :n]))
+            return self.forward_shared(torch.cat([sos, blocks, common], dim=1), tokens.suffix[:, n:], eos_index)
         seqs = torch.cat([tokens.assemble(block) for block in blocks])
         return self(seqs, eos_index.repeat(blocks.shape[0])).unflatten(0, (blocks.shape[0], len(tokens)))
 
@@ -151,6 +154,34 @@ class TextEncoder(nn.Module):
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
+
+
+@torch.no_grad()
+def encode_token_ids(encoder: TextEncoder, tokens: torch.Tensor, truncate: bool = True,
+                     batch_size: int = 256, progress: str | None = None) -> torch.Tensor:
+    """Text features ``[N, embed_dim]`` (not normalised) of tokenised texts, as CLIP's ``encode_text``.
+
+    Args:
+        tokens: ``[N, L]`` long, open_clip token ids (SOS ... EOS, zero padding; EOS is the
+            largest id, so its position is the row's argmax).
+        truncate: sort the texts by EOS position and cut each batch after its longest EOS: exact
+            under the causal mask (module docstring), and a text of 20 tokens costs 20 positions,
+            not 77.
+        batch_size: texts per forward pass.
+        progress: label of a progress bar over the batches (tqdm, shown on a terminal); None: no bar.
+    """
+    from tqdm.auto import tqdm
+
+    eos = tokens.argmax(dim=-1)
+    order = eos.argsort() if truncate else torch.arange(len(tokens), device=tokens.device)
+    out = None
+    for idx in tqdm(order.split(batch_size), desc=progress, unit="batch", leave=False,
+                    disable=None if progress else True):
+        length = int(eos[idx].max()) + 1 if truncate else tokens.shape[1]
+        feats = encoder(encoder.token_embedding(tokens[idx, :length]), eos[idx])
+        out = feats.new_empty(len(tokens), feats.shape[1]) if out is None else out
+        out[idx] = feats
+    return out
 
 
 def put_block(x: torch.Tensor, block: torch.Tensor | None) -> torch.Tensor:
@@ -243,13 +274,15 @@ class ClassTokens:
     Attributes:
         prefix: ``[C, 1, d]`` SOS embedding; suffix: ``[C, S, d]`` embeddings after the
         block (class name, full stop, EOS, padding up to the cut); eos_index: ``[C]`` long;
-        n_block: k.
+        n_block: k; n_shared: leading suffix positions with the same token in every class, before
+        any EOS (``"of {}."``: 1), encoded with the shared prefix (:meth:`TextEncoder.encode`).
     """
 
     prefix: torch.Tensor
     suffix: torch.Tensor
     eos_index: torch.Tensor
     n_block: int
+    n_shared: int = 0
 
     @classmethod
     @torch.no_grad()
@@ -280,14 +313,16 @@ class ClassTokens:
         eos_index = tokens.argmax(dim=-1)
         length = int(eos_index.max()) + 1 if truncate else tokens.shape[1]
         emb = embedding(tokens[:, :length]).float()
-        return cls(emb[:, :1], emb[:, 1 + n_block:], eos_index, n_block)
+        rest_ids = tokens[:, 1 + n_block:int(eos_index.min())]  # never EOS: every suffix keeps its own
+        same = (rest_ids == rest_ids[:1]).all(dim=0).tolist() + [False]
+        return cls(emb[:, :1], emb[:, 1 + n_block:], eos_index, n_block, same.index(False))
 
     def __len__(self) -> int:
         return self.prefix.shape[0]
 
     def select(self, idx: torch.Tensor) -> "ClassTokens":
         """The same pattern for the classes ``idx`` only."""
-        return ClassTokens(self.prefix[idx], self.suffix[idx], self.eos_index[idx], self.n_block)
+        return ClassTokens(self.prefix[idx], self.suffix[idx], self.eos_index[idx], self.n_block, self.n_shared)
 
     def assemble(self, block: torch.Tensor) -> torch.Tensor:
         """Insert the learned block. ``block``: ``[k, d]`` (shared) or ``[C, k, d]``; returns ``[C, L, d]``."""

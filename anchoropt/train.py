@@ -83,7 +83,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
             once the last repeat reaches it.
 
     Returns:
-        The record (:func:`anchoropt.records.build_record`, docs/INTERFACES.md): config, seed, metrics in percent (base2novel:
+        The record (:func:`anchoropt.records.build_record`, docs/INTERFACES.md): config, seed, backbone
+        activation, metrics in percent (base2novel:
         ``acc_base``, ``acc_novel``, ``hm`` (on ``eval_split=val`` pooled over the repeats), with
         ``n_base``, ``n_novel`` images scored and ``hm_se``; cross_dataset: ``acc_<dataset>`` for the source and
         each target), ``training`` (updates per trainable group, descriptions cut), wall time,
@@ -134,7 +135,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
         runs.append(epochs)
     metrics = pool_scores(finals, distinct) if per_image else finals[0]
     metrics = {k: v for k, v in metrics.items() if not k.startswith("correct_")}  # the record keeps numbers
-    record = build_record(cfg, metrics, time.time() - start, training=training_summary(method))
+    record = build_record(cfg, metrics, time.time() - start, training=training_summary(method),
+                          activation={"function": backbone.activation, "decided_by": backbone.activation_from})
     if out_dir is not None:
         out_dir = Path(out_dir)
         save_tensors(method.tensors(), out_dir / "prompts.pt")
@@ -143,6 +145,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
 
 
 def training_summary(method: Method) -> dict:
-    """What the run actually did: optimiser updates per trainable group (``anchors``, ``prompt``)
-    and how many Stage I descriptions were cut at the context length."""
-    return {"updates": method.updates(), "descriptions_cut": method.trainer.descriptions_cut}
+    """What the run actually did: optimiser updates per trainable group (``anchors``, ``prompt``),
+    how many Stage I descriptions were cut at the context length, and the method's own entries
+    (AnchorOPT's ``stage1``: the epoch kept, or the anchor file and its sha256)."""
+    return {"updates": method.updates(), "descriptions_cut": method.trainer.descriptions_cut, **method.training_info()}

@@ -98,3 +98,14 @@ def test_training_with_and_without_prefix_sharing_agrees(tiny_cfg, tmp_path, met
     assert learned[0].keys() == learned[1].keys()
     for name in learned[0]:
         assert (learned[0][name] - learned[1][name]).abs().max().item() < 1e-4, name
+
+
+def test_words_common_to_every_class_join_the_shared_prefix(tiny_backbone):
+    """The anchor prompt ``SOS A.. of CLS . EOS`` shares "of" with the block; CoOp's ``{}.`` shares nothing."""
+    from anchoropt.prompts import AnchorPrompt, CoOpPrompt
+    model, tok = tiny_backbone.model, tiny_backbone.tokenizer
+    anchor = ClassTokens.build(NAMES, 2, AnchorPrompt.rest, tok, model.token_embedding)
+    assert anchor.n_shared == 1 and anchor.select(torch.tensor([0])).n_shared == 1
+    assert ClassTokens.build(NAMES, 4, CoOpPrompt.rest, tok, model.token_embedding).n_shared == 0
+    one = ClassTokens.build(NAMES[:1], 2, AnchorPrompt.rest, tok, model.token_embedding)
+    assert one.n_shared == int(one.eos_index[0]) - 3  # a single class: all but EOS, never past it

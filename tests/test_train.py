@@ -216,3 +216,20 @@ def test_feature_cache_follows_image_and_checkpoint_files(tiny_backbone, tmp_pat
     moved = replace(tiny_backbone, weights_id=tiny_backbone.weights_id + ":other")  # e.g. a retrained checkpoint
     encode_images(moved, items, 0, 1, cache, "cpu")
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 3
+
+
+def test_runs_that_differ_in_quick_gelu_share_no_cached_features_or_stage1(tiny_cfg, tmp_path):
+    from anchoropt.features import encode_images
+
+    gelu, quick = tiny_cfg(quick_gelu=False), tiny_cfg(quick_gelu=True)  # one cache_dir
+    records = [train(cfg) for cfg in (gelu, quick)]
+    assert [r["activation"]["function"] for r in records] == ["gelu", "quick_gelu"]
+    assert records[1]["activation"]["decided_by"] == "quick_gelu=true given"
+    assert len(list((tmp_path / "cache" / "stage1").glob("*.pt"))) == 2
+    backbone = cached_backbone(quick.backbone, quick.pretrained, True, "cpu", quick.preprocess)
+    task = build_task(quick, backbone)  # reads the cache the QuickGELU run wrote
+    items = task.evals["base"].items
+    fresh = encode_images(backbone, items)  # no cache
+    assert torch.equal(task.evals["base"].features, fresh)
+    other = cached_backbone(gelu.backbone, gelu.pretrained, False, "cpu", gelu.preprocess)
+    assert not torch.allclose(encode_images(other, items), fresh)

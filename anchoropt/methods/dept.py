@@ -12,7 +12,8 @@ transformed text features of each image's class. As the reference (ATPrompt's ``
 - trained classes are scored by ``(1 - w) * clip logits + w * head(image)``; unseen classes (novel,
   cross-dataset targets) by the CLIP logits alone (the head knows only the trained classes);
 - one SGD optimiser for the prompt and the head, at the same learning rate (Dassl's
-  ``build_optimizer`` over every trainable tensor).
+  ``build_optimizer`` over every trainable tensor); ``dept_head_lr_mult`` scales the head's rate
+  (DePT's own code: 6.5, ``OPTIM.STAGED_LR`` with ``LR_EXP 6.5``; SPEC section 9).
 
 DePT+ATPrompt is the same head on CoOp+ATPrompt's prompt (reference ``trainers/dept_atp.py``).
 DePT+AnchorOPT is CoOp+AnchorOPT's prompt with this head; its loss is ``ce_weight`` times the DePT
@@ -81,7 +82,8 @@ def fused_logits(logits: torch.Tensor, head_logits: torch.Tensor, weight: float)
 
 class DePTParts:
     """What DePT adds to a base with a prompt (``self.text(classnames)``) and one stepper: the head
-    (in that stepper's optimiser, same learning rate), the head's loss and its inference rule."""
+    (in that stepper's optimiser, at ``dept_head_lr_mult`` times its learning rate), the head's loss
+    and its inference rule."""
 
     trainer: Trainer
     head: DePTHead
@@ -90,7 +92,12 @@ class DePTParts:
         t = self.trainer
         dim = t.train_features.shape[-1]  # the image (= text) embedding width D
         self.head = DePTHead(dim, len(t.task.classnames), stream_generator(t.cfg.seed, "dept_head")).to(t.device)
-        stepper.optimizer.add_param_group({"params": list(self.head.parameters())})
+        stepper.optimizer.add_param_group({"params": list(self.head.parameters()), "lr_mult": t.cfg.dept_head_lr_mult})
+
+    def put_tensors(self, saved: dict[str, torch.Tensor]) -> None:
+        """The head's tensors are saved as ``head.<key>``."""
+        super().put_tensors({k: v for k, v in saved.items() if not k.startswith("head.")})
+        self.head.load_state_dict({k[len("head."):]: v for k, v in saved.items() if k.startswith("head.")})
 
     def head_step_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(DePT loss, CLIP logits [B, C])`` of an image batch ``feats [B, D]``, ``labels [B]``."""

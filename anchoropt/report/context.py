@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from anchoropt.escape import markdown, write_csv
 from anchoropt.records import KEY, PROTOCOL_METRICS, check_comparable, check_duplicates, protocol_of
 from anchoropt.report.statistics import (
     DEFAULT_HM_CONVENTION, HM_CONVENTIONS, PRIMARY, anchor_cell_stats, cell_stats, compare_over_datasets, holm,
@@ -86,12 +87,17 @@ class Context:
         return ttests_over_seeds(self.df, cells, method, baseline, self.primary, self.metrics)
 
     def name(self, method: str) -> str:
-        """Display name of ``method`` for tables and figures."""
+        """Display name of ``method`` for tables and figures (plain text: escape it for the format)."""
         return display_name(method, self.display_names)
 
+    def md(self, text) -> str:
+        """User text (a method, dataset or setting name) as literal Markdown (``escape.markdown``)."""
+        return markdown(text)
+
     def csv(self, table: pd.DataFrame, name: str, index: bool = False) -> str:
-        """Write ``table`` to ``out_dir/name`` and return a markdown note pointing to it."""
-        table.to_csv(self.out_dir / name, index=index)
+        """Write ``table`` to ``out_dir/name`` (formula-like strings neutralised, ``escape.write_csv``)
+        and return a markdown note pointing to it."""
+        write_csv(table, self.out_dir / name, index=index)
         return f"CSV: [`{name}`]({name})"
 
 

@@ -6,6 +6,8 @@ from typing import Mapping
 
 import pandas as pd
 
+from anchoropt.escape import markdown
+
 METRIC_TITLES = {"acc_base": "Base accuracy", "acc_novel": "Novel accuracy", "hm": "HM", "acc": "Accuracy"}
 MISSING = "—"
 # method-name tokens as the papers spell them; schedule / tuning tokens become a qualifier
@@ -34,9 +36,10 @@ def pval(p: float) -> str:
 
 
 def md_table(table: pd.DataFrame) -> str:
-    """A DataFrame of strings (index ignored) as a GitHub markdown table."""
-    cells = [[str(c) for c in table.columns]] + [[str(v) for v in r] for r in table.to_numpy()]
-    lines = ["| " + " | ".join(r).replace("\n", " ") + " |" for r in cells]
+    """A DataFrame of strings (index ignored) as a GitHub markdown table; every header and cell is literal
+    text (``escape.markdown``: a name never becomes a tag, a link or a column boundary)."""
+    cells = [[markdown(c) for c in table.columns]] + [[markdown(v) for v in r] for r in table.to_numpy()]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("---" for _ in table.columns) + "|")
     return "\n".join(lines)
 
@@ -47,6 +50,16 @@ def mean_std(mean: float, std: float, n: int, n_expected: int) -> str:
     if pd.isna(mean):
         return MISSING if n == 0 else f"{MISSING} ({n}/{n_expected} seeds)"
     return num(mean) if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def schedule_name(schedule: str) -> str:
+    """How a paper prints a schedule: ``two_stage`` -> ``two-stage`` (other values unchanged)."""
+    return QUALIFIERS.get(str(schedule), str(schedule))
+
+
+def dataset_name(dataset: str) -> str:
+    """How the papers' tables name a dataset (``oxford_flowers`` -> ``Flowers102``); others unchanged."""
+    return DATASET_NAMES.get(dataset, dataset)
 
 
 def display_name(method: str, overrides: Mapping[str, str] | None = None) -> str:

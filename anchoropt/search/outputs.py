@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from anchoropt.config import make_config
+from anchoropt.escape import write_csv
 from anchoropt.search.ledger import open_storage, read_results
 from anchoropt.search.spec import SearchSpec
 
@@ -76,7 +77,7 @@ def write_outputs(out_dir: str | Path, spec: SearchSpec | None = None, study=Non
         import optuna
         study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec, out_dir))
     table = trials_table(rows, spec)
-    table.to_csv(out_dir / "trials.csv", index=False)
+    write_csv(table, out_dir / "trials.csv")
     _parquet_safe(table).to_parquet(out_dir / "trials.parquet", index=False)
 
     best = best_row(table)
@@ -248,7 +249,7 @@ def _importances(study, out_dir: Path) -> tuple[dict[str, float] | None, str | N
                       optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
     except (RuntimeError, ValueError, ZeroDivisionError) as err:
         return None, f"no parameter importances: Optuna's PED-ANOVA could not estimate them ({err})"
-    pd.DataFrame({"param": list(result), "importance": list(result.values())}).to_csv(path, index=False)
+    write_csv(pd.DataFrame({"param": list(result), "importance": list(result.values())}), path)
     return result, None
 
 

@@ -158,6 +158,19 @@ def test_head_is_in_the_prompt_optimiser_at_its_learning_rate(tiny_cfg):
     assert len({g["lr"] for g in groups}) == 1 and all(g["weight_decay"] == 5e-4 for g in groups)
 
 
+@pytest.mark.parametrize("method", ["dept", "dept_anchoropt"])
+def test_head_lr_mult_scales_the_heads_rate_only(tiny_cfg, method):
+    """dept_head_lr_mult 6.5 (DePT's own STAGED_LR, LR_EXP 6.5): head at 6.5x the prompt's rate, every epoch."""
+    trainer = make_trainer(tiny_cfg(method=method, lr=0.0035, dept_head_lr_mult=6.5, epochs=10))
+    m = build_method(trainer)
+    stepper = m.prompt_stepper if method == "dept_anchoropt" else m.stepper
+    head = {id(p) for p in m.head.parameters()}
+    for epoch in (0, 3, 9):
+        stepper.set_epoch(epoch, 10, trainer.cfg)
+        lrs = {any(id(p) in head for p in g["params"]): g["lr"] for g in stepper.optimizer.param_groups}
+        assert lrs[True] == pytest.approx(6.5 * lrs[False]) and lrs[False] > 0
+
+
 @pytest.mark.parametrize("method, schedule", [("dept", "two_stage"), ("dept_atp", "two_stage"),
                                               ("dept_anchoropt", "two_stage"), ("dept_anchoropt", "one_stage")])
 def test_trains_end_to_end_and_updates_the_head(tiny_cfg, tmp_path, method, schedule):

@@ -200,3 +200,14 @@ def test_each_maple_method_trains_end_to_end(vit_cfg, tmp_path, method, schedule
                 "maple_atp": {"ctx", "deep.deep", "deep.couplings.2.weight", "att"},
                 "maple_anchoropt": {"ctx", "position", "deep", "couplings.2.weight", "anchors"}}[method]
     assert expected <= saved
+
+
+@pytest.mark.parametrize("method", ["maple", "maple_atp", "maple_anchoropt"])
+def test_prompt_depth_1_is_shallow_maple(vit_cfg, tmp_path, method):
+    """J = 1 (the reference's shallow MaPLe): input prompts only, no deep tokens, one coupling."""
+    record = train(vit_cfg(method=method, prompt_depth=1, epochs=1, anchor_epochs=1), tmp_path)
+    assert {"acc_base", "acc_novel", "hm"} <= set(record["metrics"])
+    saved = torch.load(tmp_path / "prompts.pt", weights_only=True)
+    deep = saved["deep"] if method == "maple_anchoropt" else saved["deep.deep"]
+    assert deep.shape[0] == 0
+    assert not any(k.startswith(("deep.couplings.1", "couplings.1")) for k in saved)

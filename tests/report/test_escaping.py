@@ -1,0 +1,144 @@
+"""User-supplied names in a report: never a script in report.html (checked in a real headless browser),
+a formula in a CSV, a command in tables.tex or a broken Markdown table (issue 28)."""
+import csv
+import os
+import shutil
+import subprocess
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import markdown as markdown_lib  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from anchoropt import report  # noqa: E402
+from anchoropt.escape import csv_cell, latex, markdown  # noqa: E402
+from anchoropt.report.writer import html_page  # noqa: E402
+
+# each payload, if it ran, would set the page title to PWNED (never written contiguously, so the
+# marker can only appear in the DOM by a script running)
+RUN = "document.title='PW'+'NED'"
+IMG = f"<img src=x onerror={RUN}>"
+SCRIPT = f"<script>{RUN}</script>"
+SVG = f"<svg onload={RUN}>"
+DETAILS = f"<details open ontoggle={RUN}>"
+METHODS = [IMG, "=HYPERLINK(\"http://x\")", "a|b\n# c", r"\input{/etc/passwd} $\alpha$"]
+DATASETS = [SCRIPT, "@SUM(1+1)", "-2+3", "+x_"]
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _records():
+    rows = []
+    for i, method in enumerate(METHODS):
+        for j, dataset in enumerate(DATASETS):
+            for seed in (1, 2):
+                v = 50.0 + 3 * i + j + seed
+                rows.append({"method": method, "dataset": dataset, "seed": seed, "acc_base": v, "acc_novel": v,
+                             "hm": v, "backbone": SVG, "pretrained": DETAILS, "shots": 16, "tuning": IMG})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("escaped")
+    report.write_report(_records(), out, baseline=METHODS[1], display_names={METHODS[2]: f"[x](javascript:{RUN})"},
+                        schedules=(METHODS[0], METHODS[3]))
+    return out
+
+
+def _browser():
+    exe = next(filter(None, map(shutil.which, BROWSERS)), None)
+    if exe is None:
+        if os.environ.get("ANCHOROPT_REQUIRE_BROWSER"):
+            pytest.fail("no headless browser (chromium) on PATH: .ci/run installs it")
+        pytest.skip("no headless browser (chromium) on PATH: apt-get install -y chromium")
+    return exe
+
+
+def _dom(page) -> str:
+    """The DOM of ``page`` after a headless chromium loaded it and ran its scripts (2 s of virtual time)."""
+    exe = _browser()
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+             "--virtual-time-budget=2000", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120)
+    assert "</html>" in done.stdout, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_browser_check_sees_a_script_run(tmp_path):
+    """The check itself: the same payloads in Markdown converted with raw HTML passed through (the old
+    report.html) do run in the browser."""
+    page = tmp_path / "raw.html"
+    body = markdown_lib.markdown(f"| method |\n|---|\n| {IMG} |\n\n{SVG}\n\n{SCRIPT}\n", extensions=["tables"])
+    page.write_text(f"<!DOCTYPE html><html><head><title>r</title></head><body>{body}</body></html>")
+    assert "<title>PWNED</title>" in _dom(page)
+
+
+def test_report_html_runs_no_script_in_a_browser(written):
+    dom = _dom(written / "report.html")
+    assert "PWNED" not in dom
+    assert "<title>Significance report</title>" in dom
+    assert "javascript:" not in dom.replace(f"[x](javascript:{RUN})", "")  # shown as text, never a link
+    assert "<img src=\"x\"" not in dom and "<svg" not in dom and "<details" not in dom
+
+
+def test_report_markdown_holds_names_as_text(written):
+    text = (written / "report.md").read_text()
+    for raw in (IMG, SCRIPT, SVG, DETAILS, "<a href"):
+        assert raw not in text
+    html = markdown_lib.markdown(text, extensions=["tables"])  # raw HTML passed through, as most viewers do
+    for tag in ('<img src="x"', "<script", "<svg", "<details", 'href="javascript'):
+        assert tag not in html
+    assert "a|b # c" in html  # the name, on one line, inside one table cell
+    table = text[text.index("### HM (%)"):].split("\n\n")[2].splitlines()
+    assert {line.replace("\\|", "").count("|") for line in table} == {len(METHODS) + 2}
+
+
+def test_csv_cells_never_start_a_formula(written):
+    files = sorted(written.glob("*.csv"))
+    assert len(files) >= 8
+    seen = set()
+    for file in files:
+        with file.open(newline="") as f:
+            for row in csv.reader(f):
+                for cell in row:
+                    assert not cell.startswith(("=", "+", "@", "\t", "\r")), (file.name, cell)
+                    assert not (cell.startswith("-") and not _number(cell)), (file.name, cell)
+                    seen.add(cell)
+    assert "'=HYPERLINK(\"http://x\")" in seen and "'@SUM(1+1)" in seen and "'-2+3" in seen
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def test_latex_tables_hold_names_as_text(written):
+    tex = (written / "tables.tex").read_text()
+    assert r"\input" not in tex and r"\alpha" not in tex and "<script>" not in tex
+    assert r"\textbackslash{}input\{/etc/passwd\} \$\textbackslash{}alpha\$" in tex
+    assert latex("a\n\nb & c") == r"a b \& c"
+
+
+def test_escape_functions():
+    assert markdown("coop_anchoropt") == "coop_anchoropt"  # intraword underscore stays readable
+    assert markdown("_x_ *y* `z` [l](u) a|b <b> &amp;") == r"\_x\_ \*y\* \`z\` \[l\](u) a\|b &lt;b> &amp;amp;"
+    assert markdown("# h") == "# h" and markdown("# h", line_start=True) == r"\# h"
+    assert markdown("1. x", line_start=True) == r"1\. x"
+    assert csv_cell("=1+1") == "'=1+1" and csv_cell("-1") == "'-1" and csv_cell(-1.0) == -1.0
+    assert csv_cell("coop") == "coop"
+
+
+def test_html_page_shows_raw_html_as_text(tmp_path):
+    page = html_page(f"# t\n\n{SCRIPT}\n\nx {IMG}\n", tmp_path)
+    assert "<script>" not in page and "<img" not in page
+    assert "&lt;script&gt;" in page
