@@ -3,9 +3,9 @@
 It answers three questions on the suite's datasets:
 
 - *anchor count and learning rates*: for each schedule of the suite's ``schedule_methods`` and each
-  dataset, its own search (the space, e.g. n_anchors, lr, anchor_lr), with a multi-fidelity
-  scheduler (ASHA: poor trials stop after few epochs, so the budget buys more configurations)
-  on the leak-free ``val`` objective; trial 0 is the reference default configuration;
+  dataset, its own search (the space, e.g. n_anchors, lr, anchor_lr) on the leak-free ``val``
+  objective, every trial trained to its last epoch (no early stopping by
+  default: see README); trial 0 is the reference default configuration;
 - *one- vs two-stage*: both schedules get the same space, trials, scheduler and objective per
   dataset; the report tests tuned one-stage against tuned two-stage and draws best-so-far curves;
 - *does tuning help*: each schedule's untuned reference defaults stay in the benchmark as its own
@@ -127,7 +127,7 @@ def _same_search(out: Path, space: Path, num_trials: int, base: dict, objective:
 
 def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "results/toy11",
                  report_dir: str | Path = "results/toy11/report", overrides: dict[str, Any] | None = None,
-                 space: str | Path = DEFAULT_SPACE, search_trials: int = 8, scheduler: str = "asha",
+                 space: str | Path = DEFAULT_SPACE, search_trials: int = 8, scheduler: str = "none",
                  objective: str = "val", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                  max_concurrent: int | None = None, address: str | None = None,
                  num_cpus: int | None = None, verbose: int = 0, mlflow: str | bool | None = None,
@@ -139,7 +139,7 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
         overrides: TrainConfig keys replacing the suite's shared config (data_root, backbone, ...).
         search_trials: trials per schedule and dataset (equal budgets); 0 skips the searches
             (methods keep their suite config).
-        scheduler: of every search (``asha`` or ``none``).
+        scheduler: of every search (``none``, the default: every trial runs all its epochs, or ``asha``).
         verbose, mlflow: what the searches and the benchmark show and log to (``run_search``; an
             MLflow URI, False for none, None as each search and the benchmark stored it).
         dry_run: print what each search and the benchmark would run and return None; nothing is written.

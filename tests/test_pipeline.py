@@ -40,7 +40,8 @@ def test_run_main_job_searches_benchmarks_reports_and_resumes(tmp_path, eurosat_
         assert tuned["tuning"] == "search_test" and tuned["eval_split"] == "test"
         assert tuned["config"]["n_anchors"] == best["n_anchors"] and tuned["config"]["schedule"] == schedule
         assert records[method]["tuning"] == "untuned"  # the reference defaults stay in the benchmark
-        assert json.loads((search / "search.json").read_text())["scheduler"] == "asha"
+        # no early stopping by default: ASHA-stopped trials' val HM did not rank test HM on toy-11 (issue 24)
+        assert json.loads((search / "search.json").read_text())["scheduler"] == "none"
         assert pd.read_csv(search / "trials.csv").loc[0, "origin"] == "default config"
     assert records["coop"]["tuning"] == "untuned"
     assert suite.read_text() == before  # the suite file is read, never rewritten
