@@ -34,6 +34,9 @@ memory, and each figure's ratio to the first method's.
 
 Usage (random-init ViT-B-16, a generated 50-class dataset, 16 shots):
     python benchmarks/perf/trial_cost.py --backbone ViT-B-16 --classes 50
+Pets' 37 class names and CuPL descriptions (19 base classes trained), few steps:
+    python benchmarks/perf/trial_cost.py --backbone ViT-B-16 --classes 37 \
+        --cupl ../shared/data/cupl/pets_prompts_full.json --shots 2 --epochs 1 --anchor-epochs 2 --views 1
 MaPLe against CoOp on the toy ViT (random init), 3 interleaved rounds:
     python benchmarks/perf/trial_cost.py --method coop maple --backbone ToyCLIP-ViT --classes 10 \
         --epochs 2 --batch-size 4 --prompt-depth 3
@@ -73,10 +76,12 @@ from anchoropt.text import ClassTokens
 from anchoropt.train import cached_backbone
 
 
-def make_dataset(root: Path, classes: int, shots: int, size: int) -> None:
-    """A CoOp-format ``eurosat`` folder of noisy colour images, ``classes`` classes, with descriptions."""
+def make_dataset(root: Path, classes: int, shots: int, size: int, cupl: str = "") -> None:
+    """A CoOp-format ``eurosat`` folder of noisy colour images, ``classes`` classes, with descriptions:
+    generated ones, or with ``cupl`` (a CuPL JSON) its first classes' names and real descriptions."""
     rng = np.random.default_rng(0)
-    names = [f"class {i}" for i in range(classes)]
+    real = json.loads(Path(cupl).read_text()) if cupl else {}
+    names = list(real)[:classes] if real else [f"class {i}" for i in range(classes)]
     split = {}
     for part, n in (("train", shots), ("val", 1), ("test", 4)):
         split[part] = []
@@ -90,7 +95,8 @@ def make_dataset(root: Path, classes: int, shots: int, size: int) -> None:
                 split[part].append([rel, label, name])
     (root / "eurosat" / "split_zhou_EuroSAT.json").write_text(json.dumps(split))
     (root / "descriptions.json").write_text(json.dumps(
-        {n: [f"A photo of {n}, which looks like thing number {i}." for i in range(10)] for n in names}))
+        {n: real[n] if real else [f"A photo of {n}, which looks like thing number {i}." for i in range(10)]
+         for n in names}))
 
 
 def reference_trial(cfg, backbone, device) -> dict:
@@ -290,6 +296,8 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", help="use an existing data root instead of generating one")
     parser.add_argument("--dataset", default="eurosat")
     parser.add_argument("--descriptions", default="")
+    parser.add_argument("--cupl", default="", help="generated dataset: class names and descriptions from this "
+                        "CuPL JSON (e.g. ../shared/data/cupl/pets_prompts_full.json: real sentence lengths)")
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--anchor-epochs", type=int, default=5)
@@ -317,7 +325,7 @@ def main(argv=None) -> None:
         if args.data_root is None:
             args.data_root = str(Path(tmp) / "data")
             size = 64 if args.backbone.startswith("ToyCLIP") else 224
-            make_dataset(Path(args.data_root), args.classes, args.shots, size)
+            make_dataset(Path(args.data_root), args.classes, args.shots, size, args.cupl)
             args.descriptions = str(Path(args.data_root) / "descriptions.json")
         sides = [("--only-method", m) for m in args.method] if args.method else [("--only", "anchoropt"),
                                                                                   ("--only", "reference")]
