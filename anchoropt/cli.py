@@ -1,4 +1,4 @@
-"""Command line: ``anchoropt train|search|benchmark|report|data|run``. Errors in user input print one line and exit 2.
+"""Command line: ``anchoropt train|search|benchmark|report|data|export|run``. Errors in user input print one line and exit 2.
 
 Only the subcommand that runs imports what it needs: ``--help``, argument errors, ``report`` and
 ``data list`` load no torch (``tests/test_cli.py`` checks it).
@@ -174,6 +174,24 @@ def _data_check(args: argparse.Namespace) -> None:
     print(f"no faults in {', '.join(args.datasets)}")
 
 
+def _export_openai(args: argparse.Namespace) -> None:
+    from anchoropt.backbone import create_backbone
+    from anchoropt.export import OPENAI_HEAD_WIDTH, export_openai
+
+    cfg = load_config(args.config, args.overrides)
+    backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
+    done = export_openai(backbone, args.out, overwrite=args.overwrite)
+    print(f"{done['path']}: {cfg.backbone} ({cfg.pretrained}) in OpenAI's format, fp32, {done['tensors']} tensors; "
+          f"read back as OpenAI's builder reads it, features differ by {done['max_abs_diff']:.2g}")
+    print(f"{done['config']}: activation {done['activation']}, head width image {done['vision_head_width']} / "
+          f"text {done['text_head_width']}, image preprocessing (anchoropt and open_clip read it)")
+    unusual = [f"head width {w} (not {OPENAI_HEAD_WIDTH})" for w in {done['vision_head_width'], done['text_head_width']}
+               if w != OPENAI_HEAD_WIDTH] + (["GELU (not QuickGELU)"] if done["activation"] == "gelu" else [])
+    if unusual:
+        print(f"note: OpenAI's clip.build_model infers the architecture from the weights alone and assumes 64-wide "
+              f"heads and QuickGELU; this model needs {' and '.join(unusual)} there")
+
+
 def _run(args: argparse.Namespace) -> None:
     from anchoropt.pipeline import run_main_job
 
@@ -325,6 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"sentences each class needs (default {TrainConfig.n_descriptions}; SPEC: 5 for ImageNet)")
     p.add_argument("--per-class", action="store_true", help="print the image count of every class in every split")
     p.set_defaults(func=_data_check)
+
+    p = sub.add_parser("export", help="write a backbone in another format")
+    export = p.add_subparsers(dest="export_command", required=True)
+    p = export.add_parser("openai", help="write a backbone's weights as an OpenAI-format checkpoint (CoOp's "
+                                         "clip.build_model reads it), with open_clip_config.json beside it",
+                          description="Writes the weights of backbone=... pretrained=... as a flat fp32 state dict "
+                                      "in OpenAI's key names, and its activation, model config and image "
+                                      "preprocessing to open_clip_config.json in the same folder (anchoropt "
+                                      "reads it back with identical features: backbone=<name> pretrained=FILE).")
+    p.add_argument("--out", required=True, help="checkpoint file to write, e.g. exports/toyclip_vit.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace the file and its open_clip_config.json")
+    p.add_argument("--config", help="YAML file of TrainConfig keys (backbone, pretrained, quick_gelu, preprocess)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. backbone=ToyCLIP-ViT pretrained=toy")
+    p.set_defaults(func=_export_openai)
 
     p = sub.add_parser("run", help="main job: toy data, search both schedules, benchmark, report")
     p.add_argument("--suite", default=str(DEFAULT_SUITE), help="benchmark suite (default the toy-11 suite)")
