@@ -18,7 +18,7 @@ a word CLIP does not know).
 """
 from __future__ import annotations
 
-from anchoropt.errors import ConfigError
+from anchoropt.errors import ConfigError, brief
 
 _IMAGENET = ("color", "shape")
 REFERENCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -58,7 +58,7 @@ def parse_attributes(text: str) -> tuple[str, ...]:
     """``"color, shape"`` -> ``("color", "shape")``. Raises ConfigError on an empty entry."""
     words = tuple(w.strip() for w in text.split(","))
     if not all(words):
-        raise ConfigError(f"invalid value attributes={text!r}: expected comma-separated words, none empty")
+        raise ConfigError(f"invalid value attributes={brief(text)}: expected comma-separated words, none empty")
     return words
 
 

@@ -40,6 +40,8 @@ import open_clip
 import torch
 import torchvision.transforms as T
 
+from anchoropt.errors import brief
+
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 #: model name -> its shipped toy-world checkpoint (``pretrained: toy``), see anchoropt/assets/README.md
 TOY_CHECKPOINTS = {"ToyCLIP": Path(__file__).parent / "assets" / "toyclip.pt",
@@ -393,7 +395,7 @@ def resolve_preprocess(name: str, source: str | Path | None, preprocess: str = "
         if preprocess.lower() == "openai":
             return dict(_OPENAI_PREPROCESS), None
         if preprocess not in tags:
-            raise BackboneError(f"preprocess={preprocess!r} is not a pretrained tag of {name}: expected openai or "
+            raise BackboneError(f"preprocess={brief(preprocess)} is not a pretrained tag of {name}: expected openai or "
                                 f"one of {', '.join(tags) or 'none'}")
         return _tag_preprocess(name, preprocess), None
     if isinstance(source, str):

@@ -1,5 +1,8 @@
 """Command line: ``anchoropt train|search|benchmark|report|data|export|run``. Errors in user input print one line and exit 2.
 
+Every command names the data root as the config key ``data_root=PATH`` (``data toy``, ``data list`` and
+``data check`` too).
+
 Only the subcommand that runs imports what it needs: ``--help``, argument errors, ``report`` and
 ``data list`` load no torch (``tests/test_cli.py`` checks it).
 """
@@ -7,15 +10,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 
 from anchoropt import __version__
-from anchoropt.config import KEY_HELP, TrainConfig, load_config, parse_overrides
-from anchoropt.errors import ConfigError
+from anchoropt.config import KEY_HELP, TrainConfig, load_config, parse_overrides, typed_overrides
+from anchoropt.errors import ConfigError, brief
 from anchoropt.pipeline import DEFAULT_SPACE, DEFAULT_SUITE
 
+#: the top-level --help (plain words: argparse prints it as is)
+DESCRIPTION = ("Tune and benchmark AnchorOPT (CLIP prompt learning): train one run, search hyperparameters with "
+               "Optuna and Ray Tune, benchmark a suite, write a significance report, manage datasets, or run the "
+               "main job (anchoropt run). Errors in your input print one line and exit 2.")
 # ConfigError, DataError (ValueError) and the errors of modules that only a running command imports
 LAZY_ERRORS = (("anchoropt.backbone", "BackboneError"), ("anchoropt.train", "NonFiniteLoss"))
 
@@ -27,12 +37,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from anchoropt.data.datasets import data_root_dir
+
+    cfg = load_config(args.config, args.overrides)
+    data_root_dir(cfg.data_root)  # before torch loads: a missing root fails at once, naming the fix
+
     from tqdm.auto import tqdm
 
     from anchoropt.io import check_output_dir
     from anchoropt.train import train
 
-    cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.dataset / \
         f"{cfg.run_name}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     check_output_dir(out, "--out")
@@ -59,7 +73,7 @@ def _search(args: argparse.Namespace) -> None:
 
     common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
                   max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                  gpus_per_trial=args.gpus_per_trial, verbose=args.verbose, print_summary=True, mlflow=args.mlflow,
+                  gpus_per_trial=args.gpus_per_trial, verbose=args.verbose, print_summary=True, mlflow=_mlflow(args),
                   dry_run=args.dry_run)
     if args.resume:
         given = [flag for flag, value in (("--space", args.space), ("--out", args.out), ("--config", args.config),
@@ -107,14 +121,14 @@ def _benchmark(args: argparse.Namespace) -> None:
     from anchoropt.benchmark import describe_plan, run_benchmark
     from anchoropt.suite import load_suite, select
 
-    suite = select(load_suite(args.suite, parse_overrides(args.overrides)), datasets=args.datasets,
+    suite = select(load_suite(args.suite, typed_overrides(args.overrides)), datasets=args.datasets,
                    seeds=args.seeds, methods=args.methods)
     if args.dry_run:
         print(describe_plan(suite, args.results))
         return
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial or 1.0,
                            gpus_per_trial=args.gpus_per_trial or 0.0, max_concurrent=args.max_concurrent,
-                           address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, mlflow=args.mlflow)
+                           address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, mlflow=_mlflow(args))
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done; "
           f"records under {args.results}")
     if counts["failed"]:
@@ -134,19 +148,34 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report: {path}")
 
 
+def _data_root(args: argparse.Namespace, default: str = TrainConfig.data_root) -> str:
+    """The data root of a ``data`` command: its ``data_root=PATH`` (the one config key it takes)."""
+    if args.root is not None:
+        raise ConfigError(f"--root is gone: name the data root as every command does, data_root={args.root}")
+    overrides = parse_overrides(args.overrides)
+    unknown = sorted(set(overrides) - {"data_root"})
+    if unknown:
+        raise ConfigError(f"anchoropt data {args.data_command} takes the key data_root=PATH only, not "
+                          f"{', '.join(unknown)}")
+    return str(overrides.get("data_root", default))
+
+
 def _data_toy(args: argparse.Namespace) -> None:
     from anchoropt.toy.datasets import make_toy11
 
-    names = make_toy11(Path(args.root), seed=args.seed, overwrite=args.overwrite)
-    print(f"{len(names)} toy datasets under {args.root}: {', '.join(names)}")
+    root = _data_root(args)
+    names = make_toy11(Path(root), seed=args.seed, overwrite=args.overwrite)
+    print(f"{len(names)} toy datasets under {root}: {', '.join(names)}")
 
 
 def _data_list(args: argparse.Namespace) -> None:
-    from anchoropt.data.datasets import list_datasets
+    from anchoropt.data.datasets import data_root_dir, list_datasets
 
-    entries = list_datasets(args.root)
+    root = _data_root(args)
+    data_root_dir(root)
+    entries = list_datasets(root)
     width = max(len(e.name) for e in entries)
-    print(f"datasets under {Path(args.root).expanduser()}:")
+    print(f"datasets under {Path(root).expanduser()}:")
     for e in entries:
         print(f"  {e.name:<{width}}  {e.kind:<8}  {'found  ' if e.found else 'missing'}  {e.marker}")
     found = sum(e.found for e in entries)
@@ -157,11 +186,16 @@ def _data_list(args: argparse.Namespace) -> None:
 def _data_check(args: argparse.Namespace) -> None:
     from anchoropt.data.check import check_dataset
 
+    args.overrides = [*args.overrides, *(a for a in args.datasets if "=" in a)]
+    args.datasets = [a for a in args.datasets if "=" not in a]
+    root = _data_root(args)
+    if not args.datasets:
+        raise ConfigError("anchoropt data check needs at least one DATASET name")
     faulty = []
     print("checking every split: files present and decodable, every class with images, images per class, "
           "description coverage, few-shot pickles consistent")
     for name in args.datasets:
-        result = check_dataset(args.root, name, args.descriptions, args.descriptions_dir, args.n_descriptions)
+        result = check_dataset(root, name, args.descriptions, args.descriptions_dir, args.n_descriptions)
         print(f"{name}:")
         for line in [*result.lines, *(result.per_class if args.per_class else [])]:
             print(f"  {line}")
@@ -196,11 +230,16 @@ def _run(args: argparse.Namespace) -> None:
     from anchoropt.pipeline import run_main_job
 
     report = args.report or str(Path(args.results) / "report")
-    run_main_job(args.suite, args.results, report, parse_overrides(args.overrides), space=args.space,
+    run_main_job(args.suite, args.results, report, typed_overrides(args.overrides), space=args.space,
                  search_trials=args.search_trials, scheduler=args.scheduler, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
-                 verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
+                 verbose=args.verbose, mlflow=_mlflow(args), dry_run=args.dry_run)
+
+
+def _mlflow(args: argparse.Namespace) -> str | bool | None:
+    """The MLflow choice of a command: a URI, False (``--no-mlflow``) or None (as stored)."""
+    return False if args.no_mlflow else args.mlflow
 
 
 def _number(kind: type, low: float, strict: bool = False):
@@ -209,7 +248,7 @@ def _number(kind: type, low: float, strict: bool = False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+            raise argparse.ArgumentTypeError(f"{brief(text)} is not {'an integer' if kind is int else 'a number'}") from None
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {low:g}")
         return value
@@ -224,7 +263,7 @@ def _seeds(text: str) -> list[int]:
     try:
         return [int(t) for t in _names(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {brief(text)}") from None
 
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
@@ -247,6 +286,13 @@ def config_keys_help() -> str:
     return "config keys (key=value overrides or --config YAML), default, meaning:\n" + "\n".join(lines)
 
 
+def _add_data_root(p: argparse.ArgumentParser) -> None:
+    """``data_root=PATH``, the key every command names the data root with (``--root`` is refused, naming it)."""
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", metavar="data_root=PATH",
+                   help=f"the data root (default {TrainConfig.data_root})")
+
+
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     """What search, benchmark and run show and where they log, shared by the three."""
     p.add_argument("-v", "--verbose", action="count", default=0,
@@ -254,13 +300,17 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
                         "progress bar per search or benchmark")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print what would run and what is already done, then stop (nothing written)")
-    p.add_argument("--mlflow", metavar="URI",
-                   help="also log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db); "
-                        "TensorBoard files are always written under the folder's tensorboard/")
+    tracking = p.add_mutually_exclusive_group()
+    tracking.add_argument("--no-mlflow", action="store_true",
+                          help="stop logging to the MLflow URI stored with the search or benchmark")
+    tracking.add_argument("--mlflow", metavar="URI",
+                          help="also log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db; kept "
+                               "for resumes and re-runs); TensorBoard files are always written under the "
+                               "folder's tensorboard/")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anchoropt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="anchoropt", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"anchoropt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -326,23 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="datasets: create the offline toy-11 ones, list what a data root holds")
     data = p.add_subparsers(dest="data_command", required=True)
     p = data.add_parser("toy", help="create the offline toy-11 datasets")
-    p.add_argument("--root", default="data/toy11", help="data root (default data/toy11)")
+    _add_data_root(p)
     p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="rewrite datasets already on disk")
     p.set_defaults(func=_data_toy)
     p = data.add_parser("list", help="the standard and custom datasets, found or missing under a root")
-    p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
+    _add_data_root(p)
     p.set_defaults(func=_data_list)
     p = data.add_parser("check", help="check datasets completely: files present, decodable, classes complete, "
                                       "counts per class, description coverage, few-shot pickles consistent")
-    p.add_argument("datasets", nargs="+", metavar="DATASET", help="standard or custom dataset names")
-    p.add_argument("--root", default=TrainConfig.data_root, help=f"data root (default {TrainConfig.data_root})")
+    p.add_argument("datasets", nargs="+", metavar="DATASET", help="standard or custom dataset names, and "
+                                                                  f"data_root=PATH (default {TrainConfig.data_root})")
+    p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--descriptions", default="", help="CuPL JSON to check against (one dataset)")
     p.add_argument("--descriptions-dir", default="", help="folder of the standard datasets' CuPL files")
     p.add_argument("--n-descriptions", type=int, default=TrainConfig.n_descriptions,
                    help=f"sentences each class needs (default {TrainConfig.n_descriptions}; SPEC: 5 for ImageNet)")
     p.add_argument("--per-class", action="store_true", help="print the image count of every class in every split")
-    p.set_defaults(func=_data_check)
+    p.set_defaults(func=_data_check, overrides=[])
 
     p = sub.add_parser("export", help="write a backbone in another format")
     export = p.add_subparsers(dest="export_command", required=True)
@@ -410,40 +461,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's preemption, ``kill``): unwinds as Ctrl-C does, so every command stops
+    the same resumable way."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # the reader went away (``anchoropt ... | head``): stop quietly, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush cannot fail again
+        sys.exit(141)  # 128 + SIGPIPE, the shell's code for a writer whose reader closed
+
+
+def _main(argv: list[str]) -> None:
     args = build_show_parser().parse_args(argv[2:]) if argv[:2] == ["search", "show"] else parse_args(argv)
     try:
         args.func(args)
+    except BrokenPipeError:
+        raise
     except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)
-        if _raised_by_interrupt(err):
-            _interrupted(args)
+        if (stop := _raised_by_interrupt(err)) is not None:
+            _interrupted(args, stop)
         if not isinstance(err, _user_errors()):
             raise
         print(f"anchoropt: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        _interrupted(args)
+    except KeyboardInterrupt as stop:
+        _interrupted(args, stop)
 
 
-def _raised_by_interrupt(err: BaseException) -> bool:
-    """Whether ``err`` was raised while a Ctrl-C unwound the stack (e.g. a library's lock clean-up
-    failing on the way out), so that it still means "interrupted", not a failure."""
+def _raised_by_interrupt(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM during which ``err`` was raised (e.g. a library's lock clean-up failing
+    on the way out), so that it still means "interrupted", not a failure; None when none."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, KeyboardInterrupt):
-            return True
+            return err
         seen.add(id(err))
         err = err.__context__
-    return False
+    return None
 
 
-def _interrupted(args: argparse.Namespace) -> None:
-    print(f"anchoropt: interrupted; {_resumable(args)}", file=sys.stderr)
+def _interrupted(args: argparse.Namespace, stop: KeyboardInterrupt) -> None:
+    """One line saying what is kept; exit 130 for Ctrl-C, 143 (128 + 15) for SIGTERM, as shells do."""
+    terminated = isinstance(stop, Terminated)
+    print(f"anchoropt: {'terminated (SIGTERM)' if terminated else 'interrupted'}; {_resumable(args)}",
+          file=sys.stderr)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():  # Ray's threads torn down at interpreter exit can abort it
         ray.shutdown()
-    sys.exit(130)
+    sys.exit(143 if terminated else 130)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, get_type_hints
 
-from anchoropt.errors import ConfigError
-from anchoropt.paths import absolute, is_checkpoint_path
-from anchoropt.yamlio import parse_yaml, read_yaml
+from anchoropt.errors import ConfigError, brief
+from anchoropt.paths import absolute, check_name, is_checkpoint_path
+from anchoropt.yamlio import read_yaml
 
 METHODS = ("zeroshot", "coop", "coop_atp", "anchoropt", "cocoop", "cocoop_atp", "cocoop_anchoropt", "dept", "dept_atp",
            "dept_anchoropt", "maple", "maple_atp", "maple_anchoropt")
@@ -142,7 +142,7 @@ class TrainConfig:
                    "cocoop_anchoropt_trains": COCOOP_ANCHOROPT_TRAINS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"invalid value {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+                raise ConfigError(f"invalid value {key}={brief(getattr(self, key))}: expected one of {', '.join(allowed)}")
         checks = {
             "n_ctx": self.n_ctx >= 1, "n_anchors": self.n_anchors >= 1, "epochs": self.epochs >= 0,
             "anchor_epochs": self.anchor_epochs >= 0, "lr": self.lr > 0, "anchor_lr": self.anchor_lr > 0,
@@ -159,9 +159,11 @@ class TrainConfig:
         }
         for key, ok in checks.items():
             if not ok:
-                raise ConfigError(f"invalid value {key}={getattr(self, key)!r}")
+                raise ConfigError(f"invalid value {key}={brief(getattr(self, key))}")
+        for name in [self.dataset, *self.target_list]:  # each becomes a folder under data_root and --results
+            check_name(name, "dataset")
         if not DEVICE.fullmatch(self.device):
-            raise ConfigError(f"invalid value device={self.device!r}: expected auto, cpu, cuda, cuda:<index> or mps")
+            raise ConfigError(f"invalid value device={brief(self.device)}: expected auto, cpu, cuda, cuda:<index> or mps")
         if self.protocol == "cross_dataset" and self.eval_split != "test":
             raise ConfigError("protocol=cross_dataset scores test images: eval_split must be test "
                               "(tune on the source with protocol=base2novel)")
@@ -169,7 +171,7 @@ class TrainConfig:
             raise ConfigError(f"anchor_source={self.anchor_source} keeps the anchors fixed: it needs "
                               "schedule=two_stage (one_stage trains them)")
         if self.protocol == "base2novel" and self.targets:
-            raise ConfigError(f"targets={self.targets!r} needs protocol=cross_dataset")
+            raise ConfigError(f"targets={brief(self.targets)} needs protocol=cross_dataset")
         if self.method.endswith("_atp"):  # every prompted dataset needs its words before anything loads
             from anchoropt.attributes import dataset_attributes
             for name in [self.dataset, *(self.target_list if self.protocol == "cross_dataset" else [])]:
@@ -198,9 +200,9 @@ def has_schedule(method: str) -> bool:
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Turn a YAML/CLI value into the field's type (``int``, ``float``, ``bool``, ``str``, optional)."""
-    if isinstance(value, str):
-        value = parse_yaml(value, f"{key}={value}") if value != "" else ""
+    """Check a typed value (from YAML, or from :func:`typed_overrides`) against the field's type
+    (``int``, ``float``, ``bool``, ``str``, optional) and convert int to float and numbers to str. A
+    string is never parsed again: ``"toy_count #v2"`` stays that string."""
     allowed = [t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)]
     if value is None and type(None) in getattr(hint, "__args__", ()):
         return None
@@ -212,12 +214,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             pass
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):  # a record holding Infinity/NaN is not JSON
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            raise ConfigError(f"{key} must be a finite number, got {brief(value)}")
         return float(value)
     if target is str and isinstance(value, (int, float)):
         return str(value)
     if not isinstance(value, target) or (target is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {target.__name__}, got {value!r}")
+        raise ConfigError(f"{key} must be {target.__name__}, got {brief(value)}")
     return value
 
 
@@ -265,15 +267,53 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+#: command-line words for a bool key, and for None (an optional key, e.g. quick_gelu=)
+TRUE, FALSE, NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("", "none", "null")
+
+
+def typed_value(key: str, text: str, hint: Any) -> Any:
+    """The command-line text of ``key=text`` as a value of the key's declared type ``hint``, parsed
+    once as typed: a ``str`` key takes ``text`` exactly (``#`` and quotes included), ``int`` /
+    ``float`` Python's ``int()`` / ``float()``, ``bool`` one of :data:`TRUE` / :data:`FALSE`, an
+    optional key :data:`NONE` as None. Raises ConfigError naming the key and the text."""
+    kinds = [t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)]
+    if len(kinds) < len(getattr(hint, "__args__", (hint,))) and text.strip().lower() in NONE:
+        return None
+    kind, word = kinds[0], text.strip().lower()
+    if kind is bool:
+        if word in TRUE + FALSE:
+            return word in TRUE
+        raise ConfigError(f"{key} must be true or false, got {brief(text)}")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{key} must be {kind.__name__}, got {brief(text)}") from None
+    return text
+
+
+def typed_overrides(items: list[str] | Mapping[str, str]) -> dict[str, Any]:
+    """``key=value`` strings (or a dict of them, :func:`parse_overrides`) as TrainConfig values, each
+    typed by its key's declared type (:func:`typed_value`); an unknown key is kept as text for
+    :func:`make_config` to name. Raises ConfigError for a malformed item or value."""
+    hints = get_type_hints(TrainConfig)
+    values = parse_overrides(list(items)) if not isinstance(items, Mapping) else items
+    try:
+        return {k: typed_value(k, v, hints[k]) if k in hints and isinstance(v, str) else v for k, v in values.items()}
+    except ConfigError as err:
+        raise ConfigError(f"overrides: {err}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (optional) then overrides (``["lr=0.01", ...]`` or a dict), later wins.
+    """YAML file (optional) then overrides (``["lr=0.01", ...]`` or a dict of such text, typed by each
+    key's declared type: :func:`typed_overrides`), later wins.
 
     Raises:
         ConfigError: the file is missing or not a YAML mapping (one line naming it), an override is
             not ``key=value``, or a key or value is invalid.
     """
     values: dict[str, Any] = dict(read_yaml(path, "config file")) if path else {}
-    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
+    values.update(typed_overrides(overrides or []))
     return make_config(values, source=str(path) if path else "overrides")
 
 

@@ -1,6 +1,22 @@
 """The user-input error every module raises: the CLI prints its one-line message and exits 2."""
+import reprlib
 
 
 class ConfigError(ValueError):
     """Bad user input (config, suite, space or YAML file, ``key=value``, path); the message is one line
     naming the file, key or value."""
+
+
+MAX_CHARS = 100
+# a user's value in an error: at most MAX_CHARS characters of it, nested containers cut, on one line
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxlong, _BRIEF.maxother = 2, 60, 40, 60
+for _kind in ("maxtuple", "maxlist", "maxarray", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
+    setattr(_BRIEF, _kind, 4)
+
+
+def brief(value) -> str:
+    """``repr(value)`` for an error message, shortened (``reprlib``): a long string, a deep or huge
+    structure (e.g. a YAML value) is cut with ``...``, so an error stays one readable line."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= MAX_CHARS else text[:MAX_CHARS - 3] + "..."

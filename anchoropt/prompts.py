@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anchoropt.errors import brief
 from anchoropt.text import ClassTokens, TextEncoder
 
 INIT_STD = 0.02  # N(0, 0.02) init of soft tokens and anchors (SPEC section 2)
@@ -31,7 +32,7 @@ def phrase_init(phrase: str, tokenizer, embedding: nn.Embedding) -> torch.Tensor
     left out), on CPU. Raises ValueError for a phrase without tokens."""
     n = len(tokenizer.encode(phrase))
     if n == 0:
-        raise ValueError(f"ctx_init {phrase!r} has no tokens")
+        raise ValueError(f"ctx_init {brief(phrase)} has no tokens")
     tokens = tokenizer([phrase]).to(embedding.weight.device)
     return embedding(tokens)[0, 1:1 + n].float().cpu()
 

@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from anchoropt.errors import brief
+
 if TYPE_CHECKING:  # pandas only for load_records; torch and open_clip only for build_record
     import pandas as pd
 
@@ -79,7 +81,7 @@ def relabel(record: dict, method: str, tuning: str) -> dict:
 
 def _tuning(value: str) -> str:
     if value not in TUNINGS:
-        raise ValueError(f"tuning is {value!r}, expected one of {', '.join(TUNINGS)}")
+        raise ValueError(f"tuning is {brief(value)}, expected one of {', '.join(TUNINGS)}")
     return value
 
 
@@ -109,7 +111,7 @@ def upgrade(record: dict) -> dict:
     if version == RECORD_VERSION:
         return record
     if version != 1:
-        raise ValueError(f"record_version is {version!r}, expected 1 or {RECORD_VERSION}")
+        raise ValueError(f"record_version is {brief(version)}, expected 1 or {RECORD_VERSION}")
     out = {k: v for k, v in record.items() if k not in ("objective", "scored_on")}
     objective = record.get("objective")
     out.update(record_version=RECORD_VERSION, tuning={"val": "search_val", "test": "search_test"}.get(objective, objective),
@@ -195,18 +197,18 @@ def _record_row(record: object) -> dict:
     row = {"method": _text_field(record, "method"), "dataset": _text_field(record, "dataset")}
     seed = record.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"'seed' is {seed!r}, expected an integer")
+        raise ValueError(f"'seed' is {brief(seed)}, expected an integer")
     row["seed"] = seed
     for name in ("tuning", "eval_split", "role", "backbone", "pretrained"):
         value = record.get(name)
         row[name] = None if value is None else str(value)
     shots = record.get("shots")
     if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int)):
-        raise ValueError(f"'shots' is {shots!r}, expected an integer")
+        raise ValueError(f"'shots' is {brief(shots)}, expected an integer")
     row["shots"] = shots
     row["protocol"] = str(record.get("protocol") or "base2novel")
     if row["protocol"] not in PROTOCOL_METRICS:
-        raise ValueError(f"protocol is {row['protocol']!r}, expected one of {list(PROTOCOL_METRICS)}")
+        raise ValueError(f"protocol is {brief(row['protocol'])}, expected one of {list(PROTOCOL_METRICS)}")
     metrics = record.get("metrics")
     if not isinstance(metrics, dict):
         raise ValueError("'metrics' is missing or not an object")
@@ -219,7 +221,7 @@ def _record_row(record: object) -> dict:
 def _text_field(record: dict, name: str) -> str:
     value = record.get(name)
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{name!r} is {value!r}, expected a non-empty string")
+        raise ValueError(f"{brief(name)} is {brief(value)}, expected a non-empty string")
     return value
 
 
@@ -229,11 +231,11 @@ def _metric_value(metrics: dict, name: str) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"metrics.{name} is {value!r}, expected a number or null")
+        raise ValueError(f"metrics.{name} is {brief(value)}, expected a number or null")
     if math.isnan(value):
         return math.nan
     if not 0.0 <= value <= 100.0:
-        raise ValueError(f"metrics.{name} is {value!r}, expected a percentage in [0, 100]")
+        raise ValueError(f"metrics.{name} is {brief(value)}, expected a percentage in [0, 100]")
     return float(value)
 
 
@@ -285,4 +287,4 @@ def check_duplicates(df: pd.DataFrame) -> None:
     method, dataset, seed = first.iloc[0][KEY]
     where = " and ".join(str(p) for p in first["path"]) if "path" in first.columns else "<no path>"
     raise ValueError(
-        f"duplicate result record for method={method!r} dataset={dataset!r} seed={seed}: {where}")
+        f"duplicate result record for method={brief(method)} dataset={brief(dataset)} seed={seed}: {where}")

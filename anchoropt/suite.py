@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from anchoropt.config import PROTOCOLS, SCHEDULES, TrainConfig, check_keys, make_config
-from anchoropt.errors import ConfigError
-from anchoropt.paths import absolute, relative_to_file
+from anchoropt.errors import ConfigError, brief
+from anchoropt.paths import absolute, check_name, relative_to_file
 from anchoropt.yamlio import read_yaml
 
 _NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True}
@@ -133,6 +133,13 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
             raise ConfigError(f"{path}: suite key '{old}' is now {new}")
     check_keys(raw, SUITE_KEYS, str(path), kind="suite key")
     check_schema(raw, SUITE_SCHEMA, path)
+    for what, names in (("suite name", [raw.get("name", path.stem)]), ("suite dataset", [*raw["datasets"], *(
+            [raw["source"]] if raw.get("source") else [])]), ("suite method", list(raw["methods"]))):
+        for name in names:  # each names a folder (Ray's run folder, results/<method>/<dataset>/)
+            try:
+                check_name(name, what)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from None
     protocol, source = raw.get("protocol", "base2novel"), raw.get("source")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: unknown protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
@@ -193,7 +200,8 @@ def check_schema(raw: Any, schema: dict, path: str | Path) -> None:
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(raw))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "top level"
-        raise ConfigError(f"{path}: {where}: {error.message}")
+        message = error.message.replace(repr(error.instance), brief(error.instance))  # never the whole value
+        raise ConfigError(f"{path}: {where}: {message}")
 
 
 def _schedule_methods(value: Any, path: Path) -> dict[str, str] | None:
@@ -201,7 +209,7 @@ def _schedule_methods(value: Any, path: Path) -> dict[str, str] | None:
         return None
     if not isinstance(value, dict) or set(value) != set(SCHEDULES):
         raise ConfigError(f"{path}: schedule_methods must map {' and '.join(SCHEDULES)} to method names, "
-                          f"got {value!r}")
+                          f"got {brief(value)}")
     return {schedule: str(value[schedule]) for schedule in SCHEDULES}
 
 
@@ -238,7 +246,7 @@ def method_values(suite: Suite, method: str, dataset: str) -> tuple[dict[str, An
     file = spec.pop("config", None)
     extra = spec.pop("config_keys", [])
     if extra != "all" and (not isinstance(extra, list) or not all(isinstance(k, str) for k in extra)):
-        raise ConfigError(f"{suite.path}: method '{method}' config_keys must be a list of keys or 'all', got {extra!r}")
+        raise ConfigError(f"{suite.path}: method '{method}' config_keys must be a list of keys or 'all', got {brief(extra)}")
     tuning, tuned = "untuned", {}
     if file is not None:
         file = Path(relative_to_file(str(file).format(dataset=dataset), suite.path))

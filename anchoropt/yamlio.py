@@ -1,8 +1,15 @@
-"""Reading YAML files, the one place: a one-line error naming the file and line, and no duplicate keys.
+"""Reading YAML files, the one place: a one-line error naming the file and line, no duplicate keys,
+and aliases bounded.
 
 PyYAML keeps the last of two equal keys of a mapping silently; a duplicated suite method or
 space parameter then hides the first one. The loader here refuses them (YAML 1.2 requires
 mapping keys to be unique).
+
+Aliases (``*name``) are allowed, as a suite shares one method's ``per_dataset`` table with another
+(``benchmarks/base2new_11.yaml``), but a document whose aliases expand to more than
+:data:`MAX_VALUES` values, or refer to themselves, is refused before it is built: nine nested
+aliases of nine ("billion laughs") make 10^9 values, which anything walking the result (JSON
+dumps, validation, a repr in an error) would materialise.
 """
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from anchoropt.errors import ConfigError
+from anchoropt.errors import ConfigError, brief
 from anchoropt.io import read_text
 
 
@@ -21,6 +28,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base``: its keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 first = seen.setdefault(key, key_node)
@@ -28,9 +37,38 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 break
             if first is not key_node:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                    None, None, f"duplicate key {brief(key)} (first at line {first.start_mark.line + 1})",
                     key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
+
+
+#: most values (scalars, lists, mappings) a YAML document may expand to, aliases counted as often as used
+MAX_VALUES = 200_000
+
+
+def _expanded_size(node: yaml.Node, source: str) -> int:
+    """Values ``node`` stands for with every alias expanded (memoised per node, so linear in the
+    document). Raises ConfigError for more than MAX_VALUES or an alias inside its own anchor."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in open_nodes:
+            raise ConfigError(f"{source}: line {n.start_mark.line + 1}: a YAML alias refers to itself")
+        open_nodes.add(id(n))
+        children = [] if isinstance(n, yaml.ScalarNode) else \
+            [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else n.value
+        total = 1 + sum(size(c) for c in children)
+        open_nodes.discard(id(n))
+        if total > MAX_VALUES:
+            raise ConfigError(f"{source}: line {n.start_mark.line + 1}: YAML aliases expand to more than "
+                              f"{MAX_VALUES} values (an alias bomb?)")
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
 
 
 def _one_line(err: yaml.YAMLError) -> str:
@@ -43,11 +81,18 @@ def _one_line(err: yaml.YAMLError) -> str:
 
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML ``text``; ``source`` names it in errors. Raises ConfigError (one line) for a syntax
-    error or a duplicate key."""
+    error, a duplicate key, or aliases expanding past :data:`MAX_VALUES` values or into themselves."""
+    loader = _UniqueKeyLoader(text)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, source)
+        return loader.construct_document(node)
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {_one_line(err)}") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path, what: str = "YAML file", mapping: bool = True) -> Any:

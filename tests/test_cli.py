@@ -51,7 +51,7 @@ def _records(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["search", "--num-trials", "x"],
-                                  ["no-such-command"], ["data", "list", "--root", "nowhere"], ["report"]])
+                                  ["no-such-command"], ["data", "list", "data_root=nowhere"], ["report"]])
 def test_help_argument_errors_and_data_list_load_no_torch(argv):
     loaded, code, out = _probe(*argv)
     assert loaded == [], (argv, loaded, out.stderr[-500:])
@@ -86,7 +86,7 @@ def test_data_list_shows_standard_and_custom_found_or_missing(tmp_path, capsys):
     (tmp_path / "dtd" / "split_zhou_DescribableTextures.json").write_text("{}")
     (tmp_path / "my_set").mkdir()
     (tmp_path / "my_set" / "meta.json").write_text('{"split_file": "split.json"}')
-    main(["data", "list", "--root", str(tmp_path)])
+    main(["data", "list", f"data_root={tmp_path}"])
     rows = {ln.split()[0]: ln.split()[1:3] for ln in capsys.readouterr().out.splitlines()[1:-1]}
     assert rows["dtd"] == ["standard", "found"]
     assert rows["eurosat"] == ["standard", "missing"]

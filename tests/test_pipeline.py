@@ -26,7 +26,7 @@ def test_run_main_job_searches_benchmarks_reports_and_resumes(tmp_path, eurosat_
     assert report == report_dir / "report.md" and report.is_file()
     text = report.read_text()
     for method in ("coop", "one", "two", "one_tuned", "two_tuned"):
-        assert f"- {method}:" in text
+        assert f"({method}):" in text
     for section in ("## Anchor count and learning rates: a search per dataset", "## Equal tuning budgets",
                     "## Does tuning help? Tuned vs reference defaults", "## The three answers, as measured",
                     "Main job wall time"):

@@ -31,3 +31,49 @@ def test_missing_folder_empty_and_non_mapping(tmp_path):
     assert parse_yaml("{a: 1, b: {a: 2}}", "x") == {"a": 1, "b": {"a": 2}}  # equal keys at other levels
     with pytest.raises(ConfigError, match="lr=x: not valid YAML"):
         parse_yaml("{a: 1, a: 2}", "lr=x")
+
+
+# nine lists of nine aliases of the one before: 9^9 (~387 million) strings once expanded
+BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f'{c}: &{c} [{",".join(["*" + p] * 9)}]\n' for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+def test_alias_bomb_refused_in_every_yaml_reader(tmp_path):
+    """Suite, search space (its description too) and --config files all go through yamlio."""
+    from anchoropt.config import load_config
+    from anchoropt.search.space import SpaceError, load_space
+    from anchoropt.suite import load_suite
+
+    files = {"suite.yaml": BOMB, "config.yaml": BOMB,
+             "space.yaml": "description: &desc\n" + "".join(f"  {line}\n" for line in BOMB.splitlines())
+             + "params: {lr: {type: float, low: 0.001, high: 0.1, log: true}}\n"}
+    readers = {"suite.yaml": load_suite, "config.yaml": load_config, "space.yaml": load_space}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises((ConfigError, SpaceError)) as exc:
+            readers[name](tmp_path / name)
+        message = str(exc.value)
+        assert name in message and "aliases expand to more than" in message and "\n" not in message
+
+
+def test_aliases_within_bounds_and_merge_keys_are_read():
+    assert parse_yaml("x: &x {a: 1}\ny: *x\nz: {<<: *x, a: 2, b: 3}", "f") == {
+        "x": {"a": 1}, "y": {"a": 1}, "z": {"a": 2, "b": 3}}
+    with pytest.raises(ConfigError, match="alias refers to itself"):
+        parse_yaml("a: &a [1, *a]", "f")
+
+
+def test_errors_never_repr_a_whole_user_value(tmp_path):
+    """A huge value in a wrong place is named in a short error, not dumped whole."""
+    from anchoropt.config import make_config
+    from anchoropt.suite import load_suite
+
+    with pytest.raises(ConfigError) as exc:
+        make_config({"epochs": ["x" * 1000] * 1000})
+    assert len(str(exc.value)) < 200
+    suite = tmp_path / "s.yaml"
+    suite.write_text("datasets: [toy_shape]\nseeds: [1]\nmethods: {a: {}}\nschedule_methods: "
+                     + repr(["y" * 5000] * 50) + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_suite(suite)
+    assert len(str(exc.value)) < 400 and "\n" not in str(exc.value)

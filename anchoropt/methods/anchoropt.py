@@ -17,6 +17,7 @@ from torch import nn
 from anchoropt.config import ConfigError
 from anchoropt.engine import EpochCallback, Stepper, Trainer, steps_per_epoch, stream_generator
 from anchoropt.cache import cached, key_digest
+from anchoropt.errors import brief
 from anchoropt.methods.base import Method, soft_token_init
 from anchoropt.prompts import (AnchorOPTPrompt, AnchorPrompt, clip_logits, gumbel_hard, kd_loss, normal_init,
                                phrase_init, stage1_loss)
@@ -225,7 +226,7 @@ def anchor_init(trainer: Trainer) -> torch.Tensor:
     backbone = trainer.backbone
     n = len(backbone.tokenizer.encode(cfg.anchor_word))
     if n != cfg.n_anchors:
-        raise ConfigError(f"anchor_word={cfg.anchor_word!r} has {n} BPE tokens but n_anchors={cfg.n_anchors}: "
+        raise ConfigError(f"anchor_word={brief(cfg.anchor_word)} has {n} BPE tokens but n_anchors={cfg.n_anchors}: "
                           "give one token per anchor")
     return phrase_init(cfg.anchor_word, backbone.tokenizer, backbone.model.token_embedding)
 

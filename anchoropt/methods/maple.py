@@ -31,6 +31,7 @@ from torch import nn
 from anchoropt.backbone import Backbone
 from anchoropt.config import ConfigError
 from anchoropt.engine import EpochCallback, Stepper, Trainer, stream_generator
+from anchoropt.errors import brief
 from anchoropt.methods.anchoropt import AnchorOPT
 from anchoropt.methods.atprompt import AttributeTokens
 from anchoropt.methods.base import Method
@@ -53,7 +54,7 @@ def check_towers(backbone: Backbone, depth: int) -> None:
                           f"use a ViT backbone (e.g. ViT-B-16, ToyCLIP-ViT)")
     if visual.attn_pool is not None or visual.pool_type != "tok" or not visual.transformer.batch_first:
         raise ConfigError(f"MaPLe reads the class token of a batch-first ViT; backbone {name}'s image tower pools "
-                          f"with {visual.pool_type!r}{' and an attention pooler' if visual.attn_pool else ''}")
+                          f"with {brief(visual.pool_type)}{' and an attention pooler' if visual.attn_pool else ''}")
     for tower, transformer in (("text", backbone.model.transformer), ("image", visual.transformer)):
         if depth > len(transformer.resblocks):
             raise ConfigError(f"prompt_depth={depth} exceeds the {len(transformer.resblocks)} layers of backbone "
@@ -168,8 +169,8 @@ def maple_ctx_init(trainer: Trainer) -> tuple[torch.Tensor, str]:
         return normal_init(cfg.n_ctx, trainer.width, stream_generator(cfg.seed, "soft_tokens")), "{}."
     rest = tokenizer.decode(ids[cfg.n_ctx:]).strip()
     if tokenizer.encode(rest) != ids[cfg.n_ctx:]:
-        raise ConfigError(f"ctx_init={cfg.ctx_init!r}: its tokens after the first n_ctx={cfg.n_ctx} do not "
-                          f"re-tokenise as written ({rest!r})")
+        raise ConfigError(f"ctx_init={brief(cfg.ctx_init)}: its tokens after the first n_ctx={cfg.n_ctx} do not "
+                          f"re-tokenise as written ({brief(rest)})")
     init = phrase_init(cfg.ctx_init, tokenizer, trainer.backbone.model.token_embedding)[:cfg.n_ctx]
     return init, f"{rest} {{}}.".strip()
 

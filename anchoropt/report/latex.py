@@ -15,7 +15,7 @@ import pandas as pd
 from anchoropt.escape import latex as latex_escape
 from anchoropt.report.context import Context
 from anchoropt.report.statistics import ALPHA, averages, complete_datasets, metric_matrix
-from anchoropt.report.tables import DATASET_NAMES
+from anchoropt.report.tables import dataset_name
 
 BLOCKS_PER_ROW = 3
 PREAMBLE = r"\usepackage{booktabs,graphicx}"
@@ -53,7 +53,7 @@ def _base2novel(ctx: Context) -> list[str]:
     for dataset in ctx.datasets:
         cells = ctx.cells[ctx.cells["dataset"] == dataset].set_index("method")
         values = {m: tuple(cells.at[m, f"{k}_mean"] for k in ctx.metrics) for m in ctx.methods}
-        blocks.append(_block(ctx, DATASET_NAMES.get(dataset, dataset), values, _dataset_marks(ctx, dataset)))
+        blocks.append(_block(ctx, dataset_name(dataset), values, _dataset_marks(ctx, dataset)))
     width = f"{0.98 / BLOCKS_PER_ROW:.3f}"
     rows = []
     for start in range(0, len(blocks), BLOCKS_PER_ROW):
@@ -121,8 +121,8 @@ def _cross_dataset(ctx: Context) -> list[str]:
     acc = metric_matrix(ctx.cells, "acc")
     marks = {d: _dataset_marks(ctx, d) for d in ctx.scored}
     average_marks = _average_marks(ctx)
-    head = ["Method", f"{DATASET_NAMES.get(ctx.source, ctx.source)} (source)",
-            *(DATASET_NAMES.get(d, d) for d in ctx.scored), f"Average ({len(common)})"]
+    head = ["Method", f"{dataset_name(ctx.source)} (source)",
+            *(dataset_name(d) for d in ctx.scored), f"Average ({len(common)})"]
     columns = [_column([acc.at[ctx.source, m] for m in ctx.methods]),
                *(_column([acc.at[d, m] for m in ctx.methods]) for d in ctx.scored),
                _column([avg.at[m, "acc"] for m in ctx.methods])]
@@ -131,7 +131,7 @@ def _cross_dataset(ctx: Context) -> list[str]:
         cells = [columns[0][i], *(columns[1 + j][i] + marks[d].get(m, "") for j, d in enumerate(ctx.scored)),
                  columns[-1][i] + average_marks.get(m, "")]
         rows.append(" & ".join([latex_escape(ctx.name(m)), *cells]) + r" \\")
-    caption = (f"Cross-dataset transfer ({_setting(ctx)}): trained on every class of {latex_escape(DATASET_NAMES.get(ctx.source, ctx.source))}, "
+    caption = (f"Cross-dataset transfer ({_setting(ctx)}): trained on every class of {latex_escape(dataset_name(ctx.source))}, "
                f"accuracy (\\%) on the source and each target, means over seeds {', '.join(map(str, ctx.seeds))}; "
                f"Average over the {len(common)} targets where every method is complete. Best per column in bold; "
                f"{_marks_text(ctx)}; -- : missing cell.")

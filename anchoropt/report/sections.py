@@ -18,7 +18,7 @@ from anchoropt.report.statistics import (
     ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, HM_CONVENTIONS, average_ranks, averages, best_so_far,
     compare_over_datasets, complete_datasets, critical_difference, friedman_test, holm, missing_cells, nemenyi,
     wilcoxon_details, win_tie_loss)
-from anchoropt.report.tables import METRIC_TITLES, MISSING, md_table, mean_std, num, pval
+from anchoropt.report.tables import METRIC_TITLES, MISSING, dataset_name, md_table, mean_std, num, pval
 
 
 def missing_rule(ctx: Context) -> str:
@@ -53,8 +53,10 @@ def header(ctx: Context) -> str:
         other = [c for c in HM_CONVENTIONS if c != ctx.hm_convention][0]
         lines += [ctx.hm_note + f" The other convention, {HM_CONVENTIONS[other]}, is `{other}` "
                   "(`anchoropt report --hm-convention`).", ""]
-    lines += [missing_rule(ctx), "", "Tuning per method (untuned, given file, or search scored on val / test):", ""]
-    lines += [f"- {markdown(m, line_start=True)}: {values('tuning', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
+    lines += [missing_rule(ctx), "", "Methods as the tables name them (record names in brackets; the CSVs use the "
+              "record names), and what tuned each (untuned, given file, or search scored on val / test):", ""]
+    lines += [f"- {markdown(ctx.name(m), line_start=True)} ({markdown(m)}): "
+              f"{values('tuning', ctx.df[ctx.df['method'] == m])}" for m in ctx.methods]
     return "\n".join(lines)
 
 
@@ -75,10 +77,11 @@ def per_dataset_section(ctx: Context) -> str:
 
 def _display_table(ctx: Context, metric: str) -> pd.DataFrame:
     """Dataset x method strings "mean ± std" for one metric."""
-    table = pd.DataFrame({"dataset": [f"{d} (source)" if d == ctx.source else d for d in ctx.datasets]})
+    table = pd.DataFrame({"dataset": [f"{dataset_name(d)} (source)" if d == ctx.source else dataset_name(d)
+                                      for d in ctx.datasets]})
     for method in ctx.methods:
         cells = ctx.cells[ctx.cells["method"] == method].set_index("dataset")
-        table[method] = [mean_std(cells.at[d, f"{metric}_mean"], cells.at[d, f"{metric}_std"],
+        table[ctx.name(method)] = [mean_std(cells.at[d, f"{metric}_mean"], cells.at[d, f"{metric}_std"],
                                   cells.at[d, f"{metric}_n"], len(ctx.seeds))
                          for d in ctx.datasets]
     return table
@@ -98,7 +101,7 @@ def anchor_section(ctx: Context) -> str:
     rows = []
     for dataset in ctx.datasets:
         for method in methods:
-            row = {"dataset": dataset, "method": method}
+            row = {"dataset": dataset_name(dataset), "method": ctx.name(method)}
             for metric in ctx.metrics:
                 title = METRIC_TITLES[metric] if metric != "acc" else "accuracy"
                 row[title] = num(own.at[(method, dataset), f"{metric}_mean"])
@@ -123,11 +126,11 @@ def averages_section(ctx: Context) -> str:
     scopes = [("all", ctx.scored, f"### Over all {len(ctx.scored)} {kind}")]
     if len(common) < len(ctx.scored):
         scopes.append(("common", common, f"### Over the {len(common)} {kind} where every "
-                       f"method is complete ({ctx.md(', '.join(common) or 'none')})"))
+                       f"method is complete ({ctx.md(', '.join(map(dataset_name, common)) or 'none')})"))
     tables = []
     for scope, datasets, title in scopes:
         avg = averages(ctx.cells, datasets, ctx.metrics)
-        parts += ["", title, "", md_table(_averages_display(avg))]
+        parts += ["", title, "", md_table(_averages_display(avg.rename(index=ctx.name)))]
         tables.append(avg.reset_index().assign(scope=scope))
     parts += ["", ctx.csv(pd.concat(tables, ignore_index=True), "averages.csv")]
     return "\n".join(parts)
@@ -147,13 +150,13 @@ def _averages_display(avg: pd.DataFrame) -> pd.DataFrame:
 
 def paired_section(ctx: Context) -> str:
     """Wilcoxon + Holm + bootstrap over datasets and t-tests over seeds, each method vs baseline."""
-    parts = [f"## Paired tests against {ctx.md(ctx.baseline)}", ""]
+    parts = [f"## Paired tests against {ctx.md(ctx.name(ctx.baseline))}", ""]
     summary = ctx.comparisons
     if summary.empty:
         return "\n".join(parts + ["Only one method: nothing to compare."])
     parts += [f"Δ = method − baseline ({ctx.label} points). " + _pair_explanation(ctx, len(summary)), "",
               md_table(_pair_display(ctx, summary, holm_column=True)), "",
-              *_exclusion_notes(summary), ctx.csv(summary, "paired_wilcoxon.csv"), "",
+              *_exclusion_notes(ctx, summary), ctx.csv(summary, "paired_wilcoxon.csv"), "",
               "### Paired t-test over seeds per dataset", "", _ttest_explanation(ctx), ""]
     ttests = ctx.baseline_ttests
     parts += [md_table(_ttest_display(ctx, ttests)), "", ctx.csv(ttests, "paired_ttest.csv")]
@@ -184,7 +187,7 @@ def _pair_explanation(ctx: Context, holm_family: int) -> str:
 def _pair_display(ctx: Context, summary: pd.DataFrame, holm_column: bool) -> pd.DataFrame:
     family = len(summary) if holm_column else 1
     table = pd.DataFrame({
-        "method": summary["method"], "vs": summary["baseline"],
+        "method": summary["method"].map(ctx.name), "vs": summary["baseline"].map(ctx.name),
         "datasets used": summary["n_datasets"], "nonzero Δ": summary["n_nonzero"],
         f"mean Δ {ctx.label}": summary["mean_diff"].map(num),
         f"{CONFIDENCE:.0%} CI": [f"[{num(lo)}, {num(hi)}]"
@@ -207,15 +210,16 @@ def _pair_note(r, family: int) -> str:
     return "; ".join(notes)
 
 
-def _exclusion_notes(summary: pd.DataFrame) -> list[str]:
-    notes = [f"- {markdown(r.method, line_start=True)} vs {markdown(r.baseline)}: {r.n_datasets} datasets used; excluded (missing "
-             f"cell): {markdown(r.excluded or 'none')}." for r in summary.itertuples()]
+def _exclusion_notes(ctx: Context, summary: pd.DataFrame) -> list[str]:
+    notes = [f"- {markdown(ctx.name(r.method), line_start=True)} vs {markdown(ctx.name(r.baseline))}: {r.n_datasets} "
+             f"datasets used; excluded (missing cell): {markdown(_datasets_text(r.excluded) or 'none')}."
+             for r in summary.itertuples()]
     return notes + [""]
 
 
 def _ttest_display(ctx: Context, ttests: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"method": ttests["method"].to_numpy(),
-                         "dataset": ttests["dataset"].to_numpy(),
+    return pd.DataFrame({"method": ttests["method"].map(ctx.name).to_numpy(),
+                         "dataset": ttests["dataset"].map(dataset_name).to_numpy(),
                          "seeds": ttests["n_seeds"].to_numpy(),
                          f"mean Δ {ctx.label}": ttests["mean_diff"].map(num).to_numpy(),
                          "t": ttests["t"].map(lambda t: num(t, 3)).to_numpy(),
@@ -243,7 +247,7 @@ def matrix_section(ctx: Context, pairs: Mapping[str, str] | None) -> str:
         md_table(_matrix_averages(ctx, pairs)), "",
         "### Paired tests: each method against its base", "",
         f"Δ = method − its base ({ctx.label} points); wins / ties / losses count datasets. "
-        + _pair_explanation(ctx, len(summary)), "", md_table(table), "", *_exclusion_notes(summary),
+        + _pair_explanation(ctx, len(summary)), "", md_table(table), "", *_exclusion_notes(ctx, summary),
         ctx.csv(summary, "pairs_wilcoxon.csv"), "",
         "### Paired t-test over seeds per dataset (each method against its base)", "",
         _ttest_explanation(ctx, "method − its base") + " Cells: Δ (p).", "",
@@ -283,7 +287,7 @@ def _ttest_count(ttests: pd.DataFrame, method: str, base: str) -> str:
 
 def _ttest_wide(ctx: Context, ttests: pd.DataFrame, pairs: Mapping[str, str]) -> pd.DataFrame:
     """Dataset x pair: ``Δ (p)`` of the t-test over seeds (``Δ (note)`` where there is no p)."""
-    table = pd.DataFrame({"dataset": ctx.scored})
+    table = pd.DataFrame({"dataset": [dataset_name(d) for d in ctx.scored]})
     for method, base in pairs.items():
         sub = ttests[(ttests["method"] == method) & (ttests["baseline"] == base)].set_index("dataset")
         table[f"{ctx.name(method)} vs {ctx.name(base)}"] = [
@@ -301,7 +305,8 @@ def friedman_section(ctx: Context) -> str:
     hm = ctx.primary_matrix.dropna()
     excluded = sorted(set(ctx.scored) - set(hm.index))
     parts.append(f"On per-dataset {ctx.label} over the {len(hm)} datasets where all {len(ctx.methods)} "
-                 f"methods are complete; excluded: {ctx.md(', '.join(excluded) or 'none')}. {ctx.hm_note}".rstrip())
+                 f"methods are complete; excluded: {ctx.md(', '.join(map(dataset_name, excluded)) or 'none')}. "
+                 f"{ctx.hm_note}".rstrip())
     if len(hm) < 2:
         return "\n".join(parts + ["", "Fewer than two complete datasets: no test."])
     return "\n".join(parts + ["", *_friedman_parts(ctx, hm, excluded)])
@@ -319,16 +324,16 @@ def _friedman_parts(ctx: Context, hm: pd.DataFrame, excluded: list[str]) -> list
     result = (f"Friedman χ² = {num(stat, 3)}, p = {pval(p)}" + (f" ({MISSING}: {reason})" if all_tie else "")
               + f" (`scipy.stats.friedmanchisquare`, tie-corrected), k = {k}, N = {n}. Nemenyi critical "
               f"difference (α = {ALPHA}) = {cd:.3f} rank.")
-    groups = _rank_groups(ranks, pvals)
+    groups = _rank_groups(ctx, ranks, pvals)
     return [result, "", ctx.csv(summary, "friedman.csv"), "",
             f"### Average ranks (1 = highest {ctx.label})", "",
             "Ties get the average rank. Groups: methods joined by a bar in the CD diagram (every pair "
             f"with Nemenyi p ≥ {ALPHA}).", "",
-            md_table(pd.DataFrame({"method": ranks.index, "average rank": ranks.map(num),
+            md_table(pd.DataFrame({"method": ranks.index.map(ctx.name), "average rank": ranks.map(num),
                                    "not different from (Nemenyi)": [groups[m] for m in ranks.index]})), "",
             ctx.csv(ranks.rename_axis("method").reset_index(), "average_ranks.csv"), "",
             "### Nemenyi p-values (`scikit_posthocs.posthoc_nemenyi_friedman`)", "",
-            md_table(pvals.map(pval).reset_index()), "",
+            md_table(pvals.map(pval).rename(index=ctx.name, columns=ctx.name).rename_axis("method").reset_index()), "",
             ctx.csv(pvals, "nemenyi.csv", index=True), "",
             _cd_embed(ctx, ranks, pvals, cd)]
 
@@ -340,8 +345,13 @@ def _cd_embed(ctx: Context, ranks: pd.Series, pvals: pd.DataFrame, cd: float) ->
                    ctx.out_dir / "cd_diagram.png", ctx.label)
 
 
-def _rank_groups(ranks: pd.Series, pvals: pd.DataFrame) -> dict[str, str]:
-    return {m: ", ".join(o for o in ranks.index if o != m and pvals.at[m, o] >= ALPHA) or "none"
+def _datasets_text(datasets: str) -> str:
+    """A comma-separated list of dataset names as the tables name them."""
+    return ", ".join(dataset_name(d.strip()) for d in datasets.split(",") if d.strip())
+
+
+def _rank_groups(ctx: Context, ranks: pd.Series, pvals: pd.DataFrame) -> dict[str, str]:
+    return {m: ", ".join(ctx.name(o) for o in ranks.index if o != m and pvals.at[m, o] >= ALPHA) or "none"
             for m in ranks.index}
 
 
@@ -377,11 +387,11 @@ def schedule_section(ctx: Context, schedules: tuple[str, str] | None,
 def _schedule_tests(ctx: Context, one_stage: str, two_stage: str) -> list[str]:
     summary = pd.DataFrame([compare_over_datasets(ctx.primary_matrix, two_stage, one_stage)])
     ttests = ctx.ttests(two_stage, one_stage)
-    return [f"One-stage: **{ctx.md(one_stage)}**; two-stage: **{ctx.md(two_stage)}**. "
+    return [f"One-stage: **{ctx.md(ctx.name(one_stage))}**; two-stage: **{ctx.md(ctx.name(two_stage))}**. "
             "Δ = two-stage − one-stage. " + _pair_explanation(ctx, holm_family=0)
             + " A single comparison: no correction.", "",
             md_table(_pair_display(ctx, summary, holm_column=False)), "",
-            *_exclusion_notes(summary), ctx.csv(summary, "schedule_wilcoxon.csv"), "",
+            *_exclusion_notes(ctx, summary), ctx.csv(summary, "schedule_wilcoxon.csv"), "",
             "### Paired t-test over seeds per dataset (two-stage vs one-stage)", "",
             _ttest_explanation(ctx, "two-stage − one-stage"), "",
             md_table(_ttest_display(ctx, ttests)), "", ctx.csv(ttests, "schedule_ttest.csv"), ""]
@@ -411,6 +421,7 @@ def missing_section(ctx: Context) -> str:
              f"{len(table)} of {total} (method, dataset) cells are missing or incomplete "
              f"(expected seeds: {', '.join(map(str, ctx.seeds))}), under the missing-data rule in the header."]
     if len(table):
-        parts += ["", md_table(table)]
+        parts += ["", md_table(table.assign(method=table["method"].map(ctx.name),
+                                            dataset=table["dataset"].map(dataset_name)))]
     parts += ["", ctx.csv(table, "missing_cells.csv")]
     return "\n".join(parts)

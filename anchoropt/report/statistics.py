@@ -12,6 +12,7 @@ import scipy
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from anchoropt.errors import brief
 from anchoropt.metrics import harmonic_mean
 from anchoropt.records import ANCHOR_METRICS, KEY, METRICS
 
@@ -62,7 +63,7 @@ def cell_stats(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
     = mean and std of the runs' own HM. ValueError for an unknown convention.
     """
     if hm_convention not in HM_CONVENTIONS:
-        raise ValueError(f"HM convention {hm_convention!r} unknown; expected one of {list(HM_CONVENTIONS)}")
+        raise ValueError(f"HM convention {brief(hm_convention)} unknown; expected one of {list(HM_CONVENTIONS)}")
     df = complete_runs(df, metrics)
     methods = methods_in_order(df)
     datasets, seeds = sorted(df["dataset"].unique()), sorted(df["seed"].unique())

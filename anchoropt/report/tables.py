@@ -52,6 +52,16 @@ def mean_std(mean: float, std: float, n: int, n_expected: int) -> str:
     return num(mean) if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
 
 
+def schedule_name(schedule: str) -> str:
+    """How a paper prints a schedule: ``two_stage`` -> ``two-stage`` (other values unchanged)."""
+    return QUALIFIERS.get(str(schedule), str(schedule))
+
+
+def dataset_name(dataset: str) -> str:
+    """How the papers' tables name a dataset (``oxford_flowers`` -> ``Flowers102``); others unchanged."""
+    return DATASET_NAMES.get(dataset, dataset)
+
+
 def display_name(method: str, overrides: Mapping[str, str] | None = None) -> str:
     """How a paper would print ``method``: ``overrides[method]`` if given, else known method
     tokens spelled as published (joined by ``+``), schedule / tuning tokens as a parenthesised

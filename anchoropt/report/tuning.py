@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import matplotlib
 import pandas as pd
 
 from anchoropt.escape import markdown, mathtext
 from anchoropt.report.context import Context
-from anchoropt.report.figures import _figure, plot_history
+from anchoropt.report.figures import COLUMN_WIDTH, PAPER_STYLE, _figure, plot_history, save
 from anchoropt.report.statistics import best_so_far, compare_over_datasets, holm
-from anchoropt.report.tables import md_table, num, pval
+from anchoropt.report.tables import dataset_name, md_table, num, pval, schedule_name
 
 PARAMS = ("n_anchors", "lr", "anchor_lr")
 
@@ -115,7 +116,8 @@ def pooled_importances(tuning: Tuning) -> pd.DataFrame:
 
 def _search_section(ctx: Context, tuning: Tuning, best: pd.DataFrame) -> str:
     s = tuning.searches
-    shown = best.assign(**{c: best[c].map(num) for c in ("default_hm", "best_hm") if c in best})
+    shown = best.assign(**{c: best[c].map(num) for c in ("default_hm", "best_hm") if c in best},
+                        schedule=best["schedule"].map(schedule_name), dataset=best["dataset"].map(dataset_name))
     for p in ("lr", "anchor_lr"):
         if p in shown:
             shown[p] = shown[p].map(lambda v: f"{v:.2e}" if isinstance(v, float) and not math.isnan(v) else v)
@@ -138,7 +140,8 @@ def _search_section(ctx: Context, tuning: Tuning, best: pd.DataFrame) -> str:
         "Mean Optuna PED-ANOVA importance over the searches where it could be estimated "
         f"({len(s) - len(no_imp)} of {len(s)}; the others: "
         + (markdown("; ".join(sorted(set(no_imp["importances_note"])))) if len(no_imp) else "none") + ").", "",
-        md_table(pooled.assign(importance=pooled["importance"].map(lambda v: f"{v:.2f}"))) if len(pooled)
+        md_table(pooled.assign(importance=pooled["importance"].map(lambda v: f"{v:.2f}"),
+                               schedule=pooled["schedule"].map(schedule_name))) if len(pooled)
         else "No search had estimable importances.", "", ctx.csv(pooled, "importances_pooled.csv")])
 
 
@@ -154,15 +157,18 @@ def _budget_section(ctx: Context, tuning: Tuning, curves: pd.DataFrame) -> str:
         "## Equal tuning budgets: one-stage vs two-stage", "",
         "Both schedules get the same space, trials per dataset, scheduler and objective; the paired test of the "
         "tuned schedules is in the one-stage vs two-stage section (two-stage − one-stage, test HM).", "",
-        md_table(budget.assign(trial_seconds=budget["trial_seconds"].map(lambda v: f"{v:.0f}"))), "",
+        md_table(budget.assign(trial_seconds=budget["trial_seconds"].map(lambda v: f"{v:.0f}"),
+                               schedule=budget["schedule"].map(schedule_name))), "",
         "Best HM so far minus the defaults' HM (trial 0), mean over datasets, against trials spent: "
-        + ", ".join(f"{markdown(s)} +{num(v)} after all trials" for s, v in last.items()) + ".", "",
-        plot_history(mean.rename(columns={"gain": "best_hm"}), ctx.out_dir / "search_best_so_far.png",
-                     ylabel="best HM so far − defaults' HM (points)", xlabel="trials spent (per dataset)"), "", ctx.csv(curves, "search_best_so_far.csv")])
+        + ", ".join(f"{markdown(schedule_name(s))} {v:+.2f} after all trials" for s, v in last.items()) + ".", "",
+        plot_history(mean, ctx.out_dir / "search_best_so_far.png", value="gain",
+                     ylabel="best HM so far − defaults' HM\n(points, mean over datasets)",
+                     xlabel="trials spent (per dataset)"), "", ctx.csv(curves, "search_best_so_far.csv")])
 
 
 def _gain_section(ctx: Context, gains: pd.DataFrame) -> str:
-    shown = pd.DataFrame({"schedule": gains["schedule"], "tuned": gains["method"], "defaults": gains["baseline"],
+    shown = pd.DataFrame({"schedule": gains["schedule"].map(schedule_name), "tuned": gains["method"].map(ctx.name),
+                          "defaults": gains["baseline"].map(ctx.name),
                           "datasets": gains["n_datasets"], "mean Δ HM": gains["mean_diff"].map(num),
                           "95% CI": [f"[{num(a)}, {num(b)}]" for a, b in zip(gains["ci_low"], gains["ci_high"])],
                           "Wilcoxon p": gains["p"].map(pval), "Holm p": gains["p_holm"].map(pval)})
@@ -183,31 +189,36 @@ def _answers(ctx: Context, tuning: Tuning, best: pd.DataFrame, schedule_test: di
                      f"({tuning.wall_time_s:.0f} s).")
         lines.append("")
     lines.append("1. **Anchor count and learning rates.** Best n_anchors per dataset (count of datasets): "
-                 + "; ".join(f"{markdown(s)}: {c}" for s, c in dict(counts).items()) + ". Per-dataset best configurations "
+                 + "; ".join(f"{markdown(schedule_name(s))}: {c}" for s, c in dict(counts).items()) + ". Per-dataset best configurations "
                  "and pooled importances above.")
     lines.append(f"2. **One- vs two-stage (tuned, equal budgets).** Two-stage − one-stage test HM over "
                  f"{schedule_test['n_datasets']} datasets: mean Δ {num(schedule_test['mean_diff'])} "
                  f"(95% CI [{num(schedule_test['ci_low'])}, {num(schedule_test['ci_high'])}]), Wilcoxon p "
                  f"{pval(schedule_test['p'])}.")
     lines.append("3. **Does tuning help?** Tuned − reference defaults, test HM over datasets: " + "; ".join(
-        f"{markdown(r.schedule)}: mean Δ {num(r.mean_diff)} (95% CI [{num(r.ci_low)}, {num(r.ci_high)}], {r.n_datasets} "
+        f"{markdown(schedule_name(r.schedule))}: mean Δ {num(r.mean_diff)} (95% CI [{num(r.ci_low)}, {num(r.ci_high)}], {r.n_datasets} "
         f"datasets), Wilcoxon p {pval(r.p)}, Holm p {pval(r.p_holm)}" for r in gains.itertuples()) + ".")
     return "\n".join(lines)
 
 
 def _plot_hm_vs_anchors(trials: pd.DataFrame, path) -> str:
-    fig, ax = _figure((6.0, 4.0))
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig, ax = _figure((COLUMN_WIDTH, 2.4))
+        _draw_hm_vs_anchors(ax, trials)
+        save(fig, path)
+    return f"![HM against the number of anchors]({path.name})"
+
+
+def _draw_hm_vs_anchors(ax, trials: pd.DataFrame) -> None:
     done = trials[(trials["status"] == "complete") & trials["hm"].notna()]
     default = trials[trials["trial"] == 0].set_index(["schedule", "dataset"])["hm"]
     for i, (schedule, g) in enumerate(done.groupby("schedule")):
         ref = default.reindex(list(zip(g["schedule"], g["dataset"]))).to_numpy()
         offset = -0.15 if i == 0 else 0.15
         ax.scatter(g["n_anchors"].astype(float) + offset, g["hm"].to_numpy() - ref, s=12, alpha=0.6,
-                   label=mathtext(schedule), color=f"C{i}")
+                   label=mathtext(schedule_name(schedule)), color=f"C{i}")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("n_anchors")
-    ax.set_ylabel("HM − defaults' HM (points, search objective)")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("anchors N")
+    ax.set_ylabel("HM − defaults' HM\n(points, search objective)")
+    ax.legend()
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    return f"![HM against the number of anchors]({path.name})"

@@ -63,7 +63,8 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
 
 def html_page(markdown_text: str, folder: Path) -> str:
     """``markdown_text`` as one self-contained HTML page (``markdown`` with the ``tables``
-    extension); PNGs it embeds from ``folder`` are inlined as data URIs, so the page can be shared alone.
+    extension); PNGs it embeds from ``folder`` are inlined as data URIs, so the page can be shared
+    alone, and ``mean ± std`` is joined by no-break spaces so that a narrow column never splits it.
     Raw HTML in the text is shown as text, never passed through: the report writes none itself, so
     a name that escaped ``escape.markdown`` still cannot become a tag or a script."""
     import markdown
@@ -81,6 +82,7 @@ def html_page(markdown_text: str, folder: Path) -> str:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^":/]+\.png)"', inline, body)
+    body = body.replace(" ± ", "\u00a0±\u00a0")  # a "mean ± std" cell never wraps
     style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;font-size:14px}"
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
              "img{max-width:100%}")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from anchoropt.config import ConfigError, TrainConfig, _coerce, make_config
+from anchoropt.errors import brief
 from anchoropt.yamlio import read_yaml
 
 TYPES = ("int", "float", "categorical", "fixed")
@@ -175,7 +176,7 @@ def _parse_param(name: str, spec: Any, where: str, hint: Any, earlier: list[Para
     if kind is None:
         kind = "categorical" if "choices" in spec else "fixed" if "value" in spec else None
     if kind not in TYPES:
-        raise SpaceError(f"{where}: unknown type {kind!r} (expected one of {', '.join(TYPES)})")
+        raise SpaceError(f"{where}: unknown type {brief(kind)} (expected one of {', '.join(TYPES)})")
 
     def coerce(value: Any, what: str) -> Any:
         try:
@@ -186,7 +187,7 @@ def _parse_param(name: str, spec: Any, where: str, hint: Any, earlier: list[Para
     when = _parse_when(spec.get("when"), where, earlier)
     log = spec.get("log", False)
     if not isinstance(log, bool):
-        raise SpaceError(f"{where}: log must be true or false, got {log!r}")
+        raise SpaceError(f"{where}: log must be true or false, got {brief(log)}")
     if kind == "fixed":
         if "value" not in spec:
             raise SpaceError(f"{where}: a fixed parameter needs 'value'")
@@ -196,7 +197,7 @@ def _parse_param(name: str, spec: Any, where: str, hint: Any, earlier: list[Para
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise SpaceError(f"{where}: choices must be a non-empty list, got {choices!r}")
+            raise SpaceError(f"{where}: choices must be a non-empty list, got {brief(choices)}")
         choices = [coerce(c, "choice") for c in choices]
         for c in choices:
             _check_field(name, c, where, "choice")
@@ -219,9 +220,9 @@ def _parse_param(name: str, spec: Any, where: str, hint: Any, earlier: list[Para
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SpaceError(f"{where}: {key} must be a finite number, got {spec[key]!r}")
+            raise SpaceError(f"{where}: {key} must be a finite number, got {brief(spec[key])}")
         if target is int and value != int(value):
-            raise SpaceError(f"{where}: {key} must be an integer, got {value!r}")
+            raise SpaceError(f"{where}: {key} must be an integer, got {brief(value)}")
         bounds[key] = target(value)
     low, high = bounds["low"], bounds["high"]
     if low >= high:
@@ -233,7 +234,7 @@ def _parse_param(name: str, spec: Any, where: str, hint: Any, earlier: list[Para
         if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or \
                 (target is int and step != int(step)):
             raise SpaceError(f"{where}: step must be a positive {'integer' if target is int else 'number'}, "
-                             f"got {step!r}")
+                             f"got {brief(step)}")
         if log and (target is float or step != 1):
             raise SpaceError(f"{where}: step and log cannot be combined")
         step = target(step)
@@ -247,14 +248,14 @@ def _check_field(name: str, value: Any, where: str, what: str) -> None:
     try:
         make_config({name: value}, source=where)
     except ConfigError as err:
-        raise SpaceError(f"{where}: {what} {value!r} is not a valid {name}: {err}") from None
+        raise SpaceError(f"{where}: {what} {brief(value)} is not a valid {name}: {err}") from None
 
 
 def _parse_when(when: Any, where: str, earlier: list[Param]) -> dict[str, tuple]:
     if when is None:
         return {}
     if not isinstance(when, dict) or not when:
-        raise SpaceError(f"{where}: when must be a mapping {{parameter: value or [values]}}, got {when!r}")
+        raise SpaceError(f"{where}: when must be a mapping {{parameter: value or [values]}}, got {brief(when)}")
     out = {}
     by_name = {p.name: p for p in earlier}
     for ref, values in when.items():

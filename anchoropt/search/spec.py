@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from anchoropt.config import ConfigError, TrainConfig, make_config
+from anchoropt.errors import brief
 from anchoropt.search.space import SearchSpace, SpaceError, load_space, parse_space
 from anchoropt.yamlio import read_yaml
 
@@ -56,6 +57,7 @@ class SearchSpec:
     grid_size: int | None = None  # bruteforce: points of the space's grid
     enqueued: list[dict] = field(default_factory=list)  # {"origin", "params"}: run before any draw
     notes: list[str] = field(default_factory=list)  # what the search changed or could not do, in words
+    mlflow: dict | None = None  # {"uri", "experiment"} (anchoropt.tracking.MLflowTarget): a resume keeps logging
     version: int = VERSION
     runs: list[dict] = field(default_factory=list)
 
@@ -157,7 +159,7 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
         raise SearchError(f"unknown scheduler '{scheduler}' (expected none or asha)")
     make_sampler(sampler, 0)
     if not isinstance(num_trials, int) or num_trials < 1:
-        raise SearchError(f"the number of trials must be >= 1, got {num_trials!r}")
+        raise SearchError(f"the number of trials must be >= 1, got {brief(num_trials)}")
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
         raise SearchError("cpus per trial must be > 0 and gpus per trial >= 0")
     if max_concurrent is not None and max_concurrent < 1:
@@ -178,7 +180,7 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
         build_dataset(cfg.data_root, cfg.dataset)
     if storage:
         if "://" not in storage:
-            raise SearchError(f"storage must be an RDB URL such as sqlite:///path.db, got {storage!r}")
+            raise SearchError(f"storage must be an RDB URL such as sqlite:///path.db, got {brief(storage)}")
         check_persistent(storage)
         if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////") and ":memory:" not in storage:
             # absolute, so that a resume from another folder finds it
@@ -271,7 +273,7 @@ def default_params(space: SearchSpace, base: dict, on_grid: bool = False) -> tup
             continue
         value = p.value if p.type == "fixed" else base[p.name]
         if not _inside(p, value, on_grid):
-            return None, (f"the default config is not enqueued: its {p.name}={value!r} lies outside the space "
+            return None, (f"the default config is not enqueued: its {p.name}={brief(value)} lies outside the space "
                           f"({space.source})")
         drawn[p.name] = value
     return drawn, None
@@ -282,8 +284,9 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
     them); parameters left out are drawn by the sampler.
 
     Raises:
-        SearchError: file missing or not YAML, a key that is not a parameter of the space, or a value
-            outside it (one line naming the file, entry and key).
+        SearchError: file missing or not YAML, a key that is not a parameter of the space, a value
+            outside it, or a conditional parameter whose ``when`` the entry does not meet (one line
+            naming the file, entry and key).
     """
     path = Path(path).expanduser()
     try:
@@ -295,7 +298,7 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
     for i, entry in enumerate(entries, start=1):
         where = f"{path} entry {i}" if isinstance(raw, list) else str(path)
         if not isinstance(entry, dict) or not entry:
-            raise SearchError(f"{where}: expected a mapping of search-space parameters, got {entry!r}")
+            raise SearchError(f"{where}: expected a mapping of search-space parameters, got {brief(entry)}")
         params = {}
         for key, value in entry.items():
             p = space.get(key)
@@ -307,11 +310,31 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
             except ConfigError as err:
                 raise SearchError(str(err)) from None
             if not _inside(p, value):
-                raise SearchError(f"{where}: {key}={value!r} lies outside the space {space.source}")
+                raise SearchError(f"{where}: {key}={brief(value)} lies outside the space {space.source}")
             params[key] = value
+        _check_conditions(params, space, where)
         out.append({"origin": f"enqueued from {path.name}" + (f" #{i}" if isinstance(raw, list) else ""),
                     "params": params})
     return out
+
+
+def _check_conditions(params: dict, space: SearchSpace, where: str) -> None:
+    """Every conditional parameter of an enqueued entry must be active under the entry's own values
+    (a fixed parameter's value counts): otherwise Optuna would drop it without a word.
+
+    Raises:
+        SearchError: one line naming the entry, the parameter and its ``when`` condition.
+    """
+    known = {**{p.name: p.value for p in space.params if p.type == "fixed"}, **params}
+    for key in params:
+        for ref, values in space.get(key).when.items():
+            shown = values[0] if len(values) == 1 else list(values)
+            if ref not in known:
+                raise SearchError(f"{where}: {key} is used only when {ref} is {shown}, and the entry does not set "
+                                  f"{ref}: add {ref}: {shown} to the entry, or remove {key}")
+            if known[ref] not in values:
+                raise SearchError(f"{where}: {key} is used only when {ref} is {shown}, but the entry sets "
+                                  f"{ref}: {known[ref]}: remove {key}, or set {ref}: {shown}")
 
 
 def _check_space_against_base(space: SearchSpace, cfg: TrainConfig) -> None:
@@ -321,7 +344,7 @@ def _check_space_against_base(space: SearchSpace, cfg: TrainConfig) -> None:
             try:
                 make_config({**cfg.to_dict(), p.name: value}, source="space")
             except ConfigError as err:
-                raise SpaceError(f"{space.source}: {p.name}: value {value!r} is invalid: {err}") from None
+                raise SpaceError(f"{space.source}: {p.name}: value {brief(value)} is invalid: {err}") from None
 
 
 def now() -> str:
@@ -333,10 +356,10 @@ def request_change(stored: SearchSpec, requested: SearchSpec) -> str | None:
     """How a new request for a search folder differs from the search stored there, in one phrase
     (``space``, ``objective``, base keys ``epochs 5 -> 7``, ...), or None when it asks the same
     search (its number of trials aside; where a trial runs, ``cache_dir``/``device``, aside too)."""
-    changes = [f"{key} {getattr(stored, key)!r} -> {getattr(requested, key)!r}"
+    changes = [f"{key} {brief(getattr(stored, key))} -> {brief(getattr(requested, key))}"
                for key in ("objective", "sampler", "seed", "scheduler") if getattr(stored, key) != getattr(requested, key)]
     if stored.space != requested.space:
         changes.append(f"space {stored.space_source} -> {requested.space_source} (other parameters or ranges)")
-    changes += [f"{key} {stored.base.get(key)!r} -> {value!r}" for key, value in requested.base.items()
+    changes += [f"{key} {brief(stored.base.get(key))} -> {brief(value)}" for key, value in requested.base.items()
                 if key not in ("cache_dir", "device") and stored.base.get(key) != value]
     return ", ".join(changes) or None

@@ -11,11 +11,13 @@ from typing import Any, Callable
 from ray.tune.search import Searcher
 
 from anchoropt.config import make_config
+from anchoropt.errors import brief
 from anchoropt.search.space import SearchSpace
 
 METRIC = "hm"
 NUMBER_KEY = "_optuna_trial"  # config key carrying the Optuna trial number into the trial
 ORIGIN_KEY = "_origin"  # config key: who chose the parameters (enqueued, sampler start-up, sampler)
+RUN_KEY = "_run"  # config key: the trial a retry re-runs (itself if none), naming its TensorBoard and MLflow run
 
 
 def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
@@ -28,10 +30,16 @@ def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
         return "failed", f"the trial's last report has no '{METRIC}' (it reported {keys})"
     value = result[METRIC]
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "failed", f"non-finite {METRIC} {value!r} at epoch {result.get('epoch')}"
+        return "failed", f"non-finite {METRIC} {brief(value)} at epoch {result.get('epoch')}"
     if result.get("epoch", 0) < result.get("epochs", 0):
         return "stopped", None
     return "complete", None
+
+
+def trial_config(base: dict, config: dict) -> dict:
+    """A trial's full configuration: the base updated by the drawn parameters (``config``'s keys
+    starting with ``_`` are the search's own)."""
+    return {**base, **{k: v for k, v in config.items() if not k.startswith("_")}}
 
 
 REPORTED = ("hm", "acc_base", "acc_novel", "epoch", "epochs", "loss", "train_s", "report_s")
@@ -60,8 +68,7 @@ def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None 
 
     if worker_setup is not None:
         worker_setup()
-    params = {k: v for k, v in config.items() if not k.startswith("_")}
-    cfg = make_config({**base, **params}, source="search trial")
+    cfg = make_config(trial_config(base, config), source="search trial")
     start = time.time()  # in-trial time (train_s): features, Stage I, Stage II, evaluations
     reported: list[dict] = []
     in_report = [0.0]  # seconds the training waited on ray.tune.report (Ray's share of the in-trial time)
@@ -164,7 +171,14 @@ class StudySearcher(Searcher):
             origin = f"{self.study.sampler.__class__.__name__} random start-up"
         else:
             origin = self.study.sampler.__class__.__name__
-        return {**values, NUMBER_KEY: trial.number, ORIGIN_KEY: origin}
+        return {**values, NUMBER_KEY: trial.number, ORIGIN_KEY: origin, RUN_KEY: self.first_attempt(trial.number)}
+
+    def first_attempt(self, number: int) -> int:
+        """The trial that a retry (of a retry ...) of an interrupted or lost trial re-runs."""
+        trials = self.study.get_trials(deepcopy=False)
+        while number < len(trials) and "retry_of" in trials[number].user_attrs:
+            number = int(trials[number].user_attrs["retry_of"])
+        return number
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)

@@ -275,7 +275,7 @@ def _is_complete(ddir: Path, d: ToyDataset, seed: int, sizes: Dict[str, int]) ->
     if meta.get("toy", {}).get("seed") != seed or meta.get("toy", {}).get("version") != TOY_VERSION:
         raise ValueError(f"{ddir} holds toy data made with another seed/version "
                          f"({meta.get('toy')}, this version {TOY_VERSION}); rewrite it with "
-                         f"`anchoropt data toy --root {ddir.parent} --overwrite` or use another root")
+                         f"`anchoropt data toy data_root={ddir.parent} --overwrite` or use another root")
     n_expected = {k: v * len(d.classes) for k, v in sizes.items()}
     if any(len(split.get(k, [])) != n for k, n in n_expected.items()):
         return False

@@ -48,7 +48,7 @@ def test_data_check_finds_a_truncated_jpeg_no_protocol_reads(dtd, capsys):
     assert result.faults[0].startswith(f"dataset 'dtd': train: 1/16 images cannot be decoded (first: {unread} (")
     assert "truncated" in result.faults[0].lower()
     with pytest.raises(SystemExit) as exit_:
-        main(["data", "check", "dtd", "--root", str(root), "--descriptions-dir", str(root), "--per-class"])
+        main(["data", "check", "dtd", f"data_root={root}", "--descriptions-dir", str(root), "--per-class"])
     out, err = capsys.readouterr()
     assert exit_.value.code == 2 and err.count("\n") == 1 and "faults found in 1 of 1 datasets: dtd (1)" in err
     assert "train: 16 images, 4/4 classes, per class 4..4" in out and "test: 12 images" in out
@@ -71,7 +71,7 @@ def test_data_check_reports_every_fault_of_a_dataset(dtd, capsys):
     assert "no entry for class 'zigzagged' (index 3)" in faults[2]
     assert "shot_1-seed_1.pkl does not match" in faults[3] and "1 of 1 train items differ" in faults[3]
     with pytest.raises(SystemExit):
-        main(["data", "check", "dtd", "nosuch", "--root", str(root)])
+        main(["data", "check", "dtd", "nosuch", f"data_root={root}"])
     out = capsys.readouterr().out
     assert "FAULT unknown dataset 'nosuch'" in out
 
@@ -136,5 +136,5 @@ def test_cli_train_stops_on_data_faults_before_the_backbone(dtd, tmp_path, monke
 def test_data_check_of_a_sound_dataset_exits_0_without_torch(dtd):
     from tests.test_cli import _probe
     root, _, _ = dtd
-    loaded, code, out = _probe("data", "check", "dtd", "--root", str(root), "--descriptions-dir", str(root))
+    loaded, code, out = _probe("data", "check", "dtd", f"data_root={root}", "--descriptions-dir", str(root))
     assert code == 0 and loaded == [] and "no faults in dtd" in out.stdout

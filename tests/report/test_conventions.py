@@ -373,9 +373,9 @@ def test_anchor_prompt_accuracy_next_to_the_method(tmp_path):
     text = report.write_report(report.load_records(res), tmp_path / "out").read_text()
     section = _section(text, "## Anchor prompt vs method")
     # anchor seed means 50 / 50 -> HM 50.00; the method's HM = 2*70*60/130 = 64.62; Δ = 14.62
-    assert f"| dtd | anchoropt | 70.00 | 50.00 | 60.00 | 50.00 | {_hm(70, 60):.2f} | 50.00 | {_hm(70, 60) - 50:.2f} |" \
+    assert f"| DTD | AnchorOPT | 70.00 | 50.00 | 60.00 | 50.00 | {_hm(70, 60):.2f} | 50.00 | {_hm(70, 60) - 50:.2f} |" \
         in section
-    assert "coop |" not in section
+    assert "CoOp |" not in section
 
 
 def test_html_page_is_self_contained(tmp_path):

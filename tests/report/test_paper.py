@@ -1,0 +1,170 @@
+"""A report a researcher can paste into a paper (issue 26): display names, figure sizes, HTML cells,
+the main job's tuning figures."""
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from anchoropt import report  # noqa: E402
+from anchoropt.report import figures  # noqa: E402
+from anchoropt.report.tables import display_name  # noqa: E402
+from anchoropt.report.tuning import Tuning  # noqa: E402
+
+METHODS = ("coop", "coop_anchoropt_one_stage", "coop_anchoropt_one_stage_tuned", "coop_anchoropt_two_stage",
+           "coop_anchoropt_two_stage_tuned")
+DATASETS = ("dtd", "eurosat", "oxford_flowers", "ucf101", "food101", "caltech101")
+
+
+def _records(seeds=(1, 2, 3)) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = [{"method": m, "dataset": d, "seed": s, "acc_base": b, "acc_novel": n, "hm": 2 * b * n / (b + n),
+             "tuning": "search_val" if m.endswith("tuned") else "untuned"}
+            for m in METHODS for d in DATASETS for s in seeds
+            for b, n in [rng.uniform(50, 80, size=2)]]
+    return pd.DataFrame(rows)
+
+
+def _tuning() -> Tuning:
+    rng = np.random.default_rng(1)
+    trials = pd.DataFrame([{"schedule": sched, "dataset": d, "trial": t, "status": "complete",
+                            "hm": 60 + t * (1 if sched == "two_stage" else 0.5) + rng.uniform(0, 1),
+                            "origin": "sampler", "wall_time_s": 3.0, "n_anchors": int(rng.integers(1, 8)),
+                            "lr": 0.002, "anchor_lr": 0.002}
+                           for sched in ("one_stage", "two_stage") for d in DATASETS for t in range(4)])
+    searches = pd.DataFrame([{"schedule": s, "dataset": d, "num_trials": 4, "sampler": "TPESampler",
+                              "importances_note": None} for s in ("one_stage", "two_stage") for d in DATASETS])
+    importances = pd.DataFrame(columns=["schedule", "dataset", "param", "importance"])
+    return Tuning(trials, searches, importances,
+                  {"one_stage": "coop_anchoropt_one_stage_tuned", "two_stage": "coop_anchoropt_two_stage_tuned"},
+                  {"one_stage": "coop_anchoropt_one_stage", "two_stage": "coop_anchoropt_two_stage"}, "val", "asha")
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """Every figure the report saves, by file name (the real file is written too)."""
+    figs = {}
+    real = figures.save
+
+    def keep(fig, path):
+        figs[path.name] = fig
+        real(fig, path)
+    monkeypatch.setattr(figures, "save", keep)
+    return figs
+
+
+def _write(tmp_path, **kw):
+    return report.write_report(_records(), tmp_path, baseline="coop", tuning=_tuning(),
+                               schedules=("coop_anchoropt_one_stage_tuned", "coop_anchoropt_two_stage_tuned"),
+                               **kw).read_text()
+
+
+def test_best_so_far_figure_has_one_visible_line_per_schedule(tmp_path, saved):
+    """Issue 26: the legend read one_stage, one_stage, two_stage, two_stage and two lines were
+    invisible (a ``gain`` -> ``best_hm`` rename onto a frame that already had ``best_hm``)."""
+    _write(tmp_path)
+    ax = saved["search_best_so_far.png"].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["one-stage", "two-stage"]
+    assert len(ax.get_lines()) == 2
+    for line in ax.get_lines():
+        assert np.isfinite(np.asarray(line.get_ydata(), dtype=float)).all()
+    curves = pd.read_csv(tmp_path / "search_best_so_far.csv")
+    last = curves[curves["dataset"] == "mean"].groupby("schedule")["gain"].last()
+    drawn = {t.get_text(): line.get_ydata()[-1] for t, line in zip(ax.get_legend().get_texts(), ax.get_lines())}
+    assert drawn == pytest.approx({"one-stage": last["one_stage"], "two-stage": last["two_stage"]})
+
+
+def test_report_md_and_html_use_display_names_and_list_record_names_once(tmp_path):
+    text = _write(tmp_path)
+    body = text[text.index("## Per-dataset results"):]
+    for raw in METHODS:
+        assert raw not in body, raw  # record names only in the header's list (and the CSVs)
+    assert "| dataset | CoOp | CoOp+AnchorOPT (one-stage) | CoOp+AnchorOPT (one-stage, tuned) |" in body
+    assert "| Flowers102 |" in body and "| DTD |" in body
+    assert "- CoOp+AnchorOPT (two-stage, tuned) (coop_anchoropt_two_stage_tuned): search_val" in text
+    assert "## Paired tests against CoOp" in text
+    html = (tmp_path / "report.html").read_text()
+    assert "coop_anchoropt_two_stage_tuned</td>" not in html and "CoOp+AnchorOPT (two-stage, tuned)" in html
+    assert pd.read_csv(tmp_path / "per_dataset.csv")["method"].isin(METHODS).all()  # CSVs keep record names
+
+
+def test_html_cell_mean_and_std_never_wrap(tmp_path):
+    """Issue 26: the HTML wrapped "65.56 ± 1.96" over three lines."""
+    _write(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    cells = re.findall(r"<td>([^<]*±[^<]*)</td>", html)
+    assert cells and all(re.fullmatch(r"\d+\.\d\d\u00a0±\u00a0\d+\.\d\d", c) for c in cells), cells[:3]
+
+
+def _inches(png):
+    with Image.open(png) as im:
+        dpi = im.info["dpi"][0]
+        return im.size[0] / dpi, im.size[1] / dpi
+
+
+def test_figures_fit_a_two_column_paper(tmp_path):
+    """Every figure prints at most at the text width of a two-column paper (single-column plots at
+    most a column), at a resolution fit for print."""
+    torch = pytest.importorskip("torch")
+    df = _records()
+    paths = []
+    for rec in df.itertuples():  # learned position matrices: tuned methods with varying anchor counts
+        path = tmp_path / "res" / rec.method / rec.dataset / f"seed{rec.seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = 1 if "tuned" not in rec.method else 1 + DATASETS.index(rec.dataset) % 3
+        torch.save({"ctx": torch.zeros(4, 8), "anchors": torch.zeros(n, 8),
+                    "position": torch.randn(4 + n, 4 + n, generator=torch.Generator().manual_seed(rec.seed))},
+                   path.with_suffix(".prompts.pt"))
+        paths.append(str(path))
+    report.write_report(df.assign(path=paths), tmp_path / "out", baseline="coop", tuning=_tuning(),
+                        schedules=("coop_anchoropt_one_stage_tuned", "coop_anchoropt_two_stage_tuned"))
+    out = tmp_path / "out"
+    for name, limit in (("search_best_so_far.png", figures.COLUMN_WIDTH), ("hm_vs_anchors.png", figures.COLUMN_WIDTH),
+                        ("cd_diagram.png", figures.TEXT_WIDTH), ("positions.png", figures.TEXT_WIDTH)):
+        width, height = _inches(out / name)
+        assert width <= limit + 0.1 and height <= 9.0, (name, width, height)
+        with Image.open(out / name) as im:
+            assert round(im.info["dpi"][0]) >= 300
+
+
+def _boxes_overlap(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_positions_figure_pools_datasets_into_few_readable_panels():
+    """Issue 26: positions.png had 44 panels (4 methods x 11 datasets) with overlapping titles."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for method in ("coop_anchoropt_one_stage", "coop_anchoropt_one_stage_tuned", "coop_anchoropt_two_stage",
+                   "coop_anchoropt_two_stage_tuned"):
+        for i in range(11):
+            n = 1 if "tuned" not in method else 1 + i % 3
+            share = rng.dirichlet(np.ones(4 + n), size=4 + n)
+            rows.append({"method": method, "dataset": f"toy_dataset_{i}", "n_seeds": 3, "seeds": "1 2 3",
+                         "n_ctx": 4, "share": share})
+    positions = pd.DataFrame(rows)
+    pooled = figures.pooled_positions(positions)
+    assert len(pooled) == 2 + 2 * 3  # one panel per (method, anchor count)
+    first = pooled.iloc[0]
+    assert first["datasets"] == 11 and first["runs"] == 33
+    assert np.allclose(first["share"], np.mean([r for r in positions["share"][:11]], axis=0))
+    with matplotlib.rc_context(figures.PAPER_STYLE):
+        fig, axes = figures.positions_figure(positions, {m: display_name(m) for m in positions["method"]})
+        fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert len(axes) == 8 and fig.get_size_inches()[0] <= figures.TEXT_WIDTH
+    labels = [t for ax in axes for t in (ax.title, ax.yaxis.label) if t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    panels = [ax.get_window_extent(renderer) for ax in axes]
+    for i, box in enumerate(boxes):
+        assert not any(_boxes_overlap(box, b) for b in boxes[i + 1:]), labels[i].get_text()
+        assert not any(_boxes_overlap(box, p) for p in panels), labels[i].get_text()
+    assert [ax.yaxis.label.get_text().split("\n")[0] for ax in axes if ax.yaxis.label.get_text()] == \
+        ["CoOp+AnchorOPT", "CoOp+AnchorOPT", "CoOp+AnchorOPT", "CoOp+AnchorOPT"]  # one row per method
+    for ax in axes:
+        assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 5
