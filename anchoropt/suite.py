@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anchoropt.config import PROTOCOLS, SCHEDULES, TrainConfig, check_keys, make_config
+from anchoropt.config import MAX_SEED, PROTOCOLS, SCHEDULES, TrainConfig, check_keys, make_config
 from anchoropt.errors import ConfigError, brief
 from anchoropt.paths import absolute, check_name, relative_to_file
 from anchoropt.yamlio import read_yaml
@@ -46,7 +46,8 @@ SUITE_SCHEMA = {
     "type": "object", "required": ["datasets", "seeds", "methods"],
     "properties": {
         "name": {"type": "string", "minLength": 1}, "protocol": {"type": "string"}, "source": _NAME,
-        "datasets": _NAMES, "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "uniqueItems": True},
+        "datasets": _NAMES, "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}, "minItems": 1,
+                  "uniqueItems": True},
         "config": {"type": ["object", "null"]},
         "per_dataset": {**_PER_DATASET, "description": "dataset -> keys every method shares there"},
         "methods": {"type": "object", "minProperties": 1, "additionalProperties": {

@@ -86,3 +86,90 @@ def test_meta_json_paths_stay_inside_the_dataset(tmp_path, key, value):
     _custom_dataset(tmp_path / "root", "x.png", {key: value})
     with pytest.raises(DataError, match=f"meta.json {key}: path .* leads outside"):
         read_dataset(tmp_path / "root", "mine")
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """``mount(name, ro, fill)``: a 2 MiB tmpfs under tmp_path, read-only or filled to the last byte;
+    the test is skipped where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    done = []
+
+    def mount(name: str, read_only: bool = False, fill: bool = False):
+        point = tmp_path / name
+        point.mkdir()
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{'ro' if read_only else 'rw'},size=2m", "tmpfs",
+                               str(point)], capture_output=True)
+        if made.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+        done.append(point)
+        if fill:
+            with open(point / "filler", "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+        return point
+
+    yield mount
+    for point in done:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def _cli(argv, capsys, monkeypatch):
+    """Run the CLI in-process; Ray must not start. Returns (exit code, stderr lines)."""
+    import anchoropt.search.driver as driver
+    from anchoropt.cli import main
+
+    def no_ray(*_, **__):
+        raise AssertionError("Ray started before the input was checked")
+
+    monkeypatch.setattr(driver, "_start_ray", no_ray)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_output_folder_on_read_only_or_full_disk_refused_before_ray(mounted, tmp_path, capsys, monkeypatch):
+    from anchoropt.io import OutputError, check_output_dir
+    from anchoropt.paths import shipped
+
+    read_only, full = mounted("ro", read_only=True), mounted("full", fill=True)
+    with pytest.raises(OutputError, match="Read-only file system"):
+        check_output_dir(read_only / "s", "--out")
+    with pytest.raises(OutputError, match="No space left on device|MiB free"):
+        check_output_dir(full / "s", "--out")
+    for out in (read_only / "s", full / "s"):
+        code, err = _cli(["search", "--space", str(shipped("spaces", "anchors.yaml")), "--num-trials", "1",
+                          "--out", str(out), f"cache_dir={tmp_path / 'cache'}"], capsys, monkeypatch)
+        assert code == 2 and len(err) == 1 and err[0].startswith("anchoropt: error: --out") and str(out) in err[0]
+        assert not out.exists()
+    code, err = _cli(["search", "--space", str(shipped("spaces", "anchors.yaml")), "--num-trials", "1",
+                      "--out", str(tmp_path / "s"), f"cache_dir={full / 'cache'}"], capsys, monkeypatch)
+    assert code == 2 and len(err) == 1 and "cache_dir" in err[0] and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**40)])
+def test_out_of_range_seeds_refused_before_ray(tmp_path, capsys, monkeypatch, seed):
+    import yaml
+
+    from anchoropt.paths import shipped
+    from anchoropt.suite import load_suite
+
+    code, err = _cli(["search", "--space", str(shipped("spaces", "anchors.yaml")), "--num-trials", "1",
+                      "--seed", seed, "--out", str(tmp_path / "s")], capsys, monkeypatch)
+    assert code == 2 and len(err) == 1 and "sampler seed must be an integer in 0 .. 4294967295" in err[0]
+    assert not (tmp_path / "s").exists()
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"datasets": ["toy_shape"], "seeds": [1, int(seed)],
+                                     "methods": {"coop": {"method": "coop"}}}))
+    with pytest.raises(ConfigError, match=f"seeds.1: {seed} is (less|greater) than"):
+        load_suite(suite)
+    with pytest.raises(ConfigError, match=f"invalid value seed={seed}: expected 0 .. 4294967295"):
+        load_config(None, [f"seed={seed}"])

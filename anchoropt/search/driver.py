@@ -41,6 +41,7 @@ from typing import Callable
 from ray import tune
 
 from anchoropt.config import TrainConfig
+from anchoropt.io import check_output_dir
 from anchoropt.search.ledger import (ResultsLog, check_study_matches, lost_trials, open_storage, read_results,
                                      rebuild_study, reconcile, repair_journal)
 from anchoropt.search.outputs import SearchResult, write_outputs
@@ -109,6 +110,7 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
             spec = _resumed_spec(out_dir, num_trials, max_concurrent, cpus_per_trial, gpus_per_trial)
             if dry_run:
                 return _dry_run(spec, out_dir, resume=True)
+            _check_outputs(spec, out_dir, "--resume")
             _choose_tracking(spec, out_dir, mlflow)
         else:
             if space is None or out is None or num_trials is None:
@@ -122,6 +124,7 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
                             enqueue=enqueue)
             if dry_run:
                 return _dry_run(spec, out_dir, resume=False)
+            _check_outputs(spec, out_dir, "--out")
             _choose_tracking(spec, out_dir, mlflow)
             _start_ray(spec, address, num_cpus, verbose)
             made = [out_dir] if not out_dir.exists() else [out_dir / "search.json", out_dir / "study.journal"]
@@ -160,6 +163,14 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
     if print_summary:
         print(result.summary())
     return result
+
+
+def _check_outputs(spec: SearchSpec, out_dir: Path, flag: str) -> None:
+    """The search folder and the trials' feature cache are writable, with room, before Ray starts
+    (``io.check_output_dir``): a read-only or full disk is one line, not the driver's TensorBoard
+    logger failing in every trial."""
+    check_output_dir(out_dir, flag)
+    check_output_dir(spec.base.get("cache_dir") or TrainConfig.cache_dir, "cache_dir")
 
 
 def _resumed_spec(out_dir: Path, num_trials: int | None, max_concurrent: int | None, cpus_per_trial: float | None,

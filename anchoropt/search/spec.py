@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from anchoropt.config import ConfigError, TrainConfig, make_config
+from anchoropt.config import MAX_SEED, ConfigError, TrainConfig, make_config
 from anchoropt.errors import brief
 from anchoropt.search.space import SearchSpace, SpaceError, load_space, parse_space
 from anchoropt.yamlio import read_yaml
@@ -158,6 +158,8 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
     if scheduler not in SCHEDULERS:
         raise SearchError(f"unknown scheduler '{scheduler}' (expected none or asha)")
     make_sampler(sampler, 0)
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SearchError(f"the sampler seed must be an integer in 0 .. {MAX_SEED}, got {brief(seed)}")
     if not isinstance(num_trials, int) or num_trials < 1:
         raise SearchError(f"the number of trials must be >= 1, got {brief(num_trials)}")
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
