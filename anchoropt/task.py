@@ -78,9 +78,7 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
         return encode_images(backbone, items, views, cfg.seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
 
     def eval_set(name: str, dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
-        items = subsample(items, labels)
-        return EvalSet([dataset.classnames[i] for i in labels], features(items), _labels(items), seen,
-                       dataset.template, name, items)
+        return build_eval_set(cfg, backbone, device, name, dataset, items, labels, seen)
 
     if cfg.protocol == "cross_dataset":
         targets = targets if targets is not None else read_targets(cfg)
@@ -105,6 +103,16 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
     return Task(cfg.dataset, [names[i] for i in trained], features(train_items, cfg.train_views),
                 _labels(train_items), evals, descriptions_path(cfg.dataset, cfg.descriptions, cfg.descriptions_dir,
                                                                data.descriptions), train_items, stage1_val)
+
+
+def build_eval_set(cfg: TrainConfig, backbone: Backbone, device: str | torch.device, name: str,
+                   dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
+    """The scored set of ``dataset``'s classes ``labels`` (relabelled 0..C-1 in that order) among
+    ``items``, with their image features (cached under ``cfg.cache_dir``)."""
+    items = subsample(items, labels)
+    features = encode_images(backbone, items, 0, cfg.seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
+    return EvalSet([dataset.classnames[i] for i in labels], features, _labels(items), seen, dataset.template, name,
+                   items)
 
 
 def read_targets(cfg: TrainConfig) -> list[DatasetSplits]:
