@@ -118,9 +118,14 @@ def _uint8(transform: T.Compose) -> T.Compose:
 
 def _encode_seeded(backbone: Backbone, items: list[Datum], views: int, seed: int, device, crop_scale: float,
                    flip: bool) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
     model = backbone.model
     out = []
-    for pixels in _pixel_batches(backbone, items, views, seed, crop_scale, flip):
+    batches = _pixel_batches(backbone, items, views, seed, crop_scale, flip)
+    # a bar in a terminal (disable=None: off when stderr is not one, as in Ray trials), as the training loop's
+    for pixels in tqdm(batches, total=-(-len(items) // BATCH), desc=f"encoding {len(items)} images"
+                       + (f" x {views} views" if views else ""), leave=False, disable=None):
         batch = normalize_images(backbone, pixels.flatten(0, 1) if views else pixels)
         with torch.autocast("cuda", dtype=torch.float16, enabled=torch.device(device).type == "cuda"):
             feats = model.encode_image(batch.to(device)).float().cpu()

@@ -65,9 +65,10 @@ class AnchorOPTMethod(Method):
         batch of the reference's loader (drop_last), each over every class."""
         return steps_per_epoch(len(self.trainer.train_labels), self.cfg.anchor_batch_size)
 
-    def fit_anchors(self) -> None:
+    def fit_anchors(self, on_epoch: EpochCallback | None = None) -> None:
         """Stage I to completion: ``anchor_epochs`` x ``steps_per_epoch`` steps; reuses a cached
-        result of the same Stage I configuration (concurrent trials compute it once)."""
+        result of the same Stage I configuration (concurrent trials compute it once). ``on_epoch``
+        gets each Stage I epoch (phase ``stage1``) that runs (none when it came from the cache)."""
         t, cfg = self.trainer, self.cfg
         if cfg.anchor_source != "stage1":  # ablation: the anchors stay as anchor_init made them
             return
@@ -79,7 +80,8 @@ class AnchorOPTMethod(Method):
 
         def stage1() -> dict[str, torch.Tensor]:
             ran.append(True)
-            t.run_loop("stage1", cfg.anchor_epochs, lambda epoch: [self.anchor_step] * steps, [self.anchor_stepper])
+            t.run_loop("stage1", cfg.anchor_epochs, lambda epoch: [self.anchor_step] * steps, [self.anchor_stepper],
+                       on_epoch)
             return {"anchors": self.anchor.anchors.detach().cpu()}
 
         self.anchor.anchors.data.copy_(cached(path, "stage1", path.stem, stage1_provenance(t), stage1)["anchors"])
