@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection
 
+import yaml
 from ray import tune
 
 import anchoropt
 from anchoropt.config import make_config
 from anchoropt.errors import ConfigError, brief
-from anchoropt.io import check_output_dir
+from anchoropt.io import check_output_dir, write_text
+from anchoropt.paths import inside
 from anchoropt.raytools import Resources, check_resources, ensure_ray, trainable
 from anchoropt.suite import Suite, method_values
 
@@ -40,6 +42,7 @@ from anchoropt.suite import Suite, method_values
 #: fingerprinted instead of its folder)
 NOT_IDENTITY = ("data_root", "cache_dir", "device")
 LOCK_NAME = ".benchmark.lock"
+STATE_NAME = "benchmark.yaml"  # what a re-run keeps: the MLflow target (YAML: records are the *.json)
 INFRA_RETRIES = 3  # a trial whose actor or node died is re-run this many times before it counts as failed
 
 
@@ -87,7 +90,8 @@ def plan_cells(suite: Suite, results: str | Path) -> list[Cell]:
             for seed in suite.seeds:
                 cfg = make_config({**values, "seed": seed, "eval_split": "test"},
                                   source=f"{suite.path} method '{method}'")
-                paths = {d: str(results / method / d / f"seed{seed}.json") for d in scored}
+                paths = {d: str(inside(results, Path(method) / d / f"seed{seed}.json", f"method '{method}' record"))
+                         for d in scored}
                 cells.append(Cell(method, dataset, seed, cfg.to_dict(), paths, tuning))
     return cells
 
@@ -265,9 +269,37 @@ def _numbers(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def cell_outcome(result: dict) -> tuple[str, str | None]:
+    """A cell trial's outcome from its last report: ``failed`` (with the cell's error) or ``complete``."""
+    if "cell_error" in result:
+        return "failed", result["cell_error"]
+    if not any(k.startswith("acc") for k in result):
+        return "failed", "the cell reported no scores"
+    return "complete", None
+
+
+def choose_tracking(results: Path, suite: Suite, mlflow: str | bool | None):
+    """The benchmark's MLflow target (given, as stored in ``RESULTS/benchmark.yaml``, or off),
+    checked before Ray starts; None for none.
+
+    Raises:
+        TrackingError: the store cannot be logged to (one line).
+    """
+    from anchoropt.tracking import check_mlflow, choose_target
+
+    from anchoropt.yamlio import read_yaml
+
+    stored = read_yaml(results / STATE_NAME, "benchmark state").get("mlflow") if (results / STATE_NAME).is_file() \
+        else None
+    target = choose_target(mlflow, stored, results, f"benchmark {suite.name}")
+    if target is not None:
+        check_mlflow(target)
+    return target
+
+
 def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                   max_concurrent: int | None = None, address: str | None = None,
-                  num_cpus: int | None = None, verbose: int = 0, mlflow: str | None = None) -> dict[str, int]:
+                  num_cpus: int | None = None, verbose: int = 0, mlflow: str | bool | None = None) -> dict[str, int]:
     """Run the suite's unfinished cells as Ray Tune trials; returns counts done / failed / skipped.
 
     Before any work: every output folder is checked, every dataset read, the results folder
@@ -277,13 +309,15 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
     its actor or node is re-run (:data:`INFRA_RETRIES`). ``verbose`` 0 shows one progress bar
     (:mod:`anchoropt.progress`), 1 or 2 Ray Tune's own output; every cell's per-epoch metrics go
     to ``results/tensorboard/<cell>`` and, with ``mlflow`` (a tracking URI), to MLflow
-    (:mod:`anchoropt.tracking`).
+    (:mod:`anchoropt.tracking`); the URI is stored in ``results/benchmark.yaml``, so a re-run given
+    None keeps logging there (False: no MLflow from now on).
 
     Raises:
         BenchmarkError: another process holds the results folder, or records there were made with
             another config, code or data version (one line naming a record and what changed).
         OutputError, DataError, ConfigError, RayConnectError: one line, before any training (ConfigError
             also for a trial resource request no node of the Ray cluster meets).
+        TrackingError: the MLflow store cannot be logged to (before Ray starts).
     """
     from filelock import FileLock, Timeout
 
@@ -292,6 +326,7 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
         raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     results = Path(results).expanduser().resolve()
     states = cell_states(suite, results)
+    tracking = choose_tracking(results, suite, mlflow)
     results.mkdir(parents=True, exist_ok=True)
     lock = FileLock(results / LOCK_NAME, timeout=0)
     try:
@@ -305,8 +340,9 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
         print(f"benchmark {suite.name}: {len(states)} cells, {len(states) - len(todo)} done, {len(todo)} to go")
         if not todo:
             return {"done": 0, "failed": 0, "skipped": len(states)}
+        write_text(yaml.safe_dump({"mlflow": tracking.to_dict() if tracking else None}), results / STATE_NAME)
         failed = _run_trials(suite, results, todo, len(states), resources, max_concurrent, address, num_cpus,
-                             verbose, mlflow)
+                             verbose, tracking)
         return {"done": len(todo) - failed, "failed": failed, "skipped": len(states) - len(todo)}
     finally:
         lock.release()
@@ -314,17 +350,22 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
 
 def _run_trials(suite: Suite, results: Path, todo: list[Cell], total: int, resources: Resources,
                 max_concurrent: int | None, address: str | None, num_cpus: int | None, verbose: int,
-                mlflow: str | None) -> int:
+                tracking) -> int:
     """Run ``todo`` as Ray Tune trials; prints each failed cell; returns how many failed."""
     from anchoropt.progress import TrialProgress, ray_output
-    from anchoropt.tracking import tracking_callbacks, trial_namer
+    from anchoropt.tracking import closing_trackers, tracking_callbacks, trial_namer
 
-    callbacks = tracking_callbacks(results, mlflow, experiment=suite.name)
+    trackers = tracking_callbacks(results, tracking, params_of=lambda config: config["cell"]["config"],
+                                  outcome_of=cell_outcome,
+                                  tags_of=lambda config: {k: str(config["cell"][k])
+                                                          for k in ("method", "dataset", "seed", "tuning")})
+    callbacks = list(trackers)
     if not verbose:
         callbacks.append(TrialProgress(f"benchmark {suite.name}", total, done=total - len(todo),
                                        metric="hm" if suite.protocol == "base2novel" else None, unit="cells",
                                        label=lambda t: cell_name(t.config["cell"]), error_key="cell_error"))
-    with ray_output(verbose), tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage:  # records: the state
+    with ray_output(verbose), tempfile.TemporaryDirectory(prefix="anchoropt-ray-") as storage, \
+            closing_trackers(trackers):  # records: the state
         ensure_ray(address, num_cpus, verbose=verbose)
         check_resources(resources)
         tuner = tune.Tuner(

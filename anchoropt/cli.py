@@ -1,4 +1,4 @@
-"""Command line: ``anchoropt train|search|benchmark|report|data|export|run``. Errors in user input print one line and exit 2.
+"""Command line: ``anchoropt train|eval|search|benchmark|report|data|export|run``. Errors in user input print one line and exit 2.
 
 Every command names the data root as the config key ``data_root=PATH`` (``data toy``, ``data list`` and
 ``data check`` too).
@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -71,7 +73,7 @@ def _search(args: argparse.Namespace) -> None:
 
     common = dict(num_trials=args.num_trials, address=args.address, num_cpus=args.num_cpus,
                   max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                  gpus_per_trial=args.gpus_per_trial, verbose=args.verbose, print_summary=True, mlflow=args.mlflow,
+                  gpus_per_trial=args.gpus_per_trial, verbose=args.verbose, print_summary=True, mlflow=_mlflow(args),
                   dry_run=args.dry_run)
     if args.resume:
         given = [flag for flag, value in (("--space", args.space), ("--out", args.out), ("--config", args.config),
@@ -126,11 +128,28 @@ def _benchmark(args: argparse.Namespace) -> None:
         return
     counts = run_benchmark(suite, args.results, cpus_per_trial=args.cpus_per_trial or 1.0,
                            gpus_per_trial=args.gpus_per_trial or 0.0, max_concurrent=args.max_concurrent,
-                           address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, mlflow=args.mlflow)
+                           address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, mlflow=_mlflow(args))
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done; "
           f"records under {args.results}")
     if counts["failed"]:
         sys.exit(1)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from anchoropt.evaluate import evaluate_run
+    from anchoropt.io import check_output_dir, save_json
+
+    overrides = parse_overrides(args.overrides)
+    if args.out:
+        check_output_dir(Path(args.out).parent, "--out")
+    record = evaluate_run(args.run_dir, overrides)
+    m = record["metrics"]
+    out = Path(args.out or Path(args.run_dir) / "eval" / f"{record['dataset']}.{record['eval_split']}.json")
+    save_json(record, out)
+    scores = "  ".join(f"{name} {m[key]:.2f}" for key, name in (("acc_base", "base"), ("acc_novel", "novel"),
+                                                                 ("hm", "HM"), ("acc_all", "all")) if key in m)
+    print(f"{record['method']} ({args.run_dir}) on {record['dataset']} {record['eval_split']}: {scores}")
+    print(f"record: {out}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -229,7 +248,12 @@ def _run(args: argparse.Namespace) -> None:
                  search_trials=args.search_trials, scheduler=args.scheduler, objective=args.objective,
                  cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
                  max_concurrent=args.max_concurrent, address=args.address, num_cpus=args.num_cpus,
-                 verbose=args.verbose, mlflow=args.mlflow, dry_run=args.dry_run)
+                 verbose=args.verbose, mlflow=_mlflow(args), dry_run=args.dry_run)
+
+
+def _mlflow(args: argparse.Namespace) -> str | bool | None:
+    """The MLflow choice of a command: a URI, False (``--no-mlflow``) or None (as stored)."""
+    return False if args.no_mlflow else args.mlflow
 
 
 def _number(kind: type, low: float, strict: bool = False):
@@ -290,9 +314,13 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
                         "progress bar per search or benchmark")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print what would run and what is already done, then stop (nothing written)")
-    p.add_argument("--mlflow", metavar="URI",
-                   help="also log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db); "
-                        "TensorBoard files are always written under the folder's tensorboard/")
+    tracking = p.add_mutually_exclusive_group()
+    tracking.add_argument("--no-mlflow", action="store_true",
+                          help="stop logging to the MLflow URI stored with the search or benchmark")
+    tracking.add_argument("--mlflow", metavar="URI",
+                          help="also log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db; kept "
+                               "for resumes and re-runs); TensorBoard files are always written under the "
+                               "folder's tensorboard/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_anchors=4")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="score a saved run again (no training): base, novel and all classes of "
+                                    "its dataset or another (a cross-dataset target)",
+                       epilog="keys: dataset (default the run's), eval_split (test, default, or val), data_root, "
+                              "cache_dir, device; the rest is the run's own record.json")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder of anchoropt train --out (record.json, prompts.pt)")
+    p.add_argument("--out", help="the evaluation record (default RUN_DIR/eval/<dataset>.<split>.json)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. dataset=dtd data_root=/data/coop")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials",
                        epilog="anchoropt search show DIR: the state of a search folder (trials done, best trial, "
@@ -448,7 +485,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's preemption, ``kill``): unwinds as Ctrl-C does, so every command stops
+    the same resumable way."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _main(sys.argv[1:] if argv is None else argv)
     except BrokenPipeError:  # the reader went away (``anchoropt ... | head``): stop quietly, as cat does
@@ -464,34 +512,38 @@ def _main(argv: list[str]) -> None:
     except BrokenPipeError:
         raise
     except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)
-        if _raised_by_interrupt(err):
-            _interrupted(args)
+        if (stop := _raised_by_interrupt(err)) is not None:
+            _interrupted(args, stop)
         if not isinstance(err, _user_errors()):
             raise
         print(f"anchoropt: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        _interrupted(args)
+    except KeyboardInterrupt as stop:
+        _interrupted(args, stop)
 
 
-def _raised_by_interrupt(err: BaseException) -> bool:
-    """Whether ``err`` was raised while a Ctrl-C unwound the stack (e.g. a library's lock clean-up
-    failing on the way out), so that it still means "interrupted", not a failure."""
+def _raised_by_interrupt(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM during which ``err`` was raised (e.g. a library's lock clean-up failing
+    on the way out), so that it still means "interrupted", not a failure; None when none."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, KeyboardInterrupt):
-            return True
+            return err
         seen.add(id(err))
         err = err.__context__
-    return False
+    return None
 
 
-def _interrupted(args: argparse.Namespace) -> None:
-    print(f"anchoropt: interrupted; {_resumable(args)}", file=sys.stderr)
+def _interrupted(args: argparse.Namespace, stop: KeyboardInterrupt) -> None:
+    """One line saying what is kept; exit 130 for Ctrl-C, 143 (128 + 15) for SIGTERM, as shells do."""
+    terminated = isinstance(stop, Terminated)
+    print(f"anchoropt: {'terminated (SIGTERM)' if terminated else 'interrupted'}; {_resumable(args)}",
+          file=sys.stderr)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():  # Ray's threads torn down at interpreter exit can abort it
         ray.shutdown()
-    sys.exit(130)
+    sys.exit(143 if terminated else 130)
 
 
 if __name__ == "__main__":

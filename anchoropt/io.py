@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,18 @@ class OutputError(ValueError):
     """An output location that cannot be written: a file where a folder is needed, or no write access."""
 
 
-def check_output_dir(path: str | Path, what: str) -> Path:
-    """Check that ``path`` is, or can be created as, a writable folder; returns it (user-expanded).
+#: bytes written (and synced) to probe an output folder; free space below which it is refused
+PROBE_BYTES, MIN_FREE_BYTES = 4096, 64 * 2**20
 
-    Called before a command trains anything, so a bad ``--out``/``--results``/``cache_dir`` costs no work.
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """Check that ``path`` is, or can be created as, a writable folder with at least
+    :data:`MIN_FREE_BYTES` free on its disk; returns it (user-expanded). The nearest existing folder
+    is probed by writing :data:`PROBE_BYTES` to a temporary file, which finds a read-only file
+    system, a full disk or a quota that permissions do not show.
+
+    Called before a command trains anything or starts Ray, so a bad ``--out``/``--results``/
+    ``cache_dir`` costs no work and leaves nothing behind.
 
     Raises:
         OutputError: one line naming ``what`` (the flag or key), the path and the fault.
@@ -50,8 +59,21 @@ def check_output_dir(path: str | Path, what: str) -> Path:
         raise OutputError(f"{what} {path} is a file, not a folder")
     if not existing.is_dir():
         raise OutputError(f"{what} {path} cannot be created: {existing} is a file")
+    try:  # finds what permissions do not show: a read-only or full file system, a quota
+        with tempfile.TemporaryFile(dir=existing, prefix=".anchoropt-probe.") as probe:
+            probe.write(b"\0" * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except PermissionError:
+        raise OutputError(f"{what} {path}: no write permission in {existing}") from None
+    except OSError as err:
+        raise OutputError(f"{what} {path}: cannot write in {existing}: {err.strerror}") from None
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {path}: no write permission in {existing}")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise OutputError(f"{what} {path}: only {free / 2**20:.0f} MiB free on the disk of {existing} (records, "
+                          f"logs and checkpoints need at least {MIN_FREE_BYTES // 2**20} MiB)")
     return path
 
 

@@ -9,6 +9,10 @@ Rules:
   workers (which run in other folders) and stored search bases see the same file.
 - A file that a YAML file names as a companion (a suite method's ``config: tuned.yaml``) is
   relative to the folder of the file that names it.
+- A name that becomes a folder or file name (dataset, suite method, suite name) is a plain name
+  (:func:`check_name`), and a path read from a data file (a split JSON's image path, a
+  ``meta.json``'s files) stays inside its dataset's folder (:func:`inside`): neither can reach
+  outside ``data_root``, ``--results`` or a report's sight.
 - The default suites and search spaces live once, in the repository's ``benchmarks/`` and
   ``search_spaces/``; an install ships them as package data ``anchoropt.suites`` and
   ``anchoropt.spaces`` (setup.py). :func:`shipped` finds them either way, and :func:`default_file`
@@ -19,8 +23,11 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import sys
 from pathlib import Path
+
+from anchoropt.errors import ConfigError, brief
 
 #: package-data name -> the repository folder it is built from (setup.py)
 SHIPPED = {"suites": "benchmarks", "spaces": "search_spaces"}
@@ -57,6 +64,37 @@ def shipped(kind: str, name: str) -> Path:
     if (checkout / "pyproject.toml").is_file() and (checkout / SHIPPED[kind]).is_dir():
         return checkout / SHIPPED[kind] / name
     return Path(str(importlib.resources.files(f"anchoropt.{kind}").joinpath(name)))
+
+
+#: a plain name: letters, digits, ``_``, then also ``.`` and ``-``; no ``/``, no leading ``.`` (so no ``..``)
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a plain name (:data:`NAME`), usable as one folder name on every system.
+
+    Raises:
+        ConfigError: one line naming ``what`` (``dataset``, ``suite method``, ...) and the value.
+    """
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise ConfigError(f"{what} {brief(value)} is not a plain name: use letters, digits and _ "
+                          "(then also . and -), at most 100 characters")
+    return value
+
+
+def inside(root: str | Path, relative: str | Path, what: str, error: type[Exception] = ConfigError) -> Path:
+    """``root / relative`` resolved (``..`` and an absolute ``relative`` included, lexically: a
+    symlink inside ``root`` is the data owner's choice and is kept), then checked to lie inside ``root``.
+
+    Raises:
+        error: one line naming ``what`` (e.g. the split file and entry) and the path, when the result
+            is outside ``root``.
+    """
+    base = os.path.normpath(absolute(root))
+    path = os.path.normpath(os.path.join(base, os.fspath(relative)))
+    if os.path.commonpath([base, path]) != base:
+        raise error(f"{what}: path {brief(os.fspath(relative))} leads outside {base}")
+    return Path(path)
 
 
 def default_file(path: str | Path, kind: str) -> Path:

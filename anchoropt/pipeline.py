@@ -231,7 +231,7 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
                  space: str | Path = DEFAULT_SPACE, search_trials: int = 8, scheduler: str = "asha",
                  objective: str = "val", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                  max_concurrent: int | None = None, address: str | None = None,
-                 num_cpus: int | None = None, verbose: int = 0, mlflow: str | None = None,
+                 num_cpus: int | None = None, verbose: int = 0, mlflow: str | bool | None = None,
                  dry_run: bool = False) -> Path | None:
     """Run the steps above; returns the path of ``report.md``.
 
@@ -241,7 +241,8 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
         search_trials: trials per schedule and dataset (equal budgets); 0 skips the searches
             (methods keep their suite config).
         scheduler: of every search (``asha`` or ``none``).
-        verbose, mlflow: what the searches and the benchmark show and log to (``run_search``).
+        verbose, mlflow: what the searches and the benchmark show and log to (``run_search``; an
+            MLflow URI, False for none, None as each search and the benchmark stored it).
         dry_run: print what each search and the benchmark would run and return None; nothing is written.
 
     Raises:
@@ -250,7 +251,7 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
     """
     import ray
 
-    from anchoropt.benchmark import describe_plan, run_benchmark
+    from anchoropt.benchmark import choose_tracking, describe_plan, run_benchmark
     from anchoropt.io import check_output_dir
     from anchoropt.raytools import Resources, check_resources, ensure_ray
     from anchoropt.suite import load_suite
@@ -272,6 +273,8 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
                                             {**resources, "dry_run": True})
         print(describe_plan(planned, results / "cells", pending))
         return None
+    if mlflow:  # the store, before Ray starts (each search and the benchmark check their experiment too)
+        choose_tracking(results / "cells", suite, mlflow)
     clock = WorkClock(results / JOB_FILE, started)
     started_ray = not ray.is_initialized()
     ensure_ray(address, num_cpus, verbose=verbose)  # one Ray for the whole job

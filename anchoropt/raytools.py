@@ -2,11 +2,15 @@
 search and benchmark trials both run in."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
+from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
 
@@ -63,15 +67,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
         return
     level = logging.INFO if verbose else logging.ERROR
     env = {k: os.environ[k] for k in ("RAY_USAGE_STATS_ENABLED", "ANCHOROPT_MODEL_CONFIGS") if k in os.environ}
-    if not address:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False,
-                 logging_level=level)
-        return
-    if address != "auto" and not address.startswith("ray://"):
+    if address and address != "auto" and not address.startswith("ray://"):
         check_reachable(address)
     try:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False, logging_level=level)
+        with keep_sigterm_handler():
+            if not address:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+                         log_to_driver=False, logging_level=level)
+                return
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False, logging_level=level)
     except ConnectionError as err:
+        if not address:
+            raise
         cause = str(err.__cause__ or err)
         if "AuthToken" in cause or "Unauthenticated" in cause:
             fix = ("the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
@@ -81,6 +88,21 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
         else:
             fix = "check that it is a Ray head node of the same Ray version"
         raise RayConnectError(f"cannot join the Ray cluster at {address}: {fix}") from None
+
+
+@contextlib.contextmanager
+def keep_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` replaces the process's SIGTERM handler with one that exits at once (status 1 or
+    15); the handler set before (the command line's: stop like Ctrl-C, resumable) is put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 def skip_callback_usage_tag() -> None:
@@ -171,3 +193,33 @@ def is_infrastructure_error(err: BaseException | None) -> bool:
     infra = (rex.RayActorError, rex.ActorUnavailableError, rex.NodeDiedError, rex.WorkerCrashedError,
              rex.LocalRayletDiedError, rex.ObjectLostError, rex.OwnerDiedError)
     return isinstance(err, infra) and not isinstance(err, rex.RayTaskError)
+
+
+def trial_error_message(trial) -> str:
+    """One line naming the exception of a failed trial (from its Ray error file)."""
+    text = ""
+    try:
+        err = trial_error(trial)
+        if err is not None:
+            cause = getattr(err, "cause", None) or err
+            text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    except Exception:  # noqa: BLE001  (best effort: fall back to the text file)
+        text = ""
+    if not text and trial.error_file and Path(trial.error_file).is_file():
+        lines = [ln.strip() for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        text = lines[-1] if lines else ""
+    return text[:500] or "unknown error"
+
+
+def trial_error(trial) -> BaseException | None:
+    """The trial's exception: from its local error file (written before Tune's callbacks run; the
+    copy in the storage folder may not be synced yet), else from storage."""
+    import cloudpickle
+
+    try:
+        local = trial.pickled_error_file
+        if local and Path(local).is_file():
+            return cloudpickle.loads(Path(local).read_bytes())
+        return trial.get_pickled_error()
+    except Exception:  # noqa: BLE001  (an unreadable error file: treated as the trial's own fault)
+        return None

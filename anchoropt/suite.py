@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anchoropt.config import PROTOCOLS, SCHEDULES, TrainConfig, check_keys, make_config
+from anchoropt.config import MAX_SEED, PROTOCOLS, SCHEDULES, TrainConfig, check_keys, make_config
 from anchoropt.errors import ConfigError, brief
-from anchoropt.paths import absolute, default_file, relative_to_file, shipped_note
+from anchoropt.paths import absolute, check_name, default_file, relative_to_file, shipped_note
 from anchoropt.yamlio import read_yaml
 
 _NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True}
@@ -46,7 +46,8 @@ SUITE_SCHEMA = {
     "type": "object", "required": ["datasets", "seeds", "methods"],
     "properties": {
         "name": {"type": "string", "minLength": 1}, "protocol": {"type": "string"}, "source": _NAME,
-        "datasets": _NAMES, "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "uniqueItems": True},
+        "datasets": _NAMES, "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}, "minItems": 1,
+                  "uniqueItems": True},
         "config": {"type": ["object", "null"]},
         "per_dataset": {**_PER_DATASET, "description": "dataset -> keys every method shares there"},
         "methods": {"type": "object", "minProperties": 1, "additionalProperties": {
@@ -135,6 +136,13 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
             raise ConfigError(f"{path}: suite key '{old}' is now {new}")
     check_keys(raw, SUITE_KEYS, str(path), kind="suite key")
     check_schema(raw, SUITE_SCHEMA, path)
+    for what, names in (("suite name", [raw.get("name", path.stem)]), ("suite dataset", [*raw["datasets"], *(
+            [raw["source"]] if raw.get("source") else [])]), ("suite method", list(raw["methods"]))):
+        for name in names:  # each names a folder (Ray's run folder, results/<method>/<dataset>/)
+            try:
+                check_name(name, what)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from None
     protocol, source = raw.get("protocol", "base2novel"), raw.get("source")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"{path}: unknown protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")

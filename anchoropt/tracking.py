@@ -1,50 +1,399 @@
-"""Experiment trackers of a search or benchmark, as Ray Tune logger callbacks (run in the driver).
+"""Experiment trackers of a search or benchmark, as Ray Tune callbacks (run in the driver).
 
-- TensorBoard, always: every reported result of every trial (per epoch: ``hm``, ``acc_base``,
-  ``acc_novel``, ``loss``, ...; tags ``ray/tune/<key>``, step = epoch) goes to
-  ``FOLDER/tensorboard/<trial name>/`` of the search or benchmark folder, with the trial's
-  parameters as TensorBoard hparams at its end: ``tensorboard --logdir FOLDER/tensorboard``.
-- MLflow, when a tracking URI is given (``--mlflow URI``): one MLflow run per trial (named as the
-  trial), its parameters and every reported result as metrics, through Ray's
-  ``MLflowLoggerCallback``. A local store: ``sqlite:///mlflow.db`` (MLflow 3 refuses the
-  ``file:`` store unless ``MLFLOW_ALLOW_FILE_STORE=true``).
+- TensorBoard, always: each trial's per-epoch metrics (``hm``, ``acc_base``, ``acc_novel``,
+  ``loss``, ``acc_anchor_*``; step = epoch) go to ``FOLDER/tensorboard/<trial name>/`` of the
+  search or benchmark folder, flushed at every epoch, with the trial's configuration as
+  TensorBoard hparams at its end: ``tensorboard --logdir FOLDER/tensorboard``. A re-run of a trial
+  (a resume, a retry) replaces the event files of its earlier attempt, so each step appears once.
+- MLflow, when a tracking URI is given (``--mlflow URI``; stored in the search's ``search.json``
+  and the benchmark's ``benchmark.yaml``, so a resume keeps logging; ``--no-mlflow`` turns it
+  off): one MLflow run per trial, found again by its name and reused when the trial is re-run,
+  with the trial's full resolved configuration as params (logged once) and the per-epoch metrics
+  above. Its status mirrors the trial: FINISHED, FAILED (the error in the tag ``error``), KILLED
+  when the command was interrupted (or when a later run finds it still RUNNING: its process was
+  killed), FINISHED with the tag ``pruned=true`` when the scheduler stopped it early.
+
+The experiment name is fixed when the folder is created (:func:`experiment_name`: the folder's
+path relative to where the command ran, and what it runs, e.g. ``results/toy11/searches/two_stage/toy_shape
+(anchoropt_two_stage)``), so two folders never share one. The store is checked before Ray starts
+(:func:`check_mlflow`): an unreachable server, a ``file:`` store MLflow 3 refuses, a deleted
+experiment of the same name each stop the command with one line.
 
 Trial names come from :func:`trial_namer` (Tune's ``trial_name_creator``): ``trial-0003`` for the
-fourth trial of a search, ``<method>.<dataset>.seed<k>`` for a benchmark cell.
+fourth trial of a search (a retry of an interrupted or lost trial keeps the name of the trial it
+re-runs), ``<method>.<dataset>.seed<k>`` for a benchmark cell.
 """
 from __future__ import annotations
 
+import math
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
 
-from ray.tune.logger import TBXLoggerCallback
+from ray import tune
 
+from anchoropt.errors import ConfigError
 
-class TensorBoardLogger(TBXLoggerCallback):
-    """Ray Tune's TensorBoardX logger, writing under ``root/<trial name>`` instead of Ray's trial folder."""
+CONNECT_TIMEOUT_S = 5.0  # a TCP connect to a live tracking server takes milliseconds
+TRIAL_TAG = "anchoropt.trial"  # the MLflow tag that finds a trial's run again on a re-run
 
-    def __init__(self, root: str | Path):
-        super().__init__()
-        self.root = Path(root)
-
-    def log_trial_start(self, trial) -> None:
-        if trial in self._trial_writer:
-            self._trial_writer[trial].close()
-        self._trial_writer[trial] = self._summary_writer_cls(str(self.root / str(trial)), flush_secs=30)
-        self._trial_result[trial] = {}
+# what one trial's outcome is: "complete", "stopped" (early, by the scheduler) or "failed", and why
+Outcome = Callable[[dict], tuple[str, "str | None"]]
 
 
-def tracking_callbacks(folder: str | Path, mlflow_uri: str | None = None, experiment: str | None = None) -> list:
-    """The logger callbacks of one Tune run: TensorBoard under ``folder/tensorboard``, and MLflow
-    (experiment ``experiment``, default the folder's name) when ``mlflow_uri`` is given."""
-    folder = Path(folder)
-    callbacks = [TensorBoardLogger(folder / "tensorboard")]
-    if mlflow_uri:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
+class TrackingError(ConfigError):
+    """The MLflow store cannot be used; the message names the URI and the fix."""
 
-        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=experiment or folder.name,
-                                              tags={"anchoropt_folder": str(folder.resolve())}))
+
+@dataclass(frozen=True)
+class MLflowTarget:
+    """Where a search or benchmark logs: an MLflow tracking ``uri`` and an ``experiment`` name."""
+
+    uri: str
+    experiment: str
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> MLflowTarget | None:
+        return cls(raw["uri"], raw["experiment"]) if raw else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_uri(uri: str) -> str:
+    """``uri`` with a relative ``sqlite:///`` path made absolute, so that a resume from another folder
+    logs to the same store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
+    return uri
+
+
+def experiment_name(folder: str | Path, what: str) -> str:
+    """``<folder relative to the working directory> (<what>)``; an absolute path when the folder is
+    elsewhere. ``what``: the search's method and schedule, or the benchmark suite."""
+    folder = Path(folder).resolve()
+    try:
+        shown = folder.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        shown = folder.as_posix()
+    return f"{shown} ({what})"
+
+
+def choose_target(given: str | bool | None, stored: dict | None, folder: str | Path,
+                  what: str) -> MLflowTarget | None:
+    """The MLflow target of a (new or resumed) run: ``given`` a URI (``--mlflow``; the stored
+    experiment name is kept), False (``--no-mlflow``: none) or None (as stored; none when new)."""
+    if given is False:
+        return None
+    if not given:
+        return MLflowTarget.from_dict(stored)
+    experiment = stored["experiment"] if stored else experiment_name(folder, what)
+    return MLflowTarget(resolve_uri(given), experiment)
+
+
+def check_mlflow(target: MLflowTarget) -> None:
+    """The store can be logged to: a server answers, a ``file:`` store is allowed, and no deleted
+    experiment holds the name (MLflow keeps deleted names reserved).
+
+    Raises:
+        TrackingError: one line naming the URI (or experiment) and the fix.
+    """
+    uri = target.uri
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise TrackingError(f"--mlflow {uri}: MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE=true "
+                            f"is set; or use a database store such as sqlite:///mlflow.db")
+    if scheme in ("http", "https"):
+        _check_server(uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _quick_http(), _quiet_mlflow():
+            experiment = _client(uri).get_experiment_by_name(target.experiment)
+    except MlflowException as err:
+        raise TrackingError(f"--mlflow {uri}: the store does not answer as an MLflow tracking store "
+                            f"({_first_line(err)})") from None
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise TrackingError(f"--mlflow {uri}: the experiment '{target.experiment}' was deleted there (id "
+                            f"{experiment.experiment_id}), and MLflow keeps its name: restore it (`mlflow experiments "
+                            f"restore --experiment-id {experiment.experiment_id}`), purge it (`mlflow gc`), or use "
+                            f"--no-mlflow")
+
+
+def _check_server(uri: str) -> None:
+    url = urlparse(uri)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise TrackingError(f"--mlflow {uri}: no MLflow server answers at {url.hostname}:{port} ({reason}): start "
+                            f"one (`mlflow server --port {port}`) or use --no-mlflow") from None
+
+
+@contextmanager
+def _quick_http() -> Iterator[None]:
+    """MLflow's HTTP client retries a dead server for minutes; a check gives up at once."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(CONNECT_TIMEOUT_S)))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow and its database migrations log their store set-up at INFO: kept quiet while checking."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def epoch_metrics(result: dict) -> tuple[int, dict[str, float]] | None:
+    """(step, metrics) of a per-epoch report: ``loss``, ``hm`` and every ``acc_*`` key, finite values
+    only, at step ``epoch``. A report without ``epoch`` (a benchmark cell's final scores) is step 0
+    (the scores without training, e.g. zero-shot); None when nothing in it is a metric."""
+    metrics = {k: float(v) for k, v in result.items()
+               if (k in ("loss", "hm") or k.startswith("acc_")) and isinstance(v, (int, float))
+               and not isinstance(v, bool) and math.isfinite(v)}
+    if not metrics:
+        return None
+    step = result.get("epoch")
+    return (step if isinstance(step, int) else 0), metrics
+
+
+class TensorBoardLogger(tune.Callback):
+    """Per-epoch metrics of each trial under ``root/<trial name>/`` (tensorboardX), flushed every epoch.
+
+    ``params_of(config)``: the trial's configuration, written as TensorBoard hparams at its end.
+    """
+
+    def __init__(self, root: str | Path, params_of: Callable[[dict], dict]):
+        self.root, self.params_of = Path(root), params_of
+        self.writers: dict[str, Any] = {}
+        self.steps: dict[str, int] = {}
+        self.last: dict[str, dict] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        from tensorboardX import SummaryWriter
+
+        name = str(trial)
+        self._close(name)
+        folder = self.root / name
+        for old in folder.glob("events.out.tfevents.*"):  # an earlier attempt: its steps are run again
+            old.unlink()
+        self.writers[name] = SummaryWriter(str(folder), flush_secs=3600)  # flushed by on_trial_result
+        self.steps[name], self.last[name] = -1, {}
+
+    on_trial_restore = on_trial_start
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        name = str(trial)
+        found = epoch_metrics(result)
+        if name not in self.writers or found is None:
+            return
+        step, metrics = found
+        if step <= self.steps[name]:  # the final scores repeat the last epoch's
+            return
+        writer = self.writers[name]
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, global_step=step)
+        writer.flush()
+        self.steps[name], self.last[name] = step, metrics
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial)
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def _end(self, trial) -> None:
+        from tensorboardX.summary import hparams
+
+        name = str(trial)
+        if name not in self.writers:
+            return
+        if trial.last_result:
+            self.on_trial_result(0, [], trial, trial.last_result)  # the last report reaches callbacks late
+        if self.last[name]:
+            params = {k: v for k, v in self.params_of(trial.config).items()
+                      if isinstance(v, (str, bool, int, float))}
+            for summary in hparams(params, self.last[name]):
+                self.writers[name].file_writer.add_summary(summary)
+        self._close(name)
+
+    def _close(self, name: str) -> None:
+        writer = self.writers.pop(name, None)
+        if writer is not None:
+            writer.close()
+
+    def close(self, interrupted: bool = False) -> None:
+        """Flush and close every open writer."""
+        for name in list(self.writers):
+            self._close(name)
+
+
+class MLflowLogger(tune.Callback):
+    """One MLflow run per trial whose status mirrors the trial's (module docstring).
+
+    Args:
+        target: the store and experiment.
+        params_of: the trial's full resolved configuration from its Tune config (logged as params).
+        outcome_of: the trial's outcome from its last report (``complete``, ``stopped``, ``failed``
+            and why).
+        tags_of: extra tags of a trial's run from its Tune config (e.g. the search's trial origin).
+    """
+
+    def __init__(self, target: MLflowTarget, params_of: Callable[[dict], dict], outcome_of: Outcome,
+                 tags_of: Callable[[dict], dict] | None = None):
+        self.target, self.params_of, self.outcome_of = target, params_of, outcome_of
+        self.tags_of = tags_of or (lambda config: {})
+        self.client = None
+        self.experiment_id: str | None = None
+        self.runs: dict[str, str] = {}  # trial name -> run id, for runs this process set RUNNING
+        self.steps: dict[str, int] = {}
+
+    def setup(self, **info):
+        from mlflow.entities import ViewType
+
+        self.client = _client(self.target.uri)
+        found = self.client.get_experiment_by_name(self.target.experiment)
+        if found is not None and found.lifecycle_stage == "deleted":
+            check_mlflow(self.target)  # raises, naming the fix
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(self.target.experiment)
+        # RUNNING runs of this experiment belong to a process that was killed (one command per folder)
+        for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
+                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=10000):
+            self.client.set_tag(run.info.run_id, "killed", "its process ended without closing it (found by a resume)")
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        name = str(trial)
+        existing = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{name}'", max_results=1)
+        if existing:
+            run_id = existing[0].info.run_id
+            attempt = int(existing[0].data.tags.get("attempts", "1")) + 1
+            self.client.update_run(run_id, status="RUNNING")
+            for tag in ("error", "pruned", "killed"):  # the earlier attempt's outcome
+                if tag in existing[0].data.tags:
+                    self.client.delete_tag(run_id, tag)
+            for key, value in {"attempts": str(attempt), **self.tags_of(trial.config)}.items():
+                self.client.set_tag(run_id, key, value)
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=name,
+                                         tags={TRIAL_TAG: name, "attempts": "1", **self.tags_of(trial.config)})
+            run_id = run.info.run_id
+            from mlflow.entities import Param
+
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(self.params_of(trial.config).items())]
+            for i in range(0, len(params), 100):  # MLflow's batch limit
+                self.client.log_batch(run_id, params=params[i:i + 100])
+        self.runs[name], self.steps[name] = run_id, -1
+
+    on_trial_restore = on_trial_start
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        import time
+
+        from mlflow.entities import Metric
+
+        name = str(trial)
+        found = epoch_metrics(result)
+        if name not in self.runs or found is None or found[0] <= self.steps[name]:
+            return
+        step, metrics = found
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.runs[name], metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+        self.steps[name] = step
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        name = str(trial)
+        if name not in self.runs:
+            return
+        self.on_trial_result(0, [], trial, trial.last_result or {})
+        status, error = self.outcome_of(trial.last_result or {})
+        if status == "failed":
+            self._end(name, "FAILED", error=error or "failed")
+        else:
+            self._end(name, "FINISHED", pruned="true" if status == "stopped" else None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        from anchoropt.raytools import trial_error_message
+
+        if str(trial) in self.runs:
+            self._end(str(trial), "FAILED", error=trial_error_message(trial))
+
+    def _end(self, name: str, status: str, **tags: str | None) -> None:
+        run_id = self.runs.pop(name)
+        for key, value in tags.items():
+            if value is not None:
+                self.client.set_tag(run_id, key, value[:5000])
+        self.client.set_terminated(run_id, status)
+
+    def on_experiment_end(self, trials, **info):
+        self.close(interrupted=False)
+
+    def close(self, interrupted: bool = False) -> None:
+        """End every run still open as KILLED (the command was interrupted, or the trial never ended)."""
+        for name in list(self.runs):
+            self._end(name, "KILLED", killed="interrupted" if interrupted else "the trial did not end")
+
+
+def tracking_callbacks(folder: str | Path, mlflow: MLflowTarget | None, params_of: Callable[[dict], dict],
+                       outcome_of: Outcome, tags_of: Callable[[dict], dict] | None = None) -> list:
+    """The tracking callbacks of one Tune run: TensorBoard under ``folder/tensorboard``, and MLflow
+    when ``mlflow`` names a target (checked with :func:`check_mlflow` before Ray started)."""
+    callbacks: list = [TensorBoardLogger(Path(folder) / "tensorboard", params_of)]
+    if mlflow is not None:
+        callbacks.append(MLflowLogger(mlflow, params_of, outcome_of, tags_of))
     return callbacks
+
+
+@contextmanager
+def closing_trackers(callbacks: list) -> Iterator[None]:
+    """Inside, ``Tuner.fit``; when it is interrupted (Ctrl-C, SIGTERM) or fails, the trackers are
+    flushed and their open MLflow runs ended as KILLED before the exception goes on."""
+    try:
+        yield
+    except BaseException:
+        for cb in callbacks:
+            if isinstance(cb, (TensorBoardLogger, MLflowLogger)):
+                try:
+                    cb.close(interrupted=True)
+                except Exception:  # noqa: BLE001  (the interruption is what the user must see)
+                    pass
+        raise
 
 
 def trial_namer(name_of_config: Callable[[dict], str]) -> Callable:

@@ -132,6 +132,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
 
 
 def training_summary(method: Method) -> dict:
-    """What the run actually did: optimiser updates per trainable group (``anchors``, ``prompt``)
-    and how many Stage I descriptions were cut at the context length."""
-    return {"updates": method.updates(), "descriptions_cut": method.trainer.descriptions_cut}
+    """What the run actually did: optimiser updates per trainable group (``anchors``, ``prompt``),
+    how many Stage I descriptions were cut at the context length, and the method's own entries
+    (AnchorOPT's ``stage1``: the epoch kept, or the anchor file and its sha256)."""
+    return {"updates": method.updates(), "descriptions_cut": method.trainer.descriptions_cut, **method.training_info()}

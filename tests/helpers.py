@@ -192,10 +192,14 @@ def one_trial_actor_killed(timeout_s: float = 180):
         killer.join()
 
 
-def interrupt(proc: subprocess.Popen, timeout_s: float = 120) -> str:
-    """Send Ctrl-C (SIGINT) to ``proc``'s process group, wait for it, and return its stderr; the
+def interrupt(proc: subprocess.Popen, timeout_s: float = 120, sig: int = signal.SIGINT) -> str:
+    """Send Ctrl-C (SIGINT, to ``proc``'s process group, as a terminal does) or ``sig`` (to ``proc``
+    alone, as ``kill`` or a cluster's preemption does), wait for it, and return its stderr; the
     group is SIGKILLed if it is still running after ``timeout_s``."""
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, sig)
     try:
         return proc.communicate(timeout=timeout_s)[1]
     finally:

@@ -1,5 +1,6 @@
 """What a search prints and logs from the command line: one progress bar, nothing of Ray's, TensorBoard
 and MLflow runs, an importances plot, ``search show`` and ``--dry-run`` (read only)."""
+import json
 import os
 import struct
 import subprocess
@@ -87,8 +88,8 @@ def test_tensorboard_gets_per_epoch_metrics_under_the_search_folder(searched):
     assert runs == ["trial-0000", "trial-0001"]
     for run in runs:
         scalars = _run_scalars(out / "tensorboard" / run)
-        assert [step for step, _ in scalars["ray/tune/hm"]] == list(range(1, EPOCHS + 1))
-        assert "ray/tune/acc_novel" in scalars and "ray/tune/loss" in scalars
+        assert [step for step, _ in scalars["hm"]] == list(range(1, EPOCHS + 1))
+        assert set(scalars) == {"hm", "acc_base", "acc_novel", "loss"}  # per-epoch values only
 
 
 def test_mlflow_store_holds_one_run_per_trial_with_epoch_metrics(searched):
@@ -96,13 +97,17 @@ def test_mlflow_store_holds_one_run_per_trial_with_epoch_metrics(searched):
 
     out, uri, _ = searched
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(out.name)
+    stored = json.loads((out / "search.json").read_text())["mlflow"]
+    assert stored == {"uri": uri, "experiment": f"{out} (search of anchoropt_two_stage)"}  # out: not under the cwd
+    experiment = client.get_experiment_by_name(stored["experiment"])
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["trial-0000", "trial-0001"]
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert {"n_anchors", "lr"} <= set(run.data.params)
-        assert len(client.get_metric_history(run.info.run_id, "hm")) == EPOCHS
+        # the full resolved config, once, as params; metrics: only the per-epoch values, no Ray internals
+        assert {"n_anchors", "lr", "schedule", "dataset", "epochs", "eval_split"} <= set(run.data.params)
+        assert set(run.data.metrics) == {"hm", "acc_base", "acc_novel", "loss"}
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "hm")] == list(range(1, EPOCHS + 1))
 
 
 def test_importances_plot_is_written(searched):
@@ -175,9 +180,10 @@ def test_benchmark_filters_dry_run_bar_and_trackers(tmp_path, eurosat_root, ray_
     for noise in RAY_NOISE:
         assert noise not in text, noise
     scalars = _run_scalars(results / "tensorboard" / "coop.eurosat.seed1")
-    assert [step for step, _ in scalars["ray/tune/hm"]][:2] == [1, 2]  # per epoch (then the final scores)
+    epochs = json.loads((results / "coop" / "eurosat" / "seed1.json").read_text())["config"]["epochs"]
+    assert [step for step, _ in scalars["hm"]] == list(range(1, epochs + 1))  # per epoch, no step past the last
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(f"{results} (benchmark tiny)").experiment_id])
     assert [r.info.run_name for r in runs] == ["coop.eurosat.seed1"]
     assert len(client.get_metric_history(runs[0].info.run_id, "hm")) >= 2  # per epoch
     assert (tmp_path / "mlruns" / runs[0].info.experiment_id / runs[0].info.run_id).is_dir()

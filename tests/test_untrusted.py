@@ -24,3 +24,186 @@ def test_yaml_values_are_never_parsed_again(tmp_path):
     assert cfg.ctx_init == "a photo #2" and cfg.anchor_word == "[1, 2]" and cfg.lr == 0.001
     with pytest.raises(ConfigError, match="epochs must be int"):
         make_config({"epochs": "10 #x"})
+
+
+def test_dataset_names_are_plain_names():
+    for bad in ("../../../x", "/abs", "a/b", "..", "toy_count #v2", "<img>"):
+        with pytest.raises(ConfigError, match="is not a plain name"):
+            load_config(None, [f"dataset={bad}"])
+    with pytest.raises(ConfigError, match="dataset 'a/b' is not a plain name"):
+        load_config(None, ["protocol=cross_dataset", "targets=toy_count,a/b"])
+    assert load_config(None, ["dataset=imagenet-sketch.v2"]).dataset == "imagenet-sketch.v2"
+
+
+@pytest.mark.parametrize("where, bad", [("method", "../../escaped"), ("method", "a/b"), ("dataset", "../x"),
+                                        ("name", "../../run")])
+def test_suite_names_are_plain_names(tmp_path, where, bad):
+    import yaml
+
+    from anchoropt.suite import load_suite
+
+    suite = {"name": "s", "datasets": ["toy_shape"], "seeds": [1], "methods": {"coop": {"method": "coop"}}}
+    if where == "method":
+        suite["methods"] = {bad: {"method": "coop"}}
+    elif where == "dataset":
+        suite["datasets"] = [bad]
+    else:
+        suite["name"] = bad
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(ConfigError) as exc:
+        load_suite(path)
+    assert str(path) in str(exc.value) and "is not a plain name" in str(exc.value) and bad in str(exc.value)
+
+
+def _custom_dataset(root, entry_path, meta_extra=None):
+    """A one-class custom dataset (meta.json) whose single train image is ``entry_path``."""
+    import json
+
+    folder = root / "mine"
+    (folder / "images").mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"split_file": "split.json", **(meta_extra or {})}))
+    entry = [[entry_path, 0, "cat"]]
+    (folder / "split.json").write_text(json.dumps({"train": entry, "val": entry, "test": entry}))
+    return folder
+
+
+@pytest.mark.parametrize("entry", ["../../outside.png", "../meta.json", "/etc/passwd", "a/../../../x.png"])
+def test_split_file_paths_stay_inside_the_dataset(tmp_path, entry):
+    from anchoropt.data.datasets import DataError, read_dataset
+
+    (tmp_path / "outside.png").write_bytes(b"png")
+    _custom_dataset(tmp_path / "root", entry)
+    with pytest.raises(DataError, match=r"split.json train\[0\]: path .* leads outside .*mine/images"):
+        read_dataset(tmp_path / "root", "mine")
+
+
+@pytest.mark.parametrize("key, value", [("image_dir", "../.."), ("split_file", "/etc/hosts"),
+                                        ("descriptions", "../../d.json")])
+def test_meta_json_paths_stay_inside_the_dataset(tmp_path, key, value):
+    from anchoropt.data.datasets import DataError, read_dataset
+
+    _custom_dataset(tmp_path / "root", "x.png", {key: value})
+    with pytest.raises(DataError, match=f"meta.json {key}: path .* leads outside"):
+        read_dataset(tmp_path / "root", "mine")
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """``mount(name, ro, fill)``: a 2 MiB tmpfs under tmp_path, read-only or filled to the last byte;
+    the test is skipped where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    done = []
+
+    def mount(name: str, read_only: bool = False, fill: bool = False):
+        point = tmp_path / name
+        point.mkdir()
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{'ro' if read_only else 'rw'},size=2m", "tmpfs",
+                               str(point)], capture_output=True)
+        if made.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+        done.append(point)
+        if fill:
+            with open(point / "filler", "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+        return point
+
+    yield mount
+    for point in done:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def _cli(argv, capsys, monkeypatch):
+    """Run the CLI in-process; Ray must not start. Returns (exit code, stderr lines)."""
+    import anchoropt.search.driver as driver
+    from anchoropt.cli import main
+
+    def no_ray(*_, **__):
+        raise AssertionError("Ray started before the input was checked")
+
+    monkeypatch.setattr(driver, "_start_ray", no_ray)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_output_folder_on_read_only_or_full_disk_refused_before_ray(mounted, tmp_path, capsys, monkeypatch):
+    from anchoropt.io import OutputError, check_output_dir
+    from anchoropt.paths import shipped
+
+    read_only, full = mounted("ro", read_only=True), mounted("full", fill=True)
+    with pytest.raises(OutputError, match="Read-only file system"):
+        check_output_dir(read_only / "s", "--out")
+    with pytest.raises(OutputError, match="No space left on device|MiB free"):
+        check_output_dir(full / "s", "--out")
+    for out in (read_only / "s", full / "s"):
+        code, err = _cli(["search", "--space", str(shipped("spaces", "anchors.yaml")), "--num-trials", "1",
+                          "--out", str(out), f"cache_dir={tmp_path / 'cache'}"], capsys, monkeypatch)
+        assert code == 2 and len(err) == 1 and err[0].startswith("anchoropt: error: --out") and str(out) in err[0]
+        assert not out.exists()
+    code, err = _cli(["search", "--space", str(shipped("spaces", "anchors.yaml")), "--num-trials", "1",
+                      "--out", str(tmp_path / "s"), f"cache_dir={full / 'cache'}"], capsys, monkeypatch)
+    assert code == 2 and len(err) == 1 and "cache_dir" in err[0] and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**40)])
+def test_out_of_range_seeds_refused_before_ray(tmp_path, capsys, monkeypatch, seed):
+    import yaml
+
+    from anchoropt.paths import shipped
+    from anchoropt.suite import load_suite
+
+    code, err = _cli(["search", "--space", str(shipped("spaces", "anchors.yaml")), "--num-trials", "1",
+                      "--seed", seed, "--out", str(tmp_path / "s")], capsys, monkeypatch)
+    assert code == 2 and len(err) == 1 and "sampler seed must be an integer in 0 .. 4294967295" in err[0]
+    assert not (tmp_path / "s").exists()
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"datasets": ["toy_shape"], "seeds": [1, int(seed)],
+                                     "methods": {"coop": {"method": "coop"}}}))
+    with pytest.raises(ConfigError, match=f"seeds.1: {seed} is (less|greater) than"):
+        load_suite(suite)
+    with pytest.raises(ConfigError, match=f"invalid value seed={seed}: expected 0 .. 4294967295"):
+        load_config(None, [f"seed={seed}"])
+
+
+def test_train_help_says_what_shots_0_means(capsys):
+    from anchoropt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "shots <= 0: every training image" in " ".join(capsys.readouterr().out.split())
+
+
+def test_classes_whose_descriptions_are_all_empty_are_warned_about(tmp_path):
+    import json
+
+    from anchoropt.data.descriptions import load_descriptions
+
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"cat": ["", " ", ""], "dog": ["a dog", "", "x"], "bird": ["", "", ""]}))
+    with pytest.warns(UserWarning, match=r"d.json: 2 class\(es\) have only empty descriptions.*: cat, bird"):
+        assert load_descriptions(path, ["cat", "dog", "bird"], 3)[1] == ["a dog", "", "x"]
+
+
+def test_many_descriptions_are_announced_before_encoding(tiny_cfg, tmp_path, capsys):
+    from anchoropt.engine import MANY_DESCRIPTIONS
+    from tests.conftest import EUROSAT_CLASSES
+    from tests.helpers import make_trainer, write_descriptions
+
+    n = MANY_DESCRIPTIONS // (len(EUROSAT_CLASSES) // 2) + 1  # Stage I encodes the base half of the classes
+    path = write_descriptions(tmp_path / "many.json", EUROSAT_CLASSES, n)
+    trainer = make_trainer(tiny_cfg(descriptions=str(path), n_descriptions=n))
+    capsys.readouterr()
+    sentences = trainer.stage1_descriptions()
+    out = capsys.readouterr().out
+    total = sum(map(len, sentences))
+    assert f"eurosat: {total} descriptions" in out and "to encode for the Stage I targets" in out

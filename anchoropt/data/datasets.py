@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anchoropt.errors import brief
+from anchoropt.paths import inside
 
 
 class DataError(ValueError):
@@ -155,7 +156,10 @@ def read_split_file(name: str, split_path: Path, image_dir: Path, template: str)
             if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
                 raise DataError(f"dataset '{name}': {split_path} {part}[{i}] is {brief(entry)}, "
                                 f"expected [relative_path, label, classname]")
-            items.append(Datum(str(Path(image_dir) / entry[0]), entry[1], str(entry[2])))
+            if not isinstance(entry[0], str):
+                raise DataError(f"dataset '{name}': {split_path} {part}[{i}] path is {brief(entry[0])}, expected text")
+            items.append(Datum(str(inside(image_dir, entry[0], f"dataset '{name}': {split_path} {part}[{i}]",
+                                          DataError)), entry[1], str(entry[2])))
         splits[part] = items
     return _finish(name, splits, template, dict.fromkeys(splits, Path(split_path)), image_dir,
                    Path(split_path).parent)
@@ -301,7 +305,8 @@ def _read_aircraft(folder: Path) -> DatasetSplits:
             if variant not in label_of:
                 raise DataError(f"dataset 'fgvc_aircraft': {path} line {i + 1}: variant '{variant}' "
                                 f"not in variants.txt")
-            items.append(Datum(str(folder / "images" / f"{image_id}.jpg"), label_of[variant], variant))
+            image = inside(folder / "images", f"{image_id}.jpg", f"dataset 'fgvc_aircraft': {path} line {i + 1}", DataError)
+            items.append(Datum(str(image), label_of[variant], variant))
         splits[part] = items
     return _finish("fgvc_aircraft", splits, "a photo of a {}, a type of aircraft.", sources, folder / "images",
                    folder, variants)
@@ -313,9 +318,14 @@ def _read_custom(folder: Path, name: str) -> DatasetSplits:
         split_file, image_dir = meta["split_file"], meta.get("image_dir", "images")
     except (json.JSONDecodeError, KeyError) as err:
         raise DataError(f"dataset '{name}': {folder / 'meta.json'} is malformed: {brief(err)}") from None
-    data = read_split_file(name, folder / split_file, folder / image_dir, meta.get("template", "a photo of a {}."))
+    where = f"dataset '{name}': {folder / 'meta.json'}"
+    if not all(isinstance(v, str) for v in (split_file, image_dir, meta.get("descriptions") or "")):
+        raise DataError(f"{where}: split_file, image_dir and descriptions must be text (paths in the dataset's folder)")
+    data = read_split_file(name, inside(folder, split_file, f"{where} split_file", DataError),
+                           inside(folder, image_dir, f"{where} image_dir", DataError),
+                           meta.get("template", "a photo of a {}."))
     if meta.get("descriptions"):
-        data.descriptions = folder / meta["descriptions"]
+        data.descriptions = inside(folder, meta["descriptions"], f"{where} descriptions", DataError)
     return data
 
 

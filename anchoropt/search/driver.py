@@ -33,6 +33,7 @@ every node sees (relative paths of the base configuration are made absolute firs
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -40,11 +41,13 @@ from typing import Callable
 from ray import tune
 
 from anchoropt.config import TrainConfig
+from anchoropt.io import check_output_dir
 from anchoropt.search.ledger import (ResultsLog, check_study_matches, lost_trials, open_storage, read_results,
                                      rebuild_study, reconcile, repair_journal)
 from anchoropt.search.outputs import SearchResult, write_outputs
 from anchoropt.search.spec import SearchError, SearchSpec, make_sampler, new_spec, now
-from anchoropt.search.trial import METRIC, NUMBER_KEY, StudySearcher, run_trial
+from anchoropt.search.trial import (METRIC, NUMBER_KEY, ORIGIN_KEY, RUN_KEY, StudySearcher, outcome, run_trial,
+                                    trial_config)
 
 
 INFRA_RETRIES = 3  # runs re-queuing trials lost with their actor or node, after the first
@@ -57,7 +60,7 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
                max_concurrent: int | None = None, address: str | None = None, storage: str | None = None,
                enqueue: list[str | Path] = (), resume: str | Path | None = None, num_cpus: int | None = None,
                worker_setup: Callable[[], None] | None = None, verbose: int = 0, print_summary: bool = False,
-               mlflow: str | None = None, dry_run: bool = False) -> SearchResult | None:
+               mlflow: str | bool | None = None, dry_run: bool = False) -> SearchResult | None:
     """Run (or resume) a search and write its outputs.
 
     Args:
@@ -85,25 +88,30 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
             ``num_cpus``, ``max_concurrent``, ``worker_setup`` and ``verbose`` come from it.
         worker_setup: picklable function run in the worker at the start of each trial.
         verbose: 0: one progress bar (:mod:`anchoropt.progress`); 1, 2: Ray Tune's own output.
-        mlflow: MLflow tracking URI to log every trial to (TensorBoard files are always written
-            under ``out/tensorboard``, :mod:`anchoropt.tracking`).
+        mlflow: MLflow tracking URI to log every trial to, stored in ``search.json`` (a resume given
+            None keeps logging there; False: no MLflow from now on). TensorBoard files are always
+            written under ``out/tensorboard`` (:mod:`anchoropt.tracking`).
         dry_run: validate, print what the search would run (:func:`anchoropt.search.show.plan`)
             and return None, writing nothing.
 
     Raises:
         SearchError / SpaceError / ConfigError: bad arguments, space, folder or storage, or a trial
             resource request no node of the cluster meets (all before any trial starts).
+        TrackingError: the MLflow store cannot be logged to (before Ray starts).
     """
     import ray
 
     started = time.time()
     started_ray = not ray.is_initialized()  # a Ray already initialised in this process is used as is
+    made: list[Path] = []  # what a new search wrote, removed if it fails before its first trial
     try:
         if resume is not None:
             out_dir = Path(resume).expanduser().resolve()
             spec = _resumed_spec(out_dir, num_trials, max_concurrent, cpus_per_trial, gpus_per_trial)
             if dry_run:
                 return _dry_run(spec, out_dir, resume=True)
+            _check_outputs(spec, out_dir, "--resume")
+            _choose_tracking(spec, out_dir, mlflow)
         else:
             if space is None or out is None or num_trials is None:
                 raise SearchError("a new search needs a space, an output folder and a number of trials")
@@ -116,7 +124,10 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
                             enqueue=enqueue)
             if dry_run:
                 return _dry_run(spec, out_dir, resume=False)
+            _check_outputs(spec, out_dir, "--out")
+            _choose_tracking(spec, out_dir, mlflow)
             _start_ray(spec, address, num_cpus, verbose)
+            made = [out_dir] if not out_dir.exists() else [out_dir / "search.json", out_dir / "study.journal"]
             out_dir.mkdir(parents=True, exist_ok=True)
             spec.write(out_dir)
         study, storage_obj, notes = _open_study(spec, out_dir)
@@ -127,11 +138,12 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
             run_index = len(spec.runs)
             _start_ray(spec, address, num_cpus, verbose)
             spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
-                              "trials_asked": spec.num_trials - len(rows), "sampler_seed": spec.sampler_seed(run_index),
+                              "trials_asked": spec.num_trials - len(rows), 
                               "max_concurrent": spec.max_concurrent, **({"notes": notes} if notes else {})})
             notes = []
             spec.write(out_dir)
-            _tune(spec, out_dir, study, run_index, rows, worker_setup=worker_setup, verbose=verbose, mlflow=mlflow)
+            made = []  # from here the folder holds a search to resume
+            _tune(spec, out_dir, study, run_index, rows, worker_setup=worker_setup, verbose=verbose)
             spec.runs[-1]["finished"] = now()
             spec.write(out_dir)
             rows = reconcile(study, storage_obj, out_dir, spec)
@@ -139,6 +151,10 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
             if lost and len(rows) < spec.num_trials:
                 print(f"{len(lost)} trial(s) lost with their actor or node (not failures): re-running "
                       f"{', '.join(str(n) for n in sorted(lost))} with the same parameters")
+    except Exception:
+        for path in made:  # no half-made search blocks the corrected command
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
     finally:
         if started_ray and ray.is_initialized():
             ray.shutdown()
@@ -147,6 +163,14 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
     if print_summary:
         print(result.summary())
     return result
+
+
+def _check_outputs(spec: SearchSpec, out_dir: Path, flag: str) -> None:
+    """The search folder and the trials' feature cache are writable, with room, before Ray starts
+    (``io.check_output_dir``): a read-only or full disk is one line, not the driver's TensorBoard
+    logger failing in every trial."""
+    check_output_dir(out_dir, flag)
+    check_output_dir(spec.base.get("cache_dir") or TrainConfig.cache_dir, "cache_dir")
 
 
 def _resumed_spec(out_dir: Path, num_trials: int | None, max_concurrent: int | None, cpus_per_trial: float | None,
@@ -168,6 +192,26 @@ def _resumed_spec(out_dir: Path, num_trials: int | None, max_concurrent: int | N
     if max_concurrent is not None:
         spec.max_concurrent = max_concurrent
     return spec
+
+
+def _choose_tracking(spec: SearchSpec, out_dir: Path, mlflow: str | bool | None) -> None:
+    """Set the search's MLflow target (given, as stored, or off) and check its store, before Ray starts.
+
+    Raises:
+        TrackingError: the store cannot be logged to (one line).
+    """
+    from anchoropt.config import make_config
+    from anchoropt.tracking import check_mlflow, choose_target
+
+    space = spec.search_space
+    searched = [p.name for p in space.params if p.name in ("method", "schedule") and p.type != "fixed"]
+    fixed = {p.name: p.value for p in space.params if p.type == "fixed"}
+    what = f"search over {' and '.join(searched)}" if searched else \
+        f"search of {make_config({**spec.base, **fixed}, source=str(out_dir / 'search.json')).run_name}"
+    target = choose_target(mlflow, spec.mlflow, out_dir, what)
+    if target is not None:
+        check_mlflow(target)
+    spec.mlflow = target.to_dict() if target else None
 
 
 def _dry_run(spec: SearchSpec, out_dir: Path, resume: bool) -> None:
@@ -212,16 +256,17 @@ def _open_study(spec: SearchSpec, out_dir: Path):
 
 
 def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, rows: list[dict], *, worker_setup,
-          verbose: int, mlflow: str | None) -> None:
+          verbose: int) -> None:
     """Run the trials missing from ``rows`` (the finished ones) as one Tune run on the started Ray."""
     from ray.tune.search import ConcurrencyLimiter
 
     from anchoropt.progress import TrialProgress, ray_output
     from anchoropt.raytools import Resources, trainable
-    from anchoropt.tracking import tracking_callbacks, trial_namer
+    from anchoropt.tracking import MLflowTarget, closing_trackers, tracking_callbacks, trial_namer
 
-    study.sampler = make_sampler(spec.sampler, spec.sampler_seed(run_index), spec.sampler_options)
-    searcher = StudySearcher(study, spec.search_space, spec.sampler_options.get("n_startup_trials", 0))
+    searcher = StudySearcher(study, spec.search_space, spec.sampler_options.get("n_startup_trials", 0),
+                             sampler_at=lambda position: make_sampler(spec.sampler, spec.draw_seed(position),
+                                                                      spec.sampler_options))
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent) if spec.max_concurrent else searcher
     sched = None
     if spec.scheduler == "asha":
@@ -230,17 +275,21 @@ def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, rows: list[dic
                               grace_period=1, reduction_factor=2)
     trial = trainable(run_trial, Resources(spec.cpus_per_trial, spec.gpus_per_trial), base=spec.base,
                       worker_setup=worker_setup, report_in_thread=sched is None)
-    callbacks = [ResultsLog(out_dir / "results.jsonl", spec, run_index), *tracking_callbacks(out_dir, mlflow)]
+    trackers = tracking_callbacks(out_dir, MLflowTarget.from_dict(spec.mlflow),
+                                  params_of=lambda config: trial_config(spec.base, config),
+                                  outcome_of=lambda result: outcome(result, error=False),
+                                  tags_of=lambda config: {"trial": str(config[NUMBER_KEY]), "origin": config[ORIGIN_KEY]})
+    callbacks = [ResultsLog(out_dir / "results.jsonl", spec, run_index), *trackers]
     if not verbose:
         best = [r["hm"] for r in rows if r["status"] != "failed" and isinstance(r.get("hm"), (int, float))]
         callbacks.append(TrialProgress(f"search {out_dir.name}", spec.num_trials, done=len(rows),
                                        best=max(best) if best else None, metric=METRIC))
-    with ray_output(verbose):
+    with ray_output(verbose), closing_trackers(trackers):
         tuner = tune.Tuner(
             trial,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
                                         num_samples=spec.num_trials - len(rows), reuse_actors=True,
-                                        trial_name_creator=trial_namer(lambda c: f"trial-{c[NUMBER_KEY]:04d}")),
+                                        trial_name_creator=trial_namer(lambda c: f"trial-{c[RUN_KEY]:04d}")),
             run_config=tune.RunConfig(
                 name=f"run-{run_index}", storage_path=str(out_dir / "ray"), verbose=verbose, callbacks=callbacks,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -227,10 +227,10 @@ class ResultsLog(tune.Callback):
         self._write(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from anchoropt.raytools import is_infrastructure_error
+        from anchoropt.raytools import is_infrastructure_error, trial_error, trial_error_message
 
-        lost = is_infrastructure_error(_pickled_error(trial))
-        self._write(trial, _error_message(trial), status=LOST if lost else None)
+        lost = is_infrastructure_error(trial_error(trial))
+        self._write(trial, trial_error_message(trial), status=LOST if lost else None)
 
     def _write(self, trial, error: str | None, status: str | None = None) -> None:
         config = dict(trial.config)
@@ -250,36 +250,6 @@ class ResultsLog(tune.Callback):
                "train_s": _round(last.get("train_s")), "report_s": _round(last.get("report_s")),
                "objective": self.spec.objective, "params": params, "finished": now()}
         append_row(self.path, row)
-
-
-def _error_message(trial) -> str:
-    """One line naming the exception of a failed trial (from its Ray error file)."""
-    text = ""
-    try:
-        err = _pickled_error(trial)
-        if err is not None:
-            cause = getattr(err, "cause", None) or err
-            text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
-    except Exception:  # noqa: BLE001  (best effort: fall back to the text file)
-        text = ""
-    if not text and trial.error_file and Path(trial.error_file).is_file():
-        lines = [ln.strip() for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-        text = lines[-1] if lines else ""
-    return text[:500] or "unknown error"
-
-
-def _pickled_error(trial) -> BaseException | None:
-    """The trial's exception: from its local error file (written before Tune's callbacks run; the
-    copy in the storage folder may not be synced yet), else from storage."""
-    import cloudpickle
-
-    try:
-        local = trial.pickled_error_file
-        if local and Path(local).is_file():
-            return cloudpickle.loads(Path(local).read_bytes())
-        return trial.get_pickled_error()
-    except Exception:  # noqa: BLE001  (an unreadable error file: treated as the trial's own fault)
-        return None
 
 
 def _num(v) -> float | None:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from anchoropt.config import ConfigError, TrainConfig, make_config
+from anchoropt.config import MAX_SEED, ConfigError, TrainConfig, make_config
 from anchoropt.errors import brief
 from anchoropt.paths import default_file, shipped_note
 from anchoropt.search.space import SearchSpace, SpaceError, load_space, parse_space
@@ -58,6 +58,7 @@ class SearchSpec:
     grid_size: int | None = None  # bruteforce: points of the space's grid
     enqueued: list[dict] = field(default_factory=list)  # {"origin", "params"}: run before any draw
     notes: list[str] = field(default_factory=list)  # what the search changed or could not do, in words
+    mlflow: dict | None = None  # {"uri", "experiment"} (anchoropt.tracking.MLflowTarget): a resume keeps logging
     version: int = VERSION
     runs: list[dict] = field(default_factory=list)
 
@@ -65,15 +66,24 @@ class SearchSpec:
     def search_space(self) -> SearchSpace:
         return parse_space(self.space, source=self.space_source)
 
-    def sampler_seed(self, run_index: int) -> int:
-        """Each run (first and each resume) draws from its own seeded stream."""
-        return self.seed + 1000 * run_index
+    def draw_seed(self, position: int) -> int:
+        """Seed of the sampler that draws the search's ``position``-th trial (0-based; a trial re-run
+        after an interruption or a lost node keeps its position). It depends on the search's seed and
+        the position alone, so a resumed search continues the stream an uninterrupted one draws
+        (NumPy ``SeedSequence``). QMC keeps the search's seed: its sequence is one stream that the
+        study indexes itself."""
+        import numpy as np
+
+        if self.sampler == "qmc":
+            return self.seed
+        return int(np.random.SeedSequence([self.seed, position]).generate_state(1)[0])
 
     @property
     def reproducibility(self) -> str:
         """Whether the seed pins the search's result, in one sentence."""
         if self.max_concurrent == 1:
-            return f"seed {self.seed}, one trial at a time: a rerun draws the same trials"
+            return (f"seed {self.seed}, one trial at a time: a rerun, or a search interrupted and resumed, draws "
+                    "the same trials")
         return (f"not reproducible from seed {self.seed}: with {self.max_concurrent or 'several'} trials at once, "
                 f"the order in which trials finish (timing) changes what the sampler has seen before each draw "
                 f"(and which trials a scheduler stops); only max_concurrent=1 reproduces a search")
@@ -160,6 +170,8 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
     if scheduler not in SCHEDULERS:
         raise SearchError(f"unknown scheduler '{scheduler}' (expected none or asha)")
     make_sampler(sampler, 0)
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SearchError(f"the sampler seed must be an integer in 0 .. {MAX_SEED}, got {brief(seed)}")
     if not isinstance(num_trials, int) or num_trials < 1:
         raise SearchError(f"the number of trials must be >= 1, got {brief(num_trials)}")
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
@@ -286,8 +298,9 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
     them); parameters left out are drawn by the sampler.
 
     Raises:
-        SearchError: file missing or not YAML, a key that is not a parameter of the space, or a value
-            outside it (one line naming the file, entry and key).
+        SearchError: file missing or not YAML, a key that is not a parameter of the space, a value
+            outside it, or a conditional parameter whose ``when`` the entry does not meet (one line
+            naming the file, entry and key).
     """
     path = Path(path).expanduser()
     try:
@@ -313,9 +326,29 @@ def read_enqueue(path: str | Path, space: SearchSpace, base: dict) -> list[dict]
             if not _inside(p, value):
                 raise SearchError(f"{where}: {key}={brief(value)} lies outside the space {space.source}")
             params[key] = value
+        _check_conditions(params, space, where)
         out.append({"origin": f"enqueued from {path.name}" + (f" #{i}" if isinstance(raw, list) else ""),
                     "params": params})
     return out
+
+
+def _check_conditions(params: dict, space: SearchSpace, where: str) -> None:
+    """Every conditional parameter of an enqueued entry must be active under the entry's own values
+    (a fixed parameter's value counts): otherwise Optuna would drop it without a word.
+
+    Raises:
+        SearchError: one line naming the entry, the parameter and its ``when`` condition.
+    """
+    known = {**{p.name: p.value for p in space.params if p.type == "fixed"}, **params}
+    for key in params:
+        for ref, values in space.get(key).when.items():
+            shown = values[0] if len(values) == 1 else list(values)
+            if ref not in known:
+                raise SearchError(f"{where}: {key} is used only when {ref} is {shown}, and the entry does not set "
+                                  f"{ref}: add {ref}: {shown} to the entry, or remove {key}")
+            if known[ref] not in values:
+                raise SearchError(f"{where}: {key} is used only when {ref} is {shown}, but the entry sets "
+                                  f"{ref}: {known[ref]}: remove {key}, or set {ref}: {shown}")
 
 
 def _check_space_against_base(space: SearchSpace, cfg: TrainConfig) -> None:

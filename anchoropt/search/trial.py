@@ -17,6 +17,7 @@ from anchoropt.search.space import SearchSpace
 METRIC = "hm"
 NUMBER_KEY = "_optuna_trial"  # config key carrying the Optuna trial number into the trial
 ORIGIN_KEY = "_origin"  # config key: who chose the parameters (enqueued, sampler start-up, sampler)
+RUN_KEY = "_run"  # config key: the trial a retry re-runs (itself if none), naming its TensorBoard and MLflow run
 
 
 def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
@@ -33,6 +34,12 @@ def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
     if result.get("epoch", 0) < result.get("epochs", 0):
         return "stopped", None
     return "complete", None
+
+
+def trial_config(base: dict, config: dict) -> dict:
+    """A trial's full configuration: the base updated by the drawn parameters (``config``'s keys
+    starting with ``_`` are the search's own)."""
+    return {**base, **{k: v for k, v in config.items() if not k.startswith("_")}}
 
 
 REPORTED = ("hm", "acc_base", "acc_novel", "epoch", "epochs", "loss", "train_s", "report_s")
@@ -61,8 +68,7 @@ def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None 
 
     if worker_setup is not None:
         worker_setup()
-    params = {k: v for k, v in config.items() if not k.startswith("_")}
-    cfg = make_config({**base, **params}, source="search trial")
+    cfg = make_config(trial_config(base, config), source="search trial")
     start = time.time()  # in-trial time (train_s): features, Stage I, Stage II, evaluations
     reported: list[dict] = []
     in_report = [0.0]  # seconds the training waited on ray.tune.report (Ray's share of the in-trial time)
@@ -134,15 +140,19 @@ class Reports:
 class StudySearcher(Searcher):
     """Ray Tune searcher over an Optuna study, through Optuna's public ask/tell interface.
 
-    Each trial's per-epoch ``hm`` is reported to Optuna as an intermediate value (step = epoch);
+    With ``sampler_at`` (position -> sampler), each draw gets a sampler seeded for its position in
+    the search (:meth:`position`), so that the trials drawn do not depend on how many runs (resumes)
+    the search took. Each trial's per-epoch ``hm`` is reported to Optuna as an intermediate value (step = epoch);
     a trial is told COMPLETE with its final ``hm``, PRUNED when the scheduler stopped it early
     (Optuna then keeps its last intermediate value), and FAIL when it raised, reported no ``hm``
     or a non-finite one (so it can never be the study's best).
     """
 
-    def __init__(self, study, space: SearchSpace, n_startup_trials: int = 0):
+    def __init__(self, study, space: SearchSpace, n_startup_trials: int = 0,
+                 sampler_at: Callable[[int], Any] | None = None):
         super().__init__(metric=METRIC, mode="max")
         self.study, self.space, self.n_startup_trials = study, space, n_startup_trials
+        self.sampler_at = sampler_at
         self.trials: dict[str, Any] = {}
         self.last_step: dict[str, int] = {}
         self.grid_used_up = False
@@ -153,6 +163,8 @@ class StudySearcher(Searcher):
         if self.grid_used_up:
             return Searcher.FINISHED
         done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        if self.sampler_at is not None:
+            self.study.sampler = self.sampler_at(self.position())
         trial = self.study.ask()
         values = self.space.define_by_run(trial)
         self.trials[trial_id] = trial
@@ -165,7 +177,23 @@ class StudySearcher(Searcher):
             origin = f"{self.study.sampler.__class__.__name__} random start-up"
         else:
             origin = self.study.sampler.__class__.__name__
-        return {**values, NUMBER_KEY: trial.number, ORIGIN_KEY: origin}
+        return {**values, NUMBER_KEY: trial.number, ORIGIN_KEY: origin, RUN_KEY: self.first_attempt(trial.number)}
+
+    def position(self) -> int:
+        """Where the next draw stands in the search's stream: the trials asked so far, a trial that was
+        re-run (interrupted, or lost with its node) counted once, through its retry."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {int(t.user_attrs["retry_of"]) for t in trials if "retry_of" in t.user_attrs}
+        return sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in retried)
+
+    def first_attempt(self, number: int) -> int:
+        """The trial that a retry (of a retry ...) of an interrupted or lost trial re-runs."""
+        trials = self.study.get_trials(deepcopy=False)
+        while number < len(trials) and "retry_of" in trials[number].user_attrs:
+            number = int(trials[number].user_attrs["retry_of"])
+        return number
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)
