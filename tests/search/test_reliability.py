@@ -132,9 +132,9 @@ def test_interrupted_and_resumed_search_draws_the_trials_of_an_uninterrupted_one
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     whole.mkdir(), cut.mkdir()
-    done = subprocess.run(_cli_search(whole, tiny_cfg, COOP_SPACE, 5), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(_cli_search(whole, tiny_cfg, COOP_SPACE, 4), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen(_cli_search(cut, tiny_cfg, COOP_SPACE, 5, epochs=2), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cli_search(cut, tiny_cfg, COOP_SPACE, 4, epochs=2), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     ledger = cut / "s" / "results.jsonl"
     deadline = time.time() + 600
