@@ -356,7 +356,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 KEY_HELP = {
     "dataset": "dataset name under data_root (standard or custom; see `anchoropt data list`)",
     "data_root": "folder of the datasets (CoOp layout)",
-    "shots": "training images per class (few-shot K)",
+    "shots": "training images per class (few-shot K); shots <= 0: every training image (and every val image)",
     "seed": "seed of the few-shot draw and of training",
     "eval_split": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
     "protocol": "base2novel: train on base classes, score base and novel; cross_dataset: train on all "

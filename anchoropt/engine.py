@@ -30,6 +30,9 @@ from anchoropt.metrics import harmonic_mean
 from anchoropt.task import EvalSet, Task, task_descriptions
 from anchoropt.text import ClassTokens, TextEncoder, encode_token_ids, token_count
 
+#: more descriptions than this (all classes together) take long enough to encode to announce, with a bar
+MANY_DESCRIPTIONS = 2000
+
 if TYPE_CHECKING:
     from anchoropt.methods import Method
 
@@ -203,6 +206,9 @@ class Trainer:
         sentences = task_descriptions(self.cfg, self.task)
         tokenizer = self.backbone.tokenizer
         total = sum(len(per_class) for per_class in sentences)
+        if total > MANY_DESCRIPTIONS:  # minutes of tokenising and encoding: say so before they start
+            print(f"{self.task.dataset}: {total} descriptions ({len(sentences)} classes x n_descriptions="
+                  f"{self.cfg.n_descriptions}) to encode for the Stage I targets (cached after the first time)")
         self.descriptions_cut = sum(token_count(tokenizer, s) > tokenizer.context_length
                                     for per_class in sentences for s in per_class)
         if self.descriptions_cut:
@@ -224,7 +230,8 @@ class Trainer:
 
         def encode() -> torch.Tensor:
             with self.autocast():
-                feats = encode_token_ids(self.encoder, backbone.tokenizer(flat).to(self.device), self.cfg.truncate)
+                feats = encode_token_ids(self.encoder, backbone.tokenizer(flat).to(self.device), self.cfg.truncate,
+                                         progress="encoding descriptions" if len(flat) > MANY_DESCRIPTIONS else None)
             return F.normalize(feats.float(), dim=-1).view(len(sentences), n, -1).cpu()
 
         provenance = {"backbone": backbone.name, "weights": backbone.weights_id, "dataset": self.task.dataset,
