@@ -1,4 +1,4 @@
-"""Command line: ``anchoropt train|search|benchmark|report|data|export|run``. Errors in user input print one line and exit 2.
+"""Command line: ``anchoropt train|eval|search|benchmark|report|data|export|run``. Errors in user input print one line and exit 2.
 
 Every command names the data root as the config key ``data_root=PATH`` (``data toy``, ``data list`` and
 ``data check`` too).
@@ -133,6 +133,23 @@ def _benchmark(args: argparse.Namespace) -> None:
           f"records under {args.results}")
     if counts["failed"]:
         sys.exit(1)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from anchoropt.evaluate import evaluate_run
+    from anchoropt.io import check_output_dir, save_json
+
+    overrides = parse_overrides(args.overrides)
+    if args.out:
+        check_output_dir(Path(args.out).parent, "--out")
+    record = evaluate_run(args.run_dir, overrides)
+    m = record["metrics"]
+    out = Path(args.out or Path(args.run_dir) / "eval" / f"{record['dataset']}.{record['eval_split']}.json")
+    save_json(record, out)
+    scores = "  ".join(f"{name} {m[key]:.2f}" for key, name in (("acc_base", "base"), ("acc_novel", "novel"),
+                                                                 ("hm", "HM"), ("acc_all", "all")) if key in m)
+    print(f"{record['method']} ({args.run_dir}) on {record['dataset']} {record['eval_split']}: {scores}")
+    print(f"record: {out}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -321,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_anchors=4")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="score a saved run again (no training): base, novel and all classes of "
+                                    "its dataset or another (a cross-dataset target)",
+                       epilog="keys: dataset (default the run's), eval_split (test, default, or val), data_root, "
+                              "cache_dir, device; the rest is the run's own record.json")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder of anchoropt train --out (record.json, prompts.pt)")
+    p.add_argument("--out", help="the evaluation record (default RUN_DIR/eval/<dataset>.<split>.json)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. dataset=dtd data_root=/data/coop")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("search", help="search hyperparameters: Optuna proposes, Ray Tune runs the trials",
                        epilog="anchoropt search show DIR: the state of a search folder (trials done, best trial, "

@@ -33,12 +33,15 @@ ANCHOR_SOURCES = ("stage1", "random", "word")
 POSITION_MATRICES = ("learned", "identity", "permutation")
 NOVEL_RULES = ("ensemble", "prompt")
 COCOOP_ANCHOROPT_TRAINS = ("ctx", "all")
+# Stage I: what it trains, and which epoch's anchors it keeps (SPEC section 3, rows 9 and 27-31 of section 9)
+STAGE1_MODES = ("anchors", "joint")
+STAGE1_SELECTS = ("last", "best_val")
 
 
 #: largest seed: NumPy's legacy RandomState (the few-shot draw, Optuna's samplers) takes 0 .. 2^32 - 1
 MAX_SEED = 2**32 - 1
 #: keys holding a file or folder: made absolute by make_config (anchoropt.paths)
-PATH_KEYS = ("data_root", "cache_dir", "descriptions", "descriptions_dir")
+PATH_KEYS = ("data_root", "cache_dir", "descriptions", "descriptions_dir", "anchors")
 #: old key -> its name now (record version 2)
 RENAMED = {"objective": "eval_split"}
 
@@ -101,6 +104,17 @@ class TrainConfig:
     anchor_lr: float = 0.002  # [reference]
     anchor_epochs: int = 20  # [reference] pretraining script (per dataset 10 to 100 in the suites)
     anchor_batch_size: int = 32  # [reference] the pretraining loader's batch, which sets Stage I's steps
+    # What Stage I trains on (SPEC section 3). The released coop_pretrain_anchor.py fits the anchors to the
+    # descriptions (MSE) alone; the shipped anchor_weights/ came from an unreleased trainer whose log.txt shows
+    # CE terms and a jointly trained prompt (SPEC section 9, rows 27-31: a reconstruction).
+    stage1_ce_weight: float = 0.0  # [reference] released: 0; the shipped anchors' logs: ANCHOR_CE_WEIGHT 1 (0 ImageNet)
+    stage1_mode: str = "anchors"  # [reference] anchors (released) or joint (also a throwaway ctx + W, the logs)
+    stage1_prompt_ce_weight: float = 1000.0  # [reference] joint: the logs' PROMPT_CE_WEIGHT (100 or 1000)
+    stage1_gumbel_tau: float = 2.0  # [reference] joint: the logs' TEMP, read as the Gumbel temperature of W (a guess)
+    stage1_n_ctx: int = 4  # [reference] joint: the Stage I prompt's soft tokens (the logs' N_CTX 4, random init)
+    stage1_select: str = "last"  # [reference] last epoch; best_val: the epoch whose anchor prompt scores best on val
+    anchors: str = ""  # a Stage I result to use instead of running Stage I: a Dassl anchor checkpoint
+    # (the reference's anchor_weights/<Dataset>/anchor_prompt_learner/model.pth.tar) or this project's prompts.pt
     # one-stage schedule (no reference: the paper publishes no period): steps of each phase before
     # switching (anchors first), and what one-stage spends its steps on (SPEC section 6)
     period: int = 1  # [project]
@@ -141,7 +155,8 @@ class TrainConfig:
                    "carry_index": ("correct", "reference"), "eval_split": ("test", "val"),
                    "protocol": PROTOCOLS, "one_stage_budget": ONE_STAGE_BUDGETS,
                    "anchor_source": ANCHOR_SOURCES, "position_matrix": POSITION_MATRICES, "novel_rule": NOVEL_RULES,
-                   "cocoop_anchoropt_trains": COCOOP_ANCHOROPT_TRAINS}
+                   "cocoop_anchoropt_trains": COCOOP_ANCHOROPT_TRAINS, "stage1_mode": STAGE1_MODES,
+                   "stage1_select": STAGE1_SELECTS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"invalid value {key}={brief(getattr(self, key))}: expected one of {', '.join(allowed)}")
@@ -150,6 +165,7 @@ class TrainConfig:
             "anchor_epochs": self.anchor_epochs >= 0, "lr": self.lr > 0, "anchor_lr": self.anchor_lr > 0,
             "batch_size": self.batch_size >= 1, "anchor_batch_size": self.anchor_batch_size >= 1,
             "gumbel_tau": self.gumbel_tau > 0, "kd_temperature": self.kd_temperature > 0,
+            "stage1_gumbel_tau": self.stage1_gumbel_tau > 0, "stage1_n_ctx": self.stage1_n_ctx >= 1,
             "period": self.period >= 1, "train_views": self.train_views >= 1, "prompt_depth": self.prompt_depth >= 1,
             "crop_scale": 0 < self.crop_scale <= 1,
             "dept_weight": 0 <= self.dept_weight <= 1, "dept_head_lr_mult": self.dept_head_lr_mult > 0,
@@ -157,7 +173,8 @@ class TrainConfig:
             "meta_net_ratio": self.meta_net_ratio >= 1, "seed": 0 <= self.seed <= MAX_SEED,
             "momentum": 0 <= self.momentum < 1, "warmup_epochs": self.warmup_epochs >= 0,
             **{key: getattr(self, key) >= 0 for key in ("warmup_lr", "ce_weight", "kd_weight", "mse_weight",
-                                                        "weight_decay")},
+                                                        "weight_decay", "stage1_ce_weight",
+                                                        "stage1_prompt_ce_weight")},
         }
         for key, ok in checks.items():
             if not ok:
@@ -173,6 +190,7 @@ class TrainConfig:
         if self.anchor_source != "stage1" and self.schedule == "one_stage":
             raise ConfigError(f"anchor_source={self.anchor_source} keeps the anchors fixed: it needs "
                               "schedule=two_stage (one_stage trains them)")
+        self._validate_stage1()
         if self.protocol == "base2novel" and self.targets:
             raise ConfigError(f"targets={brief(self.targets)} needs protocol=cross_dataset")
         if self.method.endswith("_atp"):  # every prompted dataset needs its words before anything loads
@@ -180,6 +198,19 @@ class TrainConfig:
             for name in [self.dataset, *(self.target_list if self.protocol == "cross_dataset" else [])]:
                 dataset_attributes(name, self.attributes)
         return self
+
+    def _validate_stage1(self) -> None:
+        """Stage I keys that only work together (one line naming them). The other ``stage1_*`` keys,
+        as ``anchor_epochs``, are Stage I's: one_stage (no Stage I) does not use them."""
+        if self.anchors:
+            if not Path(self.anchors).is_file():
+                raise ConfigError(f"anchors={self.anchors}: no such file")
+            if self.anchor_source != "stage1" or self.schedule != "two_stage":
+                raise ConfigError(f"anchors={self.anchors} is a Stage I result: it needs anchor_source=stage1 and "
+                                  f"schedule=two_stage (got {self.anchor_source}, {self.schedule})")
+        if self.stage1_select == "best_val" and self.eval_split == "val":
+            raise ConfigError("stage1_select=best_val picks the Stage I epoch on the val images, which "
+                              "eval_split=val scores: use stage1_select=last there")
 
     @property
     def target_list(self) -> list[str]:
@@ -325,7 +356,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 KEY_HELP = {
     "dataset": "dataset name under data_root (standard or custom; see `anchoropt data list`)",
     "data_root": "folder of the datasets (CoOp layout)",
-    "shots": "training images per class (few-shot K)",
+    "shots": "training images per class (few-shot K); shots <= 0: every training image (and every val image)",
     "seed": "seed of the few-shot draw and of training",
     "eval_split": "test: score base/novel test images; val: leak-free pseudo base/novel split (SPEC 8)",
     "protocol": "base2novel: train on base classes, score base and novel; cross_dataset: train on all "
@@ -366,6 +397,18 @@ KEY_HELP = {
     "anchor_lr": "Stage I SGD learning rate",
     "anchor_epochs": "Stage I epochs over the few-shot training set",
     "anchor_batch_size": "images per Stage I batch: floor(images / it) Stage I steps per epoch, each over every class",
+    "stage1_ce_weight": "Stage I: weight of the anchor prompt's cross-entropy on the training images, added to "
+                        "the MSE (0: descriptions only, the released code; 1: the shipped anchors' logs)",
+    "stage1_mode": "Stage I: anchors (the anchors alone) or joint (anchors with a CoOp+AnchorOPT prompt, ctx and "
+                   "W, trained together and then dropped; reconstructed from the shipped anchors' logs)",
+    "stage1_prompt_ce_weight": "stage1_mode=joint: weight of the Stage I prompt's cross-entropy (the logs' "
+                               "PROMPT_CE_WEIGHT)",
+    "stage1_gumbel_tau": "stage1_mode=joint: Gumbel temperature of the Stage I prompt's W (the logs' TEMP)",
+    "stage1_n_ctx": "stage1_mode=joint: soft tokens of the Stage I prompt, N(0, 0.02) (the logs' N_CTX 4)",
+    "stage1_select": "Stage I: last (the last epoch's anchors) or best_val (the epoch whose anchor prompt scores "
+                     "best on the val images of the trained classes; recorded as training.stage1.epoch)",
+    "anchors": "a file of Stage I anchors used instead of Stage I: a Dassl anchor checkpoint (the reference's "
+               "anchor_weights/<Dataset>/anchor_prompt_learner/model.pth.tar) or a prompts.pt",
     "period": "one_stage: optimiser steps of each phase before switching",
     "one_stage_budget": "one_stage: equal_prompt_updates (as two-stage's Stage II) or equal_total_steps",
     "train_views": "precomputed augmented views per training image",

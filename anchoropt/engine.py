@@ -30,6 +30,9 @@ from anchoropt.metrics import harmonic_mean
 from anchoropt.task import EvalSet, Task, task_descriptions
 from anchoropt.text import ClassTokens, TextEncoder, encode_token_ids, token_count
 
+#: more descriptions than this (all classes together) take long enough to encode to announce, with a bar
+MANY_DESCRIPTIONS = 2000
+
 if TYPE_CHECKING:
     from anchoropt.methods import Method
 
@@ -130,10 +133,12 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
 
-    def image_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """:attr:`steps_per_epoch` shuffled batches of one random precomputed view per image:
-        ``[B, D]``, ``[B]``, drawn from the ``batches`` stream of epoch ``epoch``."""
-        for idx, view in self._batch_indices(epoch):
+    def image_batches(self, epoch: int, batch_size: int | None = None,
+                      stream: str = "batches") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled batches of one random precomputed view per image, ``[B, D]``, ``[B]``, drawn from
+        the ``stream`` stream of epoch ``epoch``: :attr:`steps_per_epoch` of ``batch_size`` (Stage II)
+        by default; Stage I passes ``anchor_batch_size`` and its own stream."""
+        for idx, view in self._batch_indices(epoch, batch_size or self.cfg.batch_size, stream):
             yield self.train_features[idx, view], self.train_labels[idx]
 
     def pixel_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -145,7 +150,7 @@ class Trainer:
             cfg = self.cfg
             self._train_pixels = image_tensors(self.backbone, self.task.train_items, cfg.train_views, cfg.seed,
                                                cfg.crop_scale, cfg.flip)
-        for idx, view in self._batch_indices(epoch):
+        for idx, view in self._batch_indices(epoch, self.cfg.batch_size):
             yield self._train_pixels[idx.cpu(), view.cpu()], self.train_features[idx, view], self.train_labels[idx]
 
     def eval_images(self, ev: EvalSet, batch_size: int) -> Iterator[torch.Tensor]:
@@ -161,14 +166,15 @@ class Trainer:
         """uint8 pixels ``[B, 3, H, W]`` -> normalised float ``[B, 3, H, W]`` on :attr:`device`."""
         return normalize_images(self.backbone, pixels.to(self.device, non_blocking=True))
 
-    def _batch_indices(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Per batch the images' indices and their view, from the ``batches`` stream of ``epoch``."""
-        gen = stream_generator(self.cfg.seed, f"batches:{epoch}")
+    def _batch_indices(self, epoch: int, batch_size: int,
+                       stream: str = "batches") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch the images' indices and their view, from the ``stream`` stream of ``epoch``."""
+        gen = stream_generator(self.cfg.seed, f"{stream}:{epoch}")
         n, views = self.train_features.shape[:2]
         order = torch.randperm(n, generator=gen)
         view = torch.randint(views, (n,), generator=gen)
-        size = min(self.cfg.batch_size, n)
-        for start in range(0, self.steps_per_epoch * size, size):
+        size = min(batch_size, n)
+        for start in range(0, steps_per_epoch(n, batch_size) * size, size):
             idx = order[start:start + size]
             yield idx, view[idx]
 
@@ -200,6 +206,9 @@ class Trainer:
         sentences = task_descriptions(self.cfg, self.task)
         tokenizer = self.backbone.tokenizer
         total = sum(len(per_class) for per_class in sentences)
+        if total > MANY_DESCRIPTIONS:  # minutes of tokenising and encoding: say so before they start
+            print(f"{self.task.dataset}: {total} descriptions ({len(sentences)} classes x n_descriptions="
+                  f"{self.cfg.n_descriptions}) to encode for the Stage I targets (cached after the first time)")
         self.descriptions_cut = sum(token_count(tokenizer, s) > tokenizer.context_length
                                     for per_class in sentences for s in per_class)
         if self.descriptions_cut:
@@ -221,7 +230,8 @@ class Trainer:
 
         def encode() -> torch.Tensor:
             with self.autocast():
-                feats = encode_token_ids(self.encoder, backbone.tokenizer(flat).to(self.device), self.cfg.truncate)
+                feats = encode_token_ids(self.encoder, backbone.tokenizer(flat).to(self.device), self.cfg.truncate,
+                                         progress="encoding descriptions" if len(flat) > MANY_DESCRIPTIONS else None)
             return F.normalize(feats.float(), dim=-1).view(len(sentences), n, -1).cpu()
 
         provenance = {"backbone": backbone.name, "weights": backbone.weights_id, "dataset": self.task.dataset,

@@ -109,12 +109,15 @@ class AnchorOPTPrompt(nn.Module):
     Args:
         eos_shift: positions subtracted from the EOS index; ``n_anchors`` reproduces the
             reference's early read (``eos_index: reference``), 0 is correct.
+        anchor_grad: the anchors receive this prompt's gradient (joint Stage I, SPEC section 9
+            row 29); Stage II detaches them.
     """
 
     rest = "{}."
 
     def __init__(self, init: torch.Tensor, position: torch.Tensor, generator: torch.Generator,
-                 gumbel_tau: float = 1.0, position_eval: str = "argmax", eos_shift: int = 0):
+                 gumbel_tau: float = 1.0, position_eval: str = "argmax", eos_shift: int = 0,
+                 anchor_grad: bool = False):
         super().__init__()
         if position_eval not in ("argmax", "sample"):
             raise ValueError(f"position_eval must be 'argmax' or 'sample', got '{position_eval}'")
@@ -127,6 +130,7 @@ class AnchorOPTPrompt(nn.Module):
         self.gumbel_tau = gumbel_tau
         self.position_eval = position_eval
         self.eos_shift = eos_shift
+        self.anchor_grad = anchor_grad
 
     @property
     def n_block(self) -> int:
@@ -140,10 +144,10 @@ class AnchorOPTPrompt(nn.Module):
 
     def forward(self, encoder: TextEncoder, tokens: ClassTokens, anchors: torch.Tensor,
                 position: torch.Tensor | None = None) -> torch.Tensor:
-        """Returns text features ``[C, D]``; ``anchors`` is ``[N, d]`` (gradient not propagated);
-        ``position``: a given ``W`` instead of :meth:`position_matrix`."""
+        """Returns text features ``[C, D]``; ``anchors`` is ``[N, d]`` (gradient propagated only with
+        ``anchor_grad``); ``position``: a given ``W`` instead of :meth:`position_matrix`."""
         position = self.position_matrix() if position is None else position
-        block = position @ torch.cat([self.ctx, anchors.detach()], dim=0)
+        block = position @ torch.cat([self.ctx, anchors if self.anchor_grad else anchors.detach()], dim=0)
         return encoder.encode(tokens, block, tokens.eos_index - self.eos_shift)
 
 

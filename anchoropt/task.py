@@ -46,7 +46,8 @@ class EvalSet:
 class Task:
     """Training classes with ``train_features [N, V, D]`` / ``train_labels [N]`` of the images
     ``train_items``, and the scored sets ``evals`` (``"base"`` and ``"novel"``; cross-dataset: one per
-    dataset name, source first)."""
+    dataset name, source first). ``val``: the few-shot val images of the training classes, built for
+    ``stage1_select=best_val`` only (never scored as a result)."""
 
     dataset: str
     classnames: list[str]
@@ -55,6 +56,7 @@ class Task:
     evals: dict[str, EvalSet]
     descriptions_path: Path | None
     train_items: list[Datum] = field(default_factory=list, repr=False)
+    val: EvalSet | None = None
 
 
 def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device = "cpu",
@@ -76,9 +78,7 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
         return encode_images(backbone, items, views, cfg.seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
 
     def eval_set(name: str, dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
-        items = subsample(items, labels)
-        return EvalSet([dataset.classnames[i] for i in labels], features(items), _labels(items), seen,
-                       dataset.template, name, items)
+        return build_eval_set(cfg, backbone, device, name, dataset, items, labels, seen)
 
     if cfg.protocol == "cross_dataset":
         targets = targets if targets is not None else read_targets(cfg)
@@ -97,9 +97,22 @@ def build_task(cfg: TrainConfig, backbone: Backbone, device: str | torch.device 
     train_items = subsample(train, trained)
     if not train_items:
         raise DataError(f"dataset '{cfg.dataset}': no training images for the trained classes")
+    stage1_val = eval_set(cfg.dataset, data, val, trained, True) if cfg.stage1_select == "best_val" else None
+    if stage1_val is not None and not stage1_val.labels.numel():
+        raise DataError(f"dataset '{cfg.dataset}': stage1_select=best_val needs val images of the trained classes")
     return Task(cfg.dataset, [names[i] for i in trained], features(train_items, cfg.train_views),
                 _labels(train_items), evals, descriptions_path(cfg.dataset, cfg.descriptions, cfg.descriptions_dir,
-                                                               data.descriptions), train_items)
+                                                               data.descriptions), train_items, stage1_val)
+
+
+def build_eval_set(cfg: TrainConfig, backbone: Backbone, device: str | torch.device, name: str,
+                   dataset: DatasetSplits, items: list[Datum], labels: list[int], seen: bool) -> EvalSet:
+    """The scored set of ``dataset``'s classes ``labels`` (relabelled 0..C-1 in that order) among
+    ``items``, with their image features (cached under ``cfg.cache_dir``)."""
+    items = subsample(items, labels)
+    features = encode_images(backbone, items, 0, cfg.seed, cfg.cache_dir, device, cfg.crop_scale, cfg.flip)
+    return EvalSet([dataset.classnames[i] for i in labels], features, _labels(items), seen, dataset.template, name,
+                   items)
 
 
 def read_targets(cfg: TrainConfig) -> list[DatasetSplits]:

@@ -158,7 +158,7 @@ class TextEncoder(nn.Module):
 
 @torch.no_grad()
 def encode_token_ids(encoder: TextEncoder, tokens: torch.Tensor, truncate: bool = True,
-                     batch_size: int = 256) -> torch.Tensor:
+                     batch_size: int = 256, progress: str | None = None) -> torch.Tensor:
     """Text features ``[N, embed_dim]`` (not normalised) of tokenised texts, as CLIP's ``encode_text``.
 
     Args:
@@ -168,11 +168,15 @@ def encode_token_ids(encoder: TextEncoder, tokens: torch.Tensor, truncate: bool 
             under the causal mask (module docstring), and a text of 20 tokens costs 20 positions,
             not 77.
         batch_size: texts per forward pass.
+        progress: label of a progress bar over the batches (tqdm, shown on a terminal); None: no bar.
     """
+    from tqdm.auto import tqdm
+
     eos = tokens.argmax(dim=-1)
     order = eos.argsort() if truncate else torch.arange(len(tokens), device=tokens.device)
     out = None
-    for idx in order.split(batch_size):
+    for idx in tqdm(order.split(batch_size), desc=progress, unit="batch", leave=False,
+                    disable=None if progress else True):
         length = int(eos[idx].max()) + 1 if truncate else tokens.shape[1]
         feats = encoder(encoder.token_embedding(tokens[idx, :length]), eos[idx])
         out = feats.new_empty(len(tokens), feats.shape[1]) if out is None else out

@@ -51,13 +51,13 @@ def test_fixed_position_matrix_is_used_and_not_trained(tiny_cfg, kind):
     method = _method(tiny_cfg(position_matrix=kind, lr=0.5, warmup_epochs=0))
     ctx = method.prompt.ctx.detach().clone()
     _fit(method)
-    w = method.tensors()["position"]
+    w = method.tensors()["position_untrained"]
     assert torch.equal(w.sum(0), torch.ones(len(w))) and torch.equal(w.sum(1), torch.ones(len(w)))
     if kind == "identity":
         assert torch.equal(w, torch.eye(len(w)))
     else:  # drawn from the seed: the same for the same seed, another for another
-        assert torch.equal(w, _method(tiny_cfg(position_matrix=kind)).tensors()["position"])
-        others = [_method(tiny_cfg(position_matrix=kind, seed=s)).tensors()["position"] for s in (2, 3, 4)]
+        assert torch.equal(w, _method(tiny_cfg(position_matrix=kind)).tensors()["position_untrained"])
+        others = [_method(tiny_cfg(position_matrix=kind, seed=s)).tensors()["position_untrained"] for s in (2, 3, 4)]
         assert any(not torch.equal(w, o) for o in others)
     assert not torch.equal(ctx, method.prompt.ctx)  # the soft tokens still train
     names = method.trainer.task.classnames

@@ -40,7 +40,7 @@ def pets_root(tmp_path_factory):
 
 # 1. Stage I steps ------------------------------------------------------------------------------
 def test_stage1_steps_once_per_image_batch_each_over_every_class(tiny_cfg, monkeypatch):
-    import anchoropt.methods.anchoropt as methods
+    import anchoropt.methods.stage1 as methods
 
     classes_per_step = []
     original = methods.stage1_loss

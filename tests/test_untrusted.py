@@ -173,3 +173,37 @@ def test_out_of_range_seeds_refused_before_ray(tmp_path, capsys, monkeypatch, se
         load_suite(suite)
     with pytest.raises(ConfigError, match=f"invalid value seed={seed}: expected 0 .. 4294967295"):
         load_config(None, [f"seed={seed}"])
+
+
+def test_train_help_says_what_shots_0_means(capsys):
+    from anchoropt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "shots <= 0: every training image" in " ".join(capsys.readouterr().out.split())
+
+
+def test_classes_whose_descriptions_are_all_empty_are_warned_about(tmp_path):
+    import json
+
+    from anchoropt.data.descriptions import load_descriptions
+
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"cat": ["", " ", ""], "dog": ["a dog", "", "x"], "bird": ["", "", ""]}))
+    with pytest.warns(UserWarning, match=r"d.json: 2 class\(es\) have only empty descriptions.*: cat, bird"):
+        assert load_descriptions(path, ["cat", "dog", "bird"], 3)[1] == ["a dog", "", "x"]
+
+
+def test_many_descriptions_are_announced_before_encoding(tiny_cfg, tmp_path, capsys):
+    from anchoropt.engine import MANY_DESCRIPTIONS
+    from tests.conftest import EUROSAT_CLASSES
+    from tests.helpers import make_trainer, write_descriptions
+
+    n = MANY_DESCRIPTIONS // (len(EUROSAT_CLASSES) // 2) + 1  # Stage I encodes the base half of the classes
+    path = write_descriptions(tmp_path / "many.json", EUROSAT_CLASSES, n)
+    trainer = make_trainer(tiny_cfg(descriptions=str(path), n_descriptions=n))
+    capsys.readouterr()
+    sentences = trainer.stage1_descriptions()
+    out = capsys.readouterr().out
+    total = sum(map(len, sentences))
+    assert f"eurosat: {total} descriptions" in out and "to encode for the Stage I targets" in out

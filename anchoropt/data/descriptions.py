@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from anchoropt.data.datasets import DataError
+from anchoropt.data.datasets import EXAMPLES, DataError
 from anchoropt.io import read_text
 
 # CuPL file of each standard dataset (as distributed with the reference code).
@@ -67,6 +68,11 @@ def load_descriptions(path: str | Path, classnames: list[str], n_descriptions: i
     out, faults = _assign(Path(path), classnames, n_descriptions)
     if faults:
         raise DataError(faults[0])
+    empty = [classnames[i] for i, sentences in enumerate(out) if not any(s.strip() for s in sentences)]
+    if empty:  # Stage I would fit the anchors to the encoding of "" for these classes
+        warnings.warn(f"descriptions file {path}: {len(empty)} class(es) have only empty descriptions, so their "
+                      f"Stage I target carries no class information: {', '.join(empty[:EXAMPLES])}"
+                      + (", ..." if len(empty) > EXAMPLES else ""), stacklevel=2)
     return out
 
 

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anchoropt.anchor_file import read_anchor_file
 from anchoropt.config import ConfigError
 from anchoropt.engine import EpochCallback, Stepper, Trainer, steps_per_epoch, stream_generator
 from anchoropt.cache import cached, key_digest
 from anchoropt.errors import brief
 from anchoropt.methods.base import Method, soft_token_init
+from anchoropt.methods.stage1 import Stage1
 from anchoropt.prompts import (AnchorOPTPrompt, AnchorPrompt, clip_logits, gumbel_hard, kd_loss, normal_init,
                                phrase_init, stage1_loss)
 from anchoropt.task import EvalSet
@@ -38,9 +40,12 @@ class AnchorOPTMethod(Method):
 
     def __init__(self, trainer: Trainer):
         super().__init__(trainer)
-        self.anchor = AnchorPrompt(anchor_init(trainer)).to(trainer.device)
+        self.anchor_file = read_anchor_file(self.cfg.anchors) if self.cfg.anchors else None
+        init = self.anchor_file.check(self.cfg.n_anchors, trainer.width) if self.anchor_file else anchor_init(trainer)
+        self.anchor = AnchorPrompt(init).to(trainer.device)
         self.anchor_stepper = Stepper.sgd([self.anchor.anchors], self.cfg.anchor_lr, self.cfg)
         self.stage1_updates = 0  # Stage I updates, also when the result came from the cache
+        self.stage1: dict = {}  # the record's training.stage1: the epoch kept, or the anchor file
         self._targets: torch.Tensor | None = None
         self._teacher: torch.Tensor | None = None  # anchor text of the training classes while anchors are frozen
 
@@ -50,15 +55,22 @@ class AnchorOPTMethod(Method):
         t = self.trainer
         return self.anchor(t.encoder, t.tokens(classnames, self.cfg.n_anchors, AnchorPrompt.rest)).float()
 
-    def anchor_step(self) -> tuple[torch.Tensor, Stepper]:
-        """One Stage I step: the MSE over *all* training classes (the reference's step per image
-        batch computes every class's anchor prompt)."""
-        t = self.trainer
+    def description_targets(self) -> torch.Tensor:
+        """Stage I targets ``[C, n_desc, D]`` (:meth:`Trainer.description_targets`), encoded once."""
         if self._targets is None:
-            self._targets = t.description_targets()
-        self._teacher = None  # the anchors are about to change
-        return stage1_loss(self.anchor_text(t.task.classnames), self._targets, self.cfg.mse_weight), \
-            self.anchor_stepper
+            self._targets = self.trainer.description_targets()
+        return self._targets
+
+    def forget_teacher(self) -> None:
+        """The anchors are about to change (or changed): the teacher's text is stale."""
+        self._teacher = None
+
+    def anchor_step(self) -> tuple[torch.Tensor, Stepper]:
+        """One one-stage anchor step: the MSE over *all* training classes (the reference's step per
+        image batch computes every class's anchor prompt); two-stage's Stage I is :class:`Stage1`."""
+        self.forget_teacher()
+        return stage1_loss(self.anchor_text(self.trainer.task.classnames), self.description_targets(),
+                           self.cfg.mse_weight), self.anchor_stepper
 
     def stage1_steps_per_epoch(self) -> int:
         """Stage I steps per epoch: ``floor(training images / anchor_batch_size)``, one per image
@@ -66,25 +78,35 @@ class AnchorOPTMethod(Method):
         return steps_per_epoch(len(self.trainer.train_labels), self.cfg.anchor_batch_size)
 
     def fit_anchors(self) -> None:
-        """Stage I to completion: ``anchor_epochs`` x ``steps_per_epoch`` steps; reuses a cached
-        result of the same Stage I configuration (concurrent trials compute it once)."""
+        """Stage I to completion (:class:`~anchoropt.methods.stage1.Stage1`): ``anchor_epochs`` x
+        ``steps_per_epoch`` steps, then the kept epoch's anchors; reuses a cached result of the same
+        Stage I configuration (concurrent trials compute it once). With ``anchors=<file>`` the
+        file's anchors (set at construction) are the Stage I result."""
         t, cfg = self.trainer, self.cfg
+        if self.anchor_file is not None:
+            self.stage1 = self.anchor_file.summary()
+            return
         if cfg.anchor_source != "stage1":  # ablation: the anchors stay as anchor_init made them
             return
         steps = self.stage1_steps_per_epoch()
         self.stage1_updates = cfg.anchor_epochs * steps
         path = stage1_cache_path(t, steps)
-
         ran = []
 
         def stage1() -> dict[str, torch.Tensor]:
             ran.append(True)
-            t.run_loop("stage1", cfg.anchor_epochs, lambda epoch: [self.anchor_step] * steps, [self.anchor_stepper])
-            return {"anchors": self.anchor.anchors.detach().cpu()}
+            epoch = Stage1(self).run(steps)
+            return {"anchors": self.anchor.anchors.detach().cpu(), "epoch": torch.tensor(epoch)}
 
-        self.anchor.anchors.data.copy_(cached(path, "stage1", path.stem, stage1_provenance(t), stage1)["anchors"])
+        saved = cached(path, "stage1", path.stem, stage1_provenance(t), stage1)
+        self.anchor.anchors.data.copy_(saved["anchors"])
         if not ran:  # the record counts cut descriptions also when Stage I came from the cache
             t.stage1_descriptions()
+        self.forget_teacher()
+        self.stage1 = {"mode": cfg.stage1_mode, "select": cfg.stage1_select, "epoch": int(saved["epoch"])}
+
+    def training_info(self) -> dict:
+        return {"stage1": self.stage1} if self.stage1 else {}
 
     # -- Stage II ------------------------------------------------------------------------------
     def teacher(self) -> torch.Tensor:
@@ -205,10 +227,21 @@ class AnchorOPT(AnchorOPTMethod):
             logits = self.prompt_logits(feats, ev.classnames)
         return logits, feats
 
+    def position_trained(self) -> bool:
+        """Whether the optimiser holds the position logits (not under a fixed-W ablation, nor in
+        CoCoOp+AnchorOPT's reference ``cocoop_anchoropt_trains: ctx``)."""
+        return any(p is self.prompt.position for g in self.prompt_stepper.optimizer.param_groups
+                   for p in g["params"])
+
     def tensors(self) -> dict[str, torch.Tensor]:
+        """``position`` holds learned position logits only; a W that never trained (an ablation's
+        fixed W, whose argmax is itself, or logits left at their init) is ``position_untrained``,
+        so no report shows it as learned (:mod:`anchoropt.report.positions`)."""
         out = super().tensors()
-        if self.fixed_position is not None:  # the W that ran (its argmax is itself)
+        if self.fixed_position is not None:  # the W that ran
             out["position"] = self.fixed_position.cpu()
+        if not self.position_trained():
+            out["position_untrained"] = out.pop("position")
         return out
 
 
@@ -245,10 +278,18 @@ def fixed_position_matrix(cfg, n_block: int) -> torch.Tensor | None:
 def stage1_cache_path(trainer: Trainer, steps: int) -> Path:
     """Cache file of a Stage I result, keyed by everything Stage I depends on (SPEC section 3):
     its settings, its ``steps`` per epoch (they follow the training images), the backbone (weights
-    and activation) and its precision, the classes and descriptions, and the seed (the ``anchors`` init stream)."""
+    and activation) and its precision, the classes and descriptions, and the seed (the ``anchors``
+    init stream); once Stage I sees images (a CE term, joint mode, best_val) also what the image
+    features depend on, and in joint mode the Stage I prompt's settings."""
     cfg, task = trainer.cfg, trainer.task
-    key = {k: getattr(cfg, k) for k in ("seed", "n_anchors", "anchor_lr", "anchor_epochs", "momentum", "weight_decay",
-                                        "warmup_epochs", "warmup_lr", "mse_weight", "n_descriptions", "truncate")}
+    names = ["seed", "n_anchors", "anchor_lr", "anchor_epochs", "momentum", "weight_decay", "warmup_epochs",
+             "warmup_lr", "mse_weight", "n_descriptions", "truncate", "stage1_mode", "stage1_ce_weight",
+             "stage1_select"]
+    if cfg.stage1_ce_weight > 0 or cfg.stage1_mode == "joint" or cfg.stage1_select == "best_val":
+        names += ["anchor_batch_size", "shots", "train_views", "crop_scale", "flip", "eval_split", "protocol"]
+    if cfg.stage1_mode == "joint":
+        names += ["stage1_prompt_ce_weight", "stage1_gumbel_tau", "stage1_n_ctx", "eos_index"]
+    key = {k: getattr(cfg, k) for k in names}
     key.update(backbone=trainer.backbone.name, weights=trainer.backbone.weights_id,
                activation=trainer.backbone.activation, precision=trainer.precision,
                dataset=task.dataset, classes=task.classnames, descriptions=str(task.descriptions_path),

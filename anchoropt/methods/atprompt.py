@@ -62,6 +62,11 @@ class AttributeTokens(nn.Module):
         init = normal_init(slots * n_att, trainer.width, stream_generator(cfg.seed, "attribute_tokens"), ATT_INIT_STD)
         return cls(init.view(slots, n_att, -1).to(trainer.device), words)
 
+    def put(self, att: torch.Tensor) -> None:
+        """Set the soft tokens of every attribute word from ``att [S, n_att, d]`` (as saved)."""
+        for param, value in zip(self.att, att):
+            param.data.copy_(value)
+
     def forward(self, ctx: torch.Tensor, dataset: str) -> torch.Tensor:
         """The learned block of ``dataset``'s prompt: ``[a_1] w_1 ... [a_A] w_A ctx``.
 
@@ -97,3 +102,7 @@ class CoOpATP(CoOp):
     def tensors(self) -> dict[str, torch.Tensor]:
         """CoOp's ``ctx [n_ctx, d]`` and the attribute soft tokens ``att [S, n_att, d]``."""
         return {**super().tensors(), "att": torch.stack(list(self.attributes.att)).detach().cpu()}
+
+    def put_tensors(self, saved: dict[str, torch.Tensor]) -> None:
+        super().put_tensors(saved)
+        self.attributes.put(saved["att"])

@@ -11,6 +11,7 @@ from typing import ClassVar, Iterator
 import torch
 from torch import nn
 
+from anchoropt.config import ConfigError
 from anchoropt.engine import EpochCallback, Trainer, stream_generator
 from anchoropt.prompts import clip_logits, normal_init, phrase_init
 from anchoropt.task import EvalSet
@@ -66,6 +67,37 @@ class Method:
     def updates(self) -> dict[str, int]:
         """Optimiser updates per trainable group (recorded, so schedules compare by step count)."""
         return {}
+
+    def training_info(self) -> dict:
+        """What else the record's ``training`` entry keeps of the run (AnchorOPT: ``stage1``)."""
+        return {}
+
+    def load_tensors(self, saved: dict[str, torch.Tensor]) -> None:
+        """Put a run's saved tensors (``prompts.pt``, as :meth:`tensors` names them) back into the
+        learners, so that :meth:`scores` scores as the run did (``anchoropt eval``).
+
+        Raises:
+            ConfigError: the saved tensors are not this method's (other names or shapes: another
+                method, ``n_ctx``, ``n_anchors``, backbone width, ...), naming the first difference.
+        """
+        expected = self.tensors()
+        if set(saved) != set(expected):
+            raise ConfigError(f"the saved tensors ({', '.join(sorted(saved))}) are not those of method {self.name} "
+                              f"({', '.join(sorted(expected))})")
+        for key, value in expected.items():
+            if tuple(saved[key].shape) != tuple(value.shape):
+                raise ConfigError(f"saved tensor {key} has shape {tuple(saved[key].shape)}, method {self.name}'s "
+                                  f"{tuple(value.shape)}")
+        with torch.no_grad():
+            self.put_tensors(saved)
+
+    def put_tensors(self, saved: dict[str, torch.Tensor]) -> None:
+        """Copy ``saved`` into the learners: each module's state keys, unprefixed as :meth:`tensors`
+        merges them; a method that renames or stacks tensors there extends this."""
+        for module in self.modules():
+            for key, value in module.state_dict(keep_vars=True).items():
+                if key in saved:
+                    value.data.copy_(saved[key])
 
 
 class ZeroShot(Method):

@@ -94,6 +94,11 @@ class DePTParts:
         self.head = DePTHead(dim, len(t.task.classnames), stream_generator(t.cfg.seed, "dept_head")).to(t.device)
         stepper.optimizer.add_param_group({"params": list(self.head.parameters()), "lr_mult": t.cfg.dept_head_lr_mult})
 
+    def put_tensors(self, saved: dict[str, torch.Tensor]) -> None:
+        """The head's tensors are saved as ``head.<key>``."""
+        super().put_tensors({k: v for k, v in saved.items() if not k.startswith("head.")})
+        self.head.load_state_dict({k[len("head."):]: v for k, v in saved.items() if k.startswith("head.")})
+
     def head_step_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(DePT loss, CLIP logits [B, C])`` of an image batch ``feats [B, D]``, ``labels [B]``."""
         t = self.trainer

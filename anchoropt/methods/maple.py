@@ -279,6 +279,10 @@ class MaPLeATP(MaPLe):
         """MaPLe's tensors and the attribute soft tokens ``att [S, n_att, d_t]``."""
         return {**super().tensors(), "att": torch.stack(list(self.attributes.att)).detach().cpu()}
 
+    def put_tensors(self, saved: dict[str, torch.Tensor]) -> None:
+        super().put_tensors(saved)
+        self.attributes.put(saved["att"])
+
 
 class MaPLeAnchorOPT(AnchorOPT):
     """MaPLe+AnchorOPT (reference ``trainers/maple_anchoropt.py``): the input block

@@ -138,7 +138,7 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
             run_index = len(spec.runs)
             _start_ray(spec, address, num_cpus, verbose)
             spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
-                              "trials_asked": spec.num_trials - len(rows), "sampler_seed": spec.sampler_seed(run_index),
+                              "trials_asked": spec.num_trials - len(rows), 
                               "max_concurrent": spec.max_concurrent, **({"notes": notes} if notes else {})})
             notes = []
             spec.write(out_dir)
@@ -264,8 +264,9 @@ def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, rows: list[dic
     from anchoropt.raytools import Resources, trainable
     from anchoropt.tracking import MLflowTarget, closing_trackers, tracking_callbacks, trial_namer
 
-    study.sampler = make_sampler(spec.sampler, spec.sampler_seed(run_index), spec.sampler_options)
-    searcher = StudySearcher(study, spec.search_space, spec.sampler_options.get("n_startup_trials", 0))
+    searcher = StudySearcher(study, spec.search_space, spec.sampler_options.get("n_startup_trials", 0),
+                             sampler_at=lambda position: make_sampler(spec.sampler, spec.draw_seed(position),
+                                                                      spec.sampler_options))
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent) if spec.max_concurrent else searcher
     sched = None
     if spec.scheduler == "asha":

@@ -65,15 +65,24 @@ class SearchSpec:
     def search_space(self) -> SearchSpace:
         return parse_space(self.space, source=self.space_source)
 
-    def sampler_seed(self, run_index: int) -> int:
-        """Each run (first and each resume) draws from its own seeded stream."""
-        return self.seed + 1000 * run_index
+    def draw_seed(self, position: int) -> int:
+        """Seed of the sampler that draws the search's ``position``-th trial (0-based; a trial re-run
+        after an interruption or a lost node keeps its position). It depends on the search's seed and
+        the position alone, so a resumed search continues the stream an uninterrupted one draws
+        (NumPy ``SeedSequence``). QMC keeps the search's seed: its sequence is one stream that the
+        study indexes itself."""
+        import numpy as np
+
+        if self.sampler == "qmc":
+            return self.seed
+        return int(np.random.SeedSequence([self.seed, position]).generate_state(1)[0])
 
     @property
     def reproducibility(self) -> str:
         """Whether the seed pins the search's result, in one sentence."""
         if self.max_concurrent == 1:
-            return f"seed {self.seed}, one trial at a time: a rerun draws the same trials"
+            return (f"seed {self.seed}, one trial at a time: a rerun, or a search interrupted and resumed, draws "
+                    "the same trials")
         return (f"not reproducible from seed {self.seed}: with {self.max_concurrent or 'several'} trials at once, "
                 f"the order in which trials finish (timing) changes what the sampler has seen before each draw "
                 f"(and which trials a scheduler stops); only max_concurrent=1 reproduces a search")

@@ -140,15 +140,19 @@ class Reports:
 class StudySearcher(Searcher):
     """Ray Tune searcher over an Optuna study, through Optuna's public ask/tell interface.
 
-    Each trial's per-epoch ``hm`` is reported to Optuna as an intermediate value (step = epoch);
+    With ``sampler_at`` (position -> sampler), each draw gets a sampler seeded for its position in
+    the search (:meth:`position`), so that the trials drawn do not depend on how many runs (resumes)
+    the search took. Each trial's per-epoch ``hm`` is reported to Optuna as an intermediate value (step = epoch);
     a trial is told COMPLETE with its final ``hm``, PRUNED when the scheduler stopped it early
     (Optuna then keeps its last intermediate value), and FAIL when it raised, reported no ``hm``
     or a non-finite one (so it can never be the study's best).
     """
 
-    def __init__(self, study, space: SearchSpace, n_startup_trials: int = 0):
+    def __init__(self, study, space: SearchSpace, n_startup_trials: int = 0,
+                 sampler_at: Callable[[int], Any] | None = None):
         super().__init__(metric=METRIC, mode="max")
         self.study, self.space, self.n_startup_trials = study, space, n_startup_trials
+        self.sampler_at = sampler_at
         self.trials: dict[str, Any] = {}
         self.last_step: dict[str, int] = {}
         self.grid_used_up = False
@@ -159,6 +163,8 @@ class StudySearcher(Searcher):
         if self.grid_used_up:
             return Searcher.FINISHED
         done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        if self.sampler_at is not None:
+            self.study.sampler = self.sampler_at(self.position())
         trial = self.study.ask()
         values = self.space.define_by_run(trial)
         self.trials[trial_id] = trial
@@ -172,6 +178,15 @@ class StudySearcher(Searcher):
         else:
             origin = self.study.sampler.__class__.__name__
         return {**values, NUMBER_KEY: trial.number, ORIGIN_KEY: origin, RUN_KEY: self.first_attempt(trial.number)}
+
+    def position(self) -> int:
+        """Where the next draw stands in the search's stream: the trials asked so far, a trial that was
+        re-run (interrupted, or lost with its node) counted once, through its retry."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {int(t.user_attrs["retry_of"]) for t in trials if "retry_of" in t.user_attrs}
+        return sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in retried)
 
     def first_attempt(self, number: int) -> int:
         """The trial that a retry (of a retry ...) of an interrupted or lost trial re-runs."""

@@ -70,18 +70,19 @@ SUN | 8 | 10 | 10 | 0.6
 DTD | 8 | 10 | 10 | 0.8
 EuroSAT | 8 | 20 | 10 | 0.9
 UCF | 8 | 10 | 10 | 0.8""", ("n_ctx", "epochs", "ce_weight", "dept_weight"))
+# anchor_weights/<Dataset>/log.txt: OPTIM.MAX_EPOCH, ANCHOR_MSE_WEIGHT, ANCHOR_CE_WEIGHT, PROMPT_CE_WEIGHT
 STAGE1 = _table("""
-ImageNet | 10 | 1000
-Caltech | 100 | 1000
-Pets | 100 | 1000
-Cars | 40 | 100
-Flowers | 100 | 1000
-Food | 20 | 1000
-Aircraft | 20 | 1000
-SUN | 20 | 1000
-DTD | 100 | 1000
-EuroSAT | 100 | 1000
-UCF | 100 | 1000""", ("anchor_epochs", "mse_weight"))
+ImageNet | 10 | 1000 | 0 | 100
+Caltech | 100 | 1000 | 1 | 1000
+Pets | 100 | 1000 | 1 | 1000
+Cars | 40 | 100 | 1 | 1000
+Flowers | 100 | 1000 | 1 | 1000
+Food | 20 | 1000 | 1 | 1000
+Aircraft | 20 | 1000 | 1 | 100
+SUN | 20 | 1000 | 1 | 1000
+DTD | 100 | 1000 | 1 | 1000
+EuroSAT | 100 | 1000 | 1 | 100
+UCF | 100 | 1000 | 1 | 1000""", ("anchor_epochs", "mse_weight", "stage1_ce_weight", "stage1_prompt_ce_weight"))
 
 
 def _atp(groups: dict[tuple, list[str]], keys: tuple[str, ...]) -> dict[str, dict]:
@@ -164,6 +165,7 @@ def test_base2new_suite_holds_every_methods_reference():
             assert {k: v[k] for k in STAGE1[dataset]} == STAGE1[dataset], (method, dataset)
             assert (v["anchor_lr"], v["anchor_batch_size"], v["n_descriptions"]) == \
                 (0.002, 32, 5 if dataset == "imagenet" else 10)
+            assert (v["stage1_mode"], v["stage1_gumbel_tau"], v["stage1_n_ctx"]) == ("joint", 2.0, 4)
 
 
 def test_cross_dataset_suite_holds_every_methods_reference():

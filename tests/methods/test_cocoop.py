@@ -1,5 +1,6 @@
 """CoCoOp, CoCoOp+ATPrompt and CoCoOp+AnchorOPT (issue 11) against hand-built references
 (ATPrompt's trainers/cocoop.py, cocoop_atp.py, cocoop_anchoropt.py), on the tiny random model."""
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,7 +168,7 @@ def test_gradients_reach_ctx_meta_net_and_attribute_tokens(tiny_cfg):
 @pytest.mark.parametrize("method,trains,changed,kept", [
     ("cocoop", "ctx", ["ctx", "meta_net.linear1.weight", "meta_net.linear2.bias"], []),
     ("cocoop_atp", "ctx", ["ctx", "meta_net.linear1.weight", "att"], []),
-    ("cocoop_anchoropt", "ctx", ["ctx"], ["position", "meta_net.linear1.weight", "meta_net.linear2.bias"]),
+    ("cocoop_anchoropt", "ctx", ["ctx"], ["position_untrained", "meta_net.linear1.weight", "meta_net.linear2.bias"]),
     ("cocoop_anchoropt", "all", ["ctx", "position", "meta_net.linear1.weight", "meta_net.linear2.bias"], []),
 ])
 def test_trains_end_to_end(tiny_cfg, tmp_path, method, trains, changed, kept):
@@ -188,3 +189,18 @@ def test_trains_end_to_end(tiny_cfg, tmp_path, method, trains, changed, kept):
 def test_meta_net_without_hidden_units_is_a_config_error(tiny_cfg):
     with pytest.raises(ConfigError, match="meta_net_ratio=64"):
         build_method(make_trainer(tiny_cfg(method="cocoop", meta_net_ratio=64)))
+
+
+@pytest.mark.parametrize("overrides", [{"method": "cocoop_anchoropt", "cocoop_anchoropt_trains": "ctx"},
+                                       {"method": "anchoropt", "position_matrix": "identity"}])
+def test_an_untrained_w_is_never_shown_as_learned(tiny_cfg, tmp_path, overrides):
+    """W at its init (the reference's CoCoOp+AnchorOPT optimiser) or fixed (ablation) is saved as
+    ``position_untrained``: the report's learned-position figure leaves such runs out."""
+    from anchoropt.report.positions import learned_positions
+
+    train(tiny_cfg(batch_size=4, **overrides), out_dir=tmp_path)
+    saved = torch.load(tmp_path / "prompts.pt", weights_only=True)
+    assert "position" not in saved and "position_untrained" in saved
+    records = pd.DataFrame([{"method": overrides["method"], "dataset": "eurosat", "seed": 1,
+                             "path": str(tmp_path / "record.json")}])
+    assert learned_positions(records).empty

@@ -18,7 +18,7 @@ def test_tune_callback_usage_count_imports_no_mlflow(tmp_path):
             "from anchoropt.tracking import tracking_callbacks\n"
             "import ray.tune.tune as tune_run\n"
             "skip_callback_usage_tag()\n"
-            f"tune_run.air_usage.tag_callbacks(tracking_callbacks({str(tmp_path)!r}))\n"
+            f"tune_run.air_usage.tag_callbacks(tracking_callbacks({str(tmp_path)!r}, None, dict, dict))\n"
             "print('mlflow' in sys.modules)\n")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -117,3 +117,36 @@ def test_ctrl_c_stops_the_main_job_before_the_next_step(tmp_path, eurosat_root):
     assert any("anchoropt: interrupted" in line and "run the same command again" in line for line in err.splitlines())
     assert len(list(results.glob("searches/*/*/search.json"))) == 1  # the second schedule's search never started
     assert not (results / "cells").exists() and not (tmp_path / "report").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_interrupted_and_resumed_search_draws_the_trials_of_an_uninterrupted_one(tiny_cfg, tmp_path):
+    """At --max-concurrent 1 a seeded search stopped after two trials and resumed runs the same
+    parameters, in the same order, as one that was never stopped (issue 28: not a stream re-seeded per run)."""
+    import pandas as pd
+
+    def drawn(folder):
+        table = pd.read_csv(folder / "trials.csv").sort_values("trial")
+        return [round(v, 12) for v in table["lr"]]
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    done = subprocess.run(_cli_search(whole, tiny_cfg, COOP_SPACE, 4), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = subprocess.Popen(_cli_search(cut, tiny_cfg, COOP_SPACE, 4, epochs=2), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ledger = cut / "s" / "results.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and \
+            not (ledger.is_file() and len(ledger.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    err = interrupt(proc)
+    assert proc.returncode == 130, err[-2000:]
+    resumed = subprocess.run([sys.executable, "-m", "anchoropt.cli", "search", "--resume", str(cut / "s")],
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(json.loads((cut / "s" / "search.json").read_text())["runs"]) >= 2  # it was resumed
+    assert drawn(cut / "s") == drawn(whole / "s")
+    assert "interrupted and resumed, draws the same trials" in (cut / "s" / "best_config.yaml").read_text()
