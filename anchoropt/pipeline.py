@@ -13,7 +13,8 @@ It answers three questions on the suite's datasets:
   paired over datasets.
 
 Steps: 1. the resource request is checked against the Ray cluster; 2. toy datasets named by the
-suite are created under its ``data_root`` if missing; 3. the searches
+suite are created under its ``data_root`` if missing, and every image feature set the searches
+and cells read is encoded on all cores; 3. the searches
 (``RESULTS/searches/<schedule>/<dataset>/``); 4. every (method, dataset, seed) cell as a Ray Tune
 trial; 5. the report. Every step resumes: re-running the command after a kill continues where it
 stopped.
@@ -44,6 +45,24 @@ def ensure_toy_data(suite: Suite) -> None:
     if toy:
         root = Path(suite.config.get("data_root", TrainConfig.data_root))
         print(f"toy datasets under {root}: {', '.join(make_toy11(root, names=toy))}")
+
+
+def prepare_features(suite: Suite, results: Path, objective: str | None, threads: int | None) -> None:
+    """Encode every image feature set the searches (``objective``; None: no search) and the
+    benchmark cells will read, in this process on ``threads`` cores (default all), before any trial:
+    trials then read them instead of encoding on one core each (:func:`anchoropt.train.encode_features`)."""
+    from anchoropt.benchmark import plan_cells
+    from anchoropt.config import make_config
+    from anchoropt.suite import method_values
+    from anchoropt.train import encode_features
+
+    configs = [make_config(cell.config) for cell in plan_cells(suite, results / "cells")]
+    if objective is not None:
+        configs += [make_config({**method_values(suite, method, dataset)[0], "eval_split": objective})
+                    for method in (suite.schedule_methods or {}).values() for dataset in suite.trained_datasets]
+    started = time.time()
+    count = encode_features(configs, threads)
+    print(f"image features: {count} feature sets in the cache ({time.time() - started:.0f} s)")
 
 
 def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int, objective: str,
@@ -175,6 +194,7 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
     try:
         check_resources(Resources(cpus_per_trial, gpus_per_trial))
         ensure_toy_data(suite)
+        prepare_features(suite, results, objective if search_trials > 0 else None, num_cpus)
         tuning = None
         if search_trials > 0:
             suite, tuning = search_per_dataset(suite, results, Path(space), search_trials, objective, scheduler,

@@ -123,3 +123,33 @@ def training_summary(method: Method) -> dict:
     how many Stage I descriptions were cut at the context length, and the method's own entries
     (AnchorOPT's ``stage1``: the epoch kept, or the anchor file and its sha256)."""
     return {"updates": method.updates(), "descriptions_cut": method.trainer.descriptions_cut, **method.training_info()}
+
+
+#: the TrainConfig keys a run's image features depend on (:func:`anchoropt.task.build_task`): runs
+#: equal on them read the same feature files
+FEATURE_KEYS = ("backbone", "pretrained", "quick_gelu", "preprocess", "device", "data_root", "dataset", "targets",
+                "protocol", "eval_split", "shots", "seed", "train_views", "crop_scale", "flip", "cache_dir")
+
+
+def encode_features(configs: list[TrainConfig], threads: int | None = None) -> int:
+    """Encode into the cache every image feature set the runs ``configs`` will read, in this process
+    with ``threads`` torch threads (default: every core), before their trials start: trials then
+    read the features instead of encoding them on their one core each. A progress bar per image
+    set shows on a terminal. A config whose data or backbone fails is skipped: its own run reports
+    the fault. Returns the number of distinct feature sets (configs equal on :data:`FEATURE_KEYS`)."""
+    import os
+
+    distinct = list({tuple(str(getattr(c, k)) for k in FEATURE_KEYS): c for c in configs}.values())
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        for cfg in distinct:
+            try:
+                device = resolve_device(cfg.device)
+                backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
+                build_task(cfg, backbone, device)
+            except (ConfigError, ValueError, OSError, RuntimeError):  # DataError, BackboneError among them
+                continue
+    finally:
+        torch.set_num_threads(threads_before)
+    return len(distinct)
