@@ -11,7 +11,7 @@ Rules:
   relative to the folder of the file that names it.
 - A name that becomes a folder or file name (dataset, suite method, suite name) is a plain name
   (:func:`check_name`), and a path read from a data file (a split JSON's image path, a
-  ``meta.json``'s files) stays inside its dataset's folder (:func:`inside`): neither can reach
+  ``meta.json``'s files) stays inside its dataset's folder, symlinks resolved (:func:`inside`): neither can reach
   outside ``data_root``, ``--results`` or a report's sight.
 - The default suites and search spaces live once, in the repository's ``benchmarks/`` and
   ``search_spaces/``; an install ships them as package data ``anchoropt.suites`` and
@@ -83,8 +83,9 @@ def check_name(value: str, what: str) -> str:
 
 
 def inside(root: str | Path, relative: str | Path, what: str, error: type[Exception] = ConfigError) -> Path:
-    """``root / relative`` resolved (``..`` and an absolute ``relative`` included, lexically: a
-    symlink inside ``root`` is the data owner's choice and is kept), then checked to lie inside ``root``.
+    """``root / relative`` (``..`` and an absolute ``relative`` resolved), checked to lie inside ``root``
+    both as written and with symlinks resolved (``os.path.realpath``): a symlinked dataset folder is
+    fine, a link inside it to a file elsewhere is not. Returns the path as written (not resolved).
 
     Raises:
         error: one line naming ``what`` (e.g. the split file and entry) and the path, when the result
@@ -92,7 +93,9 @@ def inside(root: str | Path, relative: str | Path, what: str, error: type[Except
     """
     base = os.path.normpath(absolute(root))
     path = os.path.normpath(os.path.join(base, os.fspath(relative)))
-    if os.path.commonpath([base, path]) != base:
+    real_base = os.path.realpath(base)
+    if os.path.commonpath([base, path]) != base or \
+            os.path.commonpath([real_base, os.path.realpath(path)]) != real_base:
         raise error(f"{what}: path {brief(os.fspath(relative))} leads outside {base}")
     return Path(path)
 
