@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+from tqdm.auto import tqdm
 
 import anchoropt.torchvision_compat  # noqa: F401  (before torchvision)
 from anchoropt.backbone import Backbone
@@ -118,11 +119,17 @@ def _uint8(transform: T.Compose) -> T.Compose:
 
 def _encode_seeded(backbone: Backbone, items: list[Datum], views: int, seed: int, device, crop_scale: float,
                    flip: bool) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
     model = backbone.model
     out = []
+    bar = tqdm(total=len(items), desc=f"features: {len(items)} images" + (f" x {views} views" if views else ""),
+               unit="img", leave=False, disable=None)  # shown on a terminal only (not in Ray workers' logs)
     for pixels in _pixel_batches(backbone, items, views, seed, crop_scale, flip):
         batch = normalize_images(backbone, pixels.flatten(0, 1) if views else pixels)
         with torch.autocast("cuda", dtype=torch.float16, enabled=torch.device(device).type == "cuda"):
             feats = model.encode_image(batch.to(device)).float().cpu()
         out.append(feats if views == 0 else feats.view(len(pixels), views, -1))
+        bar.update(len(pixels))
+    bar.close()
     return torch.cat(out)

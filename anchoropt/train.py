@@ -67,7 +67,7 @@ def resolve_ctx_init(cfg: TrainConfig, backbone: Backbone) -> TrainConfig:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None,
-          report: Callable[[dict], None] | None = None) -> dict:
+          report: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Run one (dataset, seed, config) end to end and return its result record.
 
     Args:
@@ -81,6 +81,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
             nothing from the training's random streams. With several repeats (``eval_split=val``,
             :func:`anchoropt.task.val_repeats`) they train one after the other and epoch k is reported
             once the last repeat reaches it.
+        log: called with a line of progress before each long step (encoding the images, Stage I)
+            and after each Stage I epoch (its loss), so a command is never silent for minutes
+            (``anchoropt train`` prints them); None: quiet, as search and benchmark trials run.
 
     Returns:
         The record (:func:`anchoropt.records.build_record`, docs/INTERFACES.md): config, seed, backbone
@@ -102,6 +105,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     cfg = resolve_ctx_init(cfg, backbone)
     METHODS[cfg.method].check(cfg, backbone)  # before the images are encoded
+    say = log or (lambda line: None)
     repeats = val_repeats(cfg)
     per_image = cfg.protocol == "base2novel"  # images scored and HM's standard error, reported or not
     runs: list[list[dict]] = []  # per finished repeat, its per-epoch scores
@@ -109,10 +113,17 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     scored: dict[str, set[str]] = {"base": set(), "novel": set()}  # distinct images over the repeats
     for i, repeat in enumerate(repeats):  # one training run per repeat (val_seeds x val_partitions x val_folds)
         run_cfg = dataclasses.replace(cfg, seed=repeat.seed)
+        say(f"encoding {cfg.dataset}'s few-shot training images ({cfg.train_views} augmented views each) and its "
+            f"evaluation images with {cfg.backbone} (features already cached under {cfg.cache_dir} are read)")
+        encode_start = time.time()
         task = build_task(run_cfg, backbone, device, data, targets, repeat)
+        say(f"features ready ({time.time() - encode_start:.1f} s)")
         seed_everything(repeat.seed)
         trainer = Trainer(run_cfg, backbone, task, device)
         method = build_method(trainer)
+        if hasattr(method, "fit_anchors") and cfg.schedule == "two_stage" and cfg.anchor_source == "stage1":
+            say(f"Stage I: fitting {cfg.n_anchors} anchor(s) to the class descriptions, {cfg.anchor_epochs} epochs "
+                "(a Stage I already cached under cache_dir is read instead)")
         epochs: list[dict] = []
         for name in scored if per_image else ():
             scored[name] |= {d.impath for d in task.evals[name].items}
@@ -121,7 +132,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
         def on_epoch(epoch: int, info: dict, last: bool = i == len(repeats) - 1) -> None:
             # repeats run one after the other: epoch k is reported (pooled over the repeats) once the
             # last repeat reaches it
-            if report is not None and info["phase"] != "stage1":
+            if info["phase"] == "stage1":
+                say(f"stage1 epoch {epoch + 1:>3}/{cfg.anchor_epochs}  loss {info['loss']:.4f}")
+            elif report is not None:
                 scores = trainer.evaluate(method, per_image=per_image)
                 method.train()
                 epochs.append(scores)
@@ -149,3 +162,33 @@ def training_summary(method: Method) -> dict:
     how many Stage I descriptions were cut at the context length, and the method's own entries
     (AnchorOPT's ``stage1``: the epoch kept, or the anchor file and its sha256)."""
     return {"updates": method.updates(), "descriptions_cut": method.trainer.descriptions_cut, **method.training_info()}
+
+
+#: the TrainConfig keys a run's image features depend on (:func:`anchoropt.task.build_task`): runs
+#: equal on them read the same feature files
+FEATURE_KEYS = ("backbone", "pretrained", "quick_gelu", "preprocess", "device", "data_root", "dataset", "targets",
+                "protocol", "eval_split", "shots", "seed", "train_views", "crop_scale", "flip", "cache_dir")
+
+
+def encode_features(configs: list[TrainConfig], threads: int | None = None) -> int:
+    """Encode into the cache every image feature set the runs ``configs`` will read, in this process
+    with ``threads`` torch threads (default: every core), before their trials start: trials then
+    read the features instead of encoding them on their one core each. A progress bar per image
+    set shows on a terminal. A config whose data or backbone fails is skipped: its own run reports
+    the fault. Returns the number of distinct feature sets (configs equal on :data:`FEATURE_KEYS`)."""
+    import os
+
+    distinct = list({tuple(str(getattr(c, k)) for k in FEATURE_KEYS): c for c in configs}.values())
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        for cfg in distinct:
+            try:
+                device = resolve_device(cfg.device)
+                backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
+                build_task(cfg, backbone, device)
+            except (ConfigError, ValueError, OSError, RuntimeError):  # DataError, BackboneError among them
+                continue
+    finally:
+        torch.set_num_threads(threads_before)
+    return len(distinct)

@@ -106,3 +106,19 @@ def test_description_targets_shared_across_trials_keyed_by_descriptions(tiny_cfg
     fewer = _trainer(tiny_cfg(n_descriptions=2))
     assert fewer.description_targets().shape[1] == 2
     assert len(list(folder.glob("*.pt"))) == 2
+
+
+def test_encode_features_fills_the_cache_once_per_feature_set(tiny_cfg, monkeypatch):
+    """Runs equal on the feature keys share one encoding; afterwards a run encodes nothing itself."""
+    import anchoropt.features as features
+    from anchoropt.train import encode_features, train
+
+    configs = [tiny_cfg(lr=0.01), tiny_cfg(lr=0.02, n_anchors=2), tiny_cfg(seed=2),
+               tiny_cfg(dataset="no_such_dataset")]  # a bad one is left to its own run to report
+    threads = torch.get_num_threads()
+    assert encode_features(configs, threads=2) == 3
+    assert torch.get_num_threads() == threads
+    files = sorted((Path(configs[0].cache_dir) / "features").glob("*.pt"))
+    assert len(files) == 2 * 3  # train views, base and novel sets of seeds 1 and 2
+    monkeypatch.setattr(features, "_encode_seeded", lambda *a, **k: pytest.fail("encoded in the run"))
+    train(tiny_cfg(seed=2, epochs=1, anchor_epochs=1))
