@@ -11,17 +11,20 @@ Rules:
   relative to the folder of the file that names it.
 - A name that becomes a folder or file name (dataset, suite method, suite name) is a plain name
   (:func:`check_name`), and a path read from a data file (a split JSON's image path, a
-  ``meta.json``'s files) stays inside its dataset's folder (:func:`inside`): neither can reach
+  ``meta.json``'s files) stays inside its dataset's folder, symlinks resolved (:func:`inside`): neither can reach
   outside ``data_root``, ``--results`` or a report's sight.
 - The default suites and search spaces live once, in the repository's ``benchmarks/`` and
   ``search_spaces/``; an install ships them as package data ``anchoropt.suites`` and
-  ``anchoropt.spaces`` (setup.py). :func:`shipped` finds them either way.
+  ``anchoropt.spaces`` (setup.py). :func:`shipped` finds them either way, and :func:`default_file`
+  reads a README path such as ``benchmarks/toy11.yaml`` from the shipped copy where the working
+  directory has no such file (an installed package, run outside a checkout).
 """
 from __future__ import annotations
 
 import importlib.resources
 import os
 import re
+import sys
 from pathlib import Path
 
 from anchoropt.errors import ConfigError, brief
@@ -80,8 +83,9 @@ def check_name(value: str, what: str) -> str:
 
 
 def inside(root: str | Path, relative: str | Path, what: str, error: type[Exception] = ConfigError) -> Path:
-    """``root / relative`` resolved (``..`` and an absolute ``relative`` included, lexically: a
-    symlink inside ``root`` is the data owner's choice and is kept), then checked to lie inside ``root``.
+    """``root / relative`` (``..`` and an absolute ``relative`` resolved), checked to lie inside ``root``
+    both as written and with symlinks resolved (``os.path.realpath``): a symlinked dataset folder is
+    fine, a link inside it to a file elsewhere is not. Returns the path as written (not resolved).
 
     Raises:
         error: one line naming ``what`` (e.g. the split file and entry) and the path, when the result
@@ -89,6 +93,31 @@ def inside(root: str | Path, relative: str | Path, what: str, error: type[Except
     """
     base = os.path.normpath(absolute(root))
     path = os.path.normpath(os.path.join(base, os.fspath(relative)))
-    if os.path.commonpath([base, path]) != base:
+    real_base = os.path.realpath(base)
+    if os.path.commonpath([base, path]) != base or \
+            os.path.commonpath([real_base, os.path.realpath(path)]) != real_base:
         raise error(f"{what}: path {brief(os.fspath(relative))} leads outside {base}")
     return Path(path)
+
+
+def default_file(path: str | Path, kind: str) -> Path:
+    """``path`` (``~`` expanded) when it exists. Otherwise, when its file name is one anchoropt ships
+    as ``kind`` (``suites``: ``benchmarks/*.yaml``, ``spaces``: ``search_spaces/*.yaml``), the
+    shipped copy, saying so on stderr: the README's ``benchmarks/toy11.yaml`` then works from a
+    non-editable install too. Any other missing path is returned as is, for the reader's own
+    "not found" error (:func:`shipped_note` names the shipped files for it)."""
+    given = Path(path).expanduser()
+    if given.exists():
+        return given
+    copy = shipped(kind, given.name)
+    if copy.is_file():
+        print(f"anchoropt: {path} is not here: reading the copy shipped with anchoropt, {copy}", file=sys.stderr)
+        return copy
+    return given
+
+
+def shipped_note(kind: str) -> str:
+    """``the suites shipped with anchoropt (FOLDER): a.yaml, b.yaml``, for a not-found error."""
+    folder = shipped(kind, "x").parent
+    names = sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return f"the {kind} shipped with anchoropt ({folder}): {', '.join(names) or 'none'}"

@@ -92,7 +92,7 @@ def test_cells_are_keyed_by_config_and_data_and_broken_records_rerun(tmp_path, e
     record = results / "zs" / "eurosat" / "seed1.json"
     # another resolved config: refused with one line naming the record and the change
     with pytest.raises(ValueError, match=r"1 record\(s\).*seed1.json: epochs 5 -> 7.*another --results"):
-        run_benchmark(load_suite(suite_path, {"epochs": "7"}), results)
+        run_benchmark(load_suite(suite_path, {"epochs": 7}), results)
     # device and cache location say where, not what: still the same cell
     assert run_benchmark(load_suite(suite_path, {"cache_dir": str(tmp_path / "c2")}), results)["skipped"] == 1
     # the same cell on changed data (a class renamed in the split file) is refused too

@@ -228,3 +228,16 @@ def test_sigterm_stops_a_search_like_ctrl_c_and_tracking_resumes(search_args, tm
     assert run.info.run_name == "trial-0000" and run.info.status == "FINISHED", run.data.tags
     assert run.data.tags["attempts"] == "2" and run.data.tags["trial"] == "1"
     assert [step for step, _ in _run_scalars(board)["hm"]] == list(range(1, 13))  # each step once, across attempts
+
+
+def test_the_stored_target_is_kept_replaced_or_turned_off(tmp_path, monkeypatch):
+    from anchoropt.tracking import choose_target
+
+    monkeypatch.chdir(tmp_path)
+    new = choose_target("sqlite:///m.db", None, tmp_path / "results" / "cells", "benchmark toy11")
+    assert new == MLflowTarget(f"sqlite:///{tmp_path / 'm.db'}", "results/cells (benchmark toy11)")  # absolute store
+    stored = new.to_dict()
+    assert choose_target(None, stored, "elsewhere", "x") == new  # a resume without --mlflow keeps logging
+    assert choose_target(False, stored, "elsewhere", "x") is None  # --no-mlflow
+    assert choose_target("http://h:5000", stored, "elsewhere", "x") == MLflowTarget("http://h:5000", new.experiment)
+    assert choose_target(None, None, "elsewhere", "x") is None

@@ -207,3 +207,27 @@ def test_many_descriptions_are_announced_before_encoding(tiny_cfg, tmp_path, cap
     out = capsys.readouterr().out
     total = sum(map(len, sentences))
     assert f"eurosat: {total} descriptions" in out and "to encode for the Stage I targets" in out
+
+
+def test_dataset_readers_take_plain_names_only(tmp_path):
+    from anchoropt.data.datasets import DataError, read_dataset
+
+    _custom_dataset(tmp_path / "root" / "inner", "x.png")  # root/inner/mine: reachable as "inner/mine" before
+    for bad in ("inner/mine", "../root/inner/mine", str(tmp_path / "root" / "inner" / "mine")):
+        with pytest.raises(DataError, match="is not a plain name"):
+            read_dataset(tmp_path / "root", bad)
+
+
+def test_a_symlink_out_of_the_dataset_is_refused_a_symlinked_dataset_is_not(tmp_path):
+    from anchoropt.data.datasets import DataError, read_dataset
+
+    (tmp_path / "secret.png").write_bytes(b"png")
+    folder = _custom_dataset(tmp_path / "root", "link.png")
+    (folder / "images" / "link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(DataError, match="leads outside"):
+        read_dataset(tmp_path / "root", "mine")
+    (folder / "images" / "link.png").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "mine").symlink_to(folder)  # the whole dataset folder linked in: fine
+    data = read_dataset(tmp_path / "elsewhere", "mine")
+    assert data.train[0].impath == str(tmp_path / "elsewhere" / "mine" / "images" / "link.png")

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anchoropt.errors import brief
-from anchoropt.paths import inside
+from anchoropt.errors import ConfigError, brief
+from anchoropt.paths import check_name, inside
 
 
 class DataError(ValueError):
@@ -122,6 +122,10 @@ def read_dataset(root: str | Path, name: str) -> DatasetSplits:
             split folder without class folders.
     """
     root = data_root_dir(root)
+    try:  # a folder of root, never ../x or /x (`anchoropt data check` takes names from the command line)
+        check_name(name, "dataset")
+    except ConfigError as err:
+        raise DataError(str(err)) from None
     if (root / name / "meta.json").is_file():
         return _read_custom(root / name, name)
     if name == "imagenet":

@@ -152,7 +152,7 @@ def _fp16_vs_fp32(base: dict, device: torch.device, tolerance: float) -> tuple[b
     clear = (top2[:, 0] - top2[:, 1]) / scale > 2 * tolerance
     agree = (full.argmax(-1) == half.argmax(-1))[clear].float().mean().item() if clear.any() else 1.0
     ok = worst <= tolerance and agree == 1.0
-    return ok, f"max |dlogit|/scale {worst:.1e} (tolerance {tolerance:g}), top-1 agree {100 * agree:.0f}% " \
+    return ok, f"max abs dlogit / scale {worst:.1e} (tolerance {tolerance:g}), top-1 agree {100 * agree:.0f}% " \
                f"of {int(clear.sum())} clear images"
 
 
