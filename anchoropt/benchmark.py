@@ -25,7 +25,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import yaml
 from ray import tune
@@ -161,11 +161,12 @@ class BenchmarkError(ConfigError):
     """A benchmark that must not start: its results folder is in use, or holds records of other cells."""
 
 
-def cell_states(suite: Suite, results: str | Path) -> list[tuple[Cell, str, str]]:
+def cell_states(suite: Suite, results: str | Path, pending: Collection[str] = ()) -> list[tuple[Cell, str, str]]:
     """Every cell of the suite with its state (:meth:`Cell.state`) and why; reads, writes nothing.
 
     Checks every output location and reads every dataset first (the planning half of
-    :func:`run_benchmark`, without its lock or Ray).
+    :func:`run_benchmark`, without its lock or Ray), but those in ``pending`` (not made yet: their
+    cells are ``("todo", "dataset to be made first")``).
 
     Raises:
         OutputError, DataError, ConfigError: one line, naming the path, dataset or key.
@@ -173,10 +174,13 @@ def cell_states(suite: Suite, results: str | Path) -> list[tuple[Cell, str, str]
     results = Path(results).expanduser().resolve()
     cells = plan_cells(suite, results)
     check_outputs(cells, results)
-    fingerprints = check_data(cells)
-    for cell in cells:
+    ready = [c for c in cells if not set(c.record_paths) & set(pending)]
+    fingerprints = check_data(ready)
+    for cell in ready:
         cell.identity = cell_identity(cell, fingerprints)
-    return [(cell, *cell.state()) for cell in cells]
+    ready_ids = {id(c) for c in ready}
+    return [(cell, *cell.state()) if id(cell) in ready_ids else (cell, "todo", "dataset to be made first")
+            for cell in cells]
 
 
 def todo_cells(states: list[tuple[Cell, str, str]], results: Path) -> list[Cell]:
@@ -200,9 +204,11 @@ def cell_name(cell: dict[str, Any]) -> str:
     return f"{cell['method']}.{cell['dataset']}.seed{cell['seed']}"
 
 
-def describe_plan(suite: Suite, results: str | Path) -> str:
-    """``benchmark --dry-run``: one line per cell, done (its records on disk) or to run; nothing is written."""
-    states = cell_states(suite, results)
+def describe_plan(suite: Suite, results: str | Path, pending: Collection[str] = ()) -> str:
+    """``benchmark --dry-run``: one line per cell, done (its records on disk) or to run; nothing is written.
+    ``pending``: datasets not on disk yet that the caller makes before running (``anchoropt run``'s toy
+    data): their cells are to run, their data unread."""
+    states = cell_states(suite, results, pending)
     done = sum(state == "done" for _, state, _ in states)
     lines = [f"dry run: benchmark {suite.name} into {Path(results).resolve()}: {len(states)} cells, "
              f"{done} done, {len(states) - done} to run"]

@@ -61,7 +61,7 @@ def _train(args: argparse.Namespace) -> None:
     def report(m: dict) -> None:
         tqdm.write(f"epoch {m['epoch']:>3}  loss {m['loss']:.4f}  {scores(m)}")
 
-    record = train(cfg, out_dir=out, report=report)
+    record = train(cfg, out_dir=out, report=report, log=tqdm.write)
     print(f"{cfg.dataset} seed {cfg.seed} {record['method']}: {scores(record['metrics'])}  "
           f"({record['wall_time_s']:.1f} s)")
     print(f"record: {out / 'record.json'}")
@@ -153,15 +153,12 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from anchoropt.report import load_records, write_report
+    from anchoropt.api import report
 
-    from anchoropt.io import check_output_dir
-
-    check_output_dir(args.out, "--out")
-    path = write_report(load_records(args.results), args.out, baseline=args.baseline,
-                        schedules=tuple(args.schedule_methods) if args.schedule_methods else None,
-                        hm_convention=args.hm_convention, display_names=parse_overrides(args.name),
-                        pairs=parse_overrides(args.pair) or None)
+    path = report(args.results[0] if len(args.results) == 1 else args.results, args.out, baseline=args.baseline,
+                  schedules=tuple(args.schedule_methods) if args.schedule_methods else None,
+                  hm_convention=args.hm_convention, display_names=parse_overrides(args.name),
+                  pairs=parse_overrides(args.pair) or None)
     print(f"report: {path}")
 
 
@@ -384,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("report", help="tables, paired tests and CD diagram from result records")
-    p.add_argument("results", nargs="+", help="record files or folders")
+    p.add_argument("results", nargs="+", help="record files or folders; a main job's results folder (anchoropt run "
+                                              "--results) gives its whole report, search sections included")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--baseline", help="method the others are tested against (default: the first)")
     p.add_argument("--schedule-methods", nargs=2, metavar=("ONE_STAGE", "TWO_STAGE"),

@@ -119,6 +119,8 @@ def _uint8(transform: T.Compose) -> T.Compose:
 
 def _encode_seeded(backbone: Backbone, items: list[Datum], views: int, seed: int, device, crop_scale: float,
                    flip: bool) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
     model = backbone.model
     out = []
     bar = tqdm(total=len(items), desc=f"features: {len(items)} images" + (f" x {views} views" if views else ""),

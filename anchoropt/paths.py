@@ -15,13 +15,16 @@ Rules:
   outside ``data_root``, ``--results`` or a report's sight.
 - The default suites and search spaces live once, in the repository's ``benchmarks/`` and
   ``search_spaces/``; an install ships them as package data ``anchoropt.suites`` and
-  ``anchoropt.spaces`` (setup.py). :func:`shipped` finds them either way.
+  ``anchoropt.spaces`` (setup.py). :func:`shipped` finds them either way, and :func:`default_file`
+  reads a README path such as ``benchmarks/toy11.yaml`` from the shipped copy where the working
+  directory has no such file (an installed package, run outside a checkout).
 """
 from __future__ import annotations
 
 import importlib.resources
 import os
 import re
+import sys
 from pathlib import Path
 
 from anchoropt.errors import ConfigError, brief
@@ -95,3 +98,26 @@ def inside(root: str | Path, relative: str | Path, what: str, error: type[Except
             os.path.commonpath([real_base, os.path.realpath(path)]) != real_base:
         raise error(f"{what}: path {brief(os.fspath(relative))} leads outside {base}")
     return Path(path)
+
+
+def default_file(path: str | Path, kind: str) -> Path:
+    """``path`` (``~`` expanded) when it exists. Otherwise, when its file name is one anchoropt ships
+    as ``kind`` (``suites``: ``benchmarks/*.yaml``, ``spaces``: ``search_spaces/*.yaml``), the
+    shipped copy, saying so on stderr: the README's ``benchmarks/toy11.yaml`` then works from a
+    non-editable install too. Any other missing path is returned as is, for the reader's own
+    "not found" error (:func:`shipped_note` names the shipped files for it)."""
+    given = Path(path).expanduser()
+    if given.exists():
+        return given
+    copy = shipped(kind, given.name)
+    if copy.is_file():
+        print(f"anchoropt: {path} is not here: reading the copy shipped with anchoropt, {copy}", file=sys.stderr)
+        return copy
+    return given
+
+
+def shipped_note(kind: str) -> str:
+    """``the suites shipped with anchoropt (FOLDER): a.yaml, b.yaml``, for a not-found error."""
+    folder = shipped(kind, "x").parent
+    names = sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return f"the {kind} shipped with anchoropt ({folder}): {', '.join(names) or 'none'}"

@@ -16,12 +16,18 @@ Steps: 1. the resource request is checked against the Ray cluster; 2. toy datase
 suite are created under its ``data_root`` if missing, and every image feature set the searches
 and cells read is encoded on all cores; 3. the searches
 (``RESULTS/searches/<schedule>/<dataset>/``); 4. every (method, dataset, seed) cell as a Ray Tune
-trial; 5. the report. Every step resumes: re-running the command after a kill continues where it
-stopped.
+trial; 5. the report (:func:`write_main_report`, which ``anchoropt report RESULTS`` also runs), whose
+closing answers are printed. Every step resumes: re-running the command after a kill continues where
+it stopped. ``RESULTS/job.json`` keeps the suite file, the methods the report compares and the job's
+wall time: the time of the invocations' steps that ran something (data made, trials, cells), summed
+over invocations, so a resumed job counts every part of its work and a rerun with nothing to do
+adds nothing.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,28 +40,92 @@ if TYPE_CHECKING:  # the benchmark module imports Ray: loaded only when the job 
 
 DEFAULT_SUITE = shipped("suites", "toy11.yaml")
 DEFAULT_SPACE = shipped("spaces", "anchors.yaml")
+JOB_FILE = "job.json"
+ANSWERS = "## The three answers, as measured"
 
 
-def ensure_toy_data(suite: Suite) -> None:
-    """Create the suite's toy-11 datasets under its data root when they are not all there."""
+class WorkClock:
+    """The main job's wall time of real work, summed over invocations (``RESULTS/job.json``).
+
+    Each step ends with :meth:`lap`: the time since the previous lap is added when the step ran
+    something (or was interrupted: what it finished is kept) and dropped when it had nothing to
+    do, so a no-op rerun leaves the total as it was. The file is rewritten at every lap that adds,
+    so a killed job loses at most its running step's time.
+    """
+
+    def __init__(self, path: Path, started: float):
+        self.path, self.last = path, started
+        stored = read_job(path.parent)
+        self.total: float | None = stored.get("wall_time_s")
+        self.invocations = int(stored.get("invocations", 0))
+        self.worked = False  # this invocation added time
+
+    def lap(self, worked: bool) -> None:
+        now = time.time()
+        if worked:
+            self.total = (self.total or 0.0) + now - self.last
+            if not self.worked:
+                self.invocations += 1
+            self.worked = True
+            self.save()
+        self.last = now
+
+    def save(self, **fields: Any) -> None:
+        from anchoropt.io import save_json
+
+        job = {**read_job(self.path.parent), **fields, "wall_time_s": self.total, "invocations": self.invocations}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_json(job, self.path)
+
+
+def read_job(results: str | Path) -> dict[str, Any]:
+    """``RESULTS/job.json`` of a main job ({} when absent, e.g. results of an older anchoropt):
+    suite, baseline, pairs, schedule_methods, tuned (schedule -> method), wall_time_s (None: not
+    recorded), invocations. Raises ValueError naming the file when it does not read."""
+    path = Path(results) / JOB_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not a job file ({err})") from None
+
+
+def missing_toy_data(suite: Suite) -> tuple[Path, list[str]]:
+    """(data root, the suite's toy-11 datasets not complete there); reads, writes nothing."""
     from anchoropt.config import TrainConfig
-    from anchoropt.toy.datasets import TOY11_NAMES, make_toy11
+    from anchoropt.toy.datasets import TOY11_NAMES, missing_toy
 
-    toy = [d for d in suite.datasets if d in TOY11_NAMES]
-    if toy:
-        root = Path(suite.config.get("data_root", TrainConfig.data_root))
-        print(f"toy datasets under {root}: {', '.join(make_toy11(root, names=toy))}")
+    root = Path(suite.config.get("data_root", TrainConfig.data_root))
+    return root, missing_toy(root, [d for d in suite.datasets if d in TOY11_NAMES])
 
 
-def prepare_features(suite: Suite, results: Path, objective: str | None, threads: int | None) -> None:
+def ensure_toy_data(suite: Suite) -> bool:
+    """Create the suite's toy-11 datasets under its data root when they are not all there; returns
+    whether any was made."""
+    from anchoropt.toy.datasets import make_toy11
+
+    root, missing = missing_toy_data(suite)
+    if missing:
+        print(f"toy datasets under {root}: {', '.join(make_toy11(root, names=missing))}")
+    return bool(missing)
+
+
+def prepare_features(suite: Suite, results: Path, objective: str | None, threads: int | None,
+                     gpus_per_trial: float = 0) -> None:
     """Encode every image feature set the searches (``objective``; None: no search) and the
     benchmark cells will read, in this process on ``threads`` cores (default all), before any trial:
-    trials then read them instead of encoding on one core each (:func:`anchoropt.train.encode_features`)."""
+    trials then read them instead of encoding on one core each (:func:`anchoropt.train.encode_features`).
+    Left to the trials when they get GPUs this process does not see (a CPU head node)."""
+    import torch
+
     from anchoropt.benchmark import plan_cells
     from anchoropt.config import make_config
     from anchoropt.suite import method_values
     from anchoropt.train import encode_features
 
+    if gpus_per_trial > 0 and not torch.cuda.is_available():
+        return
     configs = [make_config(cell.config) for cell in plan_cells(suite, results / "cells")]
     if objective is not None:
         configs += [make_config({**method_values(suite, method, dataset)[0], "eval_split": objective})
@@ -66,12 +136,16 @@ def prepare_features(suite: Suite, results: Path, objective: str | None, threads
 
 
 def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int, objective: str,
-                       scheduler: str, resources: dict[str, Any]) -> tuple[Suite, Tuning | None]:
-    """Search each schedule of ``suite.schedule_methods`` on each dataset.
+                       scheduler: str, resources: dict[str, Any],
+                       clock: WorkClock | None = None) -> tuple[Suite, Tuning | None]:
+    """Search each schedule of ``suite.schedule_methods`` on each dataset, printing ``search k/K``
+    and the searches' ETA before each; ``clock`` gets a lap per search.
 
     Returns the suite with a ``<method>_tuned`` method per schedule (its ``config:`` each
     dataset's ``best_config.yaml``; the untuned method stays as the reference defaults; the tuned
-    pair becomes ``schedule_methods``) and what the searches found, for the report (None in a dry run).
+    pair becomes ``schedule_methods``) and what the searches found, for the report. In a dry run
+    (``resources["dry_run"]``) the plans are printed, the tuned method is added for a schedule
+    whose searches have all finished (so its cells are planned too) and the tuning is None.
     """
     import pandas as pd
 
@@ -82,11 +156,22 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
 
     trials, searches, importances = [], [], []
     methods, tuned, untuned = dict(suite.methods), {}, {}
+    total = len(suite.schedule_methods or {}) * len(suite.trained_datasets)
+    spent: list[float] = []  # seconds of each search that ran trials in this invocation
+    k = 0
     for schedule, method in (suite.schedule_methods or {}).items():
         folder = (results / "searches" / schedule).resolve()
+        finished = True  # every search of this schedule has run its trials (a dry run plans its cells)
         for dataset in suite.trained_datasets:
             out = folder / dataset
             base, _ = method_values(suite, method, dataset)
+            k += 1
+            done_before = _trials_done(out)
+            finished &= done_before >= num_trials and (out / "best_config.yaml").is_file()
+            if not resources.get("dry_run"):
+                print(f"search {k}/{total}: {schedule} / {dataset} ({done_before}/{num_trials} trials done)"
+                      + _eta(spent, total - k + 1))
+            started = time.time()
             if (out / "search.json").is_file():
                 found = run_search(resume=out, num_trials=_same_search(out, space, num_trials, base, objective,
                                                                        scheduler), **resources)
@@ -95,6 +180,10 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
                                    **resources)
             if found is None:  # a dry run: the plan is printed
                 continue
+            if clock is not None:
+                clock.lap(worked=found.n_done > done_before)
+            if found.n_done > done_before:
+                spent.append(time.time() - started)
             print(f"{schedule} / {dataset}: " + " | ".join(found.summary().splitlines()[:2]))
             if found.n_complete == 0:
                 raise SearchError(f"search {out}: no trial completed ({found.n_failed} failed, see "
@@ -106,13 +195,35 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
                             for k, v in (found.importances or {}).items()]
         spec = {k: v for k, v in suite.methods[method].items() if k != "config"}
         tuned[schedule], untuned[schedule] = f"{method}_tuned", method
+        if resources.get("dry_run") and not finished:
+            print(f"(plus {tuned[schedule]}: each dataset's {schedule} search's best configuration, once those "
+                  "searches have run)")
+            continue
         methods[tuned[schedule]] = {**spec, "config": str(folder / "{dataset}" / "best_config.yaml")}
+    if resources.get("dry_run"):
+        return dataclasses.replace(suite, methods=methods), None
     if not trials:
         return suite, None
     tuning = Tuning(pd.concat(trials, ignore_index=True), pd.DataFrame(searches),
                     pd.DataFrame(importances, columns=["schedule", "dataset", "param", "importance"]),
                     tuned, untuned, objective, scheduler)
     return dataclasses.replace(suite, methods=methods, schedule_methods=tuned), tuning
+
+
+def _trials_done(out: Path) -> int:
+    """Trials a search folder had finished when its outputs were last written (0: no search yet)."""
+    try:
+        return int(json.loads((out / "summary.json").read_text(encoding="utf-8"))["done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _eta(spent: list[float], remaining: int) -> str:
+    """``, searches ETA 12 min`` from the mean time of the searches run so far (none yet: nothing)."""
+    if not spent:
+        return ""
+    seconds = sum(spent) / len(spent) * remaining
+    return f", searches ETA {seconds / 60:.0f} min" if seconds >= 90 else f", searches ETA {seconds:.0f} s"
 
 
 def _same_search(out: Path, space: Path, num_trials: int, base: dict, objective: str, scheduler: str) -> int:
@@ -168,7 +279,6 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
     from anchoropt.benchmark import choose_tracking, describe_plan, run_benchmark
     from anchoropt.io import check_output_dir
     from anchoropt.raytools import Resources, check_resources, ensure_ray
-    from anchoropt.report import load_records, write_report
     from anchoropt.suite import load_suite
 
     started = time.time()
@@ -179,40 +289,84 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
                      max_concurrent=max_concurrent, address=address, num_cpus=num_cpus, verbose=verbose,
                      mlflow=mlflow)
     if dry_run:
+        root, pending = missing_toy_data(suite)
+        if pending:
+            print(f"dry run: toy datasets {', '.join(pending)} would be made under {root} first")
+        planned = suite
         if search_trials > 0:
-            search_per_dataset(suite, results, Path(space), search_trials, objective, scheduler,
-                               {**resources, "dry_run": True})
-        print(describe_plan(suite, results / "cells"))
-        if search_trials > 0 and suite.schedule_methods:
-            print(f"(plus {', '.join(m + '_tuned' for m in suite.schedule_methods.values())}: each dataset's "
-                  "search's best configuration, once the searches have run)")
+            planned, _ = search_per_dataset(suite, results, Path(space), search_trials, objective, scheduler,
+                                            {**resources, "dry_run": True})
+        print(describe_plan(planned, results / "cells", pending))
         return None
     if mlflow:  # the store, before Ray starts (each search and the benchmark check their experiment too)
         choose_tracking(results / "cells", suite, mlflow)
+    clock = WorkClock(results / JOB_FILE, started)
     started_ray = not ray.is_initialized()
     ensure_ray(address, num_cpus, verbose=verbose)  # one Ray for the whole job
+    working = False
     try:
         check_resources(Resources(cpus_per_trial, gpus_per_trial))
-        ensure_toy_data(suite)
-        prepare_features(suite, results, objective if search_trials > 0 else None, num_cpus)
-        tuning = None
+        working = True
+        clock.lap(worked=ensure_toy_data(suite))
+        prepare_features(suite, results, objective if search_trials > 0 else None, num_cpus,
+                         gpus_per_trial)  # timed with the searches
         if search_trials > 0:
-            suite, tuning = search_per_dataset(suite, results, Path(space), search_trials, objective, scheduler,
-                                               resources)
+            suite, _ = search_per_dataset(suite, results, Path(space), search_trials, objective, scheduler,
+                                          resources, clock)
         counts = run_benchmark(suite, results / "cells", **resources)
+        clock.lap(worked=counts["done"] + counts["failed"] > 0)
+    except BaseException:
+        if working:  # the interrupted step's finished trials and cells are kept: its time counts
+            clock.lap(worked=True)
+        raise
     finally:
         if started_ray:
             ray.shutdown()
     print(f"cells: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} already done")
-    if tuning is not None:
-        tuning = dataclasses.replace(tuning, wall_time_s=time.time() - started)
-    report = write_report(load_records(results / "cells"), report_dir, baseline=suite.baseline,
-                          schedules=_schedule_pair(suite), tuning=tuning, pairs=suite.pairs)
-    print(f"report: {report}  (main job {time.time() - started:.0f} s)")
+    clock.save(suite=str(Path(suite.path).resolve()), baseline=suite.baseline, pairs=suite.pairs,
+               schedule_methods=suite.schedule_methods, tuned=suite.schedule_methods if search_trials > 0 else None)
+    report = write_main_report(results, report_dir)
+    wall = "not recorded" if clock.total is None else f"{clock.total / 60:.1f} min"
+    print(f"report: {report}  (this run {time.time() - started:.0f} s; the job's work, all runs: {wall})")
+    print(answers_text(report))
     return report
 
 
-def _schedule_pair(suite: Suite) -> tuple[str, str] | None:
-    """(one-stage method, two-stage method) for the report's schedule section."""
-    pairs = suite.schedule_methods
-    return (pairs["one_stage"], pairs["two_stage"]) if pairs else None
+def write_main_report(results: str | Path, report_dir: str | Path, baseline: str | None = None,
+                      schedules: tuple[str, str] | None = None, pairs: dict[str, str] | None = None,
+                      **options: Any) -> Path:
+    """The main job's report from its results folder alone: records under ``RESULTS/cells``, the
+    searches under ``RESULTS/searches`` (:func:`anchoropt.report.tuning.read_tuning`) and
+    ``RESULTS/job.json`` (suite, baseline, schedule methods, pairs, wall time); ``anchoropt run``
+    and ``anchoropt report RESULTS`` both write it so. ``baseline``, ``schedules``, ``pairs``
+    replace the job's; ``options`` go to :func:`anchoropt.report.write_report`. Returns report.md.
+
+    Raises:
+        ValueError: unreadable records, job file or search outputs (one line naming the file).
+    """
+    from anchoropt.report import load_records, write_report
+    from anchoropt.report.tuning import read_tuning
+
+    results = Path(results)
+    job = read_job(results)
+    records = load_records(results / "cells")
+    methods = sorted(set(records["method"]))
+    tuning = read_tuning(results, methods, job.get("tuned"))
+    if tuning is not None:
+        tuning = dataclasses.replace(tuning, wall_time_s=job.get("wall_time_s"))
+        schedules = schedules or (tuning.tuned["one_stage"], tuning.tuned["two_stage"])
+    pair = job.get("schedule_methods")
+    schedules = schedules or ((pair["one_stage"], pair["two_stage"]) if pair else None)
+    return write_report(records, report_dir, baseline=baseline or job.get("baseline"), schedules=schedules,
+                        tuning=tuning, pairs=pairs or job.get("pairs"), job=job, **options)
+
+
+def answers_text(report: Path) -> str:
+    """The report's closing answers (its "three answers" section) in plain words for the terminal:
+    no Markdown emphasis or escapes ("" when the report has no such section)."""
+    text = report.read_text(encoding="utf-8")
+    if ANSWERS not in text:
+        return ""
+    section = text[text.index(ANSWERS):].split("\n## ", 1)[0]
+    plain = re.sub(r"\\(.)", r"\1", section.replace("**", "")).replace(ANSWERS, "The three answers, as measured:")
+    return plain.strip()

@@ -15,6 +15,7 @@ reads it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -68,10 +69,29 @@ def build_record(cfg: TrainConfig, metrics: dict[str, float], wall_time_s: float
         "pretrained": cfg.pretrained, "activation": activation or {}, "config": cfg.to_dict(), "metrics": metrics,
         "training": training or {},
         "wall_time_s": round(wall_time_s, 3),
-        "versions": {"anchoropt": anchoropt.__version__, "torch": torch.__version__,
+        "versions": {"anchoropt": anchoropt.__version__, "commit": git_commit(), "torch": torch.__version__,
                      "open_clip": open_clip.__version__, "python": platform.python_version()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The git commit of the anchoropt source that runs (short hash, ``+dirty`` when tracked files
+    differ from it), or None outside a git checkout (an installed package) or without git."""
+    import subprocess
+
+    where = Path(__file__).resolve().parent.parent
+    if not (where / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def relabel(record: dict, method: str, tuning: str) -> dict:

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from anchoropt.methods import AnchorOPTMethod
 
 def two_stage(method: "AnchorOPTMethod", on_epoch: EpochCallback | None = None) -> None:
-    """Stage I to completion (or from the Stage I cache), then Stage II with the anchors frozen."""
-    method.fit_anchors()
+    """Stage I to completion (or from the Stage I cache), then Stage II with the anchors frozen;
+    ``on_epoch`` gets the epochs of both (phase ``stage1``, then ``stage2``)."""
+    method.fit_anchors(on_epoch)
     t = method.trainer
     t.run_loop("stage2", method.cfg.epochs,
                lambda epoch: [lambda b=b: method.prompt_step(b) for b in method.batches(epoch)],

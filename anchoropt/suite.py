@@ -34,7 +34,7 @@ from typing import Any
 
 from anchoropt.config import MAX_SEED, PROTOCOLS, SCHEDULES, TrainConfig, check_keys, make_config
 from anchoropt.errors import ConfigError, brief
-from anchoropt.paths import absolute, check_name, relative_to_file
+from anchoropt.paths import absolute, check_name, default_file, relative_to_file, shipped_note
 from anchoropt.yamlio import read_yaml
 
 _NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True}
@@ -127,7 +127,9 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
             protocol, a cross-dataset suite without ``source`` (or with the source among its
             targets), a baseline or schedule method that is not one of the suite's methods.
     """
-    path = Path(absolute(path))
+    path = Path(absolute(default_file(path, "suites")))
+    if not path.is_file():
+        raise ConfigError(f"suite file not found: {path} ({shipped_note('suites')})")
     raw = read_yaml(path, "suite file")
     for old, new in RENAMED_KEYS.items():
         if old in raw:

@@ -66,7 +66,7 @@ def resolve_ctx_init(cfg: TrainConfig, backbone: Backbone) -> TrainConfig:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None,
-          report: Callable[[dict], None] | None = None) -> dict:
+          report: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Run one (dataset, seed, config) end to end and return its result record.
 
     Args:
@@ -76,6 +76,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
         report: called after every CoOp / Stage II / one-stage epoch with ``epoch`` (1-based),
             ``loss`` and the metrics of :meth:`Trainer.evaluate` (percent); used by search for
             per-epoch reports. Reporting draws nothing from the training's random streams.
+        log: called with a line of progress before each long step (encoding the images, Stage I)
+            and after each Stage I epoch (its loss), so a command is never silent for minutes
+            (``anchoropt train`` prints them); None: quiet, as search and benchmark trials run.
 
     Returns:
         The record (:func:`anchoropt.records.build_record`, docs/INTERFACES.md): config, seed, backbone
@@ -96,13 +99,23 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None,
     backbone = cached_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, str(device), cfg.preprocess)
     cfg = resolve_ctx_init(cfg, backbone)
     METHODS[cfg.method].check(cfg, backbone)  # before the images are encoded
+    say = log or (lambda line: None)
+    say(f"encoding {cfg.dataset}'s few-shot training images ({cfg.train_views} augmented views each) and its "
+        f"evaluation images with {cfg.backbone} (features already cached under {cfg.cache_dir} are read)")
+    encode_start = time.time()
     task = build_task(cfg, backbone, device, data, targets)
+    say(f"features ready ({time.time() - encode_start:.1f} s)")
     seed_everything(cfg.seed)
     trainer = Trainer(cfg, backbone, task, device)
     method = build_method(trainer)
+    if hasattr(method, "fit_anchors") and cfg.schedule == "two_stage" and cfg.anchor_source == "stage1":
+        say(f"Stage I: fitting {cfg.n_anchors} anchor(s) to the class descriptions, {cfg.anchor_epochs} epochs "
+            "(a Stage I already cached under cache_dir is read instead)")
 
     def on_epoch(epoch: int, info: dict) -> None:
-        if report is not None and info["phase"] != "stage1":
+        if info["phase"] == "stage1":
+            say(f"stage1 epoch {epoch + 1:>3}/{cfg.anchor_epochs}  loss {info['loss']:.4f}")
+        elif report is not None:
             metrics = trainer.evaluate(method)
             method.train()
             report({"epoch": epoch + 1, "loss": info["loss"], **metrics})

@@ -18,6 +18,10 @@ site = pathlib.Path(anchoropt.__file__).parent
 assert site.parent.name == "site", anchoropt.__file__
 assert DEFAULT_SUITE.is_relative_to(site) and DEFAULT_SPACE.is_relative_to(site), (DEFAULT_SUITE, DEFAULT_SPACE)
 suite, space = load_suite(DEFAULT_SUITE), load_space(DEFAULT_SPACE)
+# the README's paths, outside a checkout: the shipped copies (issue 26)
+from anchoropt.search.spec import read_space
+assert load_suite("benchmarks/toy11.yaml").path == DEFAULT_SUITE
+assert read_space("search_spaces/anchors.yaml")[2] == str(DEFAULT_SPACE.resolve())
 print("OK", suite.name, len(suite.datasets), space.names)
 """
 

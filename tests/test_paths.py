@@ -1,7 +1,9 @@
 """Path resolution: relative to the working directory or to the naming file, checkpoint files vs tags."""
 import os
 
-from anchoropt.config import make_config
+import pytest
+
+from anchoropt.config import ConfigError, make_config
 from anchoropt.paths import absolute, is_checkpoint_path, relative_to_file, shipped
 from tests.helpers import REPO_ROOT
 
@@ -29,3 +31,26 @@ def test_checkpoint_files_are_told_from_tags(tmp_path, monkeypatch):
 def test_shipped_files_in_a_checkout_are_the_repository_folders():
     assert shipped("suites", "toy11.yaml") == REPO_ROOT / "benchmarks" / "toy11.yaml"
     assert shipped("spaces", "anchors.yaml") == REPO_ROOT / "search_spaces" / "anchors.yaml"
+
+
+def test_readme_paths_of_default_suites_and_spaces_work_outside_a_checkout(tmp_path, monkeypatch, capsys):
+    """Issue 26: from a non-editable install the README's benchmarks/toy11.yaml and
+    search_spaces/anchors.yaml failed outside a checkout, and the error did not point at the shipped copies."""
+    from anchoropt.paths import shipped
+    from anchoropt.search.spec import SearchError, read_space
+    from anchoropt.suite import load_suite
+
+    monkeypatch.chdir(tmp_path)  # no benchmarks/ or search_spaces/ here
+    suite = load_suite("benchmarks/toy11.yaml")
+    assert suite.name == "toy11" and suite.path == shipped("suites", "toy11.yaml")
+    assert read_space("search_spaces/anchors.yaml")[2] == str(shipped("spaces", "anchors.yaml").resolve())
+    assert "reading the copy shipped with anchoropt" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"suite file not found: .*nope\.yaml \(the suites shipped with "
+                                           r"anchoropt \(.*\): .*toy11\.yaml"):
+        load_suite("benchmarks/nope.yaml")
+    with pytest.raises(SearchError, match=r"the spaces shipped with anchoropt .*anchors\.yaml"):
+        read_space("nope.yaml")
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "toy11.yaml").write_text("a local file wins: not a suite\n")
+    with pytest.raises(ConfigError, match=str(tmp_path)):
+        load_suite("benchmarks/toy11.yaml")

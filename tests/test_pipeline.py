@@ -46,7 +46,25 @@ def test_run_main_job_searches_benchmarks_reports_and_resumes(tmp_path, eurosat_
     assert suite.read_text() == before  # the suite file is read, never rewritten
     assert (report_dir / "search_best_so_far.png").is_file() and (report_dir / "tuned_vs_defaults.csv").is_file()
 
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "search 1/2: two_stage / eurosat (0/2 trials done)" in out and "search 2/2: one_stage" in out
+    tail = out[out.rindex("The three answers, as measured:"):]  # printed at the end, in plain words
+    assert "3. Does tuning help?" in tail and tail.count("\n") < 10 and "**" not in tail
+    job = json.loads((results / "job.json").read_text())
+    assert job["wall_time_s"] > 0 and job["invocations"] == 1 and job["suite"] == str(suite)
+    assert job["tuned"] == {"one_stage": "one_tuned", "two_stage": "two_tuned"}
+
+    run_main_job(suite, results, report_dir, space=space, search_trials=2, objective="test", dry_run=True)
+    out = capsys.readouterr().out  # a dry run after the job: every cell done, the tuned ones too
+    assert "5 cells, 5 done, 0 to run" in out and "once those searches have run" not in out
+
     run_main_job(suite, results, report_dir, space=space, search_trials=2, objective="test")
     out = capsys.readouterr().out
     assert "5 cells, 5 done, 0 to go" in out and "2/2 trials done" in out
+    assert json.loads((results / "job.json").read_text())["wall_time_s"] == job["wall_time_s"]  # nothing ran
+    text = report.read_text()
+    assert f"Main job wall time up to this report: {job['wall_time_s'] / 60:.1f} min" in text
+
+    from anchoropt.cli import main
+    main(["report", str(results), "--out", str(tmp_path / "again")])  # the report from the results alone
+    assert (tmp_path / "again" / "report.md").read_text() == text

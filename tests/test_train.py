@@ -168,6 +168,11 @@ def test_cli_train_prints_metrics_and_writes_record(tiny_cfg, tmp_path, capsys):
     main(["train", "--out", str(tmp_path / "out"), *overrides])
     out = capsys.readouterr().out
     assert "epoch   2" in out and "HM" in out
+    # issue 26: never silent while it encodes the images and runs Stage I (minutes on ViT-B-16)
+    lines = out.splitlines()
+    assert lines[0].startswith("encoding eurosat's few-shot training images (2 augmented views each)")
+    assert lines[1].startswith("features ready (") and lines[2].startswith("Stage I: fitting 1 anchor(s)")
+    assert lines[3].startswith("stage1 epoch   1/2  loss ") and lines[4].startswith("stage1 epoch   2/2  loss ")
     record = json.loads((tmp_path / "out" / "record.json").read_text())
     assert record["method"] == "anchoropt_two_stage" and record["seed"] == 1
     assert set(record["metrics"]) >= {"acc_base", "acc_novel", "hm", "acc_anchor_base", "acc_anchor_novel"}

@@ -77,11 +77,12 @@ class AnchorOPTMethod(Method):
         batch of the reference's loader (drop_last), each over every class."""
         return steps_per_epoch(len(self.trainer.train_labels), self.cfg.anchor_batch_size)
 
-    def fit_anchors(self) -> None:
+    def fit_anchors(self, on_epoch: EpochCallback | None = None) -> None:
         """Stage I to completion (:class:`~anchoropt.methods.stage1.Stage1`): ``anchor_epochs`` x
         ``steps_per_epoch`` steps, then the kept epoch's anchors; reuses a cached result of the same
         Stage I configuration (concurrent trials compute it once). With ``anchors=<file>`` the
-        file's anchors (set at construction) are the Stage I result."""
+        file's anchors (set at construction) are the Stage I result. ``on_epoch`` gets each Stage I
+        epoch that runs (phase ``stage1``; none when the result came from the cache or a file)."""
         t, cfg = self.trainer, self.cfg
         if self.anchor_file is not None:
             self.stage1 = self.anchor_file.summary()
@@ -95,7 +96,7 @@ class AnchorOPTMethod(Method):
 
         def stage1() -> dict[str, torch.Tensor]:
             ran.append(True)
-            epoch = Stage1(self).run(steps)
+            epoch = Stage1(self).run(steps, on_epoch)
             return {"anchors": self.anchor.anchors.detach().cpu(), "epoch": torch.tensor(epoch)}
 
         saved = cached(path, "stage1", path.stem, stage1_provenance(t), stage1)

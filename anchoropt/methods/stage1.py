@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from anchoropt.engine import Stepper, stream_generator
+from anchoropt.engine import EpochCallback, Stepper, stream_generator
 from anchoropt.prompts import AnchorOPTPrompt, clip_logits, normal_init, stage1_loss
 
 if TYPE_CHECKING:
@@ -63,8 +63,9 @@ class Stage1:
         m.forget_teacher()
         return loss, self.stepper
 
-    def run(self, steps: int) -> int:
-        """Stage I to completion; the anchors left are the kept epoch's. Returns that epoch (1-based)."""
+    def run(self, steps: int, on_epoch: EpochCallback | None = None) -> int:
+        """Stage I to completion; the anchors left are the kept epoch's. Returns that epoch (1-based).
+        ``on_epoch`` gets each epoch (phase ``stage1``, its mean loss), e.g. ``anchoropt train``'s progress."""
         t, cfg = self.trainer, self.cfg
 
         def plan(epoch: int):
@@ -72,8 +73,13 @@ class Stage1:
 
         if self.prompt is not None:
             self.prompt.train()
-        t.run_loop("stage1", cfg.anchor_epochs, plan, [self.stepper],
-                   self.score_epoch if cfg.stage1_select == "best_val" else None)
+        def after_epoch(epoch: int, info: dict) -> None:
+            if cfg.stage1_select == "best_val":
+                self.score_epoch(epoch, info)
+            if on_epoch is not None:
+                on_epoch(epoch, info)
+
+        t.run_loop("stage1", cfg.anchor_epochs, plan, [self.stepper], after_epoch)
         if self.best is None:
             return cfg.anchor_epochs
         anchors = self.method.anchor.anchors

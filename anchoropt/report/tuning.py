@@ -8,8 +8,10 @@ schedule; and the closing answers with the job's wall time.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 import pandas as pd
@@ -17,7 +19,7 @@ import pandas as pd
 from anchoropt.escape import markdown, mathtext
 from anchoropt.report.context import Context
 from anchoropt.report.figures import COLUMN_WIDTH, PAPER_STYLE, _figure, plot_history, save
-from anchoropt.report.statistics import best_so_far, compare_over_datasets, holm
+from anchoropt.report.statistics import ALPHA, best_so_far, compare_over_datasets, holm
 from anchoropt.report.tables import dataset_name, md_table, num, pval, schedule_name
 
 PARAMS = ("n_anchors", "lr", "anchor_lr")
@@ -194,11 +196,22 @@ def _answers(ctx: Context, tuning: Tuning, best: pd.DataFrame, schedule_test: di
     lines.append(f"2. **One- vs two-stage (tuned, equal budgets).** Two-stage − one-stage test HM over "
                  f"{schedule_test['n_datasets']} datasets: mean Δ {num(schedule_test['mean_diff'])} "
                  f"(95% CI [{num(schedule_test['ci_low'])}, {num(schedule_test['ci_high'])}]), Wilcoxon p "
-                 f"{pval(schedule_test['p'])}.")
+                 f"{pval(schedule_test['p'])}: {verdict(schedule_test, 'two-stage', 'one-stage')}.")
     lines.append("3. **Does tuning help?** Tuned − reference defaults, test HM over datasets: " + "; ".join(
         f"{markdown(schedule_name(r.schedule))}: mean Δ {num(r.mean_diff)} (95% CI [{num(r.ci_low)}, {num(r.ci_high)}], {r.n_datasets} "
-        f"datasets), Wilcoxon p {pval(r.p)}, Holm p {pval(r.p_holm)}" for r in gains.itertuples()) + ".")
+        f"datasets), Wilcoxon p {pval(r.p)}, Holm p {pval(r.p_holm)}: "
+        f"{verdict({'mean_diff': r.mean_diff, 'p': r.p_holm}, 'tuned', 'the defaults')}"
+        for r in gains.itertuples()) + ".")
     return "\n".join(lines)
+
+
+def verdict(test: dict, method: str, other: str) -> str:
+    """The outcome of a paired test in plain words: ``method`` significantly above or below
+    ``other`` (p < ``ALPHA``), or no significant difference (also when there is no p)."""
+    p, diff = test.get("p"), test.get("mean_diff")
+    if p is None or pd.isna(p) or p >= ALPHA or pd.isna(diff):
+        return "no significant difference"
+    return f"{method} significantly {'above' if diff > 0 else 'below'} {other}"
 
 
 def _plot_hm_vs_anchors(trials: pd.DataFrame, path) -> str:
@@ -222,3 +235,49 @@ def _draw_hm_vs_anchors(ax, trials: pd.DataFrame) -> None:
     ax.set_ylabel("HM − defaults' HM\n(points, search objective)")
     ax.legend()
     ax.grid(alpha=0.3)
+
+
+def read_tuning(results: str | Path, methods: list[str], tuned: dict[str, str] | None = None) -> Tuning | None:
+    """The searches of a main job's results folder, as ``anchoropt run`` passes them to the report:
+    ``RESULTS/searches/<schedule>/<dataset>/`` (their ``trials.csv`` and ``summary.json``, written at
+    the end of every search run), so that ``anchoropt report RESULTS`` rebuilds the same sections.
+
+    ``methods``: the methods of the records. ``tuned``: schedule -> tuned method, as the main job
+    recorded it (``RESULTS/job.json``); without it (results of an older anchoropt), the tuned method
+    of a schedule is the record method ending in ``<schedule>_tuned``. The untuned method is the
+    tuned one's name less ``_tuned`` (the main job's naming, ``pipeline.search_per_dataset``).
+    Returns None when ``RESULTS/searches`` holds no finished search or the records lack the tuned
+    and untuned methods of both schedules.
+
+    Raises:
+        ValueError: a search folder whose trials.csv or summary.json does not read (naming it).
+    """
+    root = Path(results) / "searches"
+    folders = sorted(p.parent for p in root.glob("*/*/summary.json")) if root.is_dir() else []
+    trials, searches, importances = [], [], []
+    objectives, schedulers = set(), set()
+    for folder in folders:
+        schedule, dataset = folder.parent.name, folder.name
+        try:
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+            table = pd.read_csv(folder / "trials.csv")
+        except (OSError, ValueError) as err:
+            raise ValueError(f"search {folder}: unreadable trials.csv or summary.json ({err})") from None
+        trials.append(table.assign(schedule=schedule, dataset=dataset))
+        searches.append({"schedule": schedule, "dataset": dataset, "num_trials": summary["num_trials"],
+                         "sampler": summary.get("sampler_as_run") or summary.get("sampler"),
+                         "importances_note": summary.get("importances_note")})
+        importances += [{"schedule": schedule, "dataset": dataset, "param": k, "importance": v}
+                        for k, v in (summary.get("importances") or {}).items()]
+        objectives.add(summary["objective"])
+        schedulers.add(summary.get("scheduler", "none"))
+    schedules = sorted({s["schedule"] for s in searches})
+    if tuned is None:
+        tuned = {s: m for s in schedules for m in methods if m.endswith(f"{s}_tuned")}
+    if set(tuned) != {"one_stage", "two_stage"} or set(tuned) != set(schedules) or \
+            not {*tuned.values(), *(m[:-len("_tuned")] for m in tuned.values())} <= set(methods):
+        return None
+    return Tuning(pd.concat(trials, ignore_index=True), pd.DataFrame(searches),
+                  pd.DataFrame(importances, columns=["schedule", "dataset", "param", "importance"]),
+                  tuned, {s: m[:-len("_tuned")] for s, m in tuned.items()}, "/".join(sorted(objectives)),
+                  "/".join(sorted(schedulers)))

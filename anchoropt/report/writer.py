@@ -4,13 +4,14 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
 from anchoropt.report import sections
 from anchoropt.report.context import check_methods, make_context
 from anchoropt.report.latex import latex_tables
+from anchoropt.report.provenance import provenance_section
 from anchoropt.report.statistics import DEFAULT_HM_CONVENTION, best_so_far
 from anchoropt.report.tuning import Tuning, tuning_sections
 
@@ -20,7 +21,7 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
                  schedules: tuple[str, str] | None = None,
                  hm_convention: str = DEFAULT_HM_CONVENTION,
                  display_names: Mapping[str, str] | None = None, tuning: Tuning | None = None,
-                 pairs: Mapping[str, str] | None = None) -> Path:
+                 pairs: Mapping[str, str] | None = None, job: Mapping[str, Any] | None = None) -> Path:
     """Write report.md, report.html (the same, one self-contained page with the figures inlined),
     tables.tex, CSV tables and PNG figures into ``out_dir`` (created).
 
@@ -35,7 +36,9 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
     (``statistics.HM_CONVENTIONS``). ``display_names``: method -> name printed in tables.tex and
     figures (default ``tables.display_name``). ``pairs``: method -> the base it is compared with
     in the method-matrix section (e.g. ``{"maple_anchoropt": "maple", "maple_atp": "maple"}``).
-    Returns the path of report.md.
+    ``job``: the main job's suite file and wall time for the "Settings and provenance" section
+    (:func:`anchoropt.pipeline.read_job`), which otherwise states the settings, versions and
+    commits the records carry. Returns the path of report.md.
     Raises ValueError for an empty ``df``, missing columns, duplicated (method, dataset, seed),
     records of different settings (``records.check_comparable``), cross-dataset records without
     exactly one source dataset, an unknown HM convention, or a baseline / schedule / pair /
@@ -48,7 +51,7 @@ def write_report(df: pd.DataFrame, out_dir: Path | str, baseline: str | None = N
         check_methods(ctx, [method, base], "pairs")
     if search_histories is not None:
         best_so_far(search_histories)  # raises before any file is written
-    parts = [sections.header(ctx), sections.per_dataset_section(ctx), sections.anchor_section(ctx),
+    parts = [sections.header(ctx), provenance_section(ctx, job), sections.per_dataset_section(ctx), sections.anchor_section(ctx),
              sections.averages_section(ctx), sections.paired_section(ctx), sections.matrix_section(ctx, pairs),
              sections.friedman_section(ctx),
              sections.schedule_section(ctx, schedules, search_histories), sections.positions_section(ctx),

@@ -17,6 +17,7 @@ from typing import Any
 
 from anchoropt.config import MAX_SEED, ConfigError, TrainConfig, make_config
 from anchoropt.errors import brief
+from anchoropt.paths import default_file, shipped_note
 from anchoropt.search.space import SearchSpace, SpaceError, load_space, parse_space
 from anchoropt.yamlio import read_yaml
 
@@ -147,7 +148,9 @@ def read_space(space) -> tuple[SearchSpace, dict, str]:
         raise SearchError("pass the space as a YAML path or mapping, so that it can be stored with the search")
     if isinstance(space, dict):
         return parse_space(space, "<space>"), space, "<space>"
-    path = Path(space).expanduser()
+    path = default_file(space, "spaces")
+    if not path.is_file():
+        raise SearchError(f"search space file not found: {path} ({shipped_note('spaces')})")
     obj = load_space(path)
     return obj, read_yaml(path, mapping=False), str(path.resolve())
 

@@ -331,6 +331,12 @@ def write_dataset(root: Path, d: ToyDataset, seed: int = 0, ds_index: int = 0,
     return ddir
 
 
+def missing_toy(root: Path, names: Sequence[str], seed: int = 0) -> List[str]:
+    """The toy datasets of ``names`` that :func:`make_toy11` would write under ``root`` (not complete
+    on disk); reads, writes nothing. Raises ValueError as :func:`make_toy11` does."""
+    return [n for n in names if not _is_complete(Path(root) / n, get_toy_dataset(n), seed, dict(SPLIT_SIZES))]
+
+
 def make_toy11(root: Path, seed: int = 0, overwrite: bool = False, names: Sequence[str] = None,
                sizes: Dict[str, int] = None) -> List[str]:
     """Write the toy-11 datasets under ``root`` (CoOp layout, see module docstring).

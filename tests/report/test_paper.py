@@ -168,3 +168,42 @@ def test_positions_figure_pools_datasets_into_few_readable_panels():
         ["CoOp+AnchorOPT", "CoOp+AnchorOPT", "CoOp+AnchorOPT", "CoOp+AnchorOPT"]  # one row per method
     for ax in axes:
         assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 5
+
+
+def test_settings_and_provenance_section_from_the_records(tmp_path):
+    """Issue 26: the report never stated the settings that produced it, the versions and commit, or the suite."""
+    import json
+
+    base = {"epochs": 10, "anchor_epochs": 20, "n_ctx": 4, "shots": 16, "lr": 0.002, "schedule": "two_stage",
+            "data_root": "/where/ever", "seed": 0, "dataset": "x"}
+    per_method = {"coop": {"method": "coop"}, "anchoropt_two_stage": {"method": "anchoropt", "n_anchors": 1},
+                  "anchoropt_two_stage_tuned": {"method": "anchoropt"}}
+    for method, extra in per_method.items():
+        for i, dataset in enumerate(("dtd", "eurosat", "ucf101")):
+            cfg = {**base, **extra, "dataset": dataset, "seed": 1}
+            if method.endswith("tuned"):
+                cfg |= {"n_anchors": 2 + i, "lr": 0.001 * (i + 1)}
+            rec = {"record_version": 2, "method": method, "dataset": dataset, "seed": 1, "shots": 16,
+                   "protocol": "base2novel", "tuning": "untuned", "eval_split": "test", "config": cfg,
+                   "metrics": {"acc_base": 70.0 + i, "acc_novel": 60.0, "hm": 2 * (70 + i) * 60 / (130 + i)},
+                   "versions": {"anchoropt": "0.1.0", "commit": "abc123def456", "torch": "2.13.0"},
+                   "created": f"2026-12-06T20:0{i}:00+00:00"}
+            path = tmp_path / "res" / method / dataset / "seed1.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(rec))
+    text = report.write_report(report.load_records(tmp_path / "res"), tmp_path / "out",
+                               job={"suite": "/repo/benchmarks/toy11.yaml", "wall_time_s": 1404.0,
+                                    "invocations": 2}).read_text()
+    section = text[text.index("## Settings and provenance"):text.index("## Per-dataset results")]
+    assert "Suite file: /repo/benchmarks/toy11.yaml" in section
+    assert "Main job wall time: 23.4 min (1404 s)" in section and "over 2 run(s)" in section
+    assert "Records written by anchoropt 0.1.0, git commit abc123def456; torch 2.13.0" in section
+    assert "Report written by anchoropt" in section
+    assert "2026-12-06T20:00:00+00:00 to 2026-12-06T20:02:00+00:00" in section
+    shared = section[section.index("### Settings every run shares"):section.index("### Settings that differ")]
+    for item in ("anchor\\_epochs = 20", "epochs = 10", "n\\_ctx = 4", "shots = 16", "schedule = two\\_stage"):
+        assert item.replace("\\_", "_") in shared.replace("\\_", "_"), item
+    assert "/where/ever" not in section and "n_anchors =" not in shared
+    rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ")}
+    assert "| 1 | 2 … 4 (per dataset) |" in rows["n_anchors"]  # untuned, then tuned (per dataset)
+    assert "0.001 … 0.003 (per dataset)" in rows["lr"] and "| coop |" in rows["method"]
