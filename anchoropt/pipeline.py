@@ -111,15 +111,21 @@ def ensure_toy_data(suite: Suite) -> bool:
     return bool(missing)
 
 
-def prepare_features(suite: Suite, results: Path, objective: str | None, threads: int | None) -> None:
+def prepare_features(suite: Suite, results: Path, objective: str | None, threads: int | None,
+                     gpus_per_trial: float = 0) -> None:
     """Encode every image feature set the searches (``objective``; None: no search) and the
     benchmark cells will read, in this process on ``threads`` cores (default all), before any trial:
-    trials then read them instead of encoding on one core each (:func:`anchoropt.train.encode_features`)."""
+    trials then read them instead of encoding on one core each (:func:`anchoropt.train.encode_features`).
+    Left to the trials when they get GPUs this process does not see (a CPU head node)."""
+    import torch
+
     from anchoropt.benchmark import plan_cells
     from anchoropt.config import make_config
     from anchoropt.suite import method_values
     from anchoropt.train import encode_features
 
+    if gpus_per_trial > 0 and not torch.cuda.is_available():
+        return
     configs = [make_config(cell.config) for cell in plan_cells(suite, results / "cells")]
     if objective is not None:
         configs += [make_config({**method_values(suite, method, dataset)[0], "eval_split": objective})
@@ -302,7 +308,8 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
         check_resources(Resources(cpus_per_trial, gpus_per_trial))
         working = True
         clock.lap(worked=ensure_toy_data(suite))
-        prepare_features(suite, results, objective if search_trials > 0 else None, num_cpus)  # timed with the searches
+        prepare_features(suite, results, objective if search_trials > 0 else None, num_cpus,
+                         gpus_per_trial)  # timed with the searches
         if search_trials > 0:
             suite, _ = search_per_dataset(suite, results, Path(space), search_trials, objective, scheduler,
                                           resources, clock)

@@ -158,7 +158,7 @@ class TextEncoder(nn.Module):
 
 @torch.no_grad()
 def encode_token_ids(encoder: TextEncoder, tokens: torch.Tensor, truncate: bool = True,
-                     batch_size: int = 256, progress: str | None = None) -> torch.Tensor:
+                     batch_size: int = 32, progress: str | None = None) -> torch.Tensor:
     """Text features ``[N, embed_dim]`` (not normalised) of tokenised texts, as CLIP's ``encode_text``.
 
     Args:
@@ -167,7 +167,9 @@ def encode_token_ids(encoder: TextEncoder, tokens: torch.Tensor, truncate: bool 
         truncate: sort the texts by EOS position and cut each batch after its longest EOS: exact
             under the causal mask (module docstring), and a text of 20 tokens costs 20 positions,
             not 77.
-        batch_size: texts per forward pass.
+        batch_size: texts per forward pass; small batches of similar lengths cost about the mean
+            length, not the longest (Pets' CuPL sentences, 19 classes x 10: 4406 positions in
+            batches of 32, 7030 in one batch, 14630 uncut).
         progress: label of a progress bar over the batches (tqdm, shown on a terminal); None: no bar.
     """
     from tqdm.auto import tqdm

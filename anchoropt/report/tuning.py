@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import pandas as pd
 
 from anchoropt.escape import markdown, mathtext
@@ -231,6 +232,7 @@ def _draw_hm_vs_anchors(ax, trials: pd.DataFrame) -> None:
         ax.scatter(g["n_anchors"].astype(float) + offset, g["hm"].to_numpy() - ref, s=12, alpha=0.6,
                    label=mathtext(schedule_name(schedule)), color=f"C{i}")
     ax.axhline(0, color="grey", lw=0.8)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("anchors N")
     ax.set_ylabel("HM − defaults' HM\n(points, search objective)")
     ax.legend()

@@ -133,7 +133,9 @@ def ours(args, work: Path, layout: tuple, toy: str, method: str, seed: int) -> d
     else:
         cfg = load_config(overrides={**common, "method": "anchoropt", "schedule": "two_stage", "n_ctx": 4,
                                      "n_anchors": 1, "ce_weight": 100.0, "kd_weight": 1000.0, "kd_temperature": 1.0,
-                                     "mse_weight": 1.0, "anchor_epochs": args.anchor_epochs, "n_descriptions": 10})
+                                     "mse_weight": 1.0, "anchor_epochs": args.anchor_epochs, "n_descriptions": 10,
+                                     # the reference's two behaviours this project departs from by default
+                                     "position_eval": "sample", "eos_index": "reference"})
     record = train(cfg)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record))
@@ -157,10 +159,14 @@ def table(rows: list[dict]) -> str:
         for metric in ("base", "novel", "hm"):
             ref = np.array([r[f"ref_{metric}"] for r in group])
             our = np.array([r[f"our_{metric}"] for r in group])
-            test = ttest_ind(our, ref, equal_var=False)
-            lines.append(f"| {key[0]} | {key[1]} | {len(group)} | {metric} | {ref.mean():.2f} ({ref.std(ddof=1):.2f}) | "
-                         f"{our.mean():.2f} ({our.std(ddof=1):.2f}) | {our.mean() - ref.mean():+.2f} | "
-                         f"{test.statistic:.2f} | {test.pvalue:.3f} |")
+            if len(group) < 2:  # Welch's test and standard deviations need two seeds or more
+                sd_ref = sd_our = t = pvalue = "-"
+            else:
+                test = ttest_ind(our, ref, equal_var=False)
+                sd_ref, sd_our = f"{ref.std(ddof=1):.2f}", f"{our.std(ddof=1):.2f}"
+                t, pvalue = f"{test.statistic:.2f}", f"{test.pvalue:.3f}"
+            lines.append(f"| {key[0]} | {key[1]} | {len(group)} | {metric} | {ref.mean():.2f} ({sd_ref}) | "
+                         f"{our.mean():.2f} ({sd_our}) | {our.mean() - ref.mean():+.2f} | {t} | {pvalue} |")
     return "\n".join(lines)
 
 
