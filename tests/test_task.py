@@ -123,7 +123,7 @@ def test_benchmark_writes_a_record_per_scored_dataset_and_reports_targets(xd_roo
     assert all(r["protocol"] == "cross_dataset" and set(r["metrics"]) <= {"acc", "acc_anchor"} for r in records)
     assert run_benchmark(suite, results) == {"done": 0, "failed": 0, "skipped": 6}
     report = write_report(load_records(results), tmp_path / "report", baseline="coop").read_text()
-    assert "trained on every class of **eurosat**" in report and "eurosat (source)" in report
+    assert "trained on every class of **EuroSAT**" in report and "EuroSAT (source)" in report  # display names
     assert "Over all 1 target datasets" in report and "mean Δ target accuracy" in report
 
 

@@ -16,6 +16,7 @@ from anchoropt.report.statistics import ALPHA, posthocs
 MIN_BAR = 0.3  # rank units
 #: widths of a two-column paper (inches; CVPR: 3.25 / 6.875, IEEE: 3.5 / 7.16): one column, the full text
 COLUMN_WIDTH, TEXT_WIDTH = 3.3, 6.9
+MAX_HEIGHT = 8.8  # inches: a page's text height, less room for the caption
 DPI = 300
 # font sizes (points) that stay legible when a figure is printed at COLUMN_WIDTH or TEXT_WIDTH
 PAPER_STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,
@@ -56,9 +57,12 @@ def cd_figure(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, label: str):
                  fontsize=8, pad=20)
     # the method labels hang outside the axes at a fixed font size: narrow the axes by their overhang
     # so that the saved (cropped) figure is TEXT_WIDTH wide at most
-    width = fig.get_tightbbox(fig.canvas.get_renderer()).width
-    if width > TEXT_WIDTH:
-        fig.set_size_inches(max(2.0, 2 * TEXT_WIDTH - width), fig.get_size_inches()[1])
+    for _ in range(4):  # the overhang changes a little with the width: converge in a few steps
+        width = fig.get_tightbbox(fig.canvas.get_renderer()).width
+        if width <= TEXT_WIDTH:
+            break
+        fig.set_size_inches(max(2.0, fig.get_size_inches()[0] - (width - TEXT_WIDTH) - 0.05),
+                            fig.get_size_inches()[1])
     return fig, artists
 
 
@@ -159,7 +163,9 @@ def positions_figure(positions: pd.DataFrame, names: dict[str, str]):
         cols = min(4, len(pooled))
         places = [divmod(i, cols) for i in range(len(pooled))]
     rows = places[-1][0] + 1 if per_method == 1 else len(methods)
-    panel = min(1.15, (TEXT_WIDTH - 1.3) / cols)  # inches; the rest holds the row labels and the colour bar
+    # inches; the rest of the width holds the row labels and the colour bar, and the figure stays
+    # within a page's text height (MAX_HEIGHT)
+    panel = max(0.5, min(1.15, (TEXT_WIDTH - 1.3) / cols, (MAX_HEIGHT - 0.3) / rows - 0.5))
     fig = Figure(figsize=(TEXT_WIDTH, rows * (panel + 0.5) + 0.3), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)

@@ -39,7 +39,7 @@ def header(ctx: Context) -> str:
         return ctx.md(", ".join(sorted({str(v) for v in sub[col] if v is not None and not pd.isna(v)}))
                       or "not recorded")
     protocol = (f"Protocol: {ctx.protocol}." if ctx.source is None else
-                f"Protocol: cross_dataset: trained on every class of **{ctx.md(ctx.source)}** (the source), scored on all "
+                f"Protocol: cross_dataset: trained on every class of **{ctx.md(dataset_name(ctx.source))}** (the source), scored on all "
                 f"classes of the source and of {len(ctx.scored)} target datasets; averages and tests use the "
                 "targets only.")
     setting = (f"Setting (the same for every record; records that differ are refused): shots "

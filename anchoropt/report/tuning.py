@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import pandas as pd
 
 from anchoropt.escape import markdown, mathtext
@@ -261,6 +262,7 @@ def _draw_hm_vs_anchors(ax, trials: pd.DataFrame) -> None:
             ax.scatter(x[~done], (g["hm"].to_numpy() - ref)[~done], s=12, alpha=0.6, facecolors="none",
                        edgecolors=f"C{i}", label=f"{name} stopped early")
     ax.axhline(0, color="grey", lw=0.8)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("anchors N")
     ax.set_ylabel("HM − defaults' HM\n(points, search objective)")
     ax.legend()
