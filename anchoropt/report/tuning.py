@@ -159,11 +159,7 @@ def _search_section(ctx: Context, tuning: Tuning, best: pd.DataFrame) -> str:
            f"that could have been picked (`p_vs_default`): the best beats the defaults in {verdicts} searches "
            "(`beats_default`; empty where the best is trial 0 or no test could be made).", ""] if verdicts else []),
         md_table(shown.drop(columns=["best_trial"], errors="ignore")), "", ctx.csv(best, "search_best.csv"), "",
-        "### HM against the number of anchors, all datasets", "",
-        "Every trial with an HM, its HM minus its search's trial-0 (defaults) HM, so that datasets of different "
-        "difficulty share one axis: completed trials filled, trials stopped early hollow (their HM is of fewer "
-        "epochs; they are never best); failed trials have no HM and are left out.", "",
-        _plot_hm_vs_anchors(tuning.trials, ctx.out_dir / "hm_vs_anchors.png"), "",
+        *_anchors_subsection(ctx, tuning),
         "### Parameter importances pooled over datasets", "",
         "Mean Optuna PED-ANOVA importance over the searches where it could be estimated "
         f"({len(s) - len(no_imp)} of {len(s)}; the others: "
@@ -238,6 +234,18 @@ def verdict(test: dict, method: str, other: str) -> str:
     if p is None or pd.isna(p) or p >= ALPHA or pd.isna(diff):
         return "no significant difference"
     return f"{method} significantly {'above' if diff > 0 else 'below'} {other}"
+
+
+def _anchors_subsection(ctx: Context, tuning: Tuning) -> list[str]:
+    """The HM-against-anchors figure and its caption; nothing where the space did not search
+    ``n_anchors`` (a figure of one x value says nothing)."""
+    if "n_anchors" not in tuning.trials or tuning.trials["n_anchors"].nunique() < 2:
+        return []
+    return ["### HM against the number of anchors, all datasets", "",
+            "Every trial with an HM, its HM minus its search's trial-0 (defaults) HM, so that datasets of different "
+            "difficulty share one axis: completed trials filled, trials stopped early hollow (their HM is of fewer "
+            "epochs; they are never best); failed trials have no HM and are left out.", "",
+            _plot_hm_vs_anchors(tuning.trials, ctx.out_dir / "hm_vs_anchors.png"), ""]
 
 
 def _plot_hm_vs_anchors(trials: pd.DataFrame, path) -> str:

@@ -30,13 +30,14 @@ def _records(seeds=(1, 2, 3)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _tuning() -> Tuning:
+def _tuning(params=("n_anchors", "lr", "anchor_lr")) -> Tuning:
     rng = np.random.default_rng(1)
     trials = pd.DataFrame([{"schedule": sched, "dataset": d, "trial": t, "status": "complete",
                             "hm": 60 + t * (1 if sched == "two_stage" else 0.5) + rng.uniform(0, 1),
                             "origin": "sampler", "wall_time_s": 3.0, "n_anchors": int(rng.integers(1, 8)),
                             "lr": 0.002, "anchor_lr": 0.002}
                            for sched in ("one_stage", "two_stage") for d in DATASETS for t in range(4)])
+    trials = trials.drop(columns=[p for p in ("n_anchors", "lr", "anchor_lr") if p not in params])
     searches = pd.DataFrame([{"schedule": s, "dataset": d, "num_trials": 4, "sampler": "TPESampler",
                               "importances_note": None} for s in ("one_stage", "two_stage") for d in DATASETS])
     importances = pd.DataFrame(columns=["schedule", "dataset", "param", "importance"])
@@ -58,8 +59,8 @@ def saved(monkeypatch):
     return figs
 
 
-def _write(tmp_path, **kw):
-    return report.write_report(_records(), tmp_path, baseline="coop", tuning=_tuning(),
+def _write(tmp_path, tuning=None, **kw):
+    return report.write_report(_records(), tmp_path, baseline="coop", tuning=tuning or _tuning(),
                                schedules=("coop_anchoropt_one_stage_tuned", "coop_anchoropt_two_stage_tuned"),
                                **kw).read_text()
 
@@ -207,3 +208,11 @@ def test_settings_and_provenance_section_from_the_records(tmp_path):
     rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ")}
     assert "| 1 | 2 … 4 (per dataset) |" in rows["n_anchors"]  # untuned, then tuned (per dataset)
     assert "0.001 … 0.003 (per dataset)" in rows["lr"] and "| coop |" in rows["method"]
+
+
+def test_a_space_without_n_anchors_gets_a_report_without_the_anchors_figure(tmp_path):
+    """A main job whose --space searched lr only crashed the report (KeyError 'n_anchors')."""
+    text = _write(tmp_path, tuning=_tuning(params=("lr",)))
+    assert "HM against the number of anchors" not in text and not (tmp_path / "hm_vs_anchors.png").exists()
+    assert "## Anchor count and learning rates" in text
+    assert "HM against the number of anchors" in _write(tmp_path / "with")
