@@ -99,6 +99,18 @@ class AnchorFile:
                 "file_epoch": self.epoch}
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of the anchor file at ``path``: what a result trained with it depends on.
+
+    Raises:
+        ConfigError: one line naming the file where it cannot be read.
+    """
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as e:
+        raise ConfigError(f"anchors={path}: cannot read the file ({e.strerror or e})") from None
+
+
 def read_anchor_file(path: str | Path) -> AnchorFile:
     """Read anchors ``[N, d]`` from a Dassl anchor checkpoint (``state_dict.anchor_ctx_1``) or one of
     this project's files (``anchors``), without running code from the file (module docstring).
@@ -109,11 +121,7 @@ def read_anchor_file(path: str | Path) -> AnchorFile:
             payload), no anchors in it, or anchors that are not a finite ``[N, d]`` tensor.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"anchors={path}: cannot read the file ({e.strerror or e})") from None
-    sha256 = hashlib.sha256(data).hexdigest()
+    sha256 = file_sha256(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RESTRICTED)
     except pickle.UnpicklingError as e:

@@ -99,10 +99,15 @@ def plan_cells(suite: Suite, results: str | Path) -> list[Cell]:
 def cell_identity(cell: Cell, fingerprints: dict[tuple[str, str], str]) -> dict[str, Any]:
     """What a cell's result depends on: its config (less :data:`NOT_IDENTITY`), the method name,
     what tuned the config, the anchoropt version, and the fingerprint of every dataset it trains
-    or scores on (``fingerprints[(data_root, dataset)]``, :func:`check_data`)."""
-    return {"method": cell.method, "tuning": cell.tuning, "anchoropt": anchoropt.__version__,
-            "config": {k: v for k, v in cell.config.items() if k not in NOT_IDENTITY},
-            "data": {d: fingerprints[(cell.config["data_root"], d)] for d in cell.record_paths}}
+    or scores on (``fingerprints[(data_root, dataset)]``, :func:`check_data`); with ``anchors=<file>``,
+    the file's sha256 too (the path alone would let edited anchors reuse a stale result)."""
+    identity = {"method": cell.method, "tuning": cell.tuning, "anchoropt": anchoropt.__version__,
+                "config": {k: v for k, v in cell.config.items() if k not in NOT_IDENTITY},
+                "data": {d: fingerprints[(cell.config["data_root"], d)] for d in cell.record_paths}}
+    if cell.config.get("anchors"):
+        from anchoropt.anchor_file import file_sha256  # imports torch, which the benchmark driver need not
+        identity["anchors_sha256"] = file_sha256(cell.config["anchors"])
+    return identity
 
 
 def identity_change(old: dict | None, new: dict) -> str:
@@ -115,6 +120,8 @@ def identity_change(old: dict | None, new: dict) -> str:
                 if old.get(part) != new[part]]
     changes += [f"dataset {d} has other files or classes" for d, fp in new["data"].items()
                 if (old.get("data") or {}).get(d) != fp]
+    if old.get("anchors_sha256") != new.get("anchors_sha256"):
+        changes.append(f"anchors file {brief(new['config'].get('anchors'))} has other contents")
     return ", ".join(changes) or "another identity"
 
 

@@ -178,3 +178,22 @@ def test_full_space_searches_the_stage1_keys():
     space = load_space(REPO_ROOT / "search_spaces" / "full.yaml")
     names = {p.name for p in space.params}
     assert {"stage1_ce_weight", "stage1_mode", "stage1_prompt_ce_weight"} <= names
+
+
+def test_a_cells_identity_holds_its_anchor_files_contents(tmp_path):
+    """Issue 23: the anchor file's sha256 keys a result, so edited anchors at the same path never
+    reuse a stale record (the benchmark refuses, naming the file)."""
+    from anchoropt.benchmark import Cell, cell_identity, identity_change
+
+    path = tmp_path / "anchors.pt"
+    torch.save({"anchors": torch.zeros(2, 8)}, path)
+    cell = Cell("anchoropt", "eurosat", 1, {"data_root": "/d", "anchors": str(path), "epochs": 5},
+                {"eurosat": "x.json"}, "untuned")
+    before = cell_identity(cell, {("/d", "eurosat"): "fp"})
+    assert before["anchors_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    torch.save({"anchors": torch.ones(2, 8)}, path)
+    after = cell_identity(cell, {("/d", "eurosat"): "fp"})
+    assert after != before and "anchors file" in identity_change(before, after)
+    path.unlink()
+    with pytest.raises(ConfigError, match="anchors=.*anchors.pt: cannot read"):
+        cell_identity(cell, {("/d", "eurosat"): "fp"})
