@@ -51,7 +51,7 @@ def test_search_prints_one_bar_and_the_summary_only(searched):
     out, _, proc = searched
     text = proc.stdout + proc.stderr
     lines = [ln for ln in text.split("\n") if ln.strip()]  # a bar redraws with \r on one line
-    assert len(lines) <= 5, text
+    assert len(lines) <= 6, text  # bar, summary (best HM, its verdict against the defaults, file, reproducibility)
     bar = [ln for ln in lines if "trials |" in ln]
     assert len(bar) == 1 and "2/2 trials" in bar[0].split("\r")[-1] and "best HM" in bar[0], text
     assert "[" in bar[0] and "<" in bar[0]  # elapsed<ETA
@@ -134,7 +134,7 @@ def test_search_show_summarises_without_rewriting(searched, capsys):
     code, stdout, _ = _main(capsys, "search", "show", str(out))
     assert code == 0
     assert f"search {out}: 2/2 trials done" in stdout and "best HM" in stdout
-    assert "trials by HM (top 2 of 2)" in stdout and "n_anchors" in stdout
+    assert "trials by HM, completed first" in stdout and "top 2 of 2" in stdout and "n_anchors" in stdout
     assert {p: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before
     code, _, stderr = _main(capsys, "search", "show", str(out.parent))
     assert code == 2 and stderr.count("\n") == 1 and "not a search folder" in stderr
