@@ -52,7 +52,7 @@ def test_search_where_every_trial_failed_exits_non_zero(tiny_cfg, tmp_path):
 
 @pytest.mark.ray
 def test_ctrl_c_stops_a_search_with_exit_130_and_says_how_to_resume(tiny_cfg, tmp_path):
-    cmd = _cli_search(tmp_path, tiny_cfg, COOP_SPACE, 4, epochs=20)
+    cmd = _cli_search(tmp_path, tiny_cfg, COOP_SPACE, 4, epochs=80)  # mid-search when Ctrl-C comes, not in teardown
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     ledger = tmp_path / "s" / "results.jsonl"
     deadline = time.time() + 300
@@ -98,8 +98,8 @@ def test_ctrl_c_stops_the_main_job_before_the_next_step(tmp_path, eurosat_root):
     from tests.helpers import write_suite
 
     suite = write_suite(tmp_path, eurosat_root, seeds=(1,), methods={
-        "one": {"method": "anchoropt", "schedule": "one_stage", "epochs": 20},
-        "two": {"method": "anchoropt", "schedule": "two_stage", "epochs": 20}},
+        "one": {"method": "anchoropt", "schedule": "one_stage", "epochs": 80},
+        "two": {"method": "anchoropt", "schedule": "two_stage", "epochs": 80}},
         extra={"schedule_methods": {"one_stage": "one", "two_stage": "two"}})
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}))
