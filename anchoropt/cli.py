@@ -498,6 +498,10 @@ def _on_sigterm(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        # Ctrl-C must stop every command resumably even when the parent left SIGINT ignored or
+        # blocked (inherited across exec, e.g. from a process that had started Ray)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         _main(sys.argv[1:] if argv is None else argv)
     except BrokenPipeError:  # the reader went away (``anchoropt ... | head``): stop quietly, as cat does
