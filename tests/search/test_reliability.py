@@ -134,7 +134,8 @@ def test_interrupted_and_resumed_search_draws_the_trials_of_an_uninterrupted_one
     whole.mkdir(), cut.mkdir()
     done = subprocess.run(_cli_search(whole, tiny_cfg, COOP_SPACE, 4), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen(_cli_search(cut, tiny_cfg, COOP_SPACE, 4, epochs=2), stdout=subprocess.PIPE,
+    # 120-epoch trials: Ctrl-C lands in the third trial, not after a fast search already finished
+    proc = subprocess.Popen(_cli_search(cut, tiny_cfg, COOP_SPACE, 4, epochs=120), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     ledger = cut / "s" / "results.jsonl"
     deadline = time.time() + 600
@@ -144,6 +145,7 @@ def test_interrupted_and_resumed_search_draws_the_trials_of_an_uninterrupted_one
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     err = interrupt(proc)
     assert proc.returncode == 130, err[-2000:]
+    assert "finished" not in json.loads((cut / "s" / "search.json").read_text())["runs"][-1]  # stopped mid-run
     resumed = subprocess.run([sys.executable, "-m", "anchoropt.cli", "search", "--resume", str(cut / "s")],
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
