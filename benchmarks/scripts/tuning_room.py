@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/scripts/tuning_room.py knobs --results results/toy11 --datasets toy_shape,toy_colour
     python benchmarks/scripts/tuning_room.py noise --results results/toy11 --datasets toy_shape,toy_colour
+    python benchmarks/scripts/tuning_room.py oracle --results results/toy11 --table results/toy11/val_vs_test.csv \
+        --seeds 2,3,4
 
 ``knobs``: one knob at a time away from the suite's defaults (``benchmarks/toy11.yaml``'s config,
 CoOp+AnchorOPT two-stage), each value trained on ``--seeds`` and scored on the test images; per
@@ -15,7 +17,15 @@ each scored with the val objective under every option of ``OPTIONS`` (its HM, HM
 and the seconds one trial takes) and once on the test images (seed 1); prints per option the mean
 SE, the mean trial time relative to the plain objective, and the mean within-dataset Spearman rho
 between that val objective and test HM. Writes ``noise.csv``.
-Both run in this process (no Ray), one thread.
+``oracle``: can any configuration of the main job's searches beat the defaults on test HM? Per search
+(``--results``' ``searches/<schedule>/<dataset>/``), the trial with the highest test HM in ``--table``
+(``val_vs_test.py``'s CSV, test seed 1: an oracle that looks at test labels) and trial 0 (the defaults)
+are retrained on the fresh ``--seeds`` and scored on the test images. Per schedule: oracle − defaults
+test HM (HM of the seed-averaged accuracies) over datasets, with the report's bootstrap CI and
+Wilcoxon p (``anchoropt.report.statistics.compare_over_datasets``), beside the same gain on seed 1
+(where the oracle was picked, biased upwards) and the seed-to-seed SD of the defaults' test HM.
+Writes ``--out`` (default RESULTS/oracle.csv; one row per run).
+Each runs in this process (no Ray), one thread.
 """
 from __future__ import annotations
 
@@ -106,25 +116,83 @@ def noise(args) -> pd.DataFrame:
     return table
 
 
+def oracle(args) -> pd.DataFrame:
+    """The ``oracle`` runs (module docstring); prints :func:`oracle_summary`."""
+    from val_vs_test import changes, test_accs, trial_configs
+
+    table = pd.read_csv(args.table)
+    trials = {(s, d, int(row["trial"])): (row["params"], base)
+              for s, d, row, base in trial_configs(args.results, changes=changes(args.set))}
+    rows = []
+    for (schedule, dataset), g in table.groupby(["schedule", "dataset"]):
+        if args.datasets and dataset not in args.datasets:
+            continue
+        picks = {"defaults": 0, "oracle": int(g.loc[g["test_hm"].idxmax(), "trial"])}
+        for which, trial in picks.items():
+            params, base = trials[(schedule, dataset, trial)]
+            for seed in args.seeds:
+                start = time.time()
+                (acc_base, acc_novel), = test_accs(base, params, [seed])
+                rows.append({"schedule": schedule, "dataset": dataset, "which": which, "trial": trial, "seed": seed,
+                             "acc_base": acc_base, "acc_novel": acc_novel, "seconds": time.time() - start})
+                print(rows[-1], flush=True)
+    runs = pd.DataFrame(rows)
+    runs.to_csv(args.out or args.results / "oracle.csv", index=False)
+    print("\n".join(oracle_summary(runs, table)))
+    return runs
+
+
+def oracle_summary(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """Lines per schedule: oracle − defaults test HM on the fresh seeds of ``runs`` (``oracle``'s rows)
+    over datasets (mean, 95% bootstrap CI, Wilcoxon p, nonzero differences), the same gain on ``table``'s
+    seed (where the oracle was chosen), how many oracles are trial 0, and the mean over datasets of the
+    defaults' seed-to-seed SD of test HM (one seed's HM, points)."""
+    from anchoropt.metrics import harmonic_mean
+    from anchoropt.report.statistics import compare_over_datasets
+
+    runs = runs.assign(hm=[harmonic_mean(b, n) for b, n in zip(runs["acc_base"], runs["acc_novel"])])
+    lines = []
+    for schedule, r in runs.groupby("schedule"):
+        mean = r.groupby(["dataset", "which"])[["acc_base", "acc_novel"]].mean()
+        hm = pd.Series([harmonic_mean(b, n) for b, n in mean.to_numpy()], index=mean.index).unstack("which")
+        c = compare_over_datasets(hm, "oracle", "defaults")
+        t = table[(table["schedule"] == schedule) & table["dataset"].isin(hm.index)]
+        seen = t.groupby("dataset")["test_hm"].max() - t[t["trial"] == 0].set_index("dataset")["test_hm"]
+        picked = r[r["which"] == "oracle"].groupby("dataset")["trial"].first()
+        sd = r[r["which"] == "defaults"].groupby("dataset")["hm"].std().mean()
+        lines.append(
+            f"{schedule}: oracle − defaults test HM on seeds {','.join(str(s) for s in sorted(r['seed'].unique()))}: mean {c['mean_diff']:+.2f} "
+            f"(95% CI [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]), Wilcoxon p {c['p']:.2g} over {c['n_datasets']} "
+            f"datasets ({c['n_nonzero']} nonzero); on the seed it was chosen on {seen.mean():+.2f}; oracle is trial 0 "
+            f"on {(picked == 0).sum()}; defaults' seed-to-seed SD of test HM {sd:.2f}")
+    return lines
+
+
 def main() -> None:
     import torch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("knobs", "noise"))
+    p.add_argument("what", choices=("knobs", "noise", "oracle"))
     p.add_argument("--results", type=Path, default=Path("results/tuning_room"))
     p.add_argument("--data-root", default="data/toy11")
-    p.add_argument("--datasets", default="toy_shape,toy_colour,toy_count,toy_layout")
+    p.add_argument("--datasets", default=None,
+                   help="comma-separated (default toy_shape,toy_colour,toy_count,toy_layout; oracle: every search's)")
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--configs", type=int, default=5)
     p.add_argument("--knobs", default=",".join(KNOBS), help="knobs: which (default all of KNOBS)")
+    p.add_argument("--table", type=Path, help="oracle: val_vs_test.py's CSV of the searches in --results")
+    p.add_argument("--out", type=Path, help="oracle: its CSV (default RESULTS/oracle.csv)")
+    p.add_argument("--set", default="", help="oracle: key=value,... applied to every trial's configuration")
     p.add_argument("--space", default=str(Path(__file__).resolve().parents[2] / "search_spaces" / "anchors.yaml"))
     args = p.parse_args()
-    args.datasets = args.datasets.split(",")
+    args.datasets = (args.datasets.split(",") if args.datasets else
+                     [] if args.what == "oracle" else ["toy_shape", "toy_colour", "toy_count", "toy_layout"])
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.knobs = args.knobs.split(",")
-    args.results.mkdir(parents=True, exist_ok=True)
+    if args.what != "oracle":  # oracle reads the main job's folder and writes only --out
+        args.results.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    {"knobs": knobs, "noise": noise}[args.what](args)
+    {"knobs": knobs, "noise": noise, "oracle": oracle}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ HM, the trial's configuration (``search.json``'s base updated by the trial's par
 with ``eval_split=test`` for each of ``--seeds`` in this process (no Ray; the search's seed is 1) and
 scored on the base and novel test images; test HM is the HM of the seed-averaged accuracies (the
 report's convention). Test labels are read here only, after the searches: nothing flows back.
+``--set key=value,...`` changes every trial's configuration, e.g. ``cache_dir=results/cache`` to read
+another checkout's searches (``search.json`` stores absolute paths) without writing into its cache.
 
 Printed: Spearman rho (scipy.stats.spearmanr) over all trials pooled, over completed trials only, and
 the mean of the within-search correlations (what selection inside one search depends on), with the
@@ -26,28 +28,42 @@ import pandas as pd
 from scipy import stats
 
 
-def trial_configs(results: Path, schedule: str = "*"):
-    """(schedule, dataset, ledger row, base config) of every finished trial with an HM."""
+def trial_configs(results: Path, schedule: str = "*", changes: dict | None = None):
+    """(schedule, dataset, ledger row, base config updated by ``changes``) of every finished trial with
+    an HM."""
     from anchoropt.search.ledger import read_results
 
     for search in sorted((results / "searches").glob(f"{schedule}/*/search.json")):
         spec = json.loads(search.read_text())
         for row in read_results(search.parent):
             if row.get("hm") is not None and row["status"] in ("complete", "stopped"):
-                yield search.parent.parent.name, search.parent.name, row, spec["base"]
+                yield search.parent.parent.name, search.parent.name, row, {**spec["base"], **(changes or {})}
 
 
-def test_hm(base: dict, params: dict, seeds: list[int]) -> tuple[float, float, float]:
-    """(test HM of the seed-averaged accuracies, mean base acc, mean novel acc), percent."""
+def changes(text: str) -> dict:
+    """``--set``'s ``key=value,...`` as a dict (``anchoropt.config.parse_overrides``)."""
+    from anchoropt.config import parse_overrides
+
+    return parse_overrides([o for o in text.split(",") if o])
+
+
+def test_accs(base: dict, params: dict, seeds: list[int]) -> list[tuple[float, float]]:
+    """(base acc, novel acc) on the test images, percent, of ``base`` updated by ``params``, per seed."""
     from anchoropt.config import make_config
-    from anchoropt.metrics import harmonic_mean
     from anchoropt.train import train
 
     accs = []
     for seed in seeds:
-        cfg = make_config({**base, **params, "eval_split": "test", "seed": seed}, source="trial")
-        m = train(cfg)["metrics"]
+        m = train(make_config({**base, **params, "eval_split": "test", "seed": seed}, source="trial"))["metrics"]
         accs.append((m["acc_base"], m["acc_novel"]))
+    return accs
+
+
+def test_hm(base: dict, params: dict, seeds: list[int]) -> tuple[float, float, float]:
+    """(test HM of the seed-averaged accuracies, mean base acc, mean novel acc), percent."""
+    from anchoropt.metrics import harmonic_mean
+
+    accs = test_accs(base, params, seeds)
     b = sum(a for a, _ in accs) / len(accs)
     n = sum(a for _, a in accs) / len(accs)
     return harmonic_mean(b, n), b, n
@@ -92,6 +108,8 @@ def main() -> None:
     p.add_argument("--val-options", default=None,
                    help="rescore every trial on val instead (no test images): key=value,... of val options "
                         "('' for the plain objective at full epochs), e.g. val_folds=4")
+    p.add_argument("--set", default="", help="key=value,... applied to every trial's configuration, "
+                                             "e.g. cache_dir=results/cache")
     p.add_argument("--tables", type=Path, nargs="*", default=[],
                    help="CSVs written before (e.g. one per --schedule): only join them and print the correlations")
     args = p.parse_args()
@@ -106,16 +124,15 @@ def main() -> None:
     rows = []
     only = set(filter(None, args.datasets.split(",")))
     if args.val_options is not None:
-        from anchoropt.config import parse_overrides
-        options = parse_overrides([o for o in args.val_options.split(",") if o])
-        for schedule, dataset, row, base in trial_configs(args.results, args.schedule):
+        options = changes(args.val_options)
+        for schedule, dataset, row, base in trial_configs(args.results, args.schedule, changes(args.set)):
             if not only or dataset in only:
                 rows.append({"schedule": schedule, "dataset": dataset, "trial": row["trial"],
                              "option": args.val_options or "plain", **val_hm(base, row["params"], options)})
                 print(rows[-1], flush=True)
         pd.DataFrame(rows).to_csv(out, index=False)
         return
-    for schedule, dataset, row, base in trial_configs(args.results, args.schedule):
+    for schedule, dataset, row, base in trial_configs(args.results, args.schedule, changes(args.set)):
         if only and dataset not in only:
             continue
         hm, b, n = test_hm(base, row["params"], seeds)
