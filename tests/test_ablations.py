@@ -116,3 +116,20 @@ def test_ablation_suite_changes_one_key_per_method():
                 assert len(diff) == 1, (method, dataset, diff)
                 changed[method] = diff.pop()
     assert set(changed.values()) == {"anchor_source", "position_matrix", "kd_weight", "novel_rule", "n_anchors"}
+
+
+def test_ablation_suites_full_method_is_the_best_stage1_variant():
+    """Issue 23: the ablations run with the Stage I variant that scored best in
+    benchmarks/toy11_stage1.yaml (reports/toy11_stage1: stage1_ce, stage1_ce_weight 1), settings
+    and all, so the ablation report's full method is that suite's stage1_ce cell."""
+    from anchoropt.config import make_config
+    from anchoropt.suite import load_suite, method_values
+    from tests.helpers import REPO_ROOT
+
+    ablations = load_suite(REPO_ROOT / "benchmarks" / "toy11_ablations.yaml")
+    stage1 = load_suite(REPO_ROOT / "benchmarks" / "toy11_stage1.yaml")
+    assert ablations.datasets == stage1.datasets and ablations.seeds == stage1.seeds
+    for dataset in ablations.datasets:
+        full = make_config(method_values(ablations, "anchoropt", dataset)[0]).to_dict()
+        best = make_config(method_values(stage1, "stage1_ce", dataset)[0]).to_dict()
+        assert full == best and full["stage1_ce_weight"] == 1
