@@ -190,6 +190,13 @@ def positions_figure(positions: pd.DataFrame, names: dict[str, str]):
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=min(0.8, 2.5 / fig.get_size_inches()[1]),
                  label="share of runs")
     fig.supxlabel("token (V: soft tokens, A: anchors)", fontsize=7)
+    # a square panel in a cell taller than wide is shrunk after the layout, and constrained layout
+    # counts the slack as room for the titles (they then overlap the tick labels of the row above):
+    # take the slack out of the figure's height
+    fig.draw_without_rendering()
+    slack = max(ax.get_position(original=True).height - ax.get_position().height for ax in panels)
+    if slack > 0:
+        fig.set_figheight(fig.get_figheight() * (1 - rows * slack))
     return fig, panels
 
 

@@ -171,6 +171,35 @@ def test_positions_figure_pools_datasets_into_few_readable_panels():
         assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 5
 
 
+def test_positions_figure_titles_clear_the_tick_labels_of_the_row_above():
+    """Issue 23: in the ablation suite's positions.png (seven methods, N = 1, 2 and 4: two rows of
+    four square panels) the second row's titles overlapped the first row's token labels, because
+    equal-aspect panels shorter than their layout cell leave slack that constrained layout counts
+    as room for the titles."""
+    rng = np.random.default_rng(0)
+    rows = [{"method": method, "dataset": f"toy_dataset_{i}", "n_seeds": 3, "seeds": "1 2 3", "n_ctx": 4,
+             "share": rng.dirichlet(np.ones(4 + n), size=4 + n)}
+            for method, n in (("anchoropt", 1), ("anchors_random", 1), ("anchors_word", 1), ("kd_off", 1),
+                              ("n_anchors_2", 2), ("n_anchors_4", 4), ("novel_prompt", 1))
+            for i in range(11)]
+    with matplotlib.rc_context(figures.PAPER_STYLE):
+        fig, axes = figures.positions_figure(pd.DataFrame(rows), {m: display_name(m) for m in dict.fromkeys(
+            r["method"] for r in rows)})
+        fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert len(axes) == 7 and fig.get_size_inches()[0] <= figures.TEXT_WIDTH
+    for ax in axes:
+        title = ax.title.get_window_extent(renderer)
+        for other in axes:
+            texts = [other.title, *other.get_xticklabels(), *other.get_yticklabels()] if other is not ax else \
+                [*other.get_xticklabels(), *other.get_yticklabels()]
+            for text in texts:
+                assert not _boxes_overlap(title, text.get_window_extent(renderer)), \
+                    (ax.get_title(), text.get_text())
+    width, height = (axes[0].get_position().size * fig.get_size_inches())
+    assert abs(width - height) < 0.01 and width >= 1.0  # square panels, an inch or more
+
+
 def test_settings_and_provenance_section_from_the_records(tmp_path):
     """Issue 26: the report never stated the settings that produced it, the versions and commit, or the suite."""
     import json
