@@ -14,7 +14,13 @@ Adaptations (the README lists them):
 6. ``torch.load`` reads Dassl's own checkpoints with ``weights_only=False`` (torch >= 2.6 default
    refuses their pickled optimiser state);
 7. torch's ``LRScheduler`` accepts (and ignores) the ``verbose`` argument Dassl's warm-up scheduler
-   passes (torch 2.13 removed it).
+   passes (torch 2.13 removed it);
+8. CLIP's ``encode_text`` runs without autograd. Of the trainers run here only Stage I
+   (``CoOp_Pretrain_Anchor``) calls it, once, for the descriptions' target features, on a second
+   copy of CLIP whose weights keep ``requires_grad``: its MSE loss then backpropagates every step
+   through that copy's text encoder for every description (120 sequences on a toy dataset), into
+   gradients no optimiser reads. The anchor's gradient is the same either way (the targets are
+   constants of the loss); without the graph a Stage I step costs a fraction of the CPU time.
 """
 from __future__ import annotations
 
@@ -49,6 +55,13 @@ def main() -> None:
 
     ref_clip._download = lambda url, root=None: weights                   # 1
     ref_model.QuickGELU.forward = lambda self, x: F.gelu(x)               # 3
+    encode_text = ref_model.CLIP.encode_text
+
+    @functools.wraps(encode_text)
+    def encode_text_without_graph(self, text):                            # 8
+        with torch.no_grad():
+            return encode_text(self, text)
+    ref_model.CLIP.encode_text = encode_text_without_graph
 
     def heads_by_width(init):                                             # 2 (image ViT)
         @functools.wraps(init)
