@@ -243,6 +243,61 @@ def has_schedule(method: str) -> bool:
     return method == "anchoropt" or method.endswith("_anchoropt")
 
 
+def _trained(c: Mapping[str, Any]) -> bool:
+    return c.get("method") != "zeroshot"
+
+
+def _anchored(c: Mapping[str, Any]) -> bool:
+    return has_schedule(str(c.get("method")))
+
+
+def _stage1(c: Mapping[str, Any]) -> bool:
+    """Stage I runs: two-stage AnchorOPT whose anchors are fitted here, not read from a file."""
+    return _anchored(c) and c.get("schedule") == "two_stage" and c.get("anchor_source") == "stage1" and \
+        not c.get("anchors")
+
+
+def _anchors_fitted(c: Mapping[str, Any]) -> bool:
+    """The anchors are fitted to the descriptions: in Stage I, or in one-stage's anchor phases."""
+    return _stage1(c) or (_anchored(c) and c.get("schedule") == "one_stage")
+
+
+_SCOPES = {  # key -> the runs it applies to (keys not listed apply to every run)
+    **dict.fromkeys(("val_shots", "val_partitions", "val_folds", "val_seeds"), lambda c: c.get("eval_split") == "val"),
+    "targets": lambda c: c.get("protocol") == "cross_dataset",
+    **dict.fromkeys(("n_ctx", "ctx_init", "share_prefix", "lr", "epochs", "batch_size", "momentum", "weight_decay",
+                     "warmup_epochs", "warmup_lr", "train_views", "crop_scale", "flip"), _trained),
+    **dict.fromkeys(("schedule", "n_anchors", "ce_weight", "kd_weight", "position_eval", "eos_index", "anchor_source",
+                     "position_matrix", "novel_rule"), _anchored),
+    "kd_temperature": lambda c: _anchored(c) and c.get("kd_weight") != 0,
+    "gumbel_tau": lambda c: _anchored(c) and c.get("position_matrix") == "learned",
+    "anchor_word": lambda c: _anchored(c) and c.get("anchor_source") == "word",
+    "anchors": lambda c: _anchored(c) and c.get("schedule") == "two_stage" and c.get("anchor_source") == "stage1",
+    **dict.fromkeys(("descriptions", "descriptions_dir", "n_descriptions", "mse_weight", "anchor_lr"), _anchors_fitted),
+    **dict.fromkeys(("anchor_epochs", "anchor_batch_size", "stage1_ce_weight", "stage1_mode", "stage1_select"), _stage1),
+    **dict.fromkeys(("stage1_prompt_ce_weight", "stage1_gumbel_tau", "stage1_n_ctx"),
+                    lambda c: _stage1(c) and c.get("stage1_mode") == "joint"),
+    **dict.fromkeys(("period", "one_stage_budget"), lambda c: _anchored(c) and c.get("schedule") == "one_stage"),
+    "meta_net_ratio": lambda c: str(c.get("method")).startswith("cocoop"),
+    "cocoop_anchoropt_trains": lambda c: c.get("method") == "cocoop_anchoropt",
+    **dict.fromkeys(("dept_weight", "dept_head_lr_mult"), lambda c: str(c.get("method")).startswith("dept")),
+    **dict.fromkeys(("attributes", "n_att"), lambda c: str(c.get("method")).endswith("_atp")),
+    "prompt_depth": lambda c: str(c.get("method")).startswith("maple"),
+    "carry_index": lambda c: c.get("method") == "maple_anchoropt",
+}
+
+
+def applies(key: str, config: Mapping[str, Any]) -> bool:
+    """Whether TrainConfig key ``key`` can change what a run of ``config`` (a resolved TrainConfig
+    as a dict, e.g. a record's ``config``) does: ``anchor_epochs`` applies to two-stage AnchorOPT
+    with Stage I, not to CoOp, zero-shot or a one-stage run; ``dept_weight`` to the DePT methods
+    only; ``lr`` to every trained method. Decided from the method (:data:`METHODS`,
+    :func:`has_schedule`) and the keys that switch parts on (schedule, anchor_source, anchors,
+    stage1_mode, position_matrix, kd_weight, eval_split, protocol), as the trainers read them."""
+    scope = _SCOPES.get(key)
+    return scope is None or bool(scope(config))
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check a typed value (from YAML, or from :func:`typed_overrides`) against the field's type
     (``int``, ``float``, ``bool``, ``str``, optional) and convert int to float and numbers to str. A

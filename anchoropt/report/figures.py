@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
+from typing import Mapping
 
 import matplotlib
 import matplotlib.ticker
@@ -22,21 +24,94 @@ DPI = 300
 PAPER_STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,
                "ytick.labelsize": 7, "legend.fontsize": 7, "figure.titlesize": 8}
 
+# A method's colour, the same in every figure of every report and search (method_colours). Hue: what
+# the method adds to its base prompt learner, from Okabe & Ito's colour-blind-safe palette (2008; their
+# yellow left out: invisible on white); lightness: the base prompt learner, so that a report of every
+# base x add-on reads as hue = add-on.
+APPROACH_COLOURS = {"zero-shot": "#595959", "prompt": "#0072B2", "ATPrompt": "#009E73",
+                    "AnchorOPT (two-stage)": "#D55E00", "AnchorOPT (one-stage)": "#E69F00"}
+#: base prompt learner -> share of white (> 0) or black (< 0) mixed into its add-on's hue
+FAMILY_SHADES = {"CoOp": 0.0, "CoCoOp": 0.4, "MaPLe": -0.4, "DePT": 0.65, "KgCoOp": -0.65, "PromptSRC": 0.2}
+TUNED_SHADE = -0.45  # a tuned method: its untuned colour, darker
+#: methods outside the families (e.g. ablations): Paul Tol's colour-blind-safe "muted" scheme
+OTHER_COLOURS = ("#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99", "#999933", "#AA4499")
 
-def cd_figure(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, label: str):
+
+def method_colours(methods) -> dict[str, str]:
+    """The colour (``#rrggbb``) of each method a record or run names (``coop``, ``maple_anchoropt``,
+    ``coop_anchoropt_one_stage_tuned``), read from its display name (``tables.display_name``, never
+    a ``--name`` override): the hue of its add-on (:data:`APPROACH_COLOURS`: none, +ATPrompt,
+    +AnchorOPT two-stage (also when no schedule is named, the default) or one-stage; zero-shot grey),
+    lightened or darkened by its base (:data:`FAMILY_SHADES`), darker again when tuned: the same in
+    every figure. Names outside these families (an ablation's) take :data:`OTHER_COLOURS` in the
+    order of their sorted names, so that up to nine of them in one figure never share a colour."""
+    colours = {m: _family_colour(m) for m in methods}
+    others = sorted(m for m, c in colours.items() if c is None)
+    return colours | {m: OTHER_COLOURS[i % len(OTHER_COLOURS)] for i, m in enumerate(others)}
+
+
+def method_colour(method: str) -> str:
+    """The colour of one method, as :func:`method_colours` gives it."""
+    return method_colours([method])[method]
+
+
+def _family_colour(method: str) -> str | None:
+    """:func:`method_colours`' colour of a method of the known families, or None."""
+    from anchoropt.report.tables import display_name
+
+    words, qualifiers = re.fullmatch(r"(.*?)(?: \((.*)\))?", display_name(method)).groups("")
+    parts, qualifiers = words.split("+"), qualifiers.split(", ")
+    if words == "Zero-shot CLIP":
+        return APPROACH_COLOURS["zero-shot"]
+    if parts[0] in ("AnchorOPT", "ATPrompt"):  # the anchoropt method is CoOp+AnchorOPT
+        parts = ["CoOp", *parts]
+    if parts[0] not in FAMILY_SHADES or parts[1:] not in ([], ["ATPrompt"], ["AnchorOPT"]):
+        return None
+    approach = {(): "prompt", ("ATPrompt",): "ATPrompt"}.get(tuple(parts[1:])) or \
+        ("AnchorOPT (one-stage)" if "one-stage" in qualifiers else "AnchorOPT (two-stage)")
+    colour = _shade(APPROACH_COLOURS[approach], FAMILY_SHADES[parts[0]])
+    return _shade(colour, TUNED_SHADE) if "tuned" in qualifiers else colour
+
+
+def schedule_colour(schedule: str, methods: Mapping[str, str] | None = None) -> str:
+    """The colour of a line drawn per schedule: that of ``methods[schedule]`` (the method the
+    schedule's curve stands for), else of CoOp+AnchorOPT under ``schedule`` (``one_stage``,
+    ``two_stage``), else of a method named ``schedule``."""
+    from anchoropt.config import SCHEDULES
+
+    if methods and schedule in methods:
+        return method_colour(methods[schedule])
+    return method_colour(f"anchoropt_{schedule}" if schedule in SCHEDULES else schedule)
+
+
+def _shade(colour: str, share: float) -> str:
+    """``colour`` mixed with white (``share`` > 0) or black (< 0) in that share."""
+    rgb = np.array(matplotlib.colors.to_rgb(colour))
+    rgb = rgb + (1.0 - rgb) * share if share > 0 else rgb * (1.0 + share)
+    return matplotlib.colors.to_hex(rgb)
+
+
+def cd_figure(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, label: str,
+              colours: Mapping[str, str] | None = None):
     """Critical difference diagram (Demsar 2006) of ``ranks`` (method -> average rank, 1 = best)
     with Nemenyi ``pvalues`` (method x method): ``scikit_posthocs.critical_difference_diagram``
     draws the ranks and the crossbars joining methods whose p >= alpha (the table's groups),
     labels two decimals as in the tables; a group of tied ranks gets a visible bar
     (``MIN_BAR`` wide), and the CD bar is drawn under the diagram, clear of the rank ticks.
+    ``colours``: method (as in ``ranks``) -> colour of its marker and line (:func:`method_colour`;
+    default: the library's); labels stay black, legible whatever the colour.
     Returns (figure, artists dict of the library plus ``cd_bar`` and ``cd_text``)."""
     k = len(ranks)
     ranks = ranks.rename(index=mathtext)
     pvalues = pvalues.rename(index=mathtext, columns=mathtext)
-    fig, ax = _figure((TEXT_WIDTH, 1.2 + 0.3 * k))
+    palette = {mathtext(m): c for m, c in colours.items()} if colours else None
+    fig, ax = new_figure((TEXT_WIDTH, 1.2 + 0.3 * k))
     artists = posthocs().critical_difference_diagram(
         ranks, pvalues, alpha=ALPHA, ax=ax, label_fmt_left="{label} ({rank:.2f})",
-        label_fmt_right="({rank:.2f}) {label}", crossbar_props={"solid_capstyle": "butt"})
+        label_fmt_right="({rank:.2f}) {label}", crossbar_props={"solid_capstyle": "butt"},
+        color_palette=palette, elbow_props={"linewidth": 1.5})
+    for text in artists["labels"]:
+        text.set_color("black")
     _ring_ties(artists["markers"])
     for (bar,) in artists["crossbars"]:
         xs = np.asarray(bar.get_xdata(), dtype=float)
@@ -55,15 +130,18 @@ def cd_figure(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, label: str):
     ax.set_ylim(bottom - 0.8, 0.8)
     ax.set_title(f"Average rank on {label} (1 = best); bars join methods not significantly different",
                  fontsize=8, pad=20)
-    # the method labels hang outside the axes at a fixed font size: narrow the axes by their overhang
-    # so that the saved (cropped) figure is TEXT_WIDTH wide at most
-    for _ in range(4):  # the overhang changes a little with the width: converge in a few steps
-        width = fig.get_tightbbox(fig.canvas.get_renderer()).width
-        if width <= TEXT_WIDTH:
-            break
-        fig.set_size_inches(max(2.0, fig.get_size_inches()[0] - (width - TEXT_WIDTH) - 0.05),
-                            fig.get_size_inches()[1])
+    fit_width(fig, TEXT_WIDTH)  # the method labels hang outside the axes at a fixed font size
     return fig, artists
+
+
+def fit_width(fig, width: float) -> None:
+    """Narrow ``fig`` by what hangs outside its axes (labels, a legend below them), so that the
+    saved (cropped, :func:`save`) figure is ``width`` inches wide at most."""
+    for _ in range(4):  # the overhang changes a little with the width: converge in a few steps
+        drawn = fig.get_tightbbox(fig.canvas.get_renderer()).width
+        if drawn <= width:
+            break
+        fig.set_size_inches(max(2.0, fig.get_size_inches()[0] - (drawn - width) - 0.05), fig.get_size_inches()[1])
 
 
 def _ring_ties(markers: list) -> None:
@@ -78,15 +156,16 @@ def _ring_ties(markers: list) -> None:
             marker.set_zorder(3 + i)
 
 
-def plot_cd(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, path: Path, label: str) -> str:
+def plot_cd(ranks: pd.Series, pvalues: pd.DataFrame, cd: float, path: Path, label: str,
+            colours: Mapping[str, str] | None = None) -> str:
     """``cd_figure`` saved as PNG at ``path``; returns the markdown embed."""
     with matplotlib.rc_context(PAPER_STYLE):
-        fig, _ = cd_figure(ranks, pvalues, cd, label)
+        fig, _ = cd_figure(ranks, pvalues, cd, label, colours)
         save(fig, path)
     return f"![Critical difference diagram]({path.name})"
 
 
-def _figure(size: tuple[float, float]):
+def new_figure(size: tuple[float, float]):
     """A matplotlib Figure on the Agg canvas (no pyplot state, no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -102,9 +181,10 @@ def save(fig, path: Path) -> None:
 
 
 def plot_history(best: pd.DataFrame, path: Path, ylabel: str = "best HM so far (%)",
-                 xlabel: str = "trials spent", value: str = "best_hm") -> str:
+                 xlabel: str = "trials spent", value: str = "best_hm", methods: Mapping[str, str] | None = None) -> str:
     """Step plot of ``value`` (default ``best_hm``) against ``trials_spent``, one line per
-    schedule (labelled ``schedule_name``), one column wide; returns the markdown embed.
+    schedule (labelled ``schedule_name``, coloured :func:`schedule_colour` with ``methods``:
+    schedule -> the method it stands for), one column wide; returns the markdown embed.
     Raises ValueError when ``best`` has more than one ``value`` column (one line per column would
     be drawn under one label)."""
     from anchoropt.report.tables import schedule_name
@@ -112,9 +192,10 @@ def plot_history(best: pd.DataFrame, path: Path, ylabel: str = "best HM so far (
     if list(best.columns).count(value) != 1:
         raise ValueError(f"plot_history: expected one {value!r} column, got columns {list(best.columns)}")
     with matplotlib.rc_context(PAPER_STYLE):
-        fig, ax = _figure((COLUMN_WIDTH, 2.4))
+        fig, ax = new_figure((COLUMN_WIDTH, 2.4))
         for schedule, group in best.groupby("schedule", sort=False):
-            ax.step(group["trials_spent"], group[value], where="post", label=mathtext(schedule_name(schedule)))
+            ax.step(group["trials_spent"], group[value], where="post", label=mathtext(schedule_name(schedule)),
+                    color=schedule_colour(schedule, methods))
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

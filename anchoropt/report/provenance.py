@@ -47,12 +47,13 @@ def provenance_section(ctx: Context, job: Mapping[str, Any] | None = None) -> st
     shared, per_method = _settings(ctx, records)
     lines += ["", "### Settings every run shares", "",
               "The resolved configuration (`anchoropt train --help` explains each key; paths, dataset and seed "
-              "left out).", "",
+              "left out), keys that apply to every run (`anchoropt.config.applies`).", "",
               ", ".join(f"{markdown(k)} = {markdown(_shown(v))}" for k, v in shared.items()) + "."]
     if len(per_method):
-        lines += ["", "### Settings that differ between methods", "",
-                  "A value per method; `a … b (per dataset)`: the range over datasets (a tuned method's "
-                  "per-dataset best configuration: search_best.csv).", "", md_table(per_method)]
+        lines += ["", "### Settings that differ between methods or apply to some only", "",
+                  "A value per method where the key applies to it, blank where it does not (e.g. the anchor keys "
+                  "for CoOp); `a … b (per dataset)`: the range over datasets (a tuned method's per-dataset best "
+                  "configuration: search_best.csv).", "", md_table(per_method)]
     return "\n".join(lines)
 
 
@@ -76,24 +77,33 @@ def _created(records: dict[tuple, dict]) -> str:
 
 
 def _settings(ctx: Context, records: dict) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(key -> value shared by every record, key x method table of the keys that differ)."""
+    """(key -> value of a key that applies to every record and has one value, key x method table of
+    the other keys that apply to some record: a cell per method with its value(s) where the key
+    applies to it, blank where it applies to none of its records (``anchoropt.config.applies``))."""
+    from anchoropt.config import applies
+
     configs = {k: r.get("config", {}) for k, r in records.items()}
     keys = sorted({key for c in configs.values() for key in c} - set(NOT_SETTINGS))
+    methods = [m for m in ctx.methods if any(method == m for method, _, _ in configs)]
     shared, rows = {}, []
     for key in keys:
-        by_method = {m: [c.get(key) for (method, _, _), c in configs.items() if method == m] for m in ctx.methods}
+        by_method = {m: [c.get(key) for (method, _, _), c in configs.items() if method == m and applies(key, c)]
+                     for m in methods}
         values = {json.dumps(v) for vs in by_method.values() for v in vs}
-        if len(values) == 1:
-            shared[key] = next(iter(by_method.values()))[0] if by_method else None
+        if not values:
+            continue  # the key changes no run of the report
+        if len(values) == 1 and all(applies(key, c) for c in configs.values()):
+            shared[key] = json.loads(next(iter(values)))
             continue
         rows.append({"key": key, **{ctx.name(m): _cell(vs) for m, vs in by_method.items()}})
     return shared, pd.DataFrame(rows)
 
 
 def _cell(values: list) -> str:
+    """The values of a key over a method's records where it applies, as one cell (blank: none)."""
     distinct = sorted({json.dumps(v) for v in values})
     if not distinct:
-        return "—"
+        return ""
     if len(distinct) == 1:
         return _shown(json.loads(distinct[0]))
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]

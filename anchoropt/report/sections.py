@@ -12,7 +12,7 @@ import pandas as pd
 
 from anchoropt.escape import markdown
 from anchoropt.report.context import Context
-from anchoropt.report.figures import plot_cd, plot_history, plot_positions
+from anchoropt.report.figures import method_colours, plot_cd, plot_history, plot_positions
 from anchoropt.report.positions import learned_positions
 from anchoropt.report.statistics import (
     ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, HM_CONVENTIONS, average_ranks, averages, best_so_far,
@@ -341,8 +341,9 @@ def _friedman_parts(ctx: Context, hm: pd.DataFrame, excluded: list[str]) -> list
 def _cd_embed(ctx: Context, ranks: pd.Series, pvals: pd.DataFrame, cd: float) -> str:
     """The CD diagram with display names (the ranks and groups of the tables above)."""
     names = {m: ctx.name(m) for m in ranks.index}
+    colours = method_colours(ctx.methods)
     return plot_cd(ranks.rename(index=names), pvals.rename(index=names, columns=names), cd,
-                   ctx.out_dir / "cd_diagram.png", ctx.label)
+                   ctx.out_dir / "cd_diagram.png", ctx.label, {names[m]: colours[m] for m in ranks.index})
 
 
 def _datasets_text(datasets: str) -> str:

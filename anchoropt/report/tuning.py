@@ -19,7 +19,7 @@ import pandas as pd
 
 from anchoropt.escape import markdown, mathtext
 from anchoropt.report.context import Context
-from anchoropt.report.figures import COLUMN_WIDTH, PAPER_STYLE, _figure, plot_history, save
+from anchoropt.report.figures import COLUMN_WIDTH, PAPER_STYLE, new_figure, plot_history, save, schedule_colour
 from anchoropt.report.statistics import ALPHA, best_so_far, compare_over_datasets, holm
 from anchoropt.report.tables import dataset_name, md_table, num, pval, schedule_name
 
@@ -187,7 +187,8 @@ def _budget_section(ctx: Context, tuning: Tuning, curves: pd.DataFrame) -> str:
         + ", ".join(f"{markdown(schedule_name(s))} {v:+.2f} after all trials" for s, v in last.items()) + ".", "",
         plot_history(mean, ctx.out_dir / "search_best_so_far.png", value="gain",
                      ylabel="best HM so far − defaults' HM\n(points, mean over datasets)",
-                     xlabel="trials spent (per dataset)"), "", ctx.csv(curves, "search_best_so_far.csv")])
+                     xlabel="trials spent (per dataset)", methods=tuning.untuned), "",
+        ctx.csv(curves, "search_best_so_far.csv")])
 
 
 def _gain_section(ctx: Context, gains: pd.DataFrame) -> str:
@@ -245,30 +246,30 @@ def _anchors_subsection(ctx: Context, tuning: Tuning) -> list[str]:
             "Every trial with an HM, its HM minus its search's trial-0 (defaults) HM, so that datasets of different "
             "difficulty share one axis: completed trials filled, trials stopped early hollow (their HM is of fewer "
             "epochs; they are never best); failed trials have no HM and are left out.", "",
-            _plot_hm_vs_anchors(tuning.trials, ctx.out_dir / "hm_vs_anchors.png"), ""]
+            _plot_hm_vs_anchors(tuning.trials, ctx.out_dir / "hm_vs_anchors.png", tuning.untuned), ""]
 
 
-def _plot_hm_vs_anchors(trials: pd.DataFrame, path) -> str:
+def _plot_hm_vs_anchors(trials: pd.DataFrame, path, methods: dict[str, str]) -> str:
     with matplotlib.rc_context(PAPER_STYLE):
-        fig, ax = _figure((COLUMN_WIDTH, 2.4))
-        _draw_hm_vs_anchors(ax, trials)
+        fig, ax = new_figure((COLUMN_WIDTH, 2.4))
+        _draw_hm_vs_anchors(ax, trials, methods)
         save(fig, path)
     return f"![HM against the number of anchors]({path.name})"
 
 
-def _draw_hm_vs_anchors(ax, trials: pd.DataFrame) -> None:
+def _draw_hm_vs_anchors(ax, trials: pd.DataFrame, methods: dict[str, str]) -> None:
     shown = trials[trials["status"].isin(["complete", "stopped"]) & trials["hm"].notna()]
     default = trials[trials["trial"] == 0].set_index(["schedule", "dataset"])["hm"]
     for i, (schedule, g) in enumerate(shown.groupby("schedule")):
         ref = default.reindex(list(zip(g["schedule"], g["dataset"]))).to_numpy()
         x = g["n_anchors"].astype(float).to_numpy() + (-0.15 if i == 0 else 0.15)
         done = (g["status"] == "complete").to_numpy()
-        name = mathtext(schedule_name(schedule))
+        name, colour = mathtext(schedule_name(schedule)), schedule_colour(schedule, methods)
         ax.scatter(x[done], (g["hm"].to_numpy() - ref)[done], s=12, alpha=0.6, label=f"{name} completed",
-                   color=f"C{i}")
+                   color=colour)
         if (~done).any():
             ax.scatter(x[~done], (g["hm"].to_numpy() - ref)[~done], s=12, alpha=0.6, facecolors="none",
-                       edgecolors=f"C{i}", label=f"{name} stopped early")
+                       edgecolors=colour, label=f"{name} stopped early")
     ax.axhline(0, color="grey", lw=0.8)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("anchors N")

@@ -2,6 +2,7 @@
 ``importances.png``, ``history.png``, ``hm_vs_anchors.png`` and ``summary.json``, all (re)written from the ledger and study."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 import warnings
@@ -255,59 +256,84 @@ def _importances(study, out_dir: Path) -> tuple[dict[str, float] | None, str | N
 
 def _plot_importances(importances: dict[str, float], note: str | None, path: Path, spec: SearchSpec) -> None:
     """Horizontal bars of ``importances.csv``, the most important parameter on top; ``note`` (why
-    there are none) instead of bars when there are none."""
+    there are none) instead of bars when there are none. One column of a paper wide
+    (:mod:`anchoropt.report.figures`, as every figure), in the searched method's colour."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.45 * max(1, len(importances))))
-    names = list(importances)[::-1]
-    ax.barh(names, [importances[n] for n in names], color="C0")
-    if not importances:
-        ax.text(0.5, 0.5, textwrap.fill(note or "no parameter importances", 50), ha="center", va="center",
-                transform=ax.transAxes)
-        ax.set_yticks([])
-    ax.set_xlabel("importance (Optuna PED-ANOVA, sums to 1)")
-    ax.set_title(f"parameter importances for HM, objective {spec.objective}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from anchoropt.report.figures import COLUMN_WIDTH, PAPER_STYLE, method_colour, new_figure, save
+
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig, ax = new_figure((COLUMN_WIDTH, 0.9 + 0.3 * max(1, len(importances))))
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names], color=method_colour(_method(spec)))
+        if not importances:
+            ax.text(0.5, 0.5, textwrap.fill(note or "no parameter importances", 45), ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_yticks([])
+            ax.set_xticks([])
+        else:
+            ax.set_xlabel("importance (Optuna PED-ANOVA, sums to 1)")
+        ax.set_title(f"parameter importances for HM, objective {spec.objective}")
+        save(fig, path)
 
 
 def _plot_history(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
     """Every trial's objective against its number: completed ones with ± SE bars, stopped ones
-    hollow at their last epoch's HM, failed ones as crosses; best so far over completed trials only
-    (:func:`best_row`'s rule); the caption says what the curve leaves out."""
+    hollow at their last epoch's HM (both in the searched method's colour), failed ones as grey
+    crosses; best so far over completed trials only (:func:`best_row`'s rule), black; the caption
+    says what the curve leaves out. One column of a paper wide."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4.4))
-    t = table.sort_values("trial")
-    done, stopped = _by_status(t)
-    ax.errorbar(done["trial"], done["hm"], yerr=done["hm_se"].fillna(0).to_numpy(), fmt="o", ms=4, capsize=2,
-                label="completed (± SE)")
-    if len(stopped):
-        ax.scatter(stopped["trial"], stopped["hm"], s=22, facecolors="none", edgecolors="C2",
-                   label="stopped early (HM at its last epoch)")
-    if len(done):
-        ax.step(done["trial"], done["hm"].cummax(), where="post", color="C1", label="best so far (completed)")
-    failed = t[t["status"] == "failed"]
-    if len(failed):
-        shown = pd.concat([done["hm"], stopped["hm"]])
-        ax.scatter(failed["trial"], [shown.min() if len(shown) else 0.0] * len(failed), marker="x", color="C3",
-                   label="failed")
-    ax.set_xlabel("trial")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"HM (%), objective {spec.objective}")
-    ax.set_title("optimisation history")
-    ax.legend(loc="best", fontsize=7, framealpha=0.6)
-    fig.text(0.01, 0.01, _caption(done, stopped) + f", {len(failed)} failed (x, no HM)", fontsize=7, va="bottom",
-             wrap=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from anchoropt.report.figures import COLUMN_WIDTH, PAPER_STYLE, method_colour, new_figure, save
+
+    colour = method_colour(_method(spec))
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig, ax = new_figure((COLUMN_WIDTH, 2.4))
+        t = table.sort_values("trial")
+        done, stopped = _by_status(t)
+        ax.errorbar(done["trial"], done["hm"], yerr=done["hm_se"].fillna(0).to_numpy(), fmt="o", ms=3, capsize=1.5,
+                    elinewidth=0.8, color=colour, label="completed (± SE)")
+        if len(stopped):
+            ax.scatter(stopped["trial"], stopped["hm"], s=14, facecolors="none", edgecolors=colour,
+                       label="stopped early")
+        if len(done):
+            ax.step(done["trial"], done["hm"].cummax(), where="post", color="black", lw=1,
+                    label="best so far")
+        failed = t[t["status"] == "failed"]
+        if len(failed):
+            shown = pd.concat([done["hm"], stopped["hm"]])
+            ax.scatter(failed["trial"], [shown.min() if len(shown) else 0.0] * len(failed), marker="x",
+                       color="#595959", label="failed")
+        ax.set_xlabel("trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"HM (%), objective {spec.objective}")
+        ax.set_title("optimisation history")
+        _legend_and_caption_below(ax, _caption(done, stopped) + f", {len(failed)} failed (x, no HM)")
+        save(fig, path)
+
+
+def _method(spec: SearchSpec) -> str:
+    """The method a search tunes, as records name it (``TrainConfig.run_name``): its colour's key."""
+    return make_config(spec.base, source="search base").run_name
+
+
+def _legend_and_caption_below(ax, caption: str) -> None:
+    """The legend, then ``caption`` in small print, under the x axis label and left-aligned with the
+    axes (so that neither hides a point), the figure a column wide at most."""
+    from anchoropt.report.figures import COLUMN_WIDTH, fit_width
+
+    renderer = ax.figure.canvas.get_renderer()
+    bottom = ax.xaxis.label.get_window_extent(renderer).y0
+    _, y = ax.transAxes.inverted().transform((0, bottom))
+    for ncol in (2, 1):  # two columns where they fit in the column's width
+        legend = ax.legend(loc="upper left", bbox_to_anchor=(0, y - 0.02), borderaxespad=0, ncol=ncol,
+                           frameon=False, handletextpad=0.3, columnspacing=1.0)
+        if legend.get_window_extent(renderer).x1 <= COLUMN_WIDTH * ax.figure.dpi:
+            break
+    ax.annotate(textwrap.fill(caption, 60), xy=(0, 0), xycoords=("axes fraction", legend), xytext=(0, -2),
+                textcoords="offset points", ha="left", va="top", fontsize=6)
+    fit_width(ax.figure, COLUMN_WIDTH)
 
 
 def _by_status(t: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -322,36 +348,38 @@ def _caption(done: pd.DataFrame, stopped: pd.DataFrame) -> str:
 
 
 def _plot_hm_vs_anchors(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
+    """HM of every trial with one against its anchor count, per searched schedule (if any) in
+    that schedule's method's colour; completed filled, stopped early hollow. One column wide."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from anchoropt.report.figures import COLUMN_WIDTH, PAPER_STYLE, method_colour, new_figure, save
+    from anchoropt.report.tables import schedule_name
 
     t = table[table["hm"].notna() & (table["status"] != "failed")].copy()
     n = t["n_anchors"] if "n_anchors" in t else pd.Series([spec.base["n_anchors"]] * len(t), index=t.index)
     t["n_anchors_"] = n.fillna(spec.base["n_anchors"]).astype(float)
-    fig, ax = plt.subplots(figsize=(6, 4.4))
-    groups = t.groupby(t["schedule"].fillna(spec.base["schedule"])) if "schedule" in t and t["schedule"].notna().any() \
-        else [(None, t)]
-    for i, (sched, g) in enumerate(groups):
-        done, stopped = _by_status(g)
-        name = "" if sched is None else f"{sched}: "
-        ax.scatter(done["n_anchors_"], done["hm"], s=20, color=f"C{i}", label=f"{name}completed")
-        if len(stopped):
-            ax.scatter(stopped["n_anchors_"], stopped["hm"], s=20, facecolors="none", edgecolors=f"C{i}",
-                       label=f"{name}stopped early")
-    ax.legend(fontsize=7)
-    ax.set_xlabel("n_anchors")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"HM (%), objective {spec.objective}")
-    ax.set_title("HM against the number of anchors")
-    done, stopped = _by_status(t)
-    failed = int((table["status"] == "failed").sum())
-    fig.text(0.01, 0.01, _caption(done, stopped) + f"; {failed} failed trial(s) left out (no HM)", fontsize=7,
-             va="bottom", wrap=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    base = make_config(spec.base, source="search base")
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig, ax = new_figure((COLUMN_WIDTH, 2.4))
+        groups = t.groupby(t["schedule"].fillna(base.schedule)) if "schedule" in t and t["schedule"].notna().any() \
+            else [(None, t)]
+        for sched, g in groups:
+            done, stopped = _by_status(g)
+            name = "" if sched is None else f"{schedule_name(sched)}: "
+            colour = method_colour(dataclasses.replace(base, schedule=sched or base.schedule).run_name)
+            ax.scatter(done["n_anchors_"], done["hm"], s=12, color=colour, label=f"{name}completed")
+            if len(stopped):
+                ax.scatter(stopped["n_anchors_"], stopped["hm"], s=12, facecolors="none", edgecolors=colour,
+                           label=f"{name}stopped early")
+        ax.set_xlabel("n_anchors")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"HM (%), objective {spec.objective}")
+        ax.set_title("HM against the number of anchors")
+        done, stopped = _by_status(t)
+        failed = int((table["status"] == "failed").sum())
+        _legend_and_caption_below(ax, _caption(done, stopped) + f"; {failed} failed trial(s) left out (no HM)")
+        save(fig, path)
 
 
 def _se(v) -> str:

@@ -231,12 +231,58 @@ def test_settings_and_provenance_section_from_the_records(tmp_path):
     assert "Report written by anchoropt" in section
     assert "2026-12-06T20:00:00+00:00 to 2026-12-06T20:02:00+00:00" in section
     shared = section[section.index("### Settings every run shares"):section.index("### Settings that differ")]
-    for item in ("anchor\\_epochs = 20", "epochs = 10", "n\\_ctx = 4", "shots = 16", "schedule = two\\_stage"):
+    for item in ("epochs = 10", "n\\_ctx = 4", "shots = 16"):
         assert item.replace("\\_", "_") in shared.replace("\\_", "_"), item
     assert "/where/ever" not in section and "n_anchors =" not in shared
     rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ")}
     assert "| 1 | 2 … 4 (per dataset) |" in rows["n_anchors"]  # untuned, then tuned (per dataset)
     assert "0.001 … 0.003 (per dataset)" in rows["lr"] and "| coop |" in rows["method"]
+
+
+def _write_records(root, configs: dict[str, dict]) -> None:
+    import json
+
+    for method, cfg in configs.items():
+        for i, dataset in enumerate(("dtd", "eurosat", "ucf101")):
+            b = 70.0 + i
+            rec = {"record_version": 2, "method": method, "dataset": dataset, "seed": 1, "shots": 16,
+                   "protocol": "base2novel", "tuning": "untuned", "eval_split": "test",
+                   "config": {**cfg, "dataset": dataset, "seed": 1},
+                   "metrics": {"acc_base": b, "acc_novel": 60.0, "hm": 2 * b * 60 / (b + 60)}}
+            path = root / method / dataset / "seed1.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(rec))
+
+
+def test_settings_table_lists_only_the_keys_that_apply_to_each_method(tmp_path):
+    """Issue 26: the per-method settings listed anchor keys for CoOp and training keys for zero-shot."""
+    from anchoropt.config import TrainConfig
+
+    configs = {"zeroshot_clip": TrainConfig(method="zeroshot", epochs=10).to_dict(),
+               "coop": TrainConfig(method="coop", epochs=10, n_ctx=16).to_dict(),
+               "coop_anchoropt_two_stage": TrainConfig(method="anchoropt", epochs=10, kd_weight=100.0).to_dict(),
+               "coop_anchoropt_one_stage": TrainConfig(method="anchoropt", epochs=10, schedule="one_stage").to_dict(),
+               "dept": TrainConfig(method="dept", epochs=10, dept_weight=0.6).to_dict()}
+    _write_records(tmp_path / "res", configs)
+    text = report.write_report(report.load_records(tmp_path / "res"), tmp_path / "out", baseline="coop").read_text()
+    section = text[text.index("### Settings that differ"):text.index("## Per-dataset results")]
+    table = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    header, rows = [c.strip() for c in table[0]], {r[0].strip(): [c.strip() for c in r[1:]] for r in table[1:]}
+    cols = {name: i for i, name in enumerate(header[1:])}
+    row = lambda key: {name: rows[key][i] for name, i in cols.items()}  # noqa: E731
+    assert row("kd_weight") == {"Zero-shot CLIP": "", "CoOp": "", "CoOp+AnchorOPT (two-stage)": "100.0",
+                                "CoOp+AnchorOPT (one-stage)": "1000.0", "DePT": ""}
+    assert row("anchor_epochs") == {"Zero-shot CLIP": "", "CoOp": "", "CoOp+AnchorOPT (two-stage)": "20",
+                                    "CoOp+AnchorOPT (one-stage)": "", "DePT": ""}  # Stage I: two-stage only
+    assert row("period")["CoOp+AnchorOPT (one-stage)"] == "1" and row("period")["CoOp+AnchorOPT (two-stage)"] == ""
+    assert row("epochs") == {"Zero-shot CLIP": "", "CoOp": "10", "CoOp+AnchorOPT (two-stage)": "10",
+                             "CoOp+AnchorOPT (one-stage)": "10", "DePT": "10"}
+    assert row("dept_weight") == {"Zero-shot CLIP": "", "CoOp": "", "CoOp+AnchorOPT (two-stage)": "",
+                                  "CoOp+AnchorOPT (one-stage)": "", "DePT": "0.6"}
+    for key in ("prompt_depth", "meta_net_ratio", "attributes", "stage1_n_ctx", "val_shots", "anchor_word"):
+        assert key not in rows and f"{key} =" not in text.replace("\\_", "_"), key  # applies to no run here
+    shared = text[text.index("### Settings every run shares"):text.index("### Settings that differ")]
+    assert "shots = 16" in shared and "backbone = ToyCLIP" in shared
 
 
 def test_a_space_without_n_anchors_gets_a_report_without_the_anchors_figure(tmp_path):
@@ -245,3 +291,50 @@ def test_a_space_without_n_anchors_gets_a_report_without_the_anchors_figure(tmp_
     assert "HM against the number of anchors" not in text and not (tmp_path / "hm_vs_anchors.png").exists()
     assert "## Anchor count and learning rates" in text
     assert "HM against the number of anchors" in _write(tmp_path / "with")
+
+
+def _cd_colours(fig) -> dict[str, str]:
+    """Method label (rank dropped) -> colour of the line leading to it in a saved CD diagram."""
+    from matplotlib.colors import to_hex
+
+    ax = fig.axes[0]
+    ends = {(round(line.get_xdata()[0], 6), round(line.get_ydata()[0], 6)): to_hex(line.get_color())
+            for line in ax.get_lines() if len(line.get_xdata()) == 3}  # the elbows
+    return {re.sub(r"^\(\d\.\d\d\) | \(\d\.\d\d\)$", "", t.get_text()): ends[(round(t.get_position()[0], 6),
+                                                                             round(t.get_position()[1], 6))]
+            for t in ax.texts if (round(t.get_position()[0], 6), round(t.get_position()[1], 6)) in ends}
+
+
+def test_each_method_has_one_colour_in_every_figure_and_report(tmp_path, saved):
+    """Issue 26: CoOp was blue in one report's CD diagram and green in another's (the colour cycle
+    followed the ranks)."""
+    from matplotlib.colors import to_hex
+
+    _write(tmp_path / "all")
+    full = _cd_colours(saved["cd_diagram.png"])
+    some = ["coop", "zeroshot_clip", "coop_anchoropt_one_stage", "coop_anchoropt_two_stage"]
+    df = _records()
+    report.write_report(df[df["method"].isin(some)].assign(acc_base=lambda d: 100 - d["acc_base"]),
+                        tmp_path / "some", baseline="coop")
+    fewer = _cd_colours(saved["cd_diagram.png"])
+    assert set(full) == {display_name(m) for m in METHODS} and set(fewer) == {display_name(m) for m in some}
+    for m in METHODS:
+        assert full[display_name(m)] == figures.method_colour(m), m
+    assert all(fewer[n] == full[n] for n in fewer)
+    assert len(set(full.values())) == len(full)  # six methods, six colours
+    lines = {t.get_text(): to_hex(line.get_color()) for t, line in
+             zip(saved["search_best_so_far.png"].axes[0].get_legend().get_texts(),
+                 saved["search_best_so_far.png"].axes[0].get_lines())}
+    assert lines == {"one-stage": full["CoOp+AnchorOPT (one-stage)"], "two-stage": full["CoOp+AnchorOPT (two-stage)"]}
+
+
+def test_method_colours_follow_the_add_on_and_base_and_keep_ablations_apart():
+    c = figures.method_colours
+    matrix = ["zeroshot", "coop", "coop_atp", "coop_anchoropt", "cocoop", "cocoop_atp", "cocoop_anchoropt", "maple",
+              "maple_atp", "maple_anchoropt", "dept", "dept_atp", "dept_anchoropt"]
+    assert len(set(c(matrix).values())) == len(matrix)
+    assert c(["anchoropt_two_stage", "coop_anchoropt", "anchoropt"]) == dict.fromkeys(
+        ["anchoropt_two_stage", "coop_anchoropt", "anchoropt"], figures.APPROACH_COLOURS["AnchorOPT (two-stage)"].lower())
+    ablations = ["anchoropt", "anchors_random", "anchors_word", "w_identity", "w_permutation", "kd_off",
+                 "novel_prompt", "n_anchors_2", "n_anchors_4"]
+    assert len(set(c(ablations).values())) == len(ablations)
