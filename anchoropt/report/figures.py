@@ -245,9 +245,10 @@ def positions_figure(positions: pd.DataFrame, names: dict[str, str]):
         places = [divmod(i, cols) for i in range(len(pooled))]
     rows = places[-1][0] + 1 if per_method == 1 else len(methods)
     # inches; the rest of the width holds the row labels and the colour bar, and the figure stays
-    # within a page's text height (MAX_HEIGHT)
+    # within a page's text height (MAX_HEIGHT); few panels get a narrower figure, not wide gaps
     panel = max(0.5, min(1.15, (TEXT_WIDTH - 1.3) / cols, (MAX_HEIGHT - 0.3) / rows - 0.5))
-    fig = Figure(figsize=(TEXT_WIDTH, rows * (panel + 0.5) + 0.3), layout="constrained")
+    width = min(TEXT_WIDTH, cols * (panel + 0.4) + 1.3)
+    fig = Figure(figsize=(width, rows * (panel + 0.5) + 0.3), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:

@@ -338,3 +338,19 @@ def test_method_colours_follow_the_add_on_and_base_and_keep_ablations_apart():
     ablations = ["anchoropt", "anchors_random", "anchors_word", "w_identity", "w_permutation", "kd_off",
                  "novel_prompt", "n_anchors_2", "n_anchors_4"]
     assert len(set(c(ablations).values())) == len(ablations)
+
+
+def test_positions_figure_of_few_panels_keeps_them_together():
+    """reports/toy11_xd's positions.png: its two panels sat at the two ends of a text-wide figure,
+    four inches apart."""
+    rng = np.random.default_rng(0)
+    rows = [{"method": method, "dataset": "toy_shape", "n_seeds": 3, "seeds": "1 2 3", "n_ctx": 4,
+             "share": rng.dirichlet(np.ones(5), size=5)}
+            for method in ("coop_anchoropt_one_stage", "coop_anchoropt_two_stage")]
+    with matplotlib.rc_context(figures.PAPER_STYLE):
+        fig, axes = figures.positions_figure(pd.DataFrame(rows), {r["method"]: display_name(r["method"]) for r in rows})
+        fig.canvas.draw()
+    left, right = (ax.get_window_extent(fig.canvas.get_renderer()) for ax in axes)
+    assert (right.x0 - left.x1) / fig.dpi < 0.8, "panels apart"
+    width, height = axes[0].get_position().size * fig.get_size_inches()
+    assert abs(width - height) < 0.01 and width >= 1.0
