@@ -313,9 +313,15 @@ def _plot_history(table: pd.DataFrame, path: Path, spec: SearchSpec) -> None:
         save(fig, path)
 
 
-def _method(spec: SearchSpec) -> str:
-    """The method a search tunes, as records name it (``TrainConfig.run_name``): its colour's key."""
-    return make_config(spec.base, source="search base").run_name
+def _method(spec: SearchSpec, schedule: str | None = None) -> str:
+    """The method a search tunes (under ``schedule``, default the base's), as records name it
+    (``TrainConfig.run_name``): its colour's key. Read without validating the base, so that a plot
+    never fails on a setting (an anchors file since moved)."""
+    from anchoropt.config import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in spec.base.items() if k in names})
+    return dataclasses.replace(cfg, schedule=schedule or cfg.schedule).run_name
 
 
 def _legend_and_caption_below(ax, caption: str) -> None:
@@ -359,15 +365,14 @@ def _plot_hm_vs_anchors(table: pd.DataFrame, path: Path, spec: SearchSpec) -> No
     t = table[table["hm"].notna() & (table["status"] != "failed")].copy()
     n = t["n_anchors"] if "n_anchors" in t else pd.Series([spec.base["n_anchors"]] * len(t), index=t.index)
     t["n_anchors_"] = n.fillna(spec.base["n_anchors"]).astype(float)
-    base = make_config(spec.base, source="search base")
     with matplotlib.rc_context(PAPER_STYLE):
         fig, ax = new_figure((COLUMN_WIDTH, 2.4))
-        groups = t.groupby(t["schedule"].fillna(base.schedule)) if "schedule" in t and t["schedule"].notna().any() \
+        groups = t.groupby(t["schedule"].fillna(spec.base["schedule"])) if "schedule" in t and t["schedule"].notna().any() \
             else [(None, t)]
         for sched, g in groups:
             done, stopped = _by_status(g)
             name = "" if sched is None else f"{schedule_name(sched)}: "
-            colour = method_colour(dataclasses.replace(base, schedule=sched or base.schedule).run_name)
+            colour = method_colour(_method(spec, sched))
             ax.scatter(done["n_anchors_"], done["hm"], s=12, color=colour, label=f"{name}completed")
             if len(stopped):
                 ax.scatter(stopped["n_anchors_"], stopped["hm"], s=12, facecolors="none", edgecolors=colour,

@@ -80,3 +80,11 @@ def test_search_figures_colour_the_method_as_the_report_does(tmp_path, saved):
     assert to_hex(by_label["two-stage: completed"].get_facecolor()[0]) == colour
     assert to_hex(by_label["one-stage: stopped early"].get_edgecolor()[0]) == one
     assert np.allclose(by_label["one-stage: stopped early"].get_facecolor(), 0)  # hollow
+
+
+def test_search_figures_never_fail_on_a_base_setting(tmp_path):
+    """Colouring reads the method from the base config without validating it: an anchors file
+    moved since the search ran does not stop ``write_outputs`` from redrawing the plots."""
+    spec = _spec(method="anchoropt", anchors=str(tmp_path / "moved.pt"))
+    outputs._plot_history(_table(spec), tmp_path / "history.png", spec)
+    assert (tmp_path / "history.png").stat().st_size > 1000
