@@ -214,3 +214,19 @@ def test_toy_methods_suite_takes_each_reference_recipe_and_table_medians():
                 assert {k: v[k] for k in expected} == pytest.approx(expected), (m, dataset)
                 assert (v["backbone"], v["pretrained"], v["shots"], v["anchor_epochs"]) == ("ToyCLIP-ViT", "toy", 16, 10)
         assert _values(suite, "dept_anchoropt", dataset)["kd_weight"] == 0
+
+
+def test_toy_stage1_suite_changes_stage1_only():
+    """Issue 23: benchmarks/toy11_stage1.yaml measures four Stage I variants of CoOp+AnchorOPT next
+    to CoOp; each variant differs from the released Stage I (`anchoropt`) in stage1_* keys only."""
+    suite = load_suite(SUITES / "toy11_stage1.yaml")
+    assert suite.baseline == "anchoropt" and len(suite.datasets) == 11 and suite.seeds == [1, 2, 3]
+    assert _values(suite, "coop", "toy_shape")["method"] == "coop"
+    changed = {}
+    for dataset in suite.datasets:
+        released = _values(suite, "anchoropt", dataset)
+        for method in ("stage1_ce", "stage1_joint", "stage1_best_val"):
+            values = _values(suite, method, dataset)
+            changed[method] = {k for k in values if values[k] != released[k]}
+    assert changed == {"stage1_ce": {"stage1_ce_weight"}, "stage1_joint": {"stage1_ce_weight", "stage1_mode"},
+                       "stage1_best_val": {"stage1_select"}}
