@@ -29,7 +29,7 @@ PAPER_STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.
 # yellow left out: invisible on white); lightness: the base prompt learner, so that a report of every
 # base x add-on reads as hue = add-on.
 APPROACH_COLOURS = {"zero-shot": "#595959", "prompt": "#0072B2", "ATPrompt": "#009E73",
-                    "AnchorOPT (two-stage)": "#D55E00", "AnchorOPT (one-stage)": "#E69F00"}
+                    "AnchorOPT (two-stage)": "#D55E00", "AnchorOPT (one-stage)": "#CC79A7"}
 #: base prompt learner -> share of white (> 0) or black (< 0) mixed into its add-on's hue
 FAMILY_SHADES = {"CoOp": 0.0, "CoCoOp": 0.4, "MaPLe": -0.4, "DePT": 0.65, "KgCoOp": -0.65, "PromptSRC": 0.2}
 TUNED_SHADE = -0.45  # a tuned method: its untuned colour, darker
@@ -180,6 +180,16 @@ def save(fig, path: Path) -> None:
     fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.02)
 
 
+def legend_above(ax, width: float = COLUMN_WIDTH) -> None:
+    """The legend above the axes, where it hides no point or line: in two columns where the figure
+    then stays ``width`` inches wide (cropped), else in one."""
+    for ncol in (2, 1):
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=ncol, frameon=False, borderaxespad=0.2,
+                  handletextpad=0.4, columnspacing=1.2)
+        if ax.figure.get_tightbbox(ax.figure.canvas.get_renderer()).width <= width:
+            break
+
+
 def plot_history(best: pd.DataFrame, path: Path, ylabel: str = "best HM so far (%)",
                  xlabel: str = "trials spent", value: str = "best_hm", methods: Mapping[str, str] | None = None) -> str:
     """Step plot of ``value`` (default ``best_hm``) against ``trials_spent``, one line per
@@ -199,7 +209,7 @@ def plot_history(best: pd.DataFrame, path: Path, ylabel: str = "best HM so far (
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.legend()
+        legend_above(ax)
         ax.grid(alpha=0.3)
         save(fig, path)
     return f"![Best HM against trials spent]({path.name})"

@@ -19,7 +19,8 @@ import pandas as pd
 
 from anchoropt.escape import markdown, mathtext
 from anchoropt.report.context import Context
-from anchoropt.report.figures import COLUMN_WIDTH, PAPER_STYLE, new_figure, plot_history, save, schedule_colour
+from anchoropt.report.figures import (COLUMN_WIDTH, PAPER_STYLE, legend_above, new_figure, plot_history, save,
+                                       schedule_colour)
 from anchoropt.report.statistics import ALPHA, best_so_far, compare_over_datasets, holm
 from anchoropt.report.tables import dataset_name, md_table, num, pval, schedule_name
 
@@ -265,16 +266,15 @@ def _draw_hm_vs_anchors(ax, trials: pd.DataFrame, methods: dict[str, str]) -> No
         x = g["n_anchors"].astype(float).to_numpy() + (-0.15 if i == 0 else 0.15)
         done = (g["status"] == "complete").to_numpy()
         name, colour = mathtext(schedule_name(schedule)), schedule_colour(schedule, methods)
-        ax.scatter(x[done], (g["hm"].to_numpy() - ref)[done], s=12, alpha=0.6, label=f"{name} completed",
-                   color=colour)
+        ax.scatter(x[done], (g["hm"].to_numpy() - ref)[done], s=12, alpha=0.6, label=name, color=colour)
         if (~done).any():
             ax.scatter(x[~done], (g["hm"].to_numpy() - ref)[~done], s=12, alpha=0.6, facecolors="none",
-                       edgecolors=colour, label=f"{name} stopped early")
+                       edgecolors=colour, label=f"{name}, stopped early")
     ax.axhline(0, color="grey", lw=0.8)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("anchors N")
     ax.set_ylabel("HM − defaults' HM\n(points, search objective)")
-    ax.legend()
+    legend_above(ax)
     ax.grid(alpha=0.3)
 
 

@@ -14,6 +14,7 @@ from PIL import Image  # noqa: E402
 from anchoropt import report  # noqa: E402
 from anchoropt.report import figures  # noqa: E402
 from anchoropt.report.tables import display_name  # noqa: E402
+from anchoropt.report import tuning as tuning_module  # noqa: E402
 from anchoropt.report.tuning import Tuning  # noqa: E402
 
 METHODS = ("coop", "coop_anchoropt_one_stage", "coop_anchoropt_one_stage_tuned", "coop_anchoropt_two_stage",
@@ -56,6 +57,7 @@ def saved(monkeypatch):
         figs[path.name] = fig
         real(fig, path)
     monkeypatch.setattr(figures, "save", keep)
+    monkeypatch.setattr(tuning_module, "save", keep)  # imported by name there
     return figs
 
 
@@ -354,3 +356,16 @@ def test_positions_figure_of_few_panels_keeps_them_together():
     assert (right.x0 - left.x1) / fig.dpi < 0.8, "panels apart"
     width, height = axes[0].get_position().size * fig.get_size_inches()
     assert abs(width - height) < 0.01 and width >= 1.0
+
+
+def test_tuning_figures_legends_hide_no_point(tmp_path, saved):
+    """reports/toy11's hm_vs_anchors.png: the legend box sat on the lowest one-stage points."""
+    tuning = _tuning()
+    tuning.trials.loc[tuning.trials["trial"] == 3, "status"] = "stopped"  # four legend entries
+    _write(tmp_path, tuning=tuning)
+    for name in ("hm_vs_anchors.png", "search_best_so_far.png"):
+        fig = saved[name]
+        ax = fig.axes[0]
+        renderer = fig.canvas.get_renderer()
+        assert ax.get_legend().get_window_extent(renderer).y0 >= ax.get_window_extent(renderer).y1, name
+        assert _inches(tmp_path / name)[0] <= figures.COLUMN_WIDTH + 0.02, name
