@@ -44,17 +44,28 @@ def provenance_section(ctx: Context, job: Mapping[str, Any] | None = None) -> st
               f"- Records created: {_created(records)}."]
     if not records:
         return "\n".join(lines + ["", "No record file to read settings from."])
-    shared, per_method = _settings(ctx, records)
+    groups, per_method = _settings(ctx, records)
+    shared = groups.pop(tuple(m for m in ctx.methods if m in {k[0] for k in records}), {})
     lines += ["", "### Settings every run shares", "",
               "The resolved configuration (`anchoropt train --help` explains each key; paths, dataset and seed "
-              "left out), keys that apply to every run (`anchoropt.config.applies`).", "",
-              ", ".join(f"{markdown(k)} = {markdown(_shown(v))}" for k, v in shared.items()) + "."]
+              "left out): the keys that apply to every run (`anchoropt.config.applies`) and have one value.", "",
+              _assignments(shared) if shared else "None."]
+    if groups:
+        lines += ["", "### Settings of some methods only", "",
+                  "Keys with one value that apply to these methods only (e.g. no anchor keys for CoOp, no training "
+                  "keys for zero-shot).", "",
+                  *[f"- {', '.join(markdown(ctx.name(m)) for m in methods)}: {_assignments(values)}"
+                    for methods, values in groups.items()]]
     if len(per_method):
-        lines += ["", "### Settings that differ between methods or apply to some only", "",
-                  "A value per method where the key applies to it, blank where it does not (e.g. the anchor keys "
-                  "for CoOp); `a … b (per dataset)`: the range over datasets (a tuned method's per-dataset best "
-                  "configuration: search_best.csv).", "", md_table(per_method)]
+        lines += ["", "### Settings that differ between methods", "",
+                  "A value per method where the key applies to it, blank where it does not; `a … b (per dataset)`: "
+                  "the range over datasets (a tuned method's per-dataset best configuration: search_best.csv).", "",
+                  md_table(per_method)]
     return "\n".join(lines)
+
+
+def _assignments(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{markdown(k)} = {markdown(_shown(v))}" for k, v in values.items()) + "."
 
 
 def _records(df: pd.DataFrame) -> dict[tuple, dict]:
@@ -76,27 +87,30 @@ def _created(records: dict[tuple, dict]) -> str:
     return f"{times[0]} to {times[-1]}" if times else "not recorded"
 
 
-def _settings(ctx: Context, records: dict) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(key -> value of a key that applies to every record and has one value, key x method table of
-    the other keys that apply to some record: a cell per method with its value(s) where the key
-    applies to it, blank where it applies to none of its records (``anchoropt.config.applies``))."""
+def _settings(ctx: Context, records: dict) -> tuple[dict[tuple, dict[str, Any]], pd.DataFrame]:
+    """The keys that apply to some record (``anchoropt.config.applies``), in two parts. Those with
+    one value over the records they apply to, and applying to every record of a method or to none:
+    methods they apply to (in ``ctx.methods`` order) -> {key: value}. The others: a key x method
+    table, a cell per method with its value(s) where the key applies, blank where it applies to none
+    of the method's records."""
     from anchoropt.config import applies
 
     configs = {k: r.get("config", {}) for k, r in records.items()}
     keys = sorted({key for c in configs.values() for key in c} - set(NOT_SETTINGS))
     methods = [m for m in ctx.methods if any(method == m for method, _, _ in configs)]
-    shared, rows = {}, []
+    runs = {m: [c for (method, _, _), c in configs.items() if method == m] for m in methods}
+    groups, rows = {}, []
     for key in keys:
-        by_method = {m: [c.get(key) for (method, _, _), c in configs.items() if method == m and applies(key, c)]
-                     for m in methods}
+        by_method = {m: [c.get(key) for c in runs[m] if applies(key, c)] for m in methods}
         values = {json.dumps(v) for vs in by_method.values() for v in vs}
         if not values:
             continue  # the key changes no run of the report
-        if len(values) == 1 and all(applies(key, c) for c in configs.values()):
-            shared[key] = json.loads(next(iter(values)))
+        if len(values) == 1 and all(len(by_method[m]) in (0, len(runs[m])) for m in methods):
+            groups.setdefault(tuple(m for m in methods if by_method[m]), {})[key] = json.loads(values.pop())
             continue
         rows.append({"key": key, **{ctx.name(m): _cell(vs) for m, vs in by_method.items()}})
-    return shared, pd.DataFrame(rows)
+    order = sorted(groups, key=lambda g: (-len(g), [methods.index(m) for m in g]))
+    return {g: groups[g] for g in order}, pd.DataFrame(rows)
 
 
 def _cell(values: list) -> str:
