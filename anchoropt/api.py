@@ -76,7 +76,17 @@ def report(results: str | Path | Sequence[str | Path], out: str | Path, **option
     from anchoropt.report import load_records, write_report
 
     check_output_dir(out, "--out")
-    if isinstance(results, (str, Path)) and (Path(results) / "cells").is_dir() and \
-            (Path(results) / "searches").is_dir():
+    if not isinstance(results, (str, Path)):
+        return write_report(load_records(results), out, **options)
+    if (Path(results) / "cells").is_dir() and (Path(results) / "searches").is_dir():
         return write_main_report(results, out, **options)
-    return write_report(load_records(results), out, **options)
+    return write_report(load_records(results), out, job=_benchmark_job(Path(results)), **options)
+
+
+def _benchmark_job(results: Path) -> dict[str, Any] | None:
+    """The provenance an ``anchoropt benchmark`` results folder keeps (its suite files), in the
+    form of a main job's ``job.json`` (:func:`anchoropt.report.provenance.provenance_section`)."""
+    from anchoropt.benchmark import read_state
+
+    suites = read_state(results).get("suites") or []
+    return {"suite": ", ".join(suites)} if suites else None

@@ -42,7 +42,7 @@ from anchoropt.suite import Suite, method_values
 #: fingerprinted instead of its folder)
 NOT_IDENTITY = ("data_root", "cache_dir", "device")
 LOCK_NAME = ".benchmark.lock"
-STATE_NAME = "benchmark.yaml"  # what a re-run keeps: the MLflow target (YAML: records are the *.json)
+STATE_NAME = "benchmark.yaml"  # what a re-run and the report keep: MLflow target, suite files (read_state)
 INFRA_RETRIES = 3  # a trial whose actor or node died is re-run this many times before it counts as failed
 
 
@@ -285,6 +285,17 @@ def cell_outcome(result: dict) -> tuple[str, str | None]:
     return "complete", None
 
 
+def read_state(results: str | Path) -> dict[str, Any]:
+    """``RESULTS/benchmark.yaml``, what a re-run and the report keep of earlier runs ({} before the
+    first): ``mlflow`` (the tracking target, None for none) and ``suites`` (the suite files that
+    wrote cells here, in first-run order). Raises ConfigError naming the file when it does not read
+    (``yamlio.read_yaml``)."""
+    from anchoropt.yamlio import read_yaml
+
+    path = Path(results) / STATE_NAME
+    return read_yaml(path, "benchmark state") if path.is_file() else {}
+
+
 def choose_tracking(results: Path, suite: Suite, mlflow: str | bool | None):
     """The benchmark's MLflow target (given, as stored in ``RESULTS/benchmark.yaml``, or off),
     checked before Ray starts; None for none.
@@ -294,11 +305,7 @@ def choose_tracking(results: Path, suite: Suite, mlflow: str | bool | None):
     """
     from anchoropt.tracking import check_mlflow, choose_target
 
-    from anchoropt.yamlio import read_yaml
-
-    stored = read_yaml(results / STATE_NAME, "benchmark state").get("mlflow") if (results / STATE_NAME).is_file() \
-        else None
-    target = choose_target(mlflow, stored, results, f"benchmark {suite.name}")
+    target = choose_target(mlflow, read_state(results).get("mlflow"), results, f"benchmark {suite.name}")
     if target is not None:
         check_mlflow(target)
     return target
@@ -345,9 +352,11 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
         states = [(cell, *cell.state()) for cell, _, _ in states]  # as the lock holder sees them
         todo = todo_cells(states, results)
         print(f"benchmark {suite.name}: {len(states)} cells, {len(states) - len(todo)} done, {len(todo)} to go")
+        suites = list(dict.fromkeys([*read_state(results).get("suites", []), str(suite.path)]))
+        write_text(yaml.safe_dump({"mlflow": tracking.to_dict() if tracking else None, "suites": suites}),
+                   results / STATE_NAME)  # also on a no-op rerun: it records the suite of older results
         if not todo:
             return {"done": 0, "failed": 0, "skipped": len(states)}
-        write_text(yaml.safe_dump({"mlflow": tracking.to_dict() if tracking else None}), results / STATE_NAME)
         failed = _run_trials(suite, results, todo, len(states), resources, max_concurrent, address, num_cpus,
                              verbose, tracking)
         return {"done": len(todo) - failed, "failed": failed, "skipped": len(states) - len(todo)}

@@ -34,7 +34,8 @@ def test_search_and_benchmark_are_one_call_each(tmp_path, eurosat_root, ray_sess
     suite = write_suite(tmp_path, eurosat_root, seeds=(1,))
     counts = api.benchmark(suite, tmp_path / "results", methods=["zeroshot", "coop"], epochs=1)
     assert counts == {"done": 2, "failed": 0, "skipped": 0}
-    assert api.report(tmp_path / "results", tmp_path / "report").is_file()
+    text = api.report(tmp_path / "results", tmp_path / "report").read_text()
+    assert f"Suite file: {suite.resolve()}." in text.replace("\\_", "_")  # issue 26: it said "not recorded"
 
 
 def test_readme_example_uses_the_api_as_defined():

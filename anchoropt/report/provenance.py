@@ -1,7 +1,8 @@
 """The report's "Settings and provenance" section, generated from the records themselves: the
 configuration every run shares, the keys that differ between methods (or between datasets within a
 method, as a tuned method's), the package versions and git commit that wrote the records and the
-report, and the main job's suite file and wall time (``RESULTS/job.json``, when there is one)."""
+report, the suite file (a main job's ``RESULTS/job.json``, or the suites a benchmark's
+``RESULTS/benchmark.yaml`` lists) and the main job's wall time."""
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ HEADING = "## Settings and provenance"
 
 def provenance_section(ctx: Context, job: Mapping[str, Any] | None = None) -> str:
     """The section's Markdown. ``job``: the main job's ``suite``, ``wall_time_s`` (None: not
-    recorded) and ``invocations`` (:func:`anchoropt.pipeline.read_job`); None for records of
-    ``anchoropt benchmark`` or ``train``. Records are read from ``ctx.df["path"]`` (records without a
+    recorded) and ``invocations`` (:func:`anchoropt.pipeline.read_job`); a benchmark's ``suite``
+    alone (:func:`anchoropt.api.report`); None for records of ``anchoropt train``. Records are read from ``ctx.df["path"]`` (records without a
     file, e.g. a frame built in memory, have no settings to show)."""
     from anchoropt import __version__
     from anchoropt.records import git_commit
