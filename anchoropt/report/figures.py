@@ -282,14 +282,25 @@ def positions_figure(positions: pd.DataFrame, names: dict[str, str]):
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=min(0.8, 2.5 / fig.get_size_inches()[1]),
                  label="share of runs")
     fig.supxlabel("token (V: soft tokens, A: anchors)", fontsize=7)
-    # a square panel in a cell taller than wide is shrunk after the layout, and constrained layout
-    # counts the slack as room for the titles (they then overlap the tick labels of the row above):
-    # take the slack out of the figure's height
-    fig.draw_without_rendering()
-    slack = max(ax.get_position(original=True).height - ax.get_position().height for ax in panels)
-    if slack > 0:
-        fig.set_figheight(fig.get_figheight() * (1 - rows * slack))
+    _square_cells(fig, panels, rows)
     return fig, panels
+
+
+def _square_cells(fig, panels: list, rows: int) -> None:
+    """Make the layout cells of the (square) panels square by the figure's height. A square panel
+    in a cell taller than wide is shrunk after the layout, and constrained layout counts the slack
+    as room for the titles (they then overlap the tick labels of the row above); in a cell wider
+    than tall it is shrunk to the cell's height (tiny panels, crowded ticks). Constrained layout
+    moves the cells with the height, so a few steps converge."""
+    for _ in range(6):
+        fig.draw_without_rendering()
+        height = fig.get_figheight()
+        cells = [ax.get_position(original=True) for ax in panels]
+        # inches each cell is taller than wide, the most lopsided cell
+        excess = max((c.height * height - c.width * fig.get_figwidth() for c in cells), key=abs)
+        if abs(excess) < 0.01:
+            break
+        fig.set_figheight(height - rows * excess)
 
 
 def plot_positions(positions: pd.DataFrame, names: dict[str, str], path: Path) -> str:

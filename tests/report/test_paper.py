@@ -363,3 +363,23 @@ def test_tuning_figures_legends_hide_no_point(tmp_path, saved):
         renderer = fig.canvas.get_renderer()
         assert ax.get_legend().get_window_extent(renderer).y0 >= ax.get_window_extent(renderer).y1, name
         assert _inches(tmp_path / name)[0] <= figures.COLUMN_WIDTH + 0.02, name
+
+
+def test_positions_figure_of_the_main_job_keeps_panels_readable():
+    """reports/toy11 (rows of 1, 6, 1 and 5 panels): taking a first layout's slack out of the height
+    left panels 0.46 in wide, their token labels run together and the row labels overlapping."""
+    rng = np.random.default_rng(0)
+    counts = {"coop_anchoropt_one_stage": [1], "coop_anchoropt_one_stage_tuned": [1, 2, 4, 5, 6, 8],
+              "coop_anchoropt_two_stage": [1], "coop_anchoropt_two_stage_tuned": [2, 4, 5, 6, 7]}
+    rows = [{"method": m, "dataset": f"toy_{i}", "n_seeds": 3, "seeds": "1 2 3", "n_ctx": 4,
+             "share": rng.dirichlet(np.ones(4 + n), size=4 + n)} for m, ns in counts.items() for i, n in enumerate(ns)]
+    with matplotlib.rc_context(figures.PAPER_STYLE):
+        fig, axes = figures.positions_figure(pd.DataFrame(rows), {m: display_name(m) for m in counts})
+        fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in axes:
+        width, height = ax.get_position().size * fig.get_size_inches()
+        assert abs(width - height) < 0.01 and width >= 0.7, (ax.get_title(), width)
+    labels = [ax.yaxis.label.get_window_extent(renderer) for ax in axes if ax.yaxis.label.get_text()]
+    assert len(labels) == 4 and not any(_boxes_overlap(a, b) for i, a in enumerate(labels) for b in labels[i + 1:])
+    assert fig.get_size_inches()[1] <= figures.MAX_HEIGHT
