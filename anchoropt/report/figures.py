@@ -291,16 +291,17 @@ def _square_cells(fig, panels: list, rows: int) -> None:
     in a cell taller than wide is shrunk after the layout, and constrained layout counts the slack
     as room for the titles (they then overlap the tick labels of the row above); in a cell wider
     than tall it is shrunk to the cell's height (tiny panels, crowded ticks). Constrained layout
-    moves the cells with the height, so a few steps converge."""
+    moves the cells with the height, so a few steps converge; the height stays within MAX_HEIGHT."""
     for _ in range(6):
         fig.draw_without_rendering()
         height = fig.get_figheight()
         cells = [ax.get_position(original=True) for ax in panels]
         # inches each cell is taller than wide, the most lopsided cell
         excess = max((c.height * height - c.width * fig.get_figwidth() for c in cells), key=abs)
-        if abs(excess) < 0.01:
+        target = min(MAX_HEIGHT, height - rows * excess)
+        if abs(target - height) < 0.01:
             break
-        fig.set_figheight(height - rows * excess)
+        fig.set_figheight(target)
 
 
 def plot_positions(positions: pd.DataFrame, names: dict[str, str], path: Path) -> str:
