@@ -5,7 +5,7 @@ Usage::
     python benchmarks/scripts/tuning_room.py knobs --results results/toy11 --datasets toy_shape,toy_colour
     python benchmarks/scripts/tuning_room.py noise --results results/toy11 --datasets toy_shape,toy_colour
     python benchmarks/scripts/tuning_room.py oracle --results results/toy11 --table results/toy11/val_vs_test.csv \
-        --seeds 2,3,4
+        --seeds 2,3
 
 ``knobs``: one knob at a time away from the suite's defaults (``benchmarks/toy11.yaml``'s config,
 CoOp+AnchorOPT two-stage), each value trained on ``--seeds`` and scored on the test images; per
