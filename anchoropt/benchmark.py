@@ -25,18 +25,19 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection
+from typing import TYPE_CHECKING, Any, Collection
 
 import yaml
-from ray import tune
 
 import anchoropt
 from anchoropt.config import make_config
 from anchoropt.errors import ConfigError, brief
 from anchoropt.io import check_output_dir, write_text
 from anchoropt.paths import inside
-from anchoropt.raytools import Resources, check_resources, ensure_ray, trainable
 from anchoropt.suite import Suite, method_values
+
+if TYPE_CHECKING:  # Ray is imported where a benchmark runs, so the report can read RESULTS without it
+    from anchoropt.raytools import Resources
 
 #: config keys that say where a run reads or writes, not what it computes (the data itself is
 #: fingerprinted instead of its folder)
@@ -259,6 +260,7 @@ def _cell_trial(config: dict) -> None:
     line) and ends the trial normally; only a fault of the infrastructure (the actor or its node
     died) fails the trial, which Tune then re-runs (:data:`INFRA_RETRIES`).
     """
+    from ray import tune
     from ray.exceptions import RayError
 
     try:
@@ -335,6 +337,8 @@ def run_benchmark(suite: Suite, results: str | Path, cpus_per_trial: float = 1, 
     """
     from filelock import FileLock, Timeout
 
+    from anchoropt.raytools import Resources
+
     resources = Resources(cpus_per_trial, gpus_per_trial)  # bad values fail before any work
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
@@ -368,7 +372,10 @@ def _run_trials(suite: Suite, results: Path, todo: list[Cell], total: int, resou
                 max_concurrent: int | None, address: str | None, num_cpus: int | None, verbose: int,
                 tracking) -> int:
     """Run ``todo`` as Ray Tune trials; prints each failed cell; returns how many failed."""
+    from ray import tune
+
     from anchoropt.progress import TrialProgress, ray_output
+    from anchoropt.raytools import check_resources, ensure_ray, trainable
     from anchoropt.tracking import closing_trackers, tracking_callbacks, trial_namer
 
     trackers = tracking_callbacks(results, tracking, params_of=lambda config: config["cell"]["config"],

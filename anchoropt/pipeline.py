@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from anchoropt.paths import shipped
 
-if TYPE_CHECKING:  # the benchmark module imports Ray: loaded only when the job runs
+if TYPE_CHECKING:  # the report and suite modules load pandas and YAML: imported only where they are used
     from anchoropt.report.tuning import Tuning
     from anchoropt.suite import Suite
 
