@@ -59,3 +59,20 @@ def ray_session():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """Every figure the report or a search folder saves, by file name (the real file is written too)."""
+    from anchoropt.report import figures
+    from anchoropt.report import tuning
+
+    figs = {}
+    real = figures.save
+
+    def keep(fig, path):
+        figs[path.name] = fig
+        real(fig, path)
+    monkeypatch.setattr(figures, "save", keep)
+    monkeypatch.setattr(tuning, "save", keep)  # imported by name there
+    return figs

@@ -14,7 +14,6 @@ from PIL import Image  # noqa: E402
 from anchoropt import report  # noqa: E402
 from anchoropt.report import figures  # noqa: E402
 from anchoropt.report.tables import display_name  # noqa: E402
-from anchoropt.report import tuning as tuning_module  # noqa: E402
 from anchoropt.report.tuning import Tuning  # noqa: E402
 
 METHODS = ("coop", "coop_anchoropt_one_stage", "coop_anchoropt_one_stage_tuned", "coop_anchoropt_two_stage",
@@ -45,20 +44,6 @@ def _tuning(params=("n_anchors", "lr", "anchor_lr")) -> Tuning:
     return Tuning(trials, searches, importances,
                   {"one_stage": "coop_anchoropt_one_stage_tuned", "two_stage": "coop_anchoropt_two_stage_tuned"},
                   {"one_stage": "coop_anchoropt_one_stage", "two_stage": "coop_anchoropt_two_stage"}, "val", "asha")
-
-
-@pytest.fixture
-def saved(monkeypatch):
-    """Every figure the report saves, by file name (the real file is written too)."""
-    figs = {}
-    real = figures.save
-
-    def keep(fig, path):
-        figs[path.name] = fig
-        real(fig, path)
-    monkeypatch.setattr(figures, "save", keep)
-    monkeypatch.setattr(tuning_module, "save", keep)  # imported by name there
-    return figs
 
 
 def _write(tmp_path, tuning=None, **kw):

@@ -31,18 +31,6 @@ def _table(spec: SearchSpec):
     return outputs.trials_table(rows, spec)
 
 
-@pytest.fixture
-def saved(monkeypatch):
-    figs = {}
-    real = figures.save
-
-    def keep(fig, path):
-        figs[path.name] = fig
-        real(fig, path)
-    monkeypatch.setattr(figures, "save", keep)
-    return figs
-
-
 def test_search_figures_fit_a_column_of_a_two_column_paper(tmp_path, saved):
     """They were 6 x 4.4 in at 100 dpi, beside the report's 3.3 in at 300 dpi."""
     spec = _spec(method="maple_anchoropt")
