@@ -105,6 +105,19 @@ def keep_sigterm_handler() -> Iterator[None]:
             signal.signal(signal.SIGTERM, before)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM that arrive inside wait, pending, until it ends, then act as
+    usual: for a driver-side write that an exception raised half-way through would leave broken
+    (an MLflow SQLite write cut inside SQLAlchemy keeps the store locked, so the run could not be
+    ended as KILLED). Uses ``signal.pthread_sigmask`` (POSIX)."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def skip_callback_usage_tag() -> None:
     """With usage statistics off, skip Ray Tune's count of callback classes at each ``Tuner.fit``.
 

@@ -25,6 +25,7 @@ re-runs), ``<method>.<dataset>.seed<k>`` for a benchmark cell.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
@@ -264,6 +265,17 @@ class TensorBoardLogger(tune.Callback):
             self._close(name)
 
 
+def _whole(hook: Callable) -> Callable:
+    """An MLflow hook that a Ctrl-C or SIGTERM never cuts half-way (:func:`anchoropt.raytools.signals_deferred`)."""
+    @functools.wraps(hook)
+    def run(*args, **kwargs):
+        from anchoropt.raytools import signals_deferred
+
+        with signals_deferred():
+            return hook(*args, **kwargs)
+    return run
+
+
 class MLflowLogger(tune.Callback):
     """One MLflow run per trial whose status mirrors the trial's (module docstring).
 
@@ -284,6 +296,7 @@ class MLflowLogger(tune.Callback):
         self.runs: dict[str, str] = {}  # trial name -> run id, for runs this process set RUNNING
         self.steps: dict[str, int] = {}
 
+    @_whole
     def setup(self, **info):
         from mlflow.entities import ViewType
 
@@ -298,6 +311,7 @@ class MLflowLogger(tune.Callback):
             self.client.set_tag(run.info.run_id, "killed", "its process ended without closing it (found by a resume)")
             self.client.set_terminated(run.info.run_id, "KILLED")
 
+    @_whole
     def on_trial_start(self, iteration, trials, trial, **info):
         name = str(trial)
         existing = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{name}'", max_results=1)
@@ -323,6 +337,7 @@ class MLflowLogger(tune.Callback):
 
     on_trial_restore = on_trial_start
 
+    @_whole
     def on_trial_result(self, iteration, trials, trial, result, **info):
         import time
 
@@ -337,6 +352,7 @@ class MLflowLogger(tune.Callback):
         self.client.log_batch(self.runs[name], metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
         self.steps[name] = step
 
+    @_whole
     def on_trial_complete(self, iteration, trials, trial, **info):
         name = str(trial)
         if name not in self.runs:
@@ -348,6 +364,7 @@ class MLflowLogger(tune.Callback):
         else:
             self._end(name, "FINISHED", pruned="true" if status == "stopped" else None)
 
+    @_whole
     def on_trial_error(self, iteration, trials, trial, **info):
         from anchoropt.raytools import trial_error_message
 
@@ -364,6 +381,7 @@ class MLflowLogger(tune.Callback):
     def on_experiment_end(self, trials, **info):
         self.close(interrupted=False)
 
+    @_whole
     def close(self, interrupted: bool = False) -> None:
         """End every run still open as KILLED (the command was interrupted, or the trial never ended)."""
         for name in list(self.runs):

@@ -77,6 +77,26 @@ def test_mlflow_runs_mirror_finished_pruned_failed_and_killed_trials(mlflow_db):
     assert [m.step for m in client.get_metric_history(runs["done"].info.run_id, "hm")] == [1, 2]
 
 
+def test_ctrl_c_during_an_mlflow_write_waits_for_the_write(mlflow_db, monkeypatch):
+    """A SIGTERM raised inside an MLflow write (SQLAlchemy) left the SQLite store locked: the run
+    could not be ended as KILLED and MLflow logged a traceback. The signal now acts after the write."""
+    logger, client = _logger(mlflow_db, "cut_write")
+    t = trial("trial-0000")
+    logger.on_trial_start(0, [], t)
+    write = client.log_batch
+
+    def interrupted_write(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C as the write starts
+        return write(*args, **kwargs)
+    monkeypatch.setattr(client, "log_batch", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        logger.on_trial_result(0, [], t, {"hm": 30.0, "epoch": 1, "epochs": 2})
+    monkeypatch.setattr(client, "log_batch", write)
+    logger.close(interrupted=True)
+    run = _runs(client, logger)["trial-0000"]
+    assert run.data.metrics == {"hm": 30.0} and run.info.status == "KILLED"
+
+
 def test_a_retried_trial_reuses_its_run_and_a_stale_running_run_is_killed(mlflow_db):
     logger, client = _logger(mlflow_db, "retry")
     t = trial("trial-0000")
