@@ -7,9 +7,11 @@ mapping keys to be unique).
 
 Aliases (``*name``) are allowed, as a suite shares one method's ``per_dataset`` table with another
 (``benchmarks/base2new_11.yaml``), but a document whose aliases expand to more than
-:data:`MAX_VALUES` values, or refer to themselves, is refused before it is built: nine nested
-aliases of nine ("billion laughs") make 10^9 values, which anything walking the result (JSON
-dumps, validation, a repr in an error) would materialise.
+:data:`MAX_VALUES` values or :data:`MAX_CHARS` characters of scalar text, or refer to themselves, is
+refused before it is built: nine nested aliases of nine ("billion laughs") make 10^9 values, and five
+nested aliases of nine over one 200 kB string make 12 GB of text with only 59049 values; anything
+walking the result (JSON dumps such as a search's ``search.json``, validation, a repr in an error)
+would materialise either.
 """
 from __future__ import annotations
 
@@ -44,29 +46,35 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 #: most values (scalars, lists, mappings) a YAML document may expand to, aliases counted as often as used
 MAX_VALUES = 200_000
+#: most characters of scalar text a YAML document may expand to, aliases counted as often as used
+MAX_CHARS = 20_000_000
 
 
-def _expanded_size(node: yaml.Node, source: str) -> int:
-    """Values ``node`` stands for with every alias expanded (memoised per node, so linear in the
-    document). Raises ConfigError for more than MAX_VALUES or an alias inside its own anchor."""
-    sizes: dict[int, int] = {}
+def _expanded_size(node: yaml.Node, source: str) -> tuple[int, int]:
+    """(values, characters of scalar text) that ``node`` stands for with every alias expanded
+    (memoised per node, so linear in the document). Raises ConfigError for more than
+    :data:`MAX_VALUES` values or :data:`MAX_CHARS` characters, or an alias inside its own anchor."""
+    sizes: dict[int, tuple[int, int]] = {}
     open_nodes: set[int] = set()
 
-    def size(n: yaml.Node) -> int:
+    def size(n: yaml.Node) -> tuple[int, int]:
         if id(n) in sizes:
             return sizes[id(n)]
         if id(n) in open_nodes:
             raise ConfigError(f"{source}: line {n.start_mark.line + 1}: a YAML alias refers to itself")
         open_nodes.add(id(n))
-        children = [] if isinstance(n, yaml.ScalarNode) else \
-            [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else n.value
-        total = 1 + sum(size(c) for c in children)
+        if isinstance(n, yaml.ScalarNode):
+            values, chars = 1, len(n.value)
+        else:
+            children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else n.value
+            parts = [size(c) for c in children]
+            values, chars = 1 + sum(p[0] for p in parts), sum(p[1] for p in parts)
         open_nodes.discard(id(n))
-        if total > MAX_VALUES:
+        if values > MAX_VALUES or chars > MAX_CHARS:
             raise ConfigError(f"{source}: line {n.start_mark.line + 1}: YAML aliases expand to more than "
-                              f"{MAX_VALUES} values (an alias bomb?)")
-        sizes[id(n)] = total
-        return total
+                              f"{MAX_VALUES} values or {MAX_CHARS} characters (an alias bomb?)")
+        sizes[id(n)] = values, chars
+        return values, chars
 
     return size(node)
 
@@ -81,7 +89,8 @@ def _one_line(err: yaml.YAMLError) -> str:
 
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML ``text``; ``source`` names it in errors. Raises ConfigError (one line) for a syntax
-    error, a duplicate key, or aliases expanding past :data:`MAX_VALUES` values or into themselves."""
+    error, a duplicate key, or aliases expanding past :data:`MAX_VALUES` values or :data:`MAX_CHARS`
+    characters, or into themselves."""
     loader = _UniqueKeyLoader(text)
     try:
         node = loader.get_single_node()

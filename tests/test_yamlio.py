@@ -38,14 +38,20 @@ BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".jo
     f'{c}: &{c} [{",".join(["*" + p] * 9)}]\n' for p, c in zip("abcdefgh", "bcdefghi"))
 
 
-def test_alias_bomb_refused_in_every_yaml_reader(tmp_path):
+# five lists of nine aliases over one 200 kB string: 59049 values (under MAX_VALUES) but 12 GB of text
+LONG_BOMB = f'a: &a ["{"x" * 200_000}"]\n' + "".join(
+    f'{c}: &{c} [{",".join(["*" + p] * 9)}]\n' for p, c in zip("abcd", "bcde"))
+
+
+@pytest.mark.parametrize("bomb", [BOMB, LONG_BOMB], ids=["many_values", "long_text"])
+def test_alias_bomb_refused_in_every_yaml_reader(tmp_path, bomb):
     """Suite, search space (its description too) and --config files all go through yamlio."""
     from anchoropt.config import load_config
     from anchoropt.search.space import SpaceError, load_space
     from anchoropt.suite import load_suite
 
-    files = {"suite.yaml": BOMB, "config.yaml": BOMB,
-             "space.yaml": "description: &desc\n" + "".join(f"  {line}\n" for line in BOMB.splitlines())
+    files = {"suite.yaml": bomb, "config.yaml": bomb,
+             "space.yaml": "description: &desc\n" + "".join(f"  {line}\n" for line in bomb.splitlines())
              + "params: {lr: {type: float, low: 0.001, high: 0.1, log: true}}\n"}
     readers = {"suite.yaml": load_suite, "config.yaml": load_config, "space.yaml": load_space}
     for name, text in files.items():
