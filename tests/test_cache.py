@@ -66,6 +66,17 @@ def test_damaged_stage1_cache_is_rebuilt_with_one_line(tiny_cfg, capsys, damage)
     assert len(err) == 1 and str(path) in err[0]
 
 
+@pytest.mark.parametrize("damage", [_truncate, _flip])
+def test_damaged_description_target_cache_is_rebuilt_with_one_line(tiny_cfg, capsys, damage):
+    fresh = _trainer(tiny_cfg()).description_targets()
+    (path,) = Path(tiny_cfg().cache_dir).glob("description_targets/*.pt")
+    damage(path, fresh)
+    capsys.readouterr()
+    assert torch.equal(_trainer(tiny_cfg()).description_targets(), fresh)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "rebuilding" in err[0]
+
+
 def test_cache_header_rejects_other_key_and_layout(tmp_path):
     from anchoropt.cache import CacheDamaged, cached, load_cache, save_cache
 

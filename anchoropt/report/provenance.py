@@ -79,13 +79,16 @@ def _records(df: pd.DataFrame) -> dict[tuple, dict]:
 
 
 def _values(records: dict[tuple, dict], get) -> str:
+    """The distinct values ``get`` reads from the records (versions, commits: text of the record
+    files, so escaped for Markdown), comma-separated."""
     found = sorted({str(v) for v in map(get, records.values()) if v not in (None, "")})
-    return ", ".join(found) if found else "not recorded"
+    return ", ".join(map(markdown, found)) if found else "not recorded"
 
 
 def _created(records: dict[tuple, dict]) -> str:
-    times = sorted(r["created"] for r in records.values() if r.get("created"))
-    return f"{times[0]} to {times[-1]}" if times else "not recorded"
+    """First to last ``created`` time of the records, escaped for Markdown (text of the record files)."""
+    times = sorted(str(r["created"]) for r in records.values() if r.get("created"))
+    return f"{markdown(times[0])} to {markdown(times[-1])}" if times else "not recorded"
 
 
 def _settings(ctx: Context, records: dict) -> tuple[dict[tuple, dict[str, Any]], pd.DataFrame]:

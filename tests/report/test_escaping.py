@@ -41,10 +41,26 @@ def _records():
     return pd.DataFrame(rows)
 
 
+def _with_files(records: pd.DataFrame, folder) -> pd.DataFrame:
+    """``records`` each with a record file (its ``path``) whose versions, creation time and config hold
+    payloads too: the report's provenance section prints them."""
+    import json
+
+    paths = []
+    for i, row in enumerate(records.to_dict("records")):
+        path = folder / f"r{i}.json"
+        path.write_text(json.dumps({**row, "versions": {"anchoropt": IMG, "commit": SVG, "torch": SCRIPT,
+                                                        "open_clip": "=1+1", "python": DETAILS},
+                                    "created": f"{SCRIPT}{i:03d}", "config": {"ctx_init": IMG, "lr": 0.002}}))
+        paths.append(str(path))
+    return records.assign(path=paths)
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("escaped")
-    report.write_report(_records(), out, baseline=METHODS[1], display_names={METHODS[2]: f"[x](javascript:{RUN})"},
+    records = _with_files(_records(), tmp_path_factory.mktemp("records"))
+    report.write_report(records, out, baseline=METHODS[1], display_names={METHODS[2]: f"[x](javascript:{RUN})"},
                         schedules=(METHODS[0], METHODS[3]))
     return out
 
@@ -92,6 +108,7 @@ def test_report_markdown_holds_names_as_text(written):
     text = (written / "report.md").read_text()
     for raw in (IMG, SCRIPT, SVG, DETAILS, "<a href"):
         assert raw not in text
+    assert "Records written by anchoropt &lt;img src=x" in text  # provenance read from the record files
     html = markdown_lib.markdown(text, extensions=["tables"])  # raw HTML passed through, as most viewers do
     for tag in ('<img src="x"', "<script", "<svg", "<details", 'href="javascript'):
         assert tag not in html
