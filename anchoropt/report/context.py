@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from anchoropt.errors import brief
 from anchoropt.escape import markdown, write_csv
 from anchoropt.records import KEY, PROTOCOL_METRICS, check_comparable, check_duplicates, protocol_of
 from anchoropt.report.statistics import (
@@ -126,7 +127,7 @@ def make_context(df: pd.DataFrame, out_dir: Path, baseline: str | None,
     check_methods(ctx, [ctx.baseline], "baseline")
     unknown = sorted(set(ctx.display_names) - set(methods))
     if unknown:
-        raise ValueError(f"display names given for method(s) {unknown} not in the records ({methods})")
+        raise ValueError(f"display names given for method(s) {brief(unknown)} not in the records ({brief(methods)})")
     out_dir.mkdir(parents=True, exist_ok=True)
     return ctx
 
@@ -143,6 +144,6 @@ def check_methods(ctx: Context, names: Sequence[str], what: str) -> None:
     """ValueError unless every name is a method of the records and the names differ."""
     unknown = [n for n in names if n not in ctx.methods]
     if unknown:
-        raise ValueError(f"{what}: method(s) {unknown} not in the records ({ctx.methods})")
+        raise ValueError(f"{what}: method(s) {brief(unknown)} not in the records ({brief(ctx.methods)})")
     if len(set(names)) != len(names):
-        raise ValueError(f"{what}: needs two different methods, got {list(names)}")
+        raise ValueError(f"{what}: needs two different methods, got {brief(list(names))}")

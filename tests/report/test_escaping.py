@@ -159,3 +159,13 @@ def test_html_page_shows_raw_html_as_text(tmp_path):
     page = html_page(f"# t\n\n{SCRIPT}\n\nx {IMG}\n", tmp_path)
     assert "<script>" not in page and "<img" not in page
     assert "&lt;script&gt;" in page
+
+
+def test_errors_name_the_records_methods_briefly(tmp_path):
+    """An unknown display name or baseline is one short line, not every (long) method name of the records."""
+    one = _records().query("method == 'coop' or method == @METHODS[1]")
+    records = pd.concat([one.assign(method=f"{'m' * 500}{i}") for i in range(30)], ignore_index=True)
+    for options in ({"display_names": {"nope": "x"}}, {"baseline": "nope"}):
+        with pytest.raises(ValueError) as exc:
+            report.write_report(records, tmp_path, **options)
+        assert len(str(exc.value)) < 400 and "\n" not in str(exc.value) and "nope" in str(exc.value)
