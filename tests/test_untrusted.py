@@ -17,6 +17,26 @@ def test_cli_values_are_typed_by_their_key_never_cut_at_hash():
             load_config(None, [bad])
 
 
+def test_scripts_type_key_value_like_the_cli(monkeypatch):
+    """benchmarks/scripts take key=value typed by the key too (toy_figures.py's own help example
+    ``n_ctx=16 epochs=200`` was refused: 'epochs must be int, got '200'')."""
+    import anchoropt.pipeline as pipeline
+    from tests.helpers import load_script
+
+    assert load_script("benchmarks/scripts/val_vs_test.py").changes("epochs=3,ctx_init=a #1") == {
+        "epochs": 3, "ctx_init": "a #1"}
+    seen = []
+
+    def stop(suite):
+        seen.append(suite)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "ensure_toy_data", stop)
+    with pytest.raises(KeyboardInterrupt):
+        load_script("benchmarks/scripts/toy_figures.py").main(["--root", "/nonexistent", "n_ctx=16", "epochs=200"])
+    assert seen[0].config["epochs"] == 200 and seen[0].config["n_ctx"] == 16
+
+
 def test_yaml_values_are_never_parsed_again(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("ctx_init: 'a photo #2'\nanchor_word: '[1, 2]'\nlr: 1e-3\n")

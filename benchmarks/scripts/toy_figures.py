@@ -136,7 +136,7 @@ def main(argv=None) -> None:
     from anchoropt.benchmark import run_benchmark
     from anchoropt.pipeline import ensure_toy_data
     from anchoropt.records import load_records
-    from anchoropt.config import parse_overrides
+    from anchoropt.config import typed_overrides
     from anchoropt.suite import load_suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -152,7 +152,7 @@ def main(argv=None) -> None:
                              "(CoOp's reference: n_ctx=16 epochs=200)")
     args = parser.parse_args(argv)
     suite = load_suite(Path(__file__).resolve().parent.parent / "toy11.yaml",
-                       {"data_root": args.root, **parse_overrides(args.overrides)})
+                       {"data_root": args.root, **typed_overrides(args.overrides)})
     methods = ["zeroshot_clip"] + [m for m in args.methods if m != "zeroshot_clip"]
     suite = dataclasses.replace(suite, methods={m: suite.methods[m] for m in methods})
     ensure_toy_data(suite)

@@ -36,6 +36,8 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from anchoropt.escape import write_csv
+
 KNOBS = {"kd_weight": [100.0, 10000.0], "ce_weight": [10.0, 1000.0], "n_ctx": [2, 8], "epochs": [5, 20],
          "n_anchors": [4, 8], "lr": [5e-4, 8e-3], "anchor_lr": [5e-4, 8e-3]}
 OPTIONS = {"plain": {}, "val_partitions=3": {"val_partitions": 3}, "val_folds=4": {"val_folds": 4},
@@ -70,7 +72,7 @@ def knobs(args) -> pd.DataFrame:
                              "seconds": secs})
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(args.results / "knobs.csv", index=False)
+    write_csv(table, args.results / "knobs.csv")
     mean = table.groupby(["dataset", "knob", "value"], dropna=False)["test_hm"].mean().reset_index()
     default = mean[mean["knob"] == "default"].set_index("dataset")["test_hm"]
     lines = []
@@ -105,7 +107,7 @@ def noise(args) -> pd.DataFrame:
                              "seconds": secs, "test_hm": test["hm"], **params})
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(args.results / "noise.csv", index=False)
+    write_csv(table, args.results / "noise.csv")
     plain = table[table["option"] == "plain"].groupby("dataset")["seconds"].mean()
     for name, g in table.groupby("option", sort=False):
         rho = [stats.spearmanr(d["val_hm"], d["test_hm"]).statistic for _, d in g.groupby("dataset")]
@@ -137,7 +139,7 @@ def oracle(args) -> pd.DataFrame:
                              "acc_base": acc_base, "acc_novel": acc_novel, "seconds": time.time() - start})
                 print(rows[-1], flush=True)
     runs = pd.DataFrame(rows)
-    runs.to_csv(args.out or args.results / "oracle.csv", index=False)
+    write_csv(runs, args.out or args.results / "oracle.csv")
     print("\n".join(oracle_summary(runs, table)))
     return runs
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from anchoropt.escape import write_csv
+
 
 def trial_configs(results: Path, schedule: str = "*", changes: dict | None = None):
     """(schedule, dataset, ledger row, base config updated by ``changes``) of every finished trial with
@@ -41,10 +43,10 @@ def trial_configs(results: Path, schedule: str = "*", changes: dict | None = Non
 
 
 def changes(text: str) -> dict:
-    """``--set``'s ``key=value,...`` as a dict (``anchoropt.config.parse_overrides``)."""
-    from anchoropt.config import parse_overrides
+    """``--set``'s ``key=value,...`` as a dict of values typed by their keys (``anchoropt.config.typed_overrides``)."""
+    from anchoropt.config import typed_overrides
 
-    return parse_overrides([o for o in text.split(",") if o])
+    return typed_overrides([o for o in text.split(",") if o])
 
 
 def test_accs(base: dict, params: dict, seeds: list[int]) -> list[tuple[float, float]]:
@@ -118,7 +120,7 @@ def main() -> None:
     out = args.out or args.results / "val_vs_test.csv"
     if args.tables:
         table = pd.concat([pd.read_csv(t) for t in args.tables], ignore_index=True)
-        table.to_csv(out, index=False)
+        write_csv(table, out)
         _print(table, out, args.seeds)
         return
     rows = []
@@ -130,7 +132,7 @@ def main() -> None:
                 rows.append({"schedule": schedule, "dataset": dataset, "trial": row["trial"],
                              "option": args.val_options or "plain", **val_hm(base, row["params"], options)})
                 print(rows[-1], flush=True)
-        pd.DataFrame(rows).to_csv(out, index=False)
+        write_csv(pd.DataFrame(rows), out)
         return
     for schedule, dataset, row, base in trial_configs(args.results, args.schedule, changes(args.set)):
         if only and dataset not in only:
@@ -141,7 +143,7 @@ def main() -> None:
                      "test_novel": n, **row["params"]})
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(out, index=False)
+    write_csv(table, out)
     _print(table, out, args.seeds)
 
 

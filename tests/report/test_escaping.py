@@ -169,3 +169,14 @@ def test_errors_name_the_records_methods_briefly(tmp_path):
         with pytest.raises(ValueError) as exc:
             report.write_report(records, tmp_path, **options)
         assert len(str(exc.value)) < 400 and "\n" not in str(exc.value) and "nope" in str(exc.value)
+
+
+def test_every_csv_is_written_by_the_one_escaping_writer():
+    """No CSV writer bypasses escape.write_csv (the research scripts' knobs.csv, oracle.csv and
+    val_vs_test.csv wrote dataset and schedule names raw)."""
+    from tests.helpers import REPO_ROOT
+
+    writers = [f"{path.relative_to(REPO_ROOT)}:{n}" for folder in ("anchoropt", "benchmarks")
+               for path in sorted((REPO_ROOT / folder).rglob("*.py")) if path.name != "escape.py"
+               for n, line in enumerate(path.read_text().splitlines(), 1) if ".to_csv(" in line or "csv.writer(" in line]
+    assert writers == []
