@@ -138,8 +138,9 @@ def prepare_features(suite: Suite, results: Path, objective: str | None, threads
 def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int, objective: str,
                        scheduler: str, resources: dict[str, Any],
                        clock: WorkClock | None = None) -> tuple[Suite, Tuning | None]:
-    """Search each schedule of ``suite.schedule_methods`` on each dataset, printing ``search k/K``
-    and the searches' ETA before each; ``clock`` gets a lap per search.
+    """Search each schedule of ``suite.schedule_methods`` on each dataset, all searches in one
+    call of :func:`anchoropt.search.driver.run_searches` (one Tune run, warm workers, one progress
+    bar), then print each search's best; ``clock`` gets one lap for them.
 
     Returns the suite with a ``<method>_tuned`` method per schedule (its ``config:`` each
     dataset's ``best_config.yaml``; the untuned method stays as the reference defaults; the tuned
@@ -150,62 +151,62 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
     import pandas as pd
 
     from anchoropt.report.tuning import Tuning
-    from anchoropt.search.driver import run_search
+    from anchoropt.search.driver import run_searches
     from anchoropt.search.spec import SearchError
     from anchoropt.suite import method_values
 
-    trials, searches, importances = [], [], []
-    methods, tuned, untuned = dict(suite.methods), {}, {}
-    total = len(suite.schedule_methods or {}) * len(suite.trained_datasets)
-    spent: list[float] = []  # seconds of each search that ran trials in this invocation
-    k = 0
+    per_search = {k: resources.get(k) for k in ("cpus_per_trial", "gpus_per_trial", "max_concurrent")}
+    per_call = {k: v for k, v in resources.items() if k not in per_search}
+    requests, where, finished = [], [], {}
     for schedule, method in (suite.schedule_methods or {}).items():
         folder = (results / "searches" / schedule).resolve()
-        finished = True  # every search of this schedule has run its trials (a dry run plans its cells)
+        finished[schedule] = True  # every search of this schedule has run its trials (a dry run plans its cells)
         for dataset in suite.trained_datasets:
             out = folder / dataset
             base, _ = method_values(suite, method, dataset)
-            k += 1
             done_before = _trials_done(out)
-            finished &= done_before >= num_trials and (out / "best_config.yaml").is_file()
-            if not resources.get("dry_run"):
-                print(f"search {k}/{total}: {schedule} / {dataset} ({done_before}/{num_trials} trials done)"
-                      + _eta(spent, total - k + 1))
-            started = time.time()
+            finished[schedule] &= done_before >= num_trials and (out / "best_config.yaml").is_file()
             if (out / "search.json").is_file():
-                found = run_search(resume=out, num_trials=_same_search(out, space, num_trials, base, objective,
-                                                                       scheduler), **resources)
+                requests.append(dict(resume=out, num_trials=_same_search(out, space, num_trials, base, objective,
+                                                                         scheduler), **per_search))
             else:
-                found = run_search(space, out, num_trials, base=base, objective=objective, scheduler=scheduler,
-                                   **resources)
-            if found is None:  # a dry run: the plan is printed
-                continue
-            if clock is not None:
-                clock.lap(worked=found.n_done > done_before)
-            if found.n_done > done_before:
-                spent.append(time.time() - started)
-            print(f"{schedule} / {dataset}: " + " | ".join(found.summary().splitlines()[:2]))
-            if found.n_complete == 0:
-                raise SearchError(f"search {out}: no trial completed ({found.n_failed} failed, see "
-                                  f"{out / 'trials.csv'}): the {method} cells would run untuned")
-            trials.append(found.trials.assign(schedule=schedule, dataset=dataset))
-            versus = found.vs_default or {}
-            searches.append({"schedule": schedule, "dataset": dataset, "num_trials": found.num_trials,
-                             "sampler": found.sampler, "importances_note": found.importances_note,
-                             "best_trial": found.best_trial, "best_hm_se": found.best_hm_se,
-                             "delta_vs_default": versus.get("delta"), "p_vs_default": versus.get("p_adjusted"),
-                             "beats_default": versus.get("beats_default"), "vs_default": versus.get("words")})
-            importances += [{"schedule": schedule, "dataset": dataset, "param": k, "importance": v}
-                            for k, v in (found.importances or {}).items()]
+                requests.append(dict(space=space, out=out, num_trials=num_trials, base=base, objective=objective,
+                                     scheduler=scheduler, **per_search))
+            where.append((schedule, method, dataset, done_before))
+    done = sum(w[3] for w in where)
+    if not per_call.get("dry_run"):
+        print(f"searches: {len(requests)} ({len(finished)} schedules x {len(suite.trained_datasets)} datasets), "
+              f"{len(requests) * num_trials} trials, {done} done before")
+    found_all = run_searches(requests, label="searches", **per_call)
+    methods, tuned, untuned = dict(suite.methods), {}, {}
+    for schedule, method in (suite.schedule_methods or {}).items():
         spec = {k: v for k, v in suite.methods[method].items() if k != "config"}
         tuned[schedule], untuned[schedule] = f"{method}_tuned", method
-        if resources.get("dry_run") and not finished:
+        if found_all is None and not finished[schedule]:
             print(f"(plus {tuned[schedule]}: each dataset's {schedule} search's best configuration, once those "
                   "searches have run)")
             continue
+        folder = (results / "searches" / schedule).resolve()
         methods[tuned[schedule]] = {**spec, "config": str(folder / "{dataset}" / "best_config.yaml")}
-    if resources.get("dry_run"):
+    if found_all is None:  # a dry run: the plans are printed
         return dataclasses.replace(suite, methods=methods), None
+    if clock is not None:
+        clock.lap(worked=sum(found.n_done for found in found_all) > done)
+    trials, searches, importances = [], [], []
+    for found, (schedule, method, dataset, _) in zip(found_all, where):
+        print(f"{schedule} / {dataset}: " + " | ".join(found.summary().splitlines()[:2]))
+        if found.n_complete == 0:
+            raise SearchError(f"search {found.out_dir}: no trial completed ({found.n_failed} failed, see "
+                              f"{found.out_dir / 'trials.csv'}): the {method} cells would run untuned")
+        trials.append(found.trials.assign(schedule=schedule, dataset=dataset))
+        versus = found.vs_default or {}
+        searches.append({"schedule": schedule, "dataset": dataset, "num_trials": found.num_trials,
+                         "sampler": found.sampler, "importances_note": found.importances_note,
+                         "best_trial": found.best_trial, "best_hm_se": found.best_hm_se,
+                         "delta_vs_default": versus.get("delta"), "p_vs_default": versus.get("p_adjusted"),
+                         "beats_default": versus.get("beats_default"), "vs_default": versus.get("words")})
+        importances += [{"schedule": schedule, "dataset": dataset, "param": k, "importance": v}
+                        for k, v in (found.importances or {}).items()]
     if not trials:
         return suite, None
     tuning = Tuning(pd.concat(trials, ignore_index=True), pd.DataFrame(searches),
@@ -220,14 +221,6 @@ def _trials_done(out: Path) -> int:
         return int(json.loads((out / "summary.json").read_text(encoding="utf-8"))["done"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
-
-
-def _eta(spent: list[float], remaining: int) -> str:
-    """``, searches ETA 12 min`` from the mean time of the searches run so far (none yet: nothing)."""
-    if not spent:
-        return ""
-    seconds = sum(spent) / len(spent) * remaining
-    return f", searches ETA {seconds / 60:.0f} min" if seconds >= 90 else f", searches ETA {seconds:.0f} s"
 
 
 def _same_search(out: Path, space: Path, num_trials: int, base: dict, objective: str, scheduler: str) -> int:

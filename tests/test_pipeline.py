@@ -48,7 +48,8 @@ def test_run_main_job_searches_benchmarks_reports_and_resumes(tmp_path, eurosat_
     assert (report_dir / "search_best_so_far.png").is_file() and (report_dir / "tuned_vs_defaults.csv").is_file()
 
     out = capsys.readouterr().out
-    assert "search 1/2: two_stage / eurosat (0/2 trials done)" in out and "search 2/2: one_stage" in out
+    assert "searches: 2 (2 schedules x 1 datasets), 4 trials, 0 done before" in out
+    assert "two_stage / eurosat: search " in out and "one_stage / eurosat: search " in out
     tail = out[out.rindex("The three answers, as measured:"):]  # printed at the end, in plain words
     assert "3. Does tuning help?" in tail and tail.count("\n") < 10 and "**" not in tail
     job = json.loads((results / "job.json").read_text())

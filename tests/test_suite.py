@@ -126,15 +126,14 @@ def test_run_searches_with_the_method_config_file_merged(tmp_path, eurosat_root,
     class Stop(Exception):
         pass
 
-    def fake_search(space, out, num_trials, base, **kw):  # the base a real search would validate
-        bases.append(make_config(base, source="base config"))
+    def fake_searches(requests, **kw):  # the bases real searches would validate
+        bases.extend(make_config(r["base"], source="base config") for r in requests)
         raise Stop
 
-    monkeypatch.setattr(driver, "run_search", fake_search)
+    monkeypatch.setattr(driver, "run_searches", fake_searches)
     with pytest.raises(Stop):
         pipeline.run_main_job(path, tmp_path / "res", tmp_path / "rep", search_trials=1, space=tmp_path / "s.yaml")
-    (base,) = bases
-    assert (base.n_anchors, base.lr, base.schedule) == (3, 0.005, "two_stage")
+    assert sorted((b.n_anchors, b.lr, b.schedule) for b in bases) == [(3, 0.005, "one_stage"), (3, 0.005, "two_stage")]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,10 +36,12 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ray import tune
+from ray.tune.search import Searcher
 
 from anchoropt.config import TrainConfig
 from anchoropt.io import check_output_dir
@@ -47,11 +49,31 @@ from anchoropt.search.ledger import (ResultsLog, check_study_matches, lost_trial
                                      rebuild_study, reconcile, repair_journal)
 from anchoropt.search.outputs import SearchResult, write_outputs
 from anchoropt.search.spec import SearchError, SearchSpec, make_sampler, new_spec, now
-from anchoropt.search.trial import (METRIC, NUMBER_KEY, ORIGIN_KEY, RUN_KEY, StudySearcher, outcome, run_trial,
+from anchoropt.search.trial import (METRIC, NUMBER_KEY, ORIGIN_KEY, RUN_KEY, SEARCH_KEY, StudySearcher, outcome, run_trial,
                                     trial_config)
 
 
 INFRA_RETRIES = 3  # runs re-queuing trials lost with their actor or node, after the first
+
+
+@dataclass
+class Search:
+    """One search of a call, between its checks and its outputs: ``out_dir``, its ``spec``, its
+    Optuna ``study`` and storage, the ledger ``rows`` of its finished trials, repair ``notes``
+    for its next run entry, and ``made``: what a new search wrote, removed if the call fails
+    before its first trial."""
+
+    out_dir: Path
+    spec: SearchSpec
+    made: list[Path] = field(default_factory=list)
+    study: Any = None
+    storage: Any = None
+    rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trials_left(self) -> int:
+        return self.spec.num_trials - len(self.rows)
 
 
 def run_search(space: str | Path | dict | None = None, out: str | Path | None = None,
@@ -100,70 +122,148 @@ def run_search(space: str | Path | dict | None = None, out: str | Path | None = 
             resource request no node of the cluster meets (all before any trial starts).
         TrackingError: the MLflow store cannot be logged to (before Ray starts).
     """
+    request = dict(space=space, out=out, num_trials=num_trials, base=base, objective=objective, sampler=sampler,
+                   seed=seed, scheduler=scheduler, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                   max_concurrent=max_concurrent, storage=storage, enqueue=enqueue, resume=resume)
+    results = run_searches([request], address=address, num_cpus=num_cpus, worker_setup=worker_setup,
+                           verbose=verbose, mlflow=mlflow, dry_run=dry_run)
+    if results is None:
+        return None
+    if print_summary:
+        print(results[0].summary())
+    return results[0]
+
+
+def run_searches(requests: list[dict[str, Any]], *, address: str | None = None, num_cpus: int | None = None,
+                 worker_setup: Callable[[], None] | None = None, verbose: int = 0,
+                 mlflow: str | bool | None = None, dry_run: bool = False,
+                 label: str | None = None) -> list[SearchResult] | None:
+    """Run (or resume) several searches on one Ray, their trials in one Tune run, and write each one's outputs.
+
+    Each request holds :func:`run_search`'s search arguments (``space``, ``out``, ``num_trials``,
+    ``base``, ``objective``, ``sampler``, ``seed``, ``scheduler``, ``cpus_per_trial``,
+    ``gpus_per_trial``, ``max_concurrent``, ``storage``, ``enqueue``, ``resume``). Every search is
+    checked before Ray starts. Searches without a scheduler and with the same resources and
+    concurrency share one Tune run: the first search's trials are drawn first, then the next
+    one's, so each draws the trials it would draw alone, while the workers, their imports and
+    loaded backbones stay warm from one search to the next and no slot waits for a search's last
+    trial (``reuse_actors``). An ASHA search runs alone (its rungs compare its own trials only).
+    ``label`` names the progress bar (default: the search folder's name, or ``N searches``).
+
+    Returns:
+        One :class:`SearchResult` per request, in order (None for a dry run). A search's
+        ``wall_time_s`` is the time from the call's start to the end of its last trial.
+
+    Raises:
+        as :func:`run_search`, for the first bad request, before any trial of any search starts.
+    """
     import ray
 
     started = time.time()
     started_ray = not ray.is_initialized()  # a Ray already initialised in this process is used as is
-    made: list[Path] = []  # what a new search wrote, removed if it fails before its first trial
+    searches: list[Search] = []
     try:
-        if resume is not None:
-            out_dir = Path(resume).expanduser().resolve()
-            spec = _resumed_spec(out_dir, num_trials, max_concurrent, cpus_per_trial, gpus_per_trial)
-            if dry_run:
-                return _dry_run(spec, out_dir, resume=True)
-            _check_outputs(spec, out_dir, "--resume")
-            _choose_tracking(spec, out_dir, mlflow)
-        else:
-            if space is None or out is None or num_trials is None:
-                raise SearchError("a new search needs a space, an output folder and a number of trials")
-            out_dir = Path(out).expanduser().resolve()
-            if (out_dir / "search.json").is_file():
-                raise SearchError(f"{out_dir} already holds a search: resume it with --resume {out_dir}")
-            spec = new_spec(space, out_dir, num_trials, base, objective=objective, sampler=sampler, seed=seed,
-                            scheduler=scheduler, cpus_per_trial=1.0 if cpus_per_trial is None else cpus_per_trial,
-                            gpus_per_trial=gpus_per_trial or 0.0, max_concurrent=max_concurrent, storage=storage,
-                            enqueue=enqueue)
-            if dry_run:
-                return _dry_run(spec, out_dir, resume=False)
-            _check_outputs(spec, out_dir, "--out")
-            _choose_tracking(spec, out_dir, mlflow)
-            _start_ray(spec, address, num_cpus, verbose)
-            made = [out_dir] if not out_dir.exists() else [out_dir / "search.json", out_dir / "study.journal"]
-            out_dir.mkdir(parents=True, exist_ok=True)
-            spec.write(out_dir)
-        study, storage_obj, notes = _open_study(spec, out_dir)
-        rows = reconcile(study, storage_obj, out_dir, spec)
-        for _ in range(1 + INFRA_RETRIES):  # the runs after the first re-run trials lost with their actor or node
-            if spec.num_trials <= len(rows):
-                break
-            run_index = len(spec.runs)
-            _start_ray(spec, address, num_cpus, verbose)
-            spec.runs.append({"run": run_index, "started": now(), "trials_before": len(rows),
-                              "trials_asked": spec.num_trials - len(rows), 
-                              "max_concurrent": spec.max_concurrent, **({"notes": notes} if notes else {})})
-            notes = []
-            spec.write(out_dir)
-            made = []  # from here the folder holds a search to resume
-            _tune(spec, out_dir, study, run_index, rows, worker_setup=worker_setup, verbose=verbose)
-            spec.runs[-1]["finished"] = now()
-            spec.write(out_dir)
-            rows = reconcile(study, storage_obj, out_dir, spec)
-            lost = lost_trials(out_dir)
-            if lost and len(rows) < spec.num_trials:
-                print(f"{len(lost)} trial(s) lost with their actor or node (not failures): re-running "
-                      f"{', '.join(str(n) for n in sorted(lost))} with the same parameters")
+        for request in requests:
+            search = _prepare(mlflow=mlflow, dry_run=dry_run, **request)
+            if search is not None:
+                searches.append(search)
+        if dry_run:
+            return None
+        for search in searches:
+            if search.made:
+                _start_ray(search.spec, address, num_cpus, verbose)
+                search.out_dir.mkdir(parents=True, exist_ok=True)
+                search.spec.write(search.out_dir)
+            search.study, search.storage, search.notes = _open_study(search.spec, search.out_dir)
+            search.rows = reconcile(search.study, search.storage, search.out_dir, search.spec)
+        for group in _shared_runs(searches):
+            _run_trials(group, address, num_cpus, worker_setup, verbose,
+                        label or (f"search {group[0].out_dir.name}" if len(group) == 1 else f"{len(group)} searches"))
     except Exception:
-        for path in made:  # no half-made search blocks the corrected command
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        for search in searches:  # no half-made search blocks the corrected command
+            for path in search.made:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         raise
     finally:
         if started_ray and ray.is_initialized():
             ray.shutdown()
-    result = write_outputs(out_dir, spec=spec, study=study, rows=rows)
-    result.wall_time_s = time.time() - started
-    if print_summary:
-        print(result.summary())
-    return result
+    results = []
+    for search in searches:
+        result = write_outputs(search.out_dir, spec=search.spec, study=search.study, rows=search.rows)
+        ends = [r["finished_at"] for r in search.rows if (r.get("finished_at") or 0) >= started]
+        result.wall_time_s = (max(ends) if ends else time.time()) - started
+        results.append(result)
+    return results
+
+
+def _prepare(space=None, out=None, num_trials=None, base=None, *, objective="val", sampler="tpe", seed=0,
+             scheduler="none", cpus_per_trial=None, gpus_per_trial=None, max_concurrent=None, storage=None,
+             enqueue=(), resume=None, mlflow=None, dry_run=False) -> Search | None:
+    """One request checked (arguments, folder, tracking store), before Ray starts; None for a dry
+    run (its plan printed). A new search's ``made`` lists what it will write."""
+    if resume is not None:
+        out_dir = Path(resume).expanduser().resolve()
+        spec = _resumed_spec(out_dir, num_trials, max_concurrent, cpus_per_trial, gpus_per_trial)
+        if dry_run:
+            return _dry_run(spec, out_dir, resume=True)
+        _check_outputs(spec, out_dir, "--resume")
+        _choose_tracking(spec, out_dir, mlflow)
+        return Search(out_dir, spec)
+    if space is None or out is None or num_trials is None:
+        raise SearchError("a new search needs a space, an output folder and a number of trials")
+    out_dir = Path(out).expanduser().resolve()
+    if (out_dir / "search.json").is_file():
+        raise SearchError(f"{out_dir} already holds a search: resume it with --resume {out_dir}")
+    spec = new_spec(space, out_dir, num_trials, base, objective=objective, sampler=sampler, seed=seed,
+                    scheduler=scheduler, cpus_per_trial=1.0 if cpus_per_trial is None else cpus_per_trial,
+                    gpus_per_trial=gpus_per_trial or 0.0, max_concurrent=max_concurrent, storage=storage,
+                    enqueue=enqueue)
+    if dry_run:
+        return _dry_run(spec, out_dir, resume=False)
+    _check_outputs(spec, out_dir, "--out")
+    _choose_tracking(spec, out_dir, mlflow)
+    made = [out_dir] if not out_dir.exists() else [out_dir / "search.json", out_dir / "study.journal"]
+    return Search(out_dir, spec, made=made)
+
+
+def _shared_runs(searches: list[Search]) -> list[list[Search]]:
+    """The searches grouped into Tune runs: those without a scheduler and with equal resources and
+    concurrency share one; each ASHA search has its own."""
+    groups: dict[Any, list[Search]] = {}
+    for search in searches:
+        spec = search.spec
+        key = (spec.cpus_per_trial, spec.gpus_per_trial, spec.max_concurrent) if spec.scheduler == "none" \
+            else id(search)
+        groups.setdefault(key, []).append(search)
+    return list(groups.values())
+
+
+def _run_trials(searches: list[Search], address: str | None, num_cpus: int | None, worker_setup,
+                verbose: int, label: str) -> None:
+    """The searches' missing trials in one Tune run, then runs re-queuing trials lost with their actor
+    or node (up to :data:`INFRA_RETRIES`); each search's ``search.json`` gets a run entry per Tune
+    run it takes part in, and its ``rows`` are brought up to date."""
+    for _ in range(1 + INFRA_RETRIES):  # the runs after the first re-run trials lost with their actor or node
+        pending = [s for s in searches if s.trials_left > 0]
+        if not pending:
+            return
+        _start_ray(pending[0].spec, address, num_cpus, verbose)
+        for search in pending:
+            search.spec.runs.append({"run": len(search.spec.runs), "started": now(),
+                                     "trials_before": len(search.rows), "trials_asked": search.trials_left,
+                                     "max_concurrent": search.spec.max_concurrent,
+                                     **({"notes": search.notes} if search.notes else {})})
+            search.notes, search.made = [], []  # from here the folder holds a search to resume
+            search.spec.write(search.out_dir)
+        _tune(pending, worker_setup=worker_setup, verbose=verbose, label=label)
+        for search in pending:
+            search.spec.runs[-1]["finished"] = now()
+            search.spec.write(search.out_dir)
+            search.rows = reconcile(search.study, search.storage, search.out_dir, search.spec)
+            lost = lost_trials(search.out_dir)
+            if lost and search.trials_left > 0:
+                print(f"{search.out_dir}: {len(lost)} trial(s) lost with their actor or node (not failures): "
+                      f"re-running {', '.join(str(n) for n in sorted(lost))} with the same parameters")
 
 
 ASHA_REDUCTION = 2  # ASHA's reduction factor: each rung keeps the top half
@@ -270,47 +370,134 @@ def _open_study(spec: SearchSpec, out_dir: Path):
     return study, storage, notes
 
 
-def _tune(spec: SearchSpec, out_dir: Path, study, run_index: int, rows: list[dict], *, worker_setup,
-          verbose: int) -> None:
-    """Run the trials missing from ``rows`` (the finished ones) as one Tune run on the started Ray."""
+def _tune(searches: list[Search], *, worker_setup, verbose: int, label: str) -> None:
+    """Run the trials missing from each search's ``rows`` as one Tune run on the started Ray (Tune's
+    folders under the first search's ``ray/``): one :class:`StudySearcher` per search behind a
+    :class:`SearchesSearcher`, and each search's ledger and trackers seeing only its own trials
+    (:class:`ForSearch`)."""
     from ray.tune.search import ConcurrencyLimiter
 
     from anchoropt.progress import TrialProgress, ray_output
     from anchoropt.raytools import Resources, trainable
     from anchoropt.tracking import MLflowTarget, closing_trackers, tracking_callbacks, trial_namer
 
-    searcher = StudySearcher(study, spec.search_space, spec.sampler_options.get("n_startup_trials", 0),
-                             sampler_at=lambda position: make_sampler(spec.sampler, spec.draw_seed(position),
-                                                                      spec.sampler_options))
-    search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent) if spec.max_concurrent else searcher
+    first = searches[0].spec
+    searchers, callbacks, trackers = [], [], []
+    for index, search in enumerate(searches):
+        spec = search.spec
+        searchers.append(StudySearcher(search.study, spec.search_space, spec.sampler_options.get("n_startup_trials", 0),
+                                       sampler_at=lambda position, spec=spec: make_sampler(
+                                           spec.sampler, spec.draw_seed(position), spec.sampler_options)))
+        own = tracking_callbacks(search.out_dir, MLflowTarget.from_dict(spec.mlflow),
+                                 params_of=lambda config, base=spec.base: trial_config(base, config),
+                                 outcome_of=lambda result: outcome(result, error=False),
+                                 tags_of=lambda config: {"trial": str(config[NUMBER_KEY]), "origin": config[ORIGIN_KEY]})
+        trackers += own
+        callbacks += [ForSearch(cb, index) for cb in
+                      [ResultsLog(search.out_dir / "results.jsonl", spec, len(spec.runs) - 1), *own]]
+    searcher = SearchesSearcher(searchers, [s.trials_left for s in searches])
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=first.max_concurrent) if first.max_concurrent else searcher
     sched = None
-    if spec.scheduler == "asha":
+    if first.scheduler == "asha":  # alone in its Tune run (_shared_runs)
         from ray.tune.schedulers import ASHAScheduler
-        rungs = asha_rungs(spec)
+        rungs = asha_rungs(first)
         sched = ASHAScheduler(time_attr="training_iteration", max_t=rungs["max_t"],
                               grace_period=rungs["grace_period"], reduction_factor=rungs["reduction_factor"])
-    trial = trainable(run_trial, Resources(spec.cpus_per_trial, spec.gpus_per_trial), base=spec.base,
-                      worker_setup=worker_setup, report_in_thread=sched is None)
-    trackers = tracking_callbacks(out_dir, MLflowTarget.from_dict(spec.mlflow),
-                                  params_of=lambda config: trial_config(spec.base, config),
-                                  outcome_of=lambda result: outcome(result, error=False),
-                                  tags_of=lambda config: {"trial": str(config[NUMBER_KEY]), "origin": config[ORIGIN_KEY]})
-    callbacks = [ResultsLog(out_dir / "results.jsonl", spec, run_index), *trackers]
+    trial = trainable(run_trial, Resources(first.cpus_per_trial, first.gpus_per_trial),
+                      bases=[s.spec.base for s in searches], worker_setup=worker_setup,
+                      report_in_thread=sched is None)
     if not verbose:
-        best = [r["hm"] for r in rows if r["status"] == "complete" and isinstance(r.get("hm"), (int, float))]
-        callbacks.append(TrialProgress(f"search {out_dir.name}", spec.num_trials, done=len(rows),
-                                       best=max(best) if best else None, metric=METRIC,
+        best = [r["hm"] for r in searches[0].rows if r["status"] == "complete" and isinstance(r.get("hm"), (int, float))]
+        callbacks.append(TrialProgress(label, sum(s.spec.num_trials for s in searches),
+                                       done=sum(len(s.rows) for s in searches),
+                                       best=max(best) if best and len(searches) == 1 else None,
+                                       metric=METRIC if len(searches) == 1 else None,
                                        counts=lambda last: outcome(last, False)[0] == "complete"))
+    storage = searches[0].out_dir / "ray"
     with ray_output(verbose), closing_trackers(trackers):
         tuner = tune.Tuner(
             trial,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=search_alg, scheduler=sched,
-                                        num_samples=spec.num_trials - len(rows), reuse_actors=True,
+                                        num_samples=sum(s.trials_left for s in searches), reuse_actors=True,
                                         trial_name_creator=trial_namer(lambda c: f"trial-{c[RUN_KEY]:04d}")),
             run_config=tune.RunConfig(
-                name=f"run-{run_index}", storage_path=str(out_dir / "ray"), verbose=verbose, callbacks=callbacks,
+                name=f"run-{len(first.runs) - 1}", storage_path=str(storage), verbose=verbose, callbacks=callbacks,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         grid = tuner.fit()
     if grid.num_errors and verbose:
         print(f"{grid.num_errors} trial(s) failed")
+
+
+class SearchesSearcher(Searcher):
+    """Ray Tune searcher drawing the trials of several searches in one Tune run: the first search's
+    until its ``budgets[0]`` trials are drawn (or its sampler has no more), then the next one's.
+    Each trial's config carries its search's index (:data:`SEARCH_KEY`); results go back to the
+    searcher that drew it."""
+
+    def __init__(self, searchers: list[Searcher], budgets: list[int]):
+        super().__init__(metric=METRIC, mode="max")
+        self.searchers, self.left = searchers, list(budgets)
+        self.owner: dict[str, int] = {}
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        for index, searcher in enumerate(self.searchers):
+            if self.left[index] <= 0:
+                continue
+            config = searcher.suggest(trial_id)
+            if config == Searcher.FINISHED:
+                self.left[index] = 0
+                continue
+            if config is None:
+                return None
+            self.left[index] -= 1
+            self.owner[trial_id] = index
+            return {**config, SEARCH_KEY: index}
+        return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.owner:
+            self.searchers[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.owner:
+            self.searchers[self.owner.pop(trial_id)].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing: the studies and the ledgers are the searches' state (a resume never restores Tune's)."""
+
+
+class ForSearch(tune.Callback):
+    """A Tune callback seeing only the trials of one search (``index``) of a shared Tune run."""
+
+    def __init__(self, callback: tune.Callback, index: int):
+        self.callback, self.index = callback, index
+
+    def _mine(self, trial) -> bool:
+        return trial.config.get(SEARCH_KEY) == self.index
+
+    def setup(self, **info):
+        self.callback.setup(**info)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self._mine(trial):
+            self.callback.on_trial_start(iteration, trials, trial, **info)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        if self._mine(trial):
+            self.callback.on_trial_restore(iteration, trials, trial, **info)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self._mine(trial):
+            self.callback.on_trial_result(iteration, trials, trial, result, **info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self._mine(trial):
+            self.callback.on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if self._mine(trial):
+            self.callback.on_trial_error(iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials, **info):
+        self.callback.on_experiment_end(trials, **info)

@@ -18,6 +18,7 @@ METRIC = "hm"
 NUMBER_KEY = "_optuna_trial"  # config key carrying the Optuna trial number into the trial
 ORIGIN_KEY = "_origin"  # config key: who chose the parameters (enqueued, sampler start-up, sampler)
 RUN_KEY = "_run"  # config key: the trial a retry re-runs (itself if none), naming its TensorBoard and MLflow run
+SEARCH_KEY = "_search"  # config key: which search of a shared Tune run the trial belongs to (its index)
 
 
 def outcome(result: dict | None, error: bool) -> tuple[str, str | None]:
@@ -48,11 +49,12 @@ REPORTED = ("hm", "acc_base", "acc_novel", "epoch", "epochs", "loss", "train_s",
 NOISE = ("hm_se", "n_base", "n_novel", "correct_base", "correct_novel")
 
 
-def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None = None,
+def run_trial(config: dict, bases: list[dict], worker_setup: Callable[[], None] | None = None,
               report_in_thread: bool = False) -> None:
     """One AnchorOPT training run, reported every epoch (run by :func:`anchoropt.raytools.trainable`).
 
-    ``config`` holds the drawn parameters (keys starting with ``_`` are the search's own);
+    ``config`` holds the drawn parameters (keys starting with ``_`` are the search's own); they
+    update ``bases[config[SEARCH_KEY]]``, the base configuration of the trial's search;
     each report carries ``hm``, ``acc_base``, ``acc_novel`` (percent), ``epoch`` (1-based),
     ``epochs`` (planned), ``loss``, ``train_s`` (seconds since the trial started),
     ``report_s`` (seconds the training waited on ``tune.report`` so far) and the objective's
@@ -72,7 +74,7 @@ def run_trial(config: dict, base: dict, worker_setup: Callable[[], None] | None 
 
     if worker_setup is not None:
         worker_setup()
-    cfg = make_config(trial_config(base, config), source="search trial")
+    cfg = make_config(trial_config(bases[config[SEARCH_KEY]], config), source="search trial")
     start = time.time()  # in-trial time (train_s): features, Stage I, Stage II, evaluations
     reported: list[dict] = []
     in_report = [0.0]  # seconds the training waited on ray.tune.report (Ray's share of the in-trial time)

@@ -1,27 +1,32 @@
 """How much does Ray Tune + Optuna cost on top of the training itself?
 
-Runs one search of N trials with C concurrent trials (local Ray, 1 CPU per trial), then the very
-same N configurations one by one in this process (``anchoropt.train.train`` in a loop, fresh
-cache so that features and Stage I are computed as in the search), and prints:
+Runs K searches of N trials each (seeds 0..K-1, C concurrent trials, 1 CPU each, local Ray started
+once) in one of two ways, and then, unless ``--search-only``, the very same configurations one by
+one in this process (``anchoropt.train.train`` in a loop):
 
-- search wall time (Ray start-up excluded and printed apart), sequential wall time, speed-up;
-- per trial: Ray-side wall time (trial start to completion, as the driver sees it) against the
-  in-trial time (``train_s``: features, Stage I, Stage II, per-epoch evaluations), and the fraction
-  of trial time that is overhead;
-- overall: ``search wall - sum(in-trial time) / C``, the time not explained by training at the
-  achieved concurrency, and its fraction of the search wall time.
+- ``shared``: one ``run_searches`` call: one Tune run for all K searches, workers kept warm from
+  one search to the next (what ``anchoropt run`` does with its 22 searches);
+- ``separate``: K ``run_searches`` calls of one search each: a Tune run, and fresh workers, per
+  search (what ``anchoropt search`` does, and what the main job did before).
 
-``--search-only`` skips the sequential run (to compare two versions of the code, run it
-alternately in each checkout and compare medians). The load average (os.getloadavg) is printed
-at start and end.
+``--mode both`` alternates the two, ``--rounds`` times each, in this one process (each search on
+a fresh feature cache, so every round does the same work), and prints per round and the medians:
+
+- wall time of the K searches (Ray start-up printed apart);
+- in-trial time (``train_s``: features, Stage I, Stage II, per-epoch evaluations) and its sum / C;
+- the share of wall time not training: ``1 - sum(in-trial) / C / wall``;
+- search start to first trial start, and last trial end to return (outputs, plots).
+
+The load average (os.getloadavg) is printed at start and end.
 
 Setups: ``tiny`` (default; a 6-class solid-colour EuroSAT made here and the tests' 2-layer
 TinyCLIP, random weights) or ``toy`` (the package's ToyCLIP with ``pretrained=toy`` on a toy-11
 dataset; ``--data-root`` / ``--dataset``).
 
-    python benchmarks/perf/search_overhead.py                       # tiny, 12 trials, 2 at once
+    python benchmarks/perf/search_overhead.py                       # tiny, 1 search of 12 trials, 2 at once
     python benchmarks/perf/search_overhead.py --setup toy --data-root data/toy11 --dataset toy_shape
-    python benchmarks/perf/search_overhead.py --setup toy --search-only    # overhead figures only
+    python benchmarks/perf/search_overhead.py --setup toy --search-only --trials 4 --epochs 3 \
+        --searches 6 --mode both --rounds 3                          # shared vs separate Tune runs
 """
 from __future__ import annotations
 
@@ -68,12 +73,40 @@ def toy_base(work: Path, args) -> dict:
     return dict(dataset=args.dataset, data_root=str(root), backbone="ToyCLIP", pretrained="toy")
 
 
+def run_once(mode: str, work: Path, base: dict, args) -> dict:
+    """The K searches one way (``shared`` or ``separate``) on a fresh folder and feature cache;
+    returns their figures (seconds)."""
+    import pandas as pd
+
+    from anchoropt.search.driver import run_searches
+    from anchoropt.search.ledger import read_results
+
+    work.mkdir(parents=True)
+    requests = [dict(space=SPACE, out=work / f"search{k}", num_trials=args.trials,
+                     base={**base, "cache_dir": str(work / "cache")}, objective=args.objective,
+                     max_concurrent=args.concurrent, cpus_per_trial=1, seed=k) for k in range(args.searches)]
+    start = time.time()
+    found = run_searches(requests) if mode == "shared" else [run_searches([r])[0] for r in requests]
+    wall = time.time() - start
+    assert all(res.n_complete == args.trials for res in found), [res.summary() for res in found]
+    table = pd.concat([res.trials.sort_values("trial") for res in found], ignore_index=True)
+    rows = [row for res in found for row in read_results(res.out_dir)]
+    in_trial = float(table["train_s"].astype(float).sum())
+    return {"mode": mode, "wall": wall, "in_trial": in_trial, "per_slot": in_trial / args.concurrent,
+            "not_training": 1 - in_trial / args.concurrent / wall,
+            "first_start": min(r["started_at"] for r in rows) - start,
+            "tail": start + wall - max(r["finished_at"] for r in rows), "table": table}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setup", choices=("tiny", "toy"), default="tiny")
     ap.add_argument("--data-root", default="data/toy11")
     ap.add_argument("--dataset", default="toy_shape")
-    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--trials", type=int, default=12, help="trials per search")
+    ap.add_argument("--searches", type=int, default=1, help="searches (seeds 0..K-1)")
+    ap.add_argument("--mode", choices=("shared", "separate", "both"), default="shared")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of each mode (alternated with --mode both)")
     ap.add_argument("--concurrent", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--anchor-epochs", type=int, default=50)
@@ -92,7 +125,6 @@ def main() -> None:
 
     from anchoropt.config import make_config
     from anchoropt.raytools import ensure_ray
-    from anchoropt.search.driver import run_search
     from anchoropt.train import cached_backbone, train
 
     work = Path(tempfile.mkdtemp(prefix="search_overhead_"))
@@ -100,30 +132,35 @@ def main() -> None:
         base = (tiny_base if args.setup == "tiny" else toy_base)(work, args)
         base.update(shots=args.shots, epochs=args.epochs, anchor_epochs=args.anchor_epochs,
                     train_views=args.train_views, device="cpu", eval_split=args.objective, batch_size=32)
-
         t = time.time()
         ensure_ray(num_cpus=args.concurrent)
         ray_start = time.time() - t
-
-        t = search_start = time.time()
-        res = run_search(SPACE, work / "search", args.trials, {**base, "cache_dir": str(work / "cache_search")},
-                         objective=args.objective, max_concurrent=args.concurrent, cpus_per_trial=1, seed=0)
-        search_wall = time.time() - t
+        modes = ["shared", "separate"] if args.mode == "both" else [args.mode]
+        runs = []
+        for r in range(args.rounds):
+            for mode in modes:
+                runs.append(run_once(mode, work / f"{mode}{r}", base, args))
+                f = runs[-1]
+                print(f"round {r} {mode:8s}: wall {f['wall']:6.1f} s, in-trial {f['in_trial']:6.1f} s "
+                      f"({f['per_slot']:.1f} s per slot), not training {f['not_training']:.1%}, first trial "
+                      f"start {f['first_start']:.1f} s, after last trial {f['tail']:.1f} s", flush=True)
         ray.shutdown()
-        table = res.trials.sort_values("trial")
-        from anchoropt.search.ledger import read_results
-        rows = read_results(work / "search")
-        first_start = min(r["started_at"] for r in rows) - search_start
-        tail = search_start + search_wall - max(r["finished_at"] for r in rows)
-        busy = max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)
-        assert res.n_complete == args.trials, res.summary()
 
-        seq_wall = None
+        print(f"setup {args.setup}: {args.searches} search(es) of {args.trials} trials, {args.concurrent} "
+              f"concurrent (1 CPU each), epochs {args.epochs}, anchor_epochs {args.anchor_epochs}, shots "
+              f"{args.shots}, train_views {args.train_views}, objective {args.objective}; cpus {os.cpu_count()}")
+        print(f"ray start-up (once)  {ray_start:.1f} s")
+        for mode in modes:
+            mine = [f for f in runs if f["mode"] == mode]
+            med = {k: statistics.median(f[k] for f in mine) for k in ("wall", "per_slot", "not_training")}
+            print(f"{mode:8s} median of {len(mine)}: wall {med['wall']:.1f} s, in-trial per slot "
+                  f"{med['per_slot']:.1f} s, share of wall time not training {med['not_training']:.1%}")
+
         if not args.search_only:
             # the same configurations, one by one, in this process (fresh cache)
             torch.set_num_threads(args.threads)
             configs = [make_config({**base, **{k: v for k, v in row.items() if k in SPACE["params"]},
-                                    "cache_dir": str(work / "cache_seq")}) for row in table.to_dict("records")]
+                                    "cache_dir": str(work / "cache_seq")}) for row in runs[0]["table"].to_dict("records")]
             t = time.time()
             first = configs[0]
             cached_backbone(first.backbone, first.pretrained, first.quick_gelu, "cpu", first.preprocess)
@@ -135,36 +172,9 @@ def main() -> None:
                 train(cfg, report=lambda m: None)
                 seq_times.append(time.time() - t0)
             seq_wall = time.time() - t
-
-        in_trial = table["train_s"].astype(float)
-        trial_wall = table["wall_time_s"].astype(float)
-        per_trial_overhead = trial_wall - in_trial
-        unexplained = search_wall - in_trial.sum() / args.concurrent
-        print(f"setup {args.setup}: {args.trials} trials, {args.concurrent} concurrent (1 CPU each), "
-              f"epochs {args.epochs}, anchor_epochs {args.anchor_epochs}, shots {args.shots}, "
-              f"train_views {args.train_views}, objective {args.objective}; torch threads in-process "
-              f"{torch.get_num_threads()}, cpus {os.cpu_count()}")
-        print(f"ray start-up (once)                      {ray_start:8.1f} s")
-        print(f"search wall ({args.concurrent} concurrent, Ray start excluded)  {search_wall:8.1f} s")
-        if seq_wall is not None:
-            print(f"sequential in-process wall ({args.trials} x train()) {seq_wall:8.1f} s  "
-                  f"(+ backbone load {backbone_load:.1f} s; per run median {statistics.median(seq_times):.2f} s)")
-            print(f"speed-up search vs sequential            {seq_wall / search_wall:8.2f} x "
-                  f"({(seq_wall + ray_start) / (search_wall + ray_start):.2f} x counting Ray start-up)")
-        report_s = table["report_s"].astype(float)
-        print(f"in-trial time: sum {in_trial.sum():.1f} s, median {in_trial.median():.2f} s per trial, of which "
-              f"waiting on ray.tune.report (per-epoch) {report_s.sum():.2f} s = {report_s.sum() / in_trial.sum():.1%}")
-        print(f"trial wall (driver view): median {trial_wall.median():.2f} s; overhead per trial median "
-              f"{per_trial_overhead.median():.2f} s = {per_trial_overhead.sum() / trial_wall.sum():.1%} "
-              f"of trial wall time")
-        print(f"search wall - sum(in-trial)/{args.concurrent} = {unexplained:.1f} s "
-              f"= {unexplained / search_wall:.1%} of the search wall time (Ray/Optuna/Tune overhead, worker "
-              f"start-up, idle slots)")
-        print(f"  of which: search start to first trial start {first_start:.1f} s (study, Tuner, actor + worker "
-              f"imports), last trial end to return {tail:.1f} s (Tune teardown, tables, importances, plots); "
-              f"trials running {busy:.1f} s for {in_trial.sum() / args.concurrent:.1f} s of in-trial work "
-              f"per slot ({1 - in_trial.sum() / args.concurrent / busy:.1%} overhead in steady state)")
-        print(f"first trial in-trial {table['train_s'].iloc[0]:.2f} s (features + backbone in a fresh worker)")
+            print(f"sequential in-process wall ({len(configs)} x train()) {seq_wall:.1f} s (+ backbone load "
+                  f"{backbone_load:.1f} s; per run median {statistics.median(seq_times):.2f} s); "
+                  f"{runs[0]['mode']} search wall {runs[0]['wall']:.1f} s: speed-up {seq_wall / runs[0]['wall']:.2f} x")
         print(f"load average at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
         if args.keep:
             print(f"work folder kept: {work}")

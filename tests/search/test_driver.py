@@ -200,3 +200,38 @@ def test_killed_search_resumes_without_lost_or_repeated_trials(ray_session, tiny
         assert interrupted[t.user_attrs["retry_of"]].items() <= t.params.items() and t.state.name == "COMPLETE"
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 6
     assert not set(interrupted) & set(table["trial"])
+
+
+def _pid_log(log_path: str):
+    """A worker_setup that appends the worker's PID to ``log_path`` at the start of every trial."""
+    def setup():
+        with open(log_path, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+    return setup
+
+
+@pytest.mark.ray
+def test_searches_sharing_a_tune_run_draw_their_own_trials_in_warm_workers(ray_session, tiny_cfg, tmp_path):
+    """Three searches in one run_searches call (one Tune run) draw, trial by trial, what each draws
+    alone, and every trial of every search runs in the same worker process (actors reused across
+    searches: imports and backbone loaded once)."""
+    from anchoropt.search.driver import run_search, run_searches
+
+    space = {"params": {k: TINY_SPACE["params"][k] for k in ("n_anchors", "lr")}}
+    bases = [_base(tiny_cfg, epochs=1), _base(tiny_cfg, epochs=1, shots=2), _base(tiny_cfg, epochs=1)]
+    alone = [run_search(space, tmp_path / f"alone{k}", 3, base, seed=k, max_concurrent=1)
+             for k, base in enumerate(bases)]
+    pids = tmp_path / "pids.log"
+    shared = run_searches([dict(space=space, out=tmp_path / f"shared{k}", num_trials=3, base=base, seed=k,
+                                max_concurrent=1) for k, base in enumerate(bases)],
+                          worker_setup=_pid_log(str(pids)))
+    for one, both in zip(alone, shared):
+        assert (both.n_complete, both.num_trials) == (3, 3)
+        assert one.trials[["n_anchors", "lr"]].equals(both.trials[["n_anchors", "lr"]])
+        runs = json.loads((both.out_dir / "search.json").read_text())["runs"]
+        assert len(runs) == 1 and runs[0]["finished"] and runs[0]["trials_asked"] == 3
+    assert len(pids.read_text().split()) == 9 and len(set(pids.read_text().split())) == 1
+    assert (shared[0].out_dir / "ray" / "run-0").is_dir()  # Tune's own folders: under the first search
+    for k in range(3):  # each search's TensorBoard runs in its own folder, its trials only
+        assert sorted(p.name for p in (tmp_path / f"shared{k}" / "tensorboard").iterdir()) == \
+            ["trial-0000", "trial-0001", "trial-0002"]
