@@ -195,6 +195,18 @@ def test_out_of_range_seeds_refused_before_ray(tmp_path, capsys, monkeypatch, se
         load_config(None, [f"seed={seed}"])
 
 
+def test_toy_data_refuses_a_bad_seed_or_output_before_writing(mounted, tmp_path, capsys, monkeypatch):
+    """``anchoropt data toy`` (and the main job's toy data): a seed out of range left a half-written
+    dataset and numpy's 'expected non-negative integer'; a read-only data_root a 17-line traceback."""
+    for seed in ("-1", str(2**40)):
+        code, err = _cli(["data", "toy", "--seed", seed, f"data_root={tmp_path / 'd'}"], capsys, monkeypatch)
+        assert code == 2 and err == [f"anchoropt: error: the toy world seed must be an integer in 0 .. 4294967295, "
+                                     f"got {seed}"] and not (tmp_path / "d").exists()
+    for point in (mounted("ro", read_only=True), mounted("full", fill=True)):
+        code, err = _cli(["data", "toy", f"data_root={point / 'd'}"], capsys, monkeypatch)
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"anchoropt: error: data_root {point / 'd'}: ")
+
+
 def test_train_help_says_what_shots_0_means(capsys):
     from anchoropt.cli import main
 

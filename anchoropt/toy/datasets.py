@@ -350,27 +350,31 @@ def make_toy11(root: Path, seed: int = 0, overwrite: bool = False, names: Sequen
     Returns:
         The dataset names, in ``TOY11`` order.
     Raises:
+        ConfigError: ``seed`` outside 0 .. 2^32 - 1 (before anything is written).
+        OutputError: a dataset must be written and ``root`` is not a writable folder with room
+            (read-only or full disk: ``io.check_output_dir``), before anything is written.
         ValueError: a complete dataset on disk was made with another seed or version
             (and ``overwrite`` is false).
         KeyError: unknown name in ``names``.
     """
+    from anchoropt.config import MAX_SEED
+    from anchoropt.errors import ConfigError
+    from anchoropt.io import check_output_dir
+
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"the toy world seed must be an integer in 0 .. {MAX_SEED}, got {seed}")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     wanted = list(TOY11_NAMES if names is None else names)
     for n in wanted:
         get_toy_dataset(n)
-    out = []
-    for idx, d in enumerate(TOY11):
-        if d.name not in wanted:
-            continue
-        ddir = root / d.name
-        complete = False
-        if not overwrite:
-            complete = _is_complete(ddir, d, seed, dict(SPLIT_SIZES if sizes is None else sizes))
-        if not complete:
-            write_dataset(root, d, seed=seed, ds_index=idx, sizes=sizes)
-        out.append(d.name)
-    return out
+    chosen = [(idx, d) for idx, d in enumerate(TOY11) if d.name in wanted]
+    todo = [(idx, d) for idx, d in chosen
+            if overwrite or not _is_complete(root / d.name, d, seed, dict(SPLIT_SIZES if sizes is None else sizes))]
+    if todo:  # complete datasets on a read-only share need no write access
+        check_output_dir(root, "data_root")
+    for idx, d in todo:
+        write_dataset(root, d, seed=seed, ds_index=idx, sizes=sizes)
+    return [d.name for _, d in chosen]
 
 
 if __name__ == "__main__":
