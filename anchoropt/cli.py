@@ -136,12 +136,12 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from anchoropt.evaluate import evaluate_run
+    from anchoropt.evaluate import evaluate_run, read_run
     from anchoropt.io import check_output_dir, save_json
 
     overrides = parse_overrides(args.overrides)
-    if args.out:
-        check_output_dir(Path(args.out).parent, "--out")
+    read_run(args.run_dir)  # a missing run is named as such before its output folder is probed
+    check_output_dir(*((Path(args.out).parent, "--out") if args.out else (Path(args.run_dir) / "eval", "eval folder")))
     record = evaluate_run(args.run_dir, overrides)
     m = record["metrics"]
     out = Path(args.out or Path(args.run_dir) / "eval" / f"{record['dataset']}.{record['eval_split']}.json")
@@ -225,8 +225,10 @@ def _data_check(args: argparse.Namespace) -> None:
 def _export_openai(args: argparse.Namespace) -> None:
     from anchoropt.backbone import create_backbone
     from anchoropt.export import OPENAI_HEAD_WIDTH, export_openai
+    from anchoropt.io import check_output_dir
 
     cfg = load_config(args.config, args.overrides)
+    check_output_dir(Path(args.out).expanduser().parent, "--out")
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.quick_gelu, "cpu", cfg.preprocess)
     done = export_openai(backbone, args.out, overwrite=args.overwrite)
     print(f"{done['path']}: {cfg.backbone} ({cfg.pretrained}) in OpenAI's format, fp32, {done['tensors']} tensors; "

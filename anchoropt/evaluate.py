@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from anchoropt.config import ConfigError, TrainConfig, make_config
+from anchoropt.io import check_output_dir
 
 #: what an evaluation may change: what is scored and where it is read; the rest is the run's own
 EVAL_KEYS = ("dataset", "eval_split", "data_root", "cache_dir", "device")
@@ -85,6 +86,7 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -
 
     Raises:
         ConfigError, DataError, BackboneError: one line naming the file, key or dataset.
+        OutputError: ``cache_dir`` is not writable (read-only or full disk), before anything is scored.
     """
     import torch
 
@@ -98,6 +100,7 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -
     start = time.time()
     record, prompts = read_run(run_dir)
     cfg, dataset, split = eval_config(record, overrides or {}, str(Path(run_dir) / "record.json"))
+    check_output_dir(cfg.cache_dir, "cache_dir")
     device = resolve_device(cfg.device)
     data = build_dataset(cfg.data_root, cfg.dataset)
     target = data if dataset == cfg.dataset else build_dataset(cfg.data_root, dataset)

@@ -110,8 +110,9 @@ def test_meta_json_paths_stay_inside_the_dataset(tmp_path, key, value):
 
 @pytest.fixture
 def mounted(tmp_path):
-    """``mount(name, ro, fill)``: a 2 MiB tmpfs under tmp_path, read-only or filled to the last byte;
-    the test is skipped where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+    """``mount(name, ro, fill, holding)``: a 2 MiB tmpfs under tmp_path, read-only (holding a copy of
+    the folder ``holding``) or filled to the last byte; the test is skipped where mounting is not
+    allowed (not root, no CAP_SYS_ADMIN)."""
     import shutil
     import subprocess
 
@@ -119,14 +120,17 @@ def mounted(tmp_path):
         pytest.skip("no mount command")
     done = []
 
-    def mount(name: str, read_only: bool = False, fill: bool = False):
+    def mount(name: str, read_only: bool = False, fill: bool = False, holding=None):
         point = tmp_path / name
         point.mkdir()
-        made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{'ro' if read_only else 'rw'},size=2m", "tmpfs",
-                               str(point)], capture_output=True)
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{'ro' if read_only and not holding else 'rw'},size=2m",
+                               "tmpfs", str(point)], capture_output=True)
         if made.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
         done.append(point)
+        if holding:
+            shutil.copytree(holding, point / holding.name)
+            subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
         if fill:
             with open(point / "filler", "wb") as f:
                 try:
@@ -205,6 +209,23 @@ def test_toy_data_refuses_a_bad_seed_or_output_before_writing(mounted, tmp_path,
     for point in (mounted("ro", read_only=True), mounted("full", fill=True)):
         code, err = _cli(["data", "toy", f"data_root={point / 'd'}"], capsys, monkeypatch)
         assert code == 2 and len(err) == 1 and err[0].startswith(f"anchoropt: error: data_root {point / 'd'}: ")
+
+
+def test_eval_and_export_refuse_unwritable_outputs_before_any_work(mounted, tiny_cfg, tmp_path, capsys, monkeypatch):
+    """``eval`` (its default RUN_DIR/eval folder, --out, cache_dir) and ``export --out`` on a read-only
+    or full disk: one line each (were tracebacks, eval's after scoring the whole run)."""
+    from anchoropt.train import train
+
+    run = tmp_path / "run"
+    train(tiny_cfg(method="coop", epochs=1), out_dir=run)
+    read_only, full = mounted("ro", read_only=True, holding=run), mounted("full", fill=True)
+    toy = ["backbone=ToyCLIP", "pretrained=toy"]
+    for argv, what in [(["eval", read_only / "run"], "eval folder"), (["eval", run, "--out", full / "e.json"], "--out"),
+                       (["eval", run, f"cache_dir={read_only / 'c'}"], "cache_dir"),
+                       (["export", "openai", "--out", read_only / "x.pt", *toy], "--out"),
+                       (["export", "openai", "--out", full / "x.pt", *toy], "--out")]:
+        code, err = _cli([str(a) for a in argv], capsys, monkeypatch)
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"anchoropt: error: {what} "), (argv, err)
 
 
 def test_train_help_says_what_shots_0_means(capsys):
