@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, get_type_hints
 
-from anchoropt.errors import ConfigError, brief
+from anchoropt.errors import ConfigError, brief, names
 from anchoropt.paths import absolute, check_name, is_checkpoint_path
 from anchoropt.yamlio import read_yaml
 
@@ -331,8 +331,8 @@ def check_keys(values: Mapping[str, Any], known: Iterable[str], source: str,
     if unknown:
         hints = [f"{k} (renamed {renamed[k]})" if renamed and k in renamed else
                  f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
-                 for k in unknown]
-        raise ConfigError(f"{source}: unknown {kind}(s) {', '.join(hints)}")
+                 for k in map(str, unknown)]
+        raise ConfigError(f"{source}: unknown {kind}(s) {names(hints)}")
 
 
 def make_config(values: dict[str, Any] | None = None, source: str = "config") -> TrainConfig:

@@ -20,3 +20,19 @@ def brief(value) -> str:
     structure (e.g. a YAML value) is cut with ``...``, so an error stays one readable line."""
     text = _BRIEF.repr(value)
     return text if len(text) <= MAX_CHARS else text[:MAX_CHARS - 3] + "..."
+
+
+def short(text) -> str:
+    """A user-written name or key for an error, unquoted: ``str(text)`` with control characters
+    escaped (one line), cut in the middle to at most 60 characters (``...``)."""
+    text = str(text)
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= 60 else f"{shown[:28]}...{shown[-29:]}"
+
+
+def names(items, limit: int = 8) -> str:
+    """User-written names or keys for an error, comma-separated: each :func:`short`, at most ``limit``
+    of them and then how many more."""
+    items = list(items)
+    shown = ", ".join(map(short, items[:limit]))
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from anchoropt.config import MAX_SEED, PROTOCOLS, SCHEDULES, TrainConfig, check_keys, make_config
-from anchoropt.errors import ConfigError, brief
+from anchoropt.errors import ConfigError, brief, names
 from anchoropt.paths import absolute, check_name, default_file, relative_to_file, shipped_note
 from anchoropt.yamlio import read_yaml
 
@@ -104,8 +104,8 @@ def select(suite: Suite, datasets: list[str] | None = None, seeds: list[int] | N
     def check(flag: str, asked: list, known: list) -> list:
         unknown = [v for v in asked if v not in known]
         if unknown:
-            raise ConfigError(f"{flag}: {', '.join(map(str, unknown))} not in the suite {suite.path} "
-                              f"(expected some of {', '.join(map(str, known))})")
+            raise ConfigError(f"{flag}: {names(unknown)} not in the suite {suite.path} "
+                              f"(expected some of {names(known)})")
         return [v for v in known if v in asked]  # the suite's order
 
     if datasets is not None:
@@ -145,7 +145,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
                 raise ConfigError(f"{path}: {err}") from None
     protocol, source = raw.get("protocol", "base2novel"), raw.get("source")
     if protocol not in PROTOCOLS:
-        raise ConfigError(f"{path}: unknown protocol '{protocol}' (expected one of {', '.join(PROTOCOLS)})")
+        raise ConfigError(f"{path}: unknown protocol {brief(protocol)} (expected one of {', '.join(PROTOCOLS)})")
     if protocol == "cross_dataset" and (not source or source in raw["datasets"]):
         raise ConfigError(f"{path}: protocol cross_dataset needs 'source: <dataset>', not among the target datasets")
     if protocol == "base2novel" and source:
@@ -153,7 +153,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     trained = [source] if protocol == "cross_dataset" else raw["datasets"]
     _check_per_dataset(raw.get("per_dataset"), trained, f"{path}: per_dataset")
     if raw.get("search_dataset") not in (None, *raw["datasets"]):
-        raise ConfigError(f"{path}: search_dataset '{raw['search_dataset']}' is not one of the suite's datasets")
+        raise ConfigError(f"{path}: search_dataset {brief(raw['search_dataset'])} is not one of the suite's datasets")
     check_keys(overrides or {}, [f.name for f in dataclasses.fields(TrainConfig)], "command-line overrides")
     shared = {**(raw.get("config") or {}), **(overrides or {})}
     make_config(shared, source=f"{path} config")
@@ -171,7 +171,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     for name in [raw.get("baseline"), *(schedule_methods or {}).values(), *(pairs or {}).items()]:
         for one in name if isinstance(name, tuple) else [name]:
             if one is not None and one not in methods:
-                raise ConfigError(f"{path}: '{one}' is not one of the suite's methods")
+                raise ConfigError(f"{path}: {brief(one)} is not one of the suite's methods")
     for method, base in (pairs or {}).items():
         if method == base:
             raise ConfigError(f"{path}: pairs: '{method}' is paired with itself")
@@ -190,7 +190,7 @@ def _check_per_dataset(entries: dict | None, trained: list[str], where: str) -> 
     keys = [f.name for f in dataclasses.fields(TrainConfig)]
     for name, values in (entries or {}).items():
         if name not in trained:
-            raise ConfigError(f"{where} entry '{name}' is not a dataset the suite trains on "
+            raise ConfigError(f"{where} entry {brief(name)} is not a dataset the suite trains on "
                               f"(expected one of {', '.join(trained)})")
         check_keys(values or {}, keys, f"{where} '{name}'")
 

@@ -83,3 +83,27 @@ def test_errors_never_repr_a_whole_user_value(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_suite(suite)
     assert len(str(exc.value)) < 400 and "\n" not in str(exc.value)
+
+
+def test_errors_never_print_a_long_key_or_name_whole(tmp_path):
+    """Keys and names the user wrote (a space parameter, an unknown config key, a suite's per_dataset
+    entry or baseline, a thousand unknown overrides) are shortened in errors too."""
+    import yaml
+
+    from anchoropt.config import load_config
+    from anchoropt.search.space import SpaceError, load_space
+    from anchoropt.suite import load_suite
+
+    long = "k" * 5000
+    suite = {"datasets": ["toy_shape"], "seeds": [1], "methods": {"a": {"method": "coop"}}}
+    files = {"space.yaml": (load_space, {"params": {long: {"type": "float", "low": 0, "high": 1}}}),
+             "config.yaml": (load_config, {long: 1}),
+             "entry.yaml": (load_suite, {**suite, "per_dataset": {long: {"lr": 1}}}),
+             "baseline.yaml": (load_suite, {**suite, "baseline": long})}
+    for name, (reader, content) in files.items():
+        (tmp_path / name).write_text(yaml.safe_dump(content))
+        with pytest.raises((ConfigError, SpaceError)) as exc:
+            reader(tmp_path / name)
+        assert len(str(exc.value)) < 300 and "kkk..." in str(exc.value), name
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) k0, k1, k10, .* and 992 more$"):
+        load_config(None, [f"k{i}=1" for i in range(1000)])

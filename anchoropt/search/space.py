@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from anchoropt.config import ConfigError, TrainConfig, _coerce, make_config
-from anchoropt.errors import brief
+from anchoropt.errors import brief, names, short
 from anchoropt.yamlio import read_yaml
 
 TYPES = ("int", "float", "categorical", "fixed")
@@ -127,7 +127,7 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
     if isinstance(raw, dict) and "params" in raw:
         extra = sorted(set(raw) - {"params", "description"})
         if extra:
-            raise SpaceError(f"{source}: unknown top-level key(s) {', '.join(extra)} (expected params, description)")
+            raise SpaceError(f"{source}: unknown top-level key(s) {names(extra)} (expected params, description)")
         raw = raw["params"]
     if not isinstance(raw, dict) or not raw:
         raise SpaceError(f"{source}: expected a non-empty mapping 'params: {{name: spec}}'")
@@ -135,7 +135,7 @@ def parse_space(raw: Any, source: str = "<space>") -> SearchSpace:
     known = {f.name for f in fields(TrainConfig)}
     for name in raw:
         if name not in known:
-            raise SpaceError(f"{source}: {name}: unknown parameter (not a TrainConfig field)")
+            raise SpaceError(f"{source}: {short(name)}: unknown parameter (not a TrainConfig field)")
         if name in RESERVED:
             raise SpaceError(f"{source}: {name}: {RESERVED[name]}")
     params: list[Param] = []
@@ -152,7 +152,7 @@ def _draw_order(raw: dict, source: str) -> list[str]:
         refs = list(when) if isinstance(when, dict) else []
         for ref in refs:
             if ref not in raw:
-                raise SpaceError(f"{source}: {name}: when refers to '{ref}', which is not a parameter of the space")
+                raise SpaceError(f"{source}: {name}: when refers to {brief(ref)}, which is not a parameter of the space")
             if ref == name:
                 raise SpaceError(f"{source}: {name}: when refers to the parameter itself")
         deps[name] = set(refs)
@@ -161,7 +161,7 @@ def _draw_order(raw: dict, source: str) -> list[str]:
         ready = [n for n in raw if n not in order and deps[n] <= set(order)]
         if not ready:
             stuck = [n for n in raw if n not in order]
-            raise SpaceError(f"{source}: {', '.join(stuck)}: the when conditions refer to each other in a cycle")
+            raise SpaceError(f"{source}: {names(stuck)}: the when conditions refer to each other in a cycle")
         order.append(ready[0])
     return order
 
@@ -171,7 +171,7 @@ def _parse_param(name: str, spec: Any, where: str, hint: Any, earlier: list[Para
         spec = {"type": "fixed", "value": spec}
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
-        raise SpaceError(f"{where}: unknown spec key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(SPEC_KEYS))})")
+        raise SpaceError(f"{where}: unknown spec key(s) {names(unknown)} (allowed: {', '.join(sorted(SPEC_KEYS))})")
     kind = spec.get("type")
     if kind is None:
         kind = "categorical" if "choices" in spec else "fixed" if "value" in spec else None
