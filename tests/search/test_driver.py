@@ -235,3 +235,19 @@ def test_searches_sharing_a_tune_run_draw_their_own_trials_in_warm_workers(ray_s
     for k in range(3):  # each search's TensorBoard runs in its own folder, its trials only
         assert sorted(p.name for p in (tmp_path / f"shared{k}" / "tensorboard").iterdir()) == \
             ["trial-0000", "trial-0001", "trial-0002"]
+
+
+def test_only_searches_without_a_scheduler_and_with_equal_resources_share_a_tune_run():
+    """ASHA compares the trials reaching a rung: a search's trials must never be cut against another
+    dataset's, so an ASHA search runs alone; different resources or concurrency cannot share actors."""
+    from types import SimpleNamespace
+
+    from anchoropt.search.driver import Search, _shared_runs
+
+    def search(name, scheduler="none", cpus=1.0, concurrent=None):
+        spec = SimpleNamespace(scheduler=scheduler, cpus_per_trial=cpus, gpus_per_trial=0.0, max_concurrent=concurrent)
+        return Search(Path(name), spec)
+
+    found = _shared_runs([search("a"), search("b", "asha"), search("c"), search("d", "asha"), search("e", cpus=2),
+                          search("f", concurrent=1), search("g")])
+    assert [[s.out_dir.name for s in group] for group in found] == [["a", "c", "g"], ["b"], ["d"], ["e"], ["f"]]
