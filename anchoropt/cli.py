@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -497,7 +498,22 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+def one_line_warnings() -> None:
+    """Show anchoropt's own warnings (a class whose descriptions are all empty, a guessed activation)
+    as one line each, ``anchoropt: warning: ...``, as its errors are; other libraries' warnings keep
+    Python's format, which names their source."""
+    package, python_format = os.path.dirname(os.path.abspath(__file__)) + os.sep, warnings.formatwarning
+
+    def formatted(message, category, filename, lineno, line=None):
+        if os.path.abspath(filename).startswith(package):
+            return f"anchoropt: warning: {' '.join(str(message).split())}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+
+
 def main(argv: list[str] | None = None) -> None:
+    one_line_warnings()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
         # Ctrl-C must stop every command resumably even when the parent left SIGINT ignored or

@@ -236,6 +236,22 @@ def test_train_help_says_what_shots_0_means(capsys):
     assert "shots <= 0: every training image" in " ".join(capsys.readouterr().out.split())
 
 
+def test_the_cli_shows_its_own_warnings_in_one_line(monkeypatch):
+    """The empty-descriptions warning printed Python's two lines (file:line: UserWarning, source line)."""
+    import os
+    import warnings
+
+    import anchoropt.task
+    from anchoropt.cli import one_line_warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    one_line_warnings()
+    assert warnings.formatwarning("file d.json: 2 class(es)\n have only empty descriptions", UserWarning,
+                                  anchoropt.task.__file__, 195) == \
+        "anchoropt: warning: file d.json: 2 class(es) have only empty descriptions\n"
+    assert "UserWarning: x" in warnings.formatwarning("x", UserWarning, os.__file__, 1)
+
+
 def test_classes_whose_descriptions_are_all_empty_are_warned_about(tmp_path):
     import json
 
