@@ -301,7 +301,8 @@ def applies(key: str, config: Mapping[str, Any]) -> bool:
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check a typed value (from YAML, or from :func:`typed_overrides`) against the field's type
     (``int``, ``float``, ``bool``, ``str``, optional) and convert int to float and numbers to str. A
-    string is never parsed again: ``"toy_count #v2"`` stays that string."""
+    string is never parsed again: ``"toy_count #v2"`` stays that string; one holding a NUL character
+    is refused."""
     allowed = [t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)]
     if value is None and type(None) in getattr(hint, "__args__", ()):
         return None
@@ -319,6 +320,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return str(value)
     if not isinstance(value, target) or (target is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {target.__name__}, got {brief(value)}")
+    if target is str and "\0" in value:  # no file or folder name can hold one: open() would fail unnamed
+        raise ConfigError(f"{key} holds a NUL character: {brief(value)}")
     return value
 
 

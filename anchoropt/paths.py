@@ -89,8 +89,10 @@ def inside(root: str | Path, relative: str | Path, what: str, error: type[Except
 
     Raises:
         error: one line naming ``what`` (e.g. the split file and entry) and the path, when the result
-            is outside ``root``.
+            is outside ``root`` or holds a NUL character (which no file name can).
     """
+    if "\0" in os.fspath(relative):
+        raise error(f"{what}: path {brief(os.fspath(relative))} holds a NUL character")
     base = os.path.normpath(absolute(root))
     path = os.path.normpath(os.path.join(base, os.fspath(relative)))
     real_base = os.path.realpath(base)

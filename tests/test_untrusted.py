@@ -88,24 +88,33 @@ def _custom_dataset(root, entry_path, meta_extra=None):
     return folder
 
 
-@pytest.mark.parametrize("entry", ["../../outside.png", "../meta.json", "/etc/passwd", "a/../../../x.png"])
+@pytest.mark.parametrize("entry", ["../../outside.png", "../meta.json", "/etc/passwd", "a/../../../x.png",
+                                   "//etc/passwd", "ü/../../x.png", "a\0.png"])
 def test_split_file_paths_stay_inside_the_dataset(tmp_path, entry):
     from anchoropt.data.datasets import DataError, read_dataset
 
     (tmp_path / "outside.png").write_bytes(b"png")
     _custom_dataset(tmp_path / "root", entry)
-    with pytest.raises(DataError, match=r"split.json train\[0\]: path .* leads outside .*mine/images"):
+    with pytest.raises(DataError, match=r"split.json train\[0\]: path .* (leads outside .*mine/images|holds a NUL)"):
         read_dataset(tmp_path / "root", "mine")
 
 
 @pytest.mark.parametrize("key, value", [("image_dir", "../.."), ("split_file", "/etc/hosts"),
-                                        ("descriptions", "../../d.json")])
+                                        ("descriptions", "../../d.json"), ("image_dir", "images\0")])
 def test_meta_json_paths_stay_inside_the_dataset(tmp_path, key, value):
     from anchoropt.data.datasets import DataError, read_dataset
 
     _custom_dataset(tmp_path / "root", "x.png", {key: value})
-    with pytest.raises(DataError, match=f"meta.json {key}: path .* leads outside"):
+    with pytest.raises(DataError, match=f"meta.json {key}: path .* (leads outside|holds a NUL)"):
         read_dataset(tmp_path / "root", "mine")
+
+
+def test_config_text_with_a_nul_character_is_refused(tmp_path):
+    """A YAML config's path or text holding NUL failed later as a bare 'embedded null byte'."""
+    config = tmp_path / "c.yaml"
+    config.write_text('data_root: "data\\0x"\n')
+    with pytest.raises(ConfigError, match=r"c.yaml: data_root holds a NUL character"):
+        load_config(config)
 
 
 @pytest.fixture
