@@ -92,7 +92,6 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -
 
     from anchoropt.data import base_novel_labels, build_dataset, fewshot_splits
     from anchoropt.engine import Trainer
-    from anchoropt.metrics import harmonic_mean
     from anchoropt.methods import build_method
     from anchoropt.task import build_eval_set, build_task
     from anchoropt.train import cached_backbone, resolve_ctx_init, resolve_device
@@ -122,9 +121,7 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -
     trainer.task = dataclasses.replace(task, evals={
         name: build_eval_set(cfg, backbone, device, dataset, target, images, labels, seen)
         for name, (labels, seen) in sets.items()})
-    metrics = trainer.evaluate(method)
-    if "acc_base" in metrics:
-        metrics["hm"] = harmonic_mean(metrics["acc_base"], metrics["acc_novel"])
+    metrics = trainer.evaluate(method)  # with hm on a base-to-novel run (a cross-dataset record has none)
     return eval_record(record, cfg, dataset, split, metrics, time.time() - start, Path(run_dir))
 
 
