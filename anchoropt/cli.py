@@ -20,7 +20,7 @@ from pathlib import Path
 
 from anchoropt import __version__
 from anchoropt.config import KEY_HELP, TrainConfig, load_config, parse_overrides, typed_overrides
-from anchoropt.errors import ConfigError, brief
+from anchoropt.errors import ConfigError, brief, interrupt_of
 from anchoropt.pipeline import DEFAULT_SPACE, DEFAULT_SUITE
 
 #: the top-level --help (plain words: argparse prints it as is)
@@ -535,7 +535,7 @@ def _main(argv: list[str]) -> None:
     except BrokenPipeError:
         raise
     except Exception as err:  # noqa: BLE001  (user errors become one line; the rest re-raise)
-        if (stop := _raised_by_interrupt(err)) is not None:
+        if (stop := interrupt_of(err)) is not None:
             _interrupted(args, stop)
         if not isinstance(err, _user_errors()):
             raise
@@ -543,18 +543,6 @@ def _main(argv: list[str]) -> None:
         sys.exit(2)
     except KeyboardInterrupt as stop:
         _interrupted(args, stop)
-
-
-def _raised_by_interrupt(err: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM during which ``err`` was raised (e.g. a library's lock clean-up failing
-    on the way out), so that it still means "interrupted", not a failure; None when none."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, KeyboardInterrupt):
-            return err
-        seen.add(id(err))
-        err = err.__context__
-    return None
 
 
 def _interrupted(args: argparse.Namespace, stop: KeyboardInterrupt) -> None:

@@ -1,4 +1,7 @@
-"""The user-input error every module raises: the CLI prints its one-line message and exits 2."""
+"""The user-input error every module raises (the CLI prints its one-line message and exits 2), and
+what tells an interruption from a failure (:func:`interrupt_of`)."""
+from __future__ import annotations
+
 import reprlib
 
 
@@ -36,3 +39,16 @@ def names(items, limit: int = 8) -> str:
     items = list(items)
     shown = ", ".join(map(short, items[:limit]))
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def interrupt_of(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (a ``KeyboardInterrupt``) during which ``err`` was raised, followed along
+    ``__context__`` (e.g. a library's lock clean-up failing on the way out, or Ray Tune's own
+    error), so that it still means "interrupted", not a failure; None when none."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__context__
+    return None

@@ -295,8 +295,8 @@ def run_main_job(suite_path: str | Path = DEFAULT_SUITE, results: str | Path = "
                                             {**resources, "dry_run": True})
         print(describe_plan(planned, results / "cells", pending))
         return None
-    if mlflow:  # the store, before Ray starts (each search and the benchmark check their experiment too)
-        choose_tracking(results / "cells", suite, mlflow)
+    choose_tracking(results / "cells", suite, mlflow)  # the store given or stored, before Ray starts (each
+    # search and the benchmark check their own experiment too)
     clock = WorkClock(results / JOB_FILE, started)
     started_ray = not ray.is_initialized()
     ensure_ray(address, num_cpus, verbose=verbose)  # one Ray for the whole job

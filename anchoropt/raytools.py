@@ -107,15 +107,35 @@ def keep_sigterm_handler() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Ctrl-C (SIGINT) and SIGTERM that arrive inside wait, pending, until it ends, then act as
-    usual: for a driver-side write that an exception raised half-way through would leave broken
-    (an MLflow SQLite write cut inside SQLAlchemy keeps the store locked, so the run could not be
-    ended as KILLED). Uses ``signal.pthread_sigmask`` (POSIX)."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    """Ctrl-C (SIGINT) and SIGTERM that arrive inside wait until it ends, then act as usual: for a
+    driver-side write that an exception raised half-way through would leave broken (an MLflow
+    SQLite write cut inside SQLAlchemy keeps the store locked, so the run could not be ended as
+    KILLED). Python runs signal handlers in the main thread whichever thread the kernel handed the
+    signal to, so their handlers are swapped for one that notes the signal (a signal mask of the
+    main thread alone let a signal through Ray's threads). Elsewhere than in the main thread, where
+    no handler runs and none can be set, it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    holding = True
+
+    def hold(signum, frame):
+        if holding:
+            held.append(signum)
+        else:  # arrived while the handlers were being put back: act on it now
+            signal.signal(signum, before[signum])
+            signal.raise_signal(signum)
+
+    before = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        holding = False
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            signal.raise_signal(sig)
 
 
 def skip_callback_usage_tag() -> None:

@@ -15,8 +15,9 @@
 
 The experiment name is fixed when the folder is created (:func:`experiment_name`: the folder's
 path relative to where the command ran, and what it runs, e.g. ``results/toy11/searches/two_stage/toy_shape
-(anchoropt_two_stage)``), so two folders never share one. The store is checked before Ray starts
-(:func:`check_mlflow`): an unreachable server, a ``file:`` store MLflow 3 refuses, a deleted
+(search of anchoropt_two_stage)``), so two folders never share one. The store is checked before Ray starts
+(:func:`check_mlflow`): an empty URI, an unreachable server, a ``file:`` store MLflow 3 refuses, a
+store that does not open (its database driver missing, its path not a database), a deleted
 experiment of the same name each stop the command with one line.
 
 Trial names come from :func:`trial_namer` (Tune's ``trial_name_creator``): ``trial-0003`` for the
@@ -37,7 +38,7 @@ from urllib.parse import urlparse
 
 from ray import tune
 
-from anchoropt.errors import ConfigError
+from anchoropt.errors import ConfigError, interrupt_of
 
 CONNECT_TIMEOUT_S = 5.0  # a TCP connect to a live tracking server takes milliseconds
 TRIAL_TAG = "anchoropt.trial"  # the MLflow tag that finds a trial's run again on a re-run
@@ -90,34 +91,38 @@ def choose_target(given: str | bool | None, stored: dict | None, folder: str | P
     experiment name is kept), False (``--no-mlflow``: none) or None (as stored; none when new)."""
     if given is False:
         return None
-    if not given:
+    if given is None:
         return MLflowTarget.from_dict(stored)
     experiment = stored["experiment"] if stored else experiment_name(folder, what)
     return MLflowTarget(resolve_uri(given), experiment)
 
 
 def check_mlflow(target: MLflowTarget) -> None:
-    """The store can be logged to: a server answers, a ``file:`` store is allowed, and no deleted
+    """The store can be logged to: the URI is not empty, a server answers, a file store is allowed,
+    the store opens (its database driver is installed, its path is a database) and no deleted
     experiment holds the name (MLflow keeps deleted names reserved).
 
     Raises:
         TrackingError: one line naming the URI (or experiment) and the fix.
     """
     uri = target.uri
-    scheme = urlparse(uri).scheme
-    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+    if not uri.strip():
+        raise TrackingError("--mlflow needs a tracking URI (e.g. sqlite:///mlflow.db); it was given an empty one")
+    from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    from mlflow.utils.uri import is_local_uri
+
+    if is_local_uri(uri) and not MLFLOW_ALLOW_FILE_STORE.get():
         raise TrackingError(f"--mlflow {uri}: MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE=true "
                             f"is set; or use a database store such as sqlite:///mlflow.db")
-    if scheme in ("http", "https"):
+    if urlparse(uri).scheme in ("http", "https"):
         _check_server(uri)
-    from mlflow.exceptions import MlflowException
-
     try:
         with _quick_http(), _quiet_mlflow():
             experiment = _client(uri).get_experiment_by_name(target.experiment)
-    except MlflowException as err:
-        raise TrackingError(f"--mlflow {uri}: the store does not answer as an MLflow tracking store "
-                            f"({_first_line(err)})") from None
+    except Exception as err:  # noqa: BLE001  (any failure to open the store is the user's URI: a missing
+        # database driver, a path that is not a database, a server that is not MLflow; one line, not a traceback)
+        raise TrackingError(f"--mlflow {uri}: the store cannot be opened as an MLflow tracking store "
+                            f"({type(err).__name__}: {_first_line(err)})") from None
     if experiment is not None and experiment.lifecycle_stage == "deleted":
         raise TrackingError(f"--mlflow {uri}: the experiment '{target.experiment}' was deleted there (id "
                             f"{experiment.experiment_id}), and MLflow keeps its name: restore it (`mlflow experiments "
@@ -159,13 +164,14 @@ def _client(uri: str):
 
 @contextmanager
 def _quiet_mlflow() -> Iterator[None]:
-    """MLflow and its database migrations log their store set-up at INFO: kept quiet while checking."""
+    """MLflow and its database migrations log their store set-up at INFO, and warn on the way to an error the
+    check reports itself in one line: kept quiet while checking."""
     import logging
 
     loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(max(lg.level, logging.WARNING))
+        lg.setLevel(max(lg.level, logging.ERROR))
     try:
         yield
     finally:
@@ -191,10 +197,27 @@ def epoch_metrics(result: dict) -> tuple[int, dict[str, float]] | None:
     return (step if isinstance(step, int) else 0), metrics
 
 
+def _whole(hook: Callable) -> Callable:
+    """A tracker's hook that a Ctrl-C or SIGTERM never cuts half-way, leaving a record half-written
+    (:func:`anchoropt.raytools.signals_deferred`)."""
+    @functools.wraps(hook)
+    def run(*args, **kwargs):
+        from anchoropt.raytools import signals_deferred
+
+        with signals_deferred():
+            return hook(*args, **kwargs)
+    return run
+
+
 class TensorBoardLogger(tune.Callback):
-    """Per-epoch metrics of each trial under ``root/<trial name>/`` (tensorboardX), flushed every epoch.
+    """Per-epoch metrics of each trial under ``root/<trial name>/`` (tensorboardX event files), on disk
+    at every epoch.
 
     ``params_of(config)``: the trial's configuration, written as TensorBoard hparams at its end.
+
+    Events are written with tensorboardX's synchronous ``EventsWriter``: its ``SummaryWriter`` hands
+    them to a queue that a thread drains, so its ``flush`` may run before the epoch's events reach
+    the file (they lagged an epoch, and an interruption could lose them).
     """
 
     def __init__(self, root: str | Path, params_of: Callable[[dict], dict]):
@@ -204,18 +227,20 @@ class TensorBoardLogger(tune.Callback):
         self.last: dict[str, dict] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
 
         name = str(trial)
         self._close(name)
         folder = self.root / name
         for old in folder.glob("events.out.tfevents.*"):  # an earlier attempt: its steps are run again
             old.unlink()
-        self.writers[name] = SummaryWriter(str(folder), flush_secs=3600)  # flushed by on_trial_result
+        folder.mkdir(parents=True, exist_ok=True)
+        self.writers[name] = EventsWriter(str(folder / "events"))  # events.out.tfevents.<time>.<host>
         self.steps[name], self.last[name] = -1, {}
 
     on_trial_restore = on_trial_start
 
+    @_whole
     def on_trial_result(self, iteration, trials, trial, result, **info):
         name = str(trial)
         found = epoch_metrics(result)
@@ -224,20 +249,21 @@ class TensorBoardLogger(tune.Callback):
         step, metrics = found
         if step <= self.steps[name]:  # the final scores repeat the last epoch's
             return
+        from tensorboardX.summary import scalar
+
         writer = self.writers[name]
         for key, value in metrics.items():
-            writer.add_scalar(key, value, global_step=step)
+            writer.write_event(_event(scalar(key, value), step))
         writer.flush()
         self.steps[name], self.last[name] = step, metrics
 
+    @_whole
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial)
 
+    @_whole
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial)
-
-    def on_experiment_end(self, trials, **info):
-        self.close()
 
     def _end(self, trial) -> None:
         from tensorboardX.summary import hparams
@@ -251,7 +277,7 @@ class TensorBoardLogger(tune.Callback):
             params = {k: v for k, v in self.params_of(trial.config).items()
                       if isinstance(v, (str, bool, int, float))}
             for summary in hparams(params, self.last[name]):
-                self.writers[name].file_writer.add_summary(summary)
+                self.writers[name].write_event(_event(summary))
         self._close(name)
 
     def _close(self, name: str) -> None:
@@ -265,15 +291,13 @@ class TensorBoardLogger(tune.Callback):
             self._close(name)
 
 
-def _whole(hook: Callable) -> Callable:
-    """An MLflow hook that a Ctrl-C or SIGTERM never cuts half-way (:func:`anchoropt.raytools.signals_deferred`)."""
-    @functools.wraps(hook)
-    def run(*args, **kwargs):
-        from anchoropt.raytools import signals_deferred
+def _event(summary, step: int = 0):
+    """A TensorBoard event holding ``summary`` at ``step``, stamped now."""
+    import time
 
-        with signals_deferred():
-            return hook(*args, **kwargs)
-    return run
+    from tensorboardX.proto.event_pb2 import Event
+
+    return Event(wall_time=time.time(), step=step, summary=summary)
 
 
 class MLflowLogger(tune.Callback):
@@ -378,9 +402,6 @@ class MLflowLogger(tune.Callback):
                 self.client.set_tag(run_id, key, value[:5000])
         self.client.set_terminated(run_id, status)
 
-    def on_experiment_end(self, trials, **info):
-        self.close(interrupted=False)
-
     @_whole
     def close(self, interrupted: bool = False) -> None:
         """End every run still open as KILLED (the command was interrupted, or the trial never ended)."""
@@ -400,18 +421,26 @@ def tracking_callbacks(folder: str | Path, mlflow: MLflowTarget | None, params_o
 
 @contextmanager
 def closing_trackers(callbacks: list) -> Iterator[None]:
-    """Inside, ``Tuner.fit``; when it is interrupted (Ctrl-C, SIGTERM) or fails, the trackers are
-    flushed and their open MLflow runs ended as KILLED before the exception goes on."""
+    """Inside, ``Tuner.fit``; on the way out the trackers are flushed and closed and MLflow runs still
+    open ended as KILLED, tagged ``killed=interrupted`` when Ctrl-C or SIGTERM stopped the command
+    (:func:`anchoropt.errors.interrupt_of`: also when another error raised on the way out hides it).
+
+    The one place that closes them: Ray Tune also calls ``on_experiment_end`` when ``fit`` unwinds
+    with an error (its clean-up), where the interruption behind that error cannot be told.
+    """
+    trackers = [cb for cb in callbacks if isinstance(cb, (TensorBoardLogger, MLflowLogger))]
     try:
         yield
-    except BaseException:
-        for cb in callbacks:
-            if isinstance(cb, (TensorBoardLogger, MLflowLogger)):
-                try:
-                    cb.close(interrupted=True)
-                except Exception:  # noqa: BLE001  (the interruption is what the user must see)
-                    pass
+    except BaseException as err:
+        interrupted = interrupt_of(err) is not None
+        for cb in trackers:
+            try:
+                cb.close(interrupted=interrupted)
+            except Exception:  # noqa: BLE001  (the error on its way out is what the user must see)
+                pass
         raise
+    for cb in trackers:
+        cb.close()
 
 
 def trial_namer(name_of_config: Callable[[dict], str]) -> Callable:

@@ -1,11 +1,14 @@
 """Experiment tracking mirrors what happened (issue 27): MLflow run status, one run per trial reused on
 retry, params and metrics, the stored tracking URI, the store checked before Ray starts, TensorBoard
 steps, and SIGTERM handled like Ctrl-C. MLflow runs on a local sqlite store."""
+import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -14,7 +17,7 @@ import yaml
 
 from anchoropt.search.trial import outcome
 from anchoropt.tracking import MLflowLogger, MLflowTarget, experiment_name
-from tests.helpers import interrupt, search_base
+from tests.helpers import interrupt, search_base, write_suite
 from tests.test_progress import _run_scalars
 
 COOP_SPACE = {"params": {"method": "coop", "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}
@@ -79,22 +82,64 @@ def test_mlflow_runs_mirror_finished_pruned_failed_and_killed_trials(mlflow_db):
 
 def test_ctrl_c_during_an_mlflow_write_waits_for_the_write(mlflow_db, monkeypatch):
     """A SIGTERM raised inside an MLflow write (SQLAlchemy) left the SQLite store locked: the run
-    could not be ended as KILLED and MLflow logged a traceback. The signal now acts after the write."""
+    could not be ended as KILLED and MLflow logged a traceback. The signal now acts after the write,
+    also when it is sent to the process (as ``kill`` and a terminal do) while other threads run, as
+    Ray's do in a search: the kernel hands it to a thread that does not block it, and Python still
+    runs its handler in the main thread (a signal mask of the main thread alone deferred nothing)."""
     logger, client = _logger(mlflow_db, "cut_write")
     t = trial("trial-0000")
     logger.on_trial_start(0, [], t)
     write = client.log_batch
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)  # a thread started before the write, as Ray's are
+    other.start()
+
+    seen, told = os.pipe()  # the wakeup fd: written by the C-level handler, in whichever thread got the signal
+    os.set_blocking(told, False)
 
     def interrupted_write(*args, **kwargs):
-        signal.raise_signal(signal.SIGINT)  # Ctrl-C as the write starts
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the write starts
+        os.read(seen, 1)  # the signal has arrived (Python runs its handler from here on)
         return write(*args, **kwargs)
     monkeypatch.setattr(client, "log_batch", interrupted_write)
-    with pytest.raises(KeyboardInterrupt):
-        logger.on_trial_result(0, [], t, {"hm": 30.0, "epoch": 1, "epochs": 2})
+    wakeup = signal.set_wakeup_fd(told)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            logger.on_trial_result(0, [], t, {"hm": 30.0, "epoch": 1, "epochs": 2})
+    finally:
+        signal.set_wakeup_fd(wakeup)
+        done.set()
+        other.join()
+        os.close(seen)
+        os.close(told)
     monkeypatch.setattr(client, "log_batch", write)
     logger.close(interrupted=True)
     run = _runs(client, logger)["trial-0000"]
     assert run.data.metrics == {"hm": 30.0} and run.info.status == "KILLED"
+
+
+def test_trackers_close_on_the_way_out_telling_an_interruption_behind_another_error(mlflow_db):
+    """A SIGTERM that Ray Tune's clean-up turns into another error (it calls ``on_experiment_end``
+    first) is still an interruption; a failure is not; a normal end closes what is left open."""
+    from anchoropt.tracking import closing_trackers
+
+    logger, client = _logger(mlflow_db, "ways_out")
+    ways = {"hidden": (RuntimeError, KeyboardInterrupt), "failed": (RuntimeError, None), "ended": (None, None)}
+    for name, (raised, behind) in ways.items():
+        t = trial(name)
+        with pytest.raises(raised) if raised else contextlib.nullcontext(), closing_trackers([logger]):
+            logger.on_trial_start(0, [], t)
+            try:
+                if behind:
+                    raise behind()
+            finally:
+                logger.on_experiment_end(trials=[t])  # Tune's clean-up, on any way out of fit
+                if raised:
+                    raise raised("a lock's clean-up failed")
+    runs = _runs(client, logger)
+    assert {k: (r.info.status, r.data.tags["killed"]) for k, r in runs.items()} == {
+        "hidden": ("KILLED", "interrupted"), "failed": ("KILLED", "the trial did not end"),
+        "ended": ("KILLED", "the trial did not end")}
 
 
 def test_a_retried_trial_reuses_its_run_and_a_stale_running_run_is_killed(mlflow_db):
@@ -112,6 +157,24 @@ def test_a_retried_trial_reuses_its_run_and_a_stale_running_run_is_killed(mlflow
     runs = client.search_runs([logger.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["attempts"] == "2" and "killed" not in runs[0].data.tags
+
+
+def test_tensorboard_flushes_each_epoch_and_writes_each_step_once_across_attempts(tmp_path):
+    from anchoropt.tracking import TensorBoardLogger
+
+    board = TensorBoardLogger(tmp_path, params_of=lambda c: {"lr": c["lr"]})
+    t = trial("coop.eurosat.seed1")
+    board.on_trial_start(0, [], t)
+    board.on_trial_result(0, [], t, {"hm": 30.0, "epoch": 1, "epochs": 3})
+    assert [s for s, _ in _run_scalars(tmp_path / str(t))["hm"]] == [1]  # on disk at once, not 30 s later
+    board.on_trial_start(0, [], t)  # the attempt was cut (a resume, a retry): its steps are run again
+    for epoch in (1, 2, 3):
+        board.on_trial_result(0, [], t, {"hm": 30.0 + epoch, "loss": 1.0, "epoch": epoch, "epochs": 3})
+    t.last_result = {"hm": 33.0, "acc_base": 40.0, "acc_novel": 28.0}  # the cell's final scores
+    board.on_trial_complete(0, [], t)
+    scalars = _run_scalars(tmp_path / str(t))
+    assert [s for s, _ in scalars["hm"]] == [1, 2, 3]  # each step once, none past the last epoch
+    assert set(scalars) == {"hm", "loss"}
 
 
 def _refusing_port() -> int:
@@ -140,8 +203,9 @@ def search_args(tiny_cfg, tmp_path, monkeypatch):
     return ["search", "--space", "space.yaml", "--num-trials", "1", "--out", "s", "--config", "base.yaml"]
 
 
-def test_bad_tracking_stores_stop_a_search_before_ray_with_one_line(search_args, tmp_path, capsys, monkeypatch,
-                                                                  mlflow_db):
+def test_bad_tracking_stores_stop_a_command_before_ray_with_one_line(search_args, tmp_path, capsys, monkeypatch,
+                                                                   mlflow_db, eurosat_root):
+    """Every kind of store that cannot be logged to, given to search, benchmark or run."""
     from mlflow.tracking import MlflowClient
 
     ray_starts = []  # (a session's shared Ray may be up already: watch for a start instead)
@@ -151,15 +215,33 @@ def test_bad_tracking_stores_stop_a_search_before_ray_with_one_line(search_args,
     client = MlflowClient(tracking_uri=db)
     client.delete_experiment(client.create_experiment(experiment_name(tmp_path / "s", "search of coop")))
     capsys.readouterr()  # the store's set-up lines
-    for uri, said in ((f"http://127.0.0.1:{_refusing_port()}", "no MLflow server answers at 127.0.0.1"),
+    (tmp_path / "notes.txt").write_text("not a database")
+    refusing = f"http://127.0.0.1:{_refusing_port()}"
+    for uri, said in ((refusing, "no MLflow server answers at 127.0.0.1"),
                       ((tmp_path / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE=true"),
                       ("mlruns", "MLFLOW_ALLOW_FILE_STORE=true"),
+                      ("", "--mlflow needs a tracking URI"),
+                      ("sqlite:///notes.txt", "cannot be opened as an MLflow tracking store (DatabaseError"),
+                      ("sqlite:///notes.txt/m.db", "cannot be opened as an MLflow tracking store (FileExistsError"),
                       (db, "the experiment 's (search of coop)' was deleted there")):
         started = time.time()
         code, err = _main(capsys, *search_args, "--mlflow", uri)
         assert code == 2 and err.count("\n") == 1 and said in err, err
         assert time.time() - started < 20 and not ray_starts
         assert not (tmp_path / "s").exists()  # the corrected command is not blocked
+    suite = write_suite(tmp_path, eurosat_root, seeds=(1,), methods={"coop": {"method": "coop"}})
+    for command in (["benchmark", suite, "--results", "r"], ["run", "--suite", suite, "--results", "r"]):
+        code, err = _main(capsys, *command, "--mlflow", refusing)
+        assert code == 2 and err.count("\n") == 1 and "no MLflow server answers" in err, err
+        assert not ray_starts and not (tmp_path / "r").exists()
+    # a re-run logging as stored, after the experiment was deleted
+    client.delete_experiment(client.create_experiment("r2 (benchmark tiny)"))
+    (tmp_path / "r2").mkdir()
+    stored = {"mlflow": {"uri": db, "experiment": "r2 (benchmark tiny)"}, "suites": [str(suite)]}
+    (tmp_path / "r2" / "benchmark.yaml").write_text(yaml.safe_dump(stored))
+    code, err = _main(capsys, "benchmark", suite, "--results", "r2")
+    assert code == 2 and err.count("\n") == 1 and "'r2 (benchmark tiny)' was deleted there" in err, err
+    assert not ray_starts
 
 
 def test_enqueued_value_of_an_inactive_conditional_parameter_is_refused(tmp_path):
@@ -186,8 +268,6 @@ def test_enqueued_value_of_an_inactive_conditional_parameter_is_refused(tmp_path
 def test_failed_cell_is_a_failed_run_reused_when_the_benchmark_runs_again(tmp_path, eurosat_root, ray_session,
                                                                          capsys, mlflow_db):
     from mlflow.tracking import MlflowClient
-
-    from tests.helpers import write_suite
 
     suite = write_suite(tmp_path, eurosat_root, seeds=(1,), methods={
         "coop": {"method": "coop"},
@@ -250,7 +330,25 @@ def test_sigterm_stops_a_search_like_ctrl_c_and_tracking_resumes(search_args, tm
     assert [step for step, _ in _run_scalars(board)["hm"]] == list(range(1, 13))  # each step once, across attempts
 
 
+def test_train_stopped_by_kill_exits_143_saying_nothing_was_kept(tiny_cfg, tmp_path):
+    """SIGTERM stops every command as Ctrl-C does, not only those that run Ray."""
+    overrides = [f"{k}={v}" for k, v in search_base(tiny_cfg, epochs=200).items() if k in (
+        "dataset", "data_root", "backbone", "pretrained", "descriptions_dir", "cache_dir", "shots", "epochs",
+        "train_views", "device")]
+    proc = subprocess.Popen([sys.executable, "-m", "anchoropt.cli", "train", "method=coop", *overrides,
+                             "--out", "run"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    for line in proc.stdout:  # training: its first epoch is printed
+        if line.lstrip().startswith("epoch"):
+            break
+    err = interrupt(proc, sig=signal.SIGTERM)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip() == "anchoropt: terminated (SIGTERM); nothing of the interrupted run was kept", err[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_stored_target_is_kept_replaced_or_turned_off(tmp_path, monkeypatch):
+    from anchoropt.cli import _mlflow, parse_args
     from anchoropt.tracking import choose_target
 
     monkeypatch.chdir(tmp_path)
@@ -259,5 +357,13 @@ def test_the_stored_target_is_kept_replaced_or_turned_off(tmp_path, monkeypatch)
     stored = new.to_dict()
     assert choose_target(None, stored, "elsewhere", "x") == new  # a resume without --mlflow keeps logging
     assert choose_target(False, stored, "elsewhere", "x") is None  # --no-mlflow
+    for command in (["search", "--resume", "s"], ["benchmark", "suite.yaml", "--results", "r"], ["run"]):
+        assert [_mlflow(parse_args([*command, *flag])) for flag in ([], ["--no-mlflow"], ["--mlflow", "m"])] == \
+            [None, False, "m"]
     assert choose_target("http://h:5000", stored, "elsewhere", "x") == MLflowTarget("http://h:5000", new.experiment)
     assert choose_target(None, None, "elsewhere", "x") is None
+    # `anchoropt run`'s two schedules' searches of one dataset, and one dataset of two results folders
+    named = {choose_target("sqlite:///m.db", None, folder, "search of anchoropt").experiment
+             for folder in ("results/toy11/searches/one_stage/toy_shape",
+                            "results/toy11/searches/two_stage/toy_shape", "results/a/dtd", "results/b/dtd")}
+    assert len(named) == 4
