@@ -237,6 +237,34 @@ def test_eval_and_export_refuse_unwritable_outputs_before_any_work(mounted, tiny
         assert code == 2 and len(err) == 1 and err[0].startswith(f"anchoropt: error: {what} "), (argv, err)
 
 
+@pytest.mark.parametrize("change, words", [({"seed": -1}, "the sampler seed must be an integer in 0 .. 4294967295"),
+                                           ({"num_trials": "x"}, "the number of trials must be >= 1, got 'x'"),
+                                           ({"sampler": "<img>"}, "unknown sampler '<img>'"),
+                                           ({"max_concurrent": "1"}, "max concurrent trials must be >= 1"),
+                                           ({"seed": None}, "damaged, no seed")])
+def test_a_damaged_search_json_is_refused_before_ray(tmp_path, capsys, monkeypatch, change, words):
+    """``search --resume`` of a folder whose search.json was edited or damaged: one line naming it, before
+    Ray (a seed of -1 there gave numpy's 'expected non-negative integer' after Ray started, a missing
+    field a TypeError traceback)."""
+    import json
+
+    from anchoropt.paths import shipped
+    from anchoropt.search.spec import new_spec
+
+    out = tmp_path / "s"
+    out.mkdir()
+    new_spec(shipped("spaces", "anchors.yaml"), out, 4, {"data_root": str(tmp_path / "none")}, objective="val",
+             sampler="tpe", seed=0, scheduler="none", cpus_per_trial=1, gpus_per_trial=0, max_concurrent=1,
+             storage=None).write(out)
+    stored = json.loads((out / "search.json").read_text())
+    stored.update({k: v for k, v in change.items() if v is not None})
+    for key in [k for k, v in change.items() if v is None]:
+        del stored[key]
+    (out / "search.json").write_text(json.dumps(stored))
+    code, err = _cli(["search", "--resume", str(out)], capsys, monkeypatch)
+    assert code == 2 and len(err) == 1 and f"{out / 'search.json'}: {words}" in err[0], err
+
+
 def test_train_help_says_what_shots_0_means(capsys):
     from anchoropt.cli import main
 

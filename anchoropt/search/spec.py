@@ -100,7 +100,8 @@ class SearchSpec:
 
     @classmethod
     def read(cls, out_dir: Path) -> SearchSpec:
-        """The spec of a search folder. Raises SearchError when ``out_dir`` holds no search."""
+        """The spec of a search folder. Raises SearchError when ``out_dir`` holds no search, or its
+        ``search.json`` is not valid JSON, lacks a field or holds a bad option (:func:`check_options`)."""
         path = Path(out_dir) / "search.json"
         if not path.is_file():
             raise SearchError(f"{out_dir} is not a search folder (no search.json)")
@@ -109,7 +110,20 @@ class SearchSpec:
         except json.JSONDecodeError as err:
             raise SearchError(f"{path}: not valid JSON ({err})") from None
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        if not isinstance(raw, dict):
+            raise SearchError(f"{path}: not a search's request (a JSON object)")
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in raw]
+        if missing:
+            raise SearchError(f"{path}: damaged, no {', '.join(missing)}")
+        spec = cls(**{k: v for k, v in raw.items() if k in known})
+        try:  # a damaged or edited file fails here, in one line, not after Ray started
+            check_options(spec.objective, spec.scheduler, spec.sampler, spec.seed, spec.num_trials,
+                          spec.cpus_per_trial, spec.gpus_per_trial, spec.max_concurrent)
+        except SearchError as err:
+            raise SearchError(f"{path}: {err}") from None
+        return spec
 
     def write(self, out_dir: Path) -> None:
         """``search.json``: the fields, plus the sampler as it runs and the reproducibility caveat in words."""
@@ -155,6 +169,31 @@ def read_space(space) -> tuple[SearchSpace, dict, str]:
     return obj, read_yaml(path, mapping=False), str(path.resolve())
 
 
+def check_options(objective: Any, scheduler: Any, sampler: Any, seed: Any, num_trials: Any, cpus_per_trial: Any,
+                  gpus_per_trial: Any, max_concurrent: Any) -> None:
+    """Check a search's options, given (:func:`new_spec`) or stored (:meth:`SearchSpec.read`).
+
+    Raises:
+        SearchError: the first bad one, in one line.
+    """
+    if objective not in OBJECTIVES:
+        raise SearchError(f"unknown objective {brief(objective)} (expected val or test)")
+    if scheduler not in SCHEDULERS:
+        raise SearchError(f"unknown scheduler {brief(scheduler)} (expected none or asha)")
+    if sampler not in SAMPLERS:
+        raise SearchError(f"unknown sampler {brief(sampler)} (expected one of {', '.join(SAMPLERS)})")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise SearchError(f"the sampler seed must be an integer in 0 .. {MAX_SEED}, got {brief(seed)}")
+    if not isinstance(num_trials, int) or isinstance(num_trials, bool) or num_trials < 1:
+        raise SearchError(f"the number of trials must be >= 1, got {brief(num_trials)}")
+    resources = (cpus_per_trial, gpus_per_trial)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in resources) \
+            or cpus_per_trial <= 0 or gpus_per_trial < 0:
+        raise SearchError(f"cpus per trial must be > 0 and gpus per trial >= 0, got {brief(resources)}")
+    if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
+        raise SearchError(f"max concurrent trials must be >= 1, got {brief(max_concurrent)}")
+
+
 def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | None, *, objective: str,
              sampler: str, seed: int, scheduler: str, cpus_per_trial: float, gpus_per_trial: float,
              max_concurrent: int | None, storage: str | None, enqueue: list[str | Path] = ()) -> SearchSpec:
@@ -165,19 +204,7 @@ def new_spec(space, out_dir: Path, num_trials: int, base: TrainConfig | dict | N
             base key or dataset, in one line.
     """
     space_obj, space_raw, space_source = read_space(space)
-    if objective not in OBJECTIVES:
-        raise SearchError(f"unknown objective '{objective}' (expected val or test)")
-    if scheduler not in SCHEDULERS:
-        raise SearchError(f"unknown scheduler '{scheduler}' (expected none or asha)")
-    make_sampler(sampler, 0)
-    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise SearchError(f"the sampler seed must be an integer in 0 .. {MAX_SEED}, got {brief(seed)}")
-    if not isinstance(num_trials, int) or num_trials < 1:
-        raise SearchError(f"the number of trials must be >= 1, got {brief(num_trials)}")
-    if cpus_per_trial <= 0 or gpus_per_trial < 0:
-        raise SearchError("cpus per trial must be > 0 and gpus per trial >= 0")
-    if max_concurrent is not None and max_concurrent < 1:
-        raise SearchError("max concurrent trials must be >= 1")
+    check_options(objective, scheduler, sampler, seed, num_trials, cpus_per_trial, gpus_per_trial, max_concurrent)
     values = base.to_dict() if isinstance(base, TrainConfig) else dict(base or {})
     if values.get("protocol", "base2novel") != "base2novel":
         raise SearchError(f"search scores HM under protocol=base2novel, got protocol={values['protocol']}; "
