@@ -257,6 +257,7 @@ def test_a_damaged_search_json_is_refused_before_ray(tmp_path, capsys, monkeypat
              sampler="tpe", seed=0, scheduler="none", cpus_per_trial=1, gpus_per_trial=0, max_concurrent=1,
              storage=None).write(out)
     stored = json.loads((out / "search.json").read_text())
+    assert stored["reproducibility"].endswith("under a new trial number, as 'retry of trial N')")  # kill -9: 3 -> 4
     stored.update({k: v for k, v in change.items() if v is not None})
     for key in [k for k, v in change.items() if v is None]:
         del stored[key]

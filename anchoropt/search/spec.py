@@ -83,7 +83,8 @@ class SearchSpec:
         """Whether the seed pins the search's result, in one sentence."""
         if self.max_concurrent == 1:
             return (f"seed {self.seed}, one trial at a time: a rerun, or a search interrupted and resumed, draws "
-                    "the same trials")
+                    "the same trials in the same order (a trial cut short by the interruption runs again with its "
+                    "parameters under a new trial number, as 'retry of trial N')")
         return (f"not reproducible from seed {self.seed}: with {self.max_concurrent or 'several'} trials at once, "
                 f"the order in which trials finish (timing) changes what the sampler has seen before each draw "
                 f"(and which trials a scheduler stops); only max_concurrent=1 reproduces a search")
