@@ -216,11 +216,10 @@ def search_per_dataset(suite: Suite, results: Path, space: Path, num_trials: int
 
 
 def _trials_done(out: Path) -> int:
-    """Trials a search folder had finished when its outputs were last written (0: no search yet)."""
-    try:
-        return int(json.loads((out / "summary.json").read_text(encoding="utf-8"))["done"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+    """Trials a search folder has finished, from its ledger (0: no search yet)."""
+    from anchoropt.search.ledger import read_results
+
+    return len(read_results(out))
 
 
 def _same_search(out: Path, space: Path, num_trials: int, base: dict, objective: str, scheduler: str) -> int:

@@ -70,6 +70,7 @@ class Search:
     storage: Any = None
     rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    result: SearchResult | None = None  # its outputs, once written in this call
 
     @property
     def trials_left(self) -> int:
@@ -189,7 +190,9 @@ def run_searches(requests: list[dict[str, Any]], *, address: str | None = None, 
             ray.shutdown()
     results = []
     for search in searches:
-        result = write_outputs(search.out_dir, spec=search.spec, study=search.study, rows=search.rows)
+        result = search.result
+        if result is None or result.n_done != len(search.rows):
+            result = write_outputs(search.out_dir, spec=search.spec, study=search.study, rows=search.rows)
         ends = [r["finished_at"] for r in search.rows if (r.get("finished_at") or 0) >= started]
         result.wall_time_s = (max(ends) if ends else time.time()) - started
         results.append(result)
@@ -394,7 +397,8 @@ def _tune(searches: list[Search], *, worker_setup, verbose: int, label: str) -> 
                                  tags_of=lambda config: {"trial": str(config[NUMBER_KEY]), "origin": config[ORIGIN_KEY]})
         trackers += own
         callbacks += [ForSearch(cb, index) for cb in
-                      [ResultsLog(search.out_dir / "results.jsonl", spec, len(spec.runs) - 1), *own]]
+                      [ResultsLog(search.out_dir / "results.jsonl", spec, len(spec.runs) - 1), OutputsWhenDone(search),
+                       *own]]
     searcher = SearchesSearcher(searchers, [s.trials_left for s in searches])
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=first.max_concurrent) if first.max_concurrent else searcher
     sched = None
@@ -465,6 +469,28 @@ class SearchesSearcher(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing: the studies and the ledgers are the searches' state (a resume never restores Tune's)."""
+
+
+class OutputsWhenDone(tune.Callback):
+    """Writes a search's outputs (:func:`write_outputs`) in the driver the moment its ledger holds
+    its whole budget, during the Tune run: a finished search has its best configuration even when a
+    later search of a shared run is interrupted, and the driver writes it while other searches'
+    trials train. A failure here is left to the writing after the run, which raises it."""
+
+    def __init__(self, search: Search):
+        self.search = search
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        search = self.search
+        rows = read_results(search.out_dir)
+        if search.result is not None or len(rows) < search.spec.num_trials:
+            return
+        try:
+            search.result = write_outputs(search.out_dir, spec=search.spec, study=search.study, rows=rows)
+        except Exception:  # noqa: BLE001  (written again after the run, where the error is raised)
+            search.result = None
+
+    on_trial_error = on_trial_complete
 
 
 class ForSearch(tune.Callback):

@@ -232,6 +232,10 @@ def test_searches_sharing_a_tune_run_draw_their_own_trials_in_warm_workers(ray_s
         assert len(runs) == 1 and runs[0]["finished"] and runs[0]["trials_asked"] == 3
     assert len(pids.read_text().split()) == 9 and len(set(pids.read_text().split())) == 1
     assert (shared[0].out_dir / "ray" / "run-0").is_dir()  # Tune's own folders: under the first search
+    # a search's outputs are written the moment its last trial ends, while the later searches' trials run
+    from anchoropt.search.ledger import read_results
+    written = (shared[0].out_dir / "summary.json").stat().st_mtime
+    assert written < min(r["started_at"] for r in read_results(shared[2].out_dir))
     for k in range(3):  # each search's TensorBoard runs in its own folder, its trials only
         assert sorted(p.name for p in (tmp_path / f"shared{k}" / "tensorboard").iterdir()) == \
             ["trial-0000", "trial-0001", "trial-0002"]
