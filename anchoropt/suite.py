@@ -136,9 +136,9 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
             raise ConfigError(f"{path}: suite key '{old}' is now {new}")
     check_keys(raw, SUITE_KEYS, str(path), kind="suite key")
     check_schema(raw, SUITE_SCHEMA, path)
-    for what, names in (("suite name", [raw.get("name", path.stem)]), ("suite dataset", [*raw["datasets"], *(
+    for what, given in (("suite name", [raw.get("name", path.stem)]), ("suite dataset", [*raw["datasets"], *(
             [raw["source"]] if raw.get("source") else [])]), ("suite method", list(raw["methods"]))):
-        for name in names:  # each names a folder (Ray's run folder, results/<method>/<dataset>/)
+        for name in given:  # each names a folder (Ray's run folder, results/<method>/<dataset>/)
             try:
                 check_name(name, what)
             except ConfigError as err:

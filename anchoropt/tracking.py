@@ -26,7 +26,6 @@ re-runs), ``<method>.<dataset>.seed<k>`` for a benchmark cell.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import socket
@@ -39,6 +38,7 @@ from urllib.parse import urlparse
 from ray import tune
 
 from anchoropt.errors import ConfigError, interrupt_of
+from anchoropt.raytools import signals_deferred
 
 CONNECT_TIMEOUT_S = 5.0  # a TCP connect to a live tracking server takes milliseconds
 TRIAL_TAG = "anchoropt.trial"  # the MLflow tag that finds a trial's run again on a re-run
@@ -197,18 +197,6 @@ def epoch_metrics(result: dict) -> tuple[int, dict[str, float]] | None:
     return (step if isinstance(step, int) else 0), metrics
 
 
-def _whole(hook: Callable) -> Callable:
-    """A tracker's hook that a Ctrl-C or SIGTERM never cuts half-way, leaving a record half-written
-    (:func:`anchoropt.raytools.signals_deferred`)."""
-    @functools.wraps(hook)
-    def run(*args, **kwargs):
-        from anchoropt.raytools import signals_deferred
-
-        with signals_deferred():
-            return hook(*args, **kwargs)
-    return run
-
-
 class TensorBoardLogger(tune.Callback):
     """Per-epoch metrics of each trial under ``root/<trial name>/`` (tensorboardX event files), on disk
     at every epoch.
@@ -240,7 +228,7 @@ class TensorBoardLogger(tune.Callback):
 
     on_trial_restore = on_trial_start
 
-    @_whole
+    @signals_deferred()  # a Ctrl-C or SIGTERM never cuts the write half-way
     def on_trial_result(self, iteration, trials, trial, result, **info):
         name = str(trial)
         found = epoch_metrics(result)
@@ -257,11 +245,11 @@ class TensorBoardLogger(tune.Callback):
         writer.flush()
         self.steps[name], self.last[name] = step, metrics
 
-    @_whole
+    @signals_deferred()
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial)
 
-    @_whole
+    @signals_deferred()
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial)
 
@@ -320,7 +308,7 @@ class MLflowLogger(tune.Callback):
         self.runs: dict[str, str] = {}  # trial name -> run id, for runs this process set RUNNING
         self.steps: dict[str, int] = {}
 
-    @_whole
+    @signals_deferred()  # a Ctrl-C or SIGTERM never cuts an MLflow write half-way (the store stays locked)
     def setup(self, **info):
         from mlflow.entities import ViewType
 
@@ -335,7 +323,7 @@ class MLflowLogger(tune.Callback):
             self.client.set_tag(run.info.run_id, "killed", "its process ended without closing it (found by a resume)")
             self.client.set_terminated(run.info.run_id, "KILLED")
 
-    @_whole
+    @signals_deferred()
     def on_trial_start(self, iteration, trials, trial, **info):
         name = str(trial)
         existing = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{name}'", max_results=1)
@@ -361,7 +349,7 @@ class MLflowLogger(tune.Callback):
 
     on_trial_restore = on_trial_start
 
-    @_whole
+    @signals_deferred()
     def on_trial_result(self, iteration, trials, trial, result, **info):
         import time
 
@@ -376,7 +364,7 @@ class MLflowLogger(tune.Callback):
         self.client.log_batch(self.runs[name], metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
         self.steps[name] = step
 
-    @_whole
+    @signals_deferred()
     def on_trial_complete(self, iteration, trials, trial, **info):
         name = str(trial)
         if name not in self.runs:
@@ -388,7 +376,7 @@ class MLflowLogger(tune.Callback):
         else:
             self._end(name, "FINISHED", pruned="true" if status == "stopped" else None)
 
-    @_whole
+    @signals_deferred()
     def on_trial_error(self, iteration, trials, trial, **info):
         from anchoropt.raytools import trial_error_message
 
@@ -402,7 +390,7 @@ class MLflowLogger(tune.Callback):
                 self.client.set_tag(run_id, key, value[:5000])
         self.client.set_terminated(run_id, status)
 
-    @_whole
+    @signals_deferred()
     def close(self, interrupted: bool = False) -> None:
         """End every run still open as KILLED (the command was interrupted, or the trial never ended)."""
         for name in list(self.runs):
