@@ -396,9 +396,11 @@ def _tune(searches: list[Search], *, worker_setup, verbose: int, label: str) -> 
                                  outcome_of=lambda result: outcome(result, error=False),
                                  tags_of=lambda config: {"trial": str(config[NUMBER_KEY]), "origin": config[ORIGIN_KEY]})
         trackers += own
+        # the ledger after the trackers: an interruption between them leaves the trial out of the ledger, so
+        # it is re-run into the same tracking runs, never recorded done beside a run ended as KILLED
         callbacks += [ForSearch(cb, index) for cb in
-                      [ResultsLog(search.out_dir / "results.jsonl", spec, len(spec.runs) - 1), OutputsWhenDone(search),
-                       *own]]
+                      [*own, ResultsLog(search.out_dir / "results.jsonl", spec, len(spec.runs) - 1),
+                       OutputsWhenDone(search)]]
     searcher = SearchesSearcher(searchers, [s.trials_left for s in searches])
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=first.max_concurrent) if first.max_concurrent else searcher
     sched = None
@@ -482,8 +484,10 @@ class OutputsWhenDone(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         search = self.search
+        if search.result is not None:
+            return
         rows = read_results(search.out_dir)
-        if search.result is not None or len(rows) < search.spec.num_trials:
+        if len(rows) < search.spec.num_trials:
             return
         try:
             search.result = write_outputs(search.out_dir, spec=search.spec, study=search.study, rows=rows)
